@@ -1,0 +1,55 @@
+//! Core types shared by every r1s crate: passages, progress reporting and cancellation.
+//!
+//! This crate has no heavy dependencies on purpose: every other crate (corpus, embed, index,
+//! retrieve, policy, rl) depends on it, and a user embedding one component must not pay for the rest.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod paths;
+pub mod progress;
+
+pub use progress::{Cancel, NoProgress, Progress, Unit};
+
+use serde::{Deserialize, Serialize};
+
+/// One retrieval unit of a corpus: a window of about `--words` words of one document.
+///
+/// `row` is dense (0..n) and is the key of every per-passage artifact: Parquet row, docstore record,
+/// embedding row, index label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passage {
+    /// Dense row number in the corpus, 0-based.
+    pub row: u64,
+    /// Stable passage id, as given by the source format or derived as `{doc_id}_{chunk}`.
+    pub id: String,
+    /// Id of the source document (Wikipedia page id, KILT wikipedia_id, ...); empty when unknown.
+    pub doc_id: String,
+    /// Title of the source document (may be empty).
+    pub title: String,
+    /// Plain text of the passage.
+    pub text: String,
+}
+
+impl Passage {
+    /// The passage as Search-R1 / FlashRAG retrieval servers present it: `"Title"\ntext`
+    /// (just the text when there is no title).
+    pub fn contents(&self) -> String {
+        search_r1_contents(&self.title, &self.text)
+    }
+}
+
+/// Search-R1's `contents` field: `"Title"\ntext`, or the bare text when the title is empty.
+pub fn search_r1_contents(title: &str, text: &str) -> String {
+    if title.is_empty() {
+        return text.to_owned();
+    }
+    let mut s = String::with_capacity(title.len() + text.len() + 3);
+    s.push('"');
+    s.push_str(title);
+    s.push_str("\"\n");
+    s.push_str(text);
+    s
+}
+
+/// Version of r1s, recorded in every manifest.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
