@@ -19,7 +19,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CorpusError, IoContext, Result};
@@ -244,11 +245,16 @@ impl CorpusWriter {
         let file = File::create(&ppath).at(&ppath)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).map_err(|e| CorpusError::Parquet { path: ppath.clone(), source: e })?,
+                ZstdLevel::try_new(1).map_err(|e| CorpusError::Parquet { path: ppath.clone(), source: e })?,
             ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("r1s {}", r1s_core::VERSION))
-            .build();
+            .set_created_by(format!("r1s {}", r1s_core::VERSION));
+        // unique long strings: dictionaries and min/max statistics would cost time and buy nothing
+        let props = ["id", "text", "contents"].into_iter().fold(props, |p, col| {
+            p.set_column_dictionary_enabled(ColumnPath::from(col), false)
+                .set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None)
+        });
+        let props = props.build();
         let parquet = ArrowWriter::try_new(file, passages_schema(), Some(props))
             .map_err(|e| CorpusError::Parquet { path: ppath.clone(), source: e })?;
         let ipath = dir.join(DOCSTORE_INDEX);

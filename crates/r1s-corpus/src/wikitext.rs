@@ -19,6 +19,8 @@
 
 use memchr::memmem;
 
+use crate::chunk::space_at;
+
 /// Section titles (lower case) whose whole section is dropped: lists of references and links,
 /// useless as retrieval passages.
 const DROPPED_SECTIONS: &[&str] = &[
@@ -230,59 +232,94 @@ fn utf8_len(first: u8) -> usize {
 /// and drops empty lines.
 fn tidy_lines(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    let mut line = String::new();
+    let mut line = String::with_capacity(256);
     for raw_line in s.split('\n') {
-        line.clear();
-        for w in raw_line.split_whitespace() {
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(w);
+        if needs_tidy(raw_line.as_bytes()) {
+            tidy_line(raw_line, &mut line);
+        } else {
+            line.clear();
+            line.push_str(raw_line);
         }
-        if line.is_empty() {
-            continue;
+        if line.contains("()") {
+            // brackets emptied by dropped templates: remove them and tidy again
+            let again = line.replace("()", "");
+            tidy_line(&again, &mut line);
         }
-        let tidied = tidy_punctuation(&line);
-        let t = tidied.trim();
-        if t.is_empty() || t.bytes().all(|c| c.is_ascii_punctuation()) {
+        if line.is_empty() || line.bytes().all(|c| c.is_ascii_punctuation()) {
             continue;
         }
         if !out.is_empty() {
             out.push('\n');
         }
-        out.push_str(t);
+        out.push_str(&line);
     }
     out
 }
 
-/// Removes the empty brackets and stray separators that dropped templates leave in prose.
-fn tidy_punctuation(line: &str) -> String {
-    if !line.contains([' ', '(']) {
-        return line.to_owned();
+/// Bytes after which `needs_tidy` looks closer.
+const fn tidy_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let bytes = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r', 0xC2, 0xE1, 0xE2, 0xE3, b'(', b',', b';'];
+    let mut k = 0;
+    while k < bytes.len() {
+        t[bytes[k] as usize] = true;
+        k += 1;
     }
-    let mut s = line.to_owned();
-    for _ in 0..2 {
-        for (from, to) in [
-            ("( )", ""),
-            ("()", ""),
-            ("(, ", "("),
-            ("(; ", "("),
-            ("( ", "("),
-            (" )", ")"),
-            (",)", ")"),
-            (";)", ")"),
-            (" ,", ","),
-            (" .", "."),
-            (" ;", ";"),
-            (" :", ":"),
-            ("  ", " "),
-        ] {
-            if s.contains(from) {
-                s = s.replace(from, to);
-            }
+    t
+}
+static TIDY_SPECIAL: [bool; 256] = tidy_table();
+
+/// Whether [`tidy_line`] could change `b` (conservative: `true` when unsure). Most lines of clean
+/// prose need nothing, and this byte scan is much cheaper than rebuilding them word by word.
+fn needs_tidy(b: &[u8]) -> bool {
+    let Some(&last) = b.last() else { return false };
+    if last.is_ascii_whitespace() || last >= 0x80 || b[0].is_ascii_whitespace() {
+        return true;
+    }
+    let mut i = 0;
+    loop {
+        while i < b.len() && !TIDY_SPECIAL[b[i] as usize] {
+            i += 1;
         }
+        if i >= b.len() {
+            return false;
+        }
+        let next = b.get(i + 1).copied().unwrap_or(b'x');
+        let suspicious = match b[i] {
+            b' ' => matches!(next, b' ' | b',' | b';' | b')' | b'.' | b':') || space_at(b, i + 1) > 0,
+            b'(' => matches!(next, b' ' | b')' | b',' | b';') || space_at(b, i + 1) > 0,
+            b',' | b';' => next == b')',
+            0xC2 | 0xE1 | 0xE2 | 0xE3 => space_at(b, i) > 0,
+            _ => true, // other ASCII whitespace
+        };
+        if suspicious {
+            return true;
+        }
+        i += 1;
     }
-    s
+}
+
+/// Rebuilds `raw` into `line` with single spaces, punctuation attached to the word before it and
+/// no space after an opening bracket.
+fn tidy_line(raw: &str, line: &mut String) {
+    line.clear();
+    for w in crate::chunk::words(raw) {
+        let w = if line.ends_with('(') { w.trim_start_matches([',', ';']) } else { w };
+        if w.is_empty() {
+            continue;
+        }
+        let b = w.as_bytes();
+        let attach = line.ends_with('(')
+            || matches!(b[0], b',' | b';' | b')')
+            || (matches!(b[0], b'.' | b':') && b.iter().all(u8::is_ascii_punctuation));
+        if b[0] == b')' && line.ends_with([',', ';']) {
+            line.pop();
+        }
+        if !line.is_empty() && !attach {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -488,6 +525,33 @@ fn table_close_at(src: &[u8], i: usize) -> Option<usize> {
     src[j..].starts_with(b"|}").then_some(j)
 }
 
+/// Caches the position of the next line break, so that finding the next special byte never
+/// rescans a long line (which would be quadratic in the number of braces on it).
+#[derive(Debug, Default)]
+struct NextNewline {
+    /// Position of the next `\n` at or after `from`, or `None` when there is none.
+    found: Option<Option<usize>>,
+    from: usize,
+}
+
+/// The next `{`, `}`, `<` or line break at or after `i` (what matters inside skipped markup).
+fn next_special(src: &[u8], i: usize, nl: &mut NextNewline) -> Option<usize> {
+    let newline = match nl.found {
+        Some(None) if i >= nl.from => None,
+        Some(Some(p)) if p >= i && i >= nl.from => Some(p),
+        _ => {
+            let p = memchr::memchr(b'\n', &src[i..]).map(|p| p + i);
+            *nl = NextNewline { found: Some(p), from: i };
+            p
+        }
+    };
+    let limit = newline.unwrap_or(src.len());
+    match memchr::memchr3(b'{', b'}', b'<', &src[i..limit]) {
+        Some(p) => Some(i + p),
+        None => newline,
+    }
+}
+
 /// Pass 1: which openers have no closer.
 #[derive(Debug, Default)]
 struct Pairing {
@@ -508,13 +572,10 @@ impl Pairing {
             tables.pop();
             i = j + 2;
         }
+        let mut next_nl = NextNewline::default();
         while i < src.len() {
-            let Some(p) =
-                memchr::memchr3(b'{', b'}', b'<', &src[i..]).into_iter().chain(memchr::memchr(b'\n', &src[i..])).min()
-            else {
-                break;
-            };
-            i += p;
+            let Some(p) = next_special(src, i, &mut next_nl) else { break };
+            i = p;
             match src[i] {
                 b'{' => {
                     let n = run_len(src, i, b'{');
@@ -595,6 +656,7 @@ struct Scanner<'a> {
     tables: usize,
     frames: Vec<Frame>,
     angles: AngleReader,
+    next_nl: NextNewline,
     /// An open heading: (output mark, level).
     heading: Option<(usize, usize)>,
     /// A dropped section in progress: (output mark, level).
@@ -615,6 +677,7 @@ impl<'a> Scanner<'a> {
             tables: 0,
             frames: Vec::new(),
             angles: AngleReader::new(),
+            next_nl: NextNewline::default(),
             heading: None,
             dropping: None,
             line_begin: 0,
@@ -630,14 +693,8 @@ impl<'a> Scanner<'a> {
         let mut i = self.line_start(0);
         while i < src.len() {
             if self.suppressed() {
-                let Some(p) = memchr::memchr3(b'{', b'}', b'<', &src[i..])
-                    .into_iter()
-                    .chain(memchr::memchr(b'\n', &src[i..]))
-                    .min()
-                else {
-                    break;
-                };
-                i += p;
+                let Some(p) = next_special(src, i, &mut self.next_nl) else { break };
+                i = p;
             } else {
                 let start = i;
                 while i < src.len() && !SPECIAL[src[i] as usize] {
@@ -1002,6 +1059,17 @@ mod tests {
     fn entities_and_external_links() {
         let s = "A&nbsp;&ndash;&amp; B [http://example.com label text] [https://x.org] C";
         assert_eq!(clean(s), "A –& B label text C");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lines_that_need_no_tidying_are_left_alone(s in "[a-z(),;.: \t\u{a0}\u{2013}\u{2009}é]{0,40}") {
+            let mut line = String::new();
+            tidy_line(&s, &mut line);
+            if !needs_tidy(s.as_bytes()) {
+                proptest::prop_assert_eq!(line, s);
+            }
+        }
     }
 
     #[test]
