@@ -200,7 +200,7 @@ fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
                 let c = &report.manifest.counts;
                 let mb = report.input_bytes as f64 / 1e6;
                 println!(
-                    "{}: {} passages from {} documents ({} pages read) in {:.1} s, {:.1} MB/s",
+                    "{}: {} passages from {} documents ({} pages read) in {:.1} s ({:.1} MB/s of input)",
                     report.out.display(),
                     c.passages,
                     c.documents,

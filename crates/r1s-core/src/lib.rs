@@ -5,6 +5,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod npy;
 pub mod paths;
 pub mod progress;
 
@@ -53,3 +54,28 @@ pub fn search_r1_contents(title: &str, text: &str) -> String {
 
 /// Version of r1s, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which side of retrieval a text is on: some models embed queries and passages differently
+/// (instructions such as e5's `query: ` / `passage: `).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// A search query.
+    Query,
+    /// A corpus passage.
+    Passage,
+}
+
+/// Turns texts into fixed-size vectors.
+///
+/// Contract: `embed` returns `texts.len() * dim()` floats, row-major, row `i` for `texts[i]`, whatever
+/// batching or reordering the implementation does inside. Implementations are shared across threads
+/// (`&self`); they serialise internally where the engine needs it.
+pub trait Embedder: Send + Sync {
+    /// The error of this embedder.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Dimension of the vectors.
+    fn dim(&self) -> usize;
+    /// Embeds `texts` as `side`: `[texts.len(), dim]`, row-major.
+    fn embed(&self, texts: &[&str], side: Side) -> Result<Vec<f32>, Self::Error>;
+}

@@ -72,34 +72,49 @@ pub fn words(s: &str) -> impl Iterator<Item = &str> {
 /// window may be shorter; an empty text gives no window.
 pub fn chunk_words(text: &str, per_window: usize) -> Vec<String> {
     let per_window = per_window.max(1);
-    let base = text.as_ptr() as usize;
-    let mut out = Vec::with_capacity(text.len() / (per_window * 6) + 1);
-    // current window: byte range in `text`, word count, and whether every gap is one ' ' or '\n'
-    let (mut start, mut end, mut n, mut simple) = (0, 0, 0, true);
-    let mut flush = |start: usize, end: usize, simple: bool| {
-        let slice = &text[start..end];
-        out.push(if simple {
-            slice.replace('\n', " ")
-        } else {
-            slice.split_whitespace().collect::<Vec<_>>().join(" ")
-        });
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut out = Vec::with_capacity(n / (per_window * 6) + 1);
+    let skip_space = |mut i: usize| {
+        while i < n {
+            match space_at(b, i) {
+                0 => break,
+                l => i += l,
+            }
+        }
+        i
     };
-    for w in words(text) {
-        let at = w.as_ptr() as usize - base;
-        if n == per_window {
-            flush(start, end, simple);
-            n = 0;
+    let mut i = skip_space(0);
+    while i < n {
+        // one window: `per_window` words from `start`; `simple` while every gap is one ' ' or '\n'
+        let start = i;
+        let mut end = i;
+        let mut simple = true;
+        for k in 0..per_window {
+            // the word
+            loop {
+                while i < n && !MAYBE_SPACE[b[i] as usize] {
+                    i += 1;
+                }
+                if i >= n || space_at(b, i) > 0 {
+                    break;
+                }
+                i += 1;
+            }
+            end = i;
+            // the gap
+            let gap = i;
+            i = skip_space(i);
+            if k + 1 < per_window && i < n && (i - gap != 1 || !matches!(b[gap], b' ' | b'\n')) {
+                simple = false;
+            }
+            if i >= n {
+                break;
+            }
         }
-        if n == 0 {
-            (start, simple) = (at, true);
-        } else if simple && !(at == end + 1 && matches!(text.as_bytes()[end], b' ' | b'\n')) {
-            simple = false;
-        }
-        end = at + w.len();
-        n += 1;
-    }
-    if n > 0 {
-        flush(start, end, simple);
+        // window boundaries fall on whitespace characters, hence on char boundaries
+        let slice = &text[start..end];
+        out.push(if simple { slice.replace('\n', " ") } else { words(slice).collect::<Vec<_>>().join(" ") });
     }
     out
 }

@@ -149,7 +149,8 @@ pub fn ingest(
     for (path, &format) in inputs.iter().zip(&formats_found) {
         let size = std::fs::metadata(path).at(path)?.len();
         input_bytes += size;
-        progress.start(&format!("ingest {}", path.display()), Some(size), ProgressUnit::Bytes);
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        progress.start(&format!("ingest {name}"), Some(size), ProgressUnit::Bytes);
         match format {
             Format::WikiXml => ingest_dump(path, &pool, &mut writer, &mut state)?,
             Format::WikiSummaries => {

@@ -59,6 +59,10 @@ fn soup() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(PIECES), 0..200).prop_map(|v| v.concat())
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)
+}
+
 fn assert_clean(out: &str) {
     for r in RESIDUE {
         assert!(!out.contains(r), "residue {r:?} in {out:?}");
@@ -67,7 +71,8 @@ fn assert_clean(out: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for long fuzzing runs (tools/fuzz-cleaner)
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn markup_soup_never_panics_or_leaves_residue(s in soup()) {
