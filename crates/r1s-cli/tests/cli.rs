@@ -51,14 +51,10 @@ fn ingest_stats_show_export() {
 
 /// The Parquet file opens in pyarrow unchanged, with the documented schema.
 fn pyarrow_reads(corpus: &Path, passages: u64) {
-    let home = std::env::var_os("R1S_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/r1s"));
-    let python = home.join("venv/bin/python");
-    if !python.exists() {
-        eprintln!("skipping the pyarrow check: {} missing (run tools/setup)", python.display());
+    let Some(python) = python() else {
+        eprintln!("skipping the pyarrow check: no $R1S_HOME/venv (run tools/setup)");
         return;
-    }
+    };
     let script = "import sys, pyarrow.parquet as pq\n\
                   t = pq.read_table(sys.argv[1])\n\
                   print(t.num_rows, ','.join(t.column_names), t.column('title')[0].as_py())";
@@ -81,4 +77,67 @@ fn bad_input_exit_code_and_message() {
     assert_eq!(missing.status.code(), Some(65));
     let usage = r1s().args(["corpus", "ingest"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
+}
+
+fn python() -> Option<PathBuf> {
+    let home = std::env::var_os("R1S_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/r1s"));
+    let p = home.join("venv/bin/python");
+    p.exists().then_some(p)
+}
+
+#[test]
+fn embed_a_corpus_numpy_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("kilt");
+    ok(r1s()
+        .args(["-q", "corpus", "ingest"])
+        .arg(shared("kilt/kilt_knowledgesource_sample100.jsonl"))
+        .arg("--out")
+        .arg(&corpus));
+    let out = dir.path().join("index");
+    let summary = ok(r1s()
+        .args(["embed", "--limit", "24", "--chunk-rows", "8", "--threads", "2", "--corpus"])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out));
+    assert!(summary.contains("24 rows x 384"), "{summary}");
+    let one = ok(r1s().args(["embed", "--json", "--text"]).arg(first_contents(&corpus)));
+    let v: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
+    let first: Vec<f64> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(first.len(), 384);
+    let Some(py) = python() else {
+        eprintln!("skipping the NumPy check: no $R1S_HOME/venv (run tools/setup)");
+        return;
+    };
+    let script = "import sys, numpy as np\n\
+                  m = np.load(sys.argv[1], mmap_mode='r')\n\
+                  print(m.shape[0], m.shape[1], m.dtype, ' '.join(repr(float(x)) for x in m[0]))";
+    let out = ok(Command::new(py).args(["-c", script]).arg(out.join("embeddings.npy")));
+    let mut it = out.split_whitespace();
+    assert_eq!((it.next(), it.next(), it.next()), (Some("24"), Some("384"), Some("float32")));
+    let row0: Vec<f64> = it.map(|x| x.parse().unwrap()).collect();
+    let d = row0.iter().zip(&first).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(d < 1e-6, "row 0 differs from `r1s embed --text` by {d}");
+}
+
+fn first_contents(corpus: &Path) -> String {
+    let out = ok(r1s().args(["corpus", "export"]).arg(corpus));
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    line["contents"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn embed_errors_are_clear() {
+    let no_lib =
+        r1s().args(["embed", "--text", "x"]).env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so").output().unwrap();
+    assert_eq!(no_lib.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&no_lib.stderr);
+    assert!(err.contains("tools/setup") && err.contains("ORT_DYLIB_PATH"), "{err}");
+    let no_model = r1s().args(["embed", "--text", "x", "--model", "/nonexistent/model"]).output().unwrap();
+    assert_eq!(no_model.status.code(), Some(66));
+    let cuda = r1s().args(["embed", "--text", "x", "--device", "cuda"]).output().unwrap();
+    assert!(!cuda.status.success(), "CUDA must never fall back silently");
+    assert!(String::from_utf8_lossy(&cuda.stderr).contains("cuda"));
 }

@@ -53,8 +53,11 @@ pub struct EmbedderConfig {
     pub max_len: usize,
     /// Texts per inference batch.
     pub batch: usize,
-    /// ONNX Runtime intra-op threads (0 = ONNX Runtime's default: all cores).
+    /// Threads in all (0 = all cores).
     pub threads: usize,
+    /// Sessions running batches side by side (0 = auto: one single-threaded session per thread on
+    /// CPU, where small matrices scale better across sessions than inside one; one on CUDA).
+    pub sessions: usize,
     pub device: Device,
 }
 
@@ -64,8 +67,9 @@ impl Default for EmbedderConfig {
             model: PathBuf::from("minilm"),
             preset: None,
             max_len: 256,
-            batch: 32,
+            batch: 4,
             threads: 0,
+            sessions: 0,
             device: Device::Cpu,
         }
     }
@@ -113,7 +117,8 @@ struct Work {
 
 /// A text encoder run by ONNX Runtime.
 pub struct OnnxEmbedder {
-    work: Mutex<Work>,
+    /// One per session; batches are spread over them.
+    work: Vec<Mutex<Work>>,
     tokenizer: Tokenizer,
     preset: Preset,
     dim: usize,
@@ -167,7 +172,19 @@ impl OnnxEmbedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
 
         let env = crate::runtime::environment()?;
-        let (session, device) = build_session(env, &onnx, cfg)?;
+        let threads =
+            if cfg.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { cfg.threads };
+        let sessions = match (cfg.sessions, cfg.device) {
+            (0, Device::Cpu) => threads,
+            (0, _) => 1,
+            (n, _) => n,
+        };
+        let per_session = (threads / sessions).max(1);
+        let mut extra = Vec::with_capacity(sessions.saturating_sub(1));
+        for _ in 1..sessions {
+            extra.push(build_session(env, &onnx, cfg, per_session)?.0);
+        }
+        let (session, device) = build_session(env, &onnx, cfg, per_session)?;
         let sig = |reason: String| EmbedError::Signature { path: onnx.clone(), reason };
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
@@ -204,7 +221,10 @@ impl OnnxEmbedder {
             })?;
 
         let mut e = OnnxEmbedder {
-            work: Mutex::new(Work { session, ids: Vec::new(), mask: Vec::new(), types: Vec::new() }),
+            work: std::iter::once(session)
+                .chain(extra)
+                .map(|session| Mutex::new(Work { session, ids: Vec::new(), mask: Vec::new(), types: Vec::new() }))
+                .collect(),
             tokenizer,
             preset,
             dim: 0,
@@ -216,7 +236,7 @@ impl OnnxEmbedder {
             device,
         };
         // the probe: learns the dimension and proves the model runs
-        let probe = e.run_batch(&[vec![101, 102]]).map_err(|err| sig(format!("probe inference failed: {err}")))?;
+        let probe = e.run_batch(0, &[vec![101, 102]]).map_err(|err| sig(format!("probe inference failed: {err}")))?;
         e.dim = probe.len();
         if e.dim == 0 {
             return Err(sig("the model returned an empty vector".into()));
@@ -253,10 +273,11 @@ impl OnnxEmbedder {
 
     /// Runs one padded batch of token id sequences; returns `[rows, dim]` pooled (and normalised)
     /// vectors.
-    fn run_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+    fn run_batch(&self, session: usize, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
         let rows = seqs.len();
         let len = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut guard = self.work.lock().map_err(|_| EmbedError::Inference("a previous inference panicked".into()))?;
+        let mut guard =
+            self.work[session].lock().map_err(|_| EmbedError::Inference("a previous inference panicked".into()))?;
         let work = &mut *guard;
         for buf in [&mut work.ids, &mut work.mask, &mut work.types] {
             buf.clear();
@@ -335,27 +356,58 @@ impl OnnxEmbedder {
     ) -> Result<Vec<f32>> {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
+        let batches: Vec<&[usize]> = order.chunks(self.batch).collect();
         let mut out = vec![0f32; seqs.len() * self.dim];
-        let mut batch: Vec<Vec<u32>> = Vec::with_capacity(self.batch);
-        for group in order.chunks(self.batch) {
-            batch.clear();
-            batch.extend(group.iter().map(|&i| seqs[i].clone()));
-            let vecs = self.run_batch(&batch)?;
-            if vecs.len() != group.len() * self.dim {
-                return Err(EmbedError::Inference(format!(
-                    "the model returned {} values for {} texts of dimension {}",
-                    vecs.len(),
-                    group.len(),
-                    self.dim
-                )));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<f32>>)>();
+        let workers = self.work.len().min(batches.len());
+        std::thread::scope(|scope| -> Result<()> {
+            for session in 0..workers {
+                let (tx, next, stop, batches) = (tx.clone(), &next, &stop, &batches);
+                scope.spawn(move || {
+                    let mut padded: Vec<Vec<u32>> = Vec::with_capacity(self.batch);
+                    loop {
+                        let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if b >= batches.len() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        padded.clear();
+                        padded.extend(batches[b].iter().map(|&i| seqs[i].clone()));
+                        if tx.send((b, self.run_batch(session, &padded))).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-            for (k, &i) in group.iter().enumerate() {
-                out[i * self.dim..(i + 1) * self.dim].copy_from_slice(&vecs[k * self.dim..(k + 1) * self.dim]);
+            drop(tx);
+            let halt = |e| {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            };
+            for (b, vecs) in rx.iter() {
+                let group = batches[b];
+                let vecs = match vecs {
+                    Ok(v) if v.len() == group.len() * self.dim => v,
+                    Ok(v) => {
+                        return halt(EmbedError::Inference(format!(
+                            "the model returned {} values for {} texts of dimension {}",
+                            v.len(),
+                            group.len(),
+                            self.dim
+                        )));
+                    }
+                    Err(e) => return halt(e),
+                };
+                for (k, &i) in group.iter().enumerate() {
+                    out[i * self.dim..(i + 1) * self.dim].copy_from_slice(&vecs[k * self.dim..(k + 1) * self.dim]);
+                }
+                if !after_batch(group.len()) {
+                    return halt(EmbedError::Cancelled);
+                }
             }
-            if !after_batch(group.len()) {
-                return Err(EmbedError::Cancelled);
-            }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -380,12 +432,15 @@ impl Embedder for OnnxEmbedder {
     }
 }
 
-fn build_session(env: &ort::environment::Environment, onnx: &Path, cfg: &EmbedderConfig) -> Result<(Session, String)> {
+fn build_session(
+    env: &ort::environment::Environment,
+    onnx: &Path,
+    cfg: &EmbedderConfig,
+    threads: usize,
+) -> Result<(Session, String)> {
     let fail = |e: &dyn std::fmt::Display| EmbedError::Model { path: onnx.to_path_buf(), reason: e.to_string() };
-    let mut builder = Session::builder(env).map_err(|e| fail(&e))?;
-    if cfg.threads > 0 {
-        builder = builder.with_intra_threads(cfg.threads).map_err(|e| fail(&e))?;
-    }
+    let builder = Session::builder(env).map_err(|e| fail(&e))?;
+    let mut builder = builder.with_intra_threads(threads).map_err(|e| fail(&e))?;
     let device = match cfg.device {
         Device::Cpu => "cpu".to_owned(),
         Device::Cuda(id) => {
