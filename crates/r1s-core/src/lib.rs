@@ -79,3 +79,26 @@ pub trait Embedder: Send + Sync {
     /// Embeds `texts` as `side`: `[texts.len(), dim]`, row-major.
     fn embed(&self, texts: &[&str], side: Side) -> Result<Vec<f32>, Self::Error>;
 }
+
+/// A search hit of a vector index: the passage row and its score (inner product; higher is closer).
+pub type Scored = (u64, f32);
+
+/// Read side of a vector index (batch-first).
+///
+/// Contract: `queries` is row-major `[n, dim()]`; the result has `n` lists, each of at most `k` hits
+/// sorted by descending score. Exact indexes return the true top-k; approximate ones say so in
+/// their docs and are measured against exact search (`r1s index eval`).
+pub trait VectorIndex: Send + Sync {
+    /// The error of this index.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Dimension of the vectors.
+    fn dim(&self) -> usize;
+    /// Number of indexed vectors (rows).
+    fn len(&self) -> u64;
+    /// Whether the index holds no vector.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The top-`k` rows for each query.
+    fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>, Self::Error>;
+}

@@ -1,0 +1,34 @@
+//! Errors of the index crate.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of building, loading and searching indexes.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file is missing, truncated, corrupt or inconsistent with the manifest.
+    #[error("{}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+    /// Vectors of the wrong dimension.
+    #[error("wrong vector dimension: expected {expected}, got {got}")]
+    WrongDimension { expected: usize, got: usize },
+    /// The index was built from another corpus or embedder than the one given.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    Options(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl IndexError {
+    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        IndexError::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub(crate) fn bad(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        IndexError::BadFile { path: path.as_ref().to_path_buf(), reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;

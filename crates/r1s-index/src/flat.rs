@@ -1,0 +1,278 @@
+//! Exact inner-product search straight from a memory-mapped `embeddings.npy` (no copy).
+//!
+//! Rows are scanned in blocks, in parallel (rayon): each block's scores for all queries come from
+//! one matrix product (`matrixmultiply::sgemm`, with runtime AVX/FMA dispatch), then each query
+//! keeps its top-k with a small heap; per-block results are merged at the end. f16 matrices are
+//! converted block by block.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+
+use r1s_core::npy::{Dtype, NpyHeader};
+use r1s_core::{Scored, VectorIndex};
+use rayon::prelude::*;
+
+use crate::error::{IndexError, Result};
+
+/// A memory-mapped `[rows, dim]` matrix from a `.npy` file.
+#[derive(Debug)]
+pub struct Matrix {
+    map: memmap2::Mmap,
+    header: NpyHeader,
+    path: PathBuf,
+}
+
+impl Matrix {
+    /// Maps `path` after checking its header and size.
+    pub fn open(path: &Path) -> Result<Matrix> {
+        let header = NpyHeader::read(path).map_err(|e| IndexError::bad(path, e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| IndexError::io(path, e))?;
+        let len = file.metadata().map_err(|e| IndexError::io(path, e))?.len();
+        if len != header.file_len() {
+            return Err(IndexError::bad(
+                path,
+                format!(
+                    "{len} bytes, but a [{}, {}] {:?} matrix needs {}: truncated or corrupt",
+                    header.rows,
+                    header.cols,
+                    header.dtype,
+                    header.file_len()
+                ),
+            ));
+        }
+        if header.data_offset % 4 != 0 {
+            return Err(IndexError::bad(path, "matrix data is not 4-byte aligned"));
+        }
+        // SAFETY: the file is only read; its size was checked above. Rewriting it while mapped is a
+        // misuse (r1s writes new files and renames them into place).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(path, e))?;
+        Ok(Matrix { map, header, path: path.to_path_buf() })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.header.rows
+    }
+
+    pub fn dim(&self) -> usize {
+        self.header.cols as usize
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.header.dtype
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.map[self.header.data_offset as usize..]
+    }
+
+    /// Rows `start..end` as f32 (borrowed for f32 files, converted into `buf` for f16).
+    pub fn block<'a>(&'a self, start: u64, end: u64, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let d = self.dim();
+        let (s, e) = (start as usize * d, end as usize * d);
+        match self.header.dtype {
+            Dtype::F32 => bytemuck::cast_slice(&self.data()[s * 4..e * 4]),
+            Dtype::F16 => {
+                let raw: &[u8] = &self.data()[s * 2..e * 2];
+                buf.clear();
+                buf.extend(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()));
+                buf
+            }
+        }
+    }
+
+    /// One row as f32.
+    pub fn row(&self, r: u64) -> Vec<f32> {
+        let mut buf = Vec::new();
+        self.block(r, r + 1, &mut buf).to_vec()
+    }
+}
+
+/// A score with a total order (NaN sorts lowest), smallest first in a `BinaryHeap` of `Reverse`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Hit(f32, u64);
+
+impl Eq for Hit {}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Hit {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // higher score first; ties: lower row first
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Keeps the `k` best hits seen.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    /// a max-heap of `Hit` ordered worst-on-top (see `Ord`)
+    heap: BinaryHeap<Hit>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    #[inline]
+    pub fn push(&mut self, score: f32, row: u64) {
+        if self.k == 0 {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(Hit(score, row));
+        } else if let Some(worst) = self.heap.peek()
+            && Hit(score, row) < *worst
+        {
+            self.heap.pop();
+            self.heap.push(Hit(score, row));
+        }
+    }
+
+    /// The worst score kept, once `k` are kept.
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k { f32::NEG_INFINITY } else { self.heap.peek().map_or(f32::NEG_INFINITY, |h| h.0) }
+    }
+
+    pub fn merge(&mut self, other: TopK) {
+        for h in other.heap {
+            self.push(h.0, h.1);
+        }
+    }
+
+    /// Best first.
+    pub fn into_sorted(self) -> Vec<Scored> {
+        let mut v: Vec<Hit> = self.heap.into_vec();
+        v.sort();
+        v.into_iter().map(|h| (h.1, h.0)).collect()
+    }
+}
+
+/// Exact inner-product index over a mapped matrix.
+#[derive(Debug)]
+pub struct FlatIndex {
+    matrix: Matrix,
+}
+
+/// Rows per block: enough to amortise the matrix product, small enough for the cache.
+const BLOCK_FLOATS: usize = 1 << 21;
+
+impl FlatIndex {
+    pub fn open(embeddings: &Path) -> Result<FlatIndex> {
+        Ok(FlatIndex { matrix: Matrix::open(embeddings)? })
+    }
+
+    pub fn matrix(&self) -> &Matrix {
+        &self.matrix
+    }
+}
+
+impl VectorIndex for FlatIndex {
+    type Error = IndexError;
+
+    fn dim(&self) -> usize {
+        self.matrix.dim()
+    }
+
+    fn len(&self) -> u64 {
+        self.matrix.rows()
+    }
+
+    fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
+        let d = self.dim();
+        if d == 0 || !queries.len().is_multiple_of(d) {
+            return Err(IndexError::WrongDimension {
+                expected: d,
+                got: if queries.is_empty() { 0 } else { queries.len() % d.max(1) },
+            });
+        }
+        let nq = queries.len() / d;
+        let rows = self.len();
+        if nq == 0 || rows == 0 {
+            return Ok(vec![Vec::new(); nq]);
+        }
+        let block_rows = (BLOCK_FLOATS / nq.max(1)).clamp(256, 65_536) as u64;
+        let blocks: Vec<u64> = (0..rows.div_ceil(block_rows)).collect();
+        let partial: Vec<Vec<TopK>> = blocks
+            .par_iter()
+            .map_init(
+                || (Vec::<f32>::new(), Vec::<f32>::new()),
+                |(conv, scores), &b| {
+                    let start = b * block_rows;
+                    let end = (start + block_rows).min(rows);
+                    let n = (end - start) as usize;
+                    let block = self.matrix.block(start, end, conv);
+                    scores.clear();
+                    scores.resize(nq * n, 0.0);
+                    // scores[nq, n] = queries[nq, d] · block[n, d]ᵀ
+                    // SAFETY: the pointers and strides describe the live slices above exactly:
+                    // queries is nq×d row-major, block is n×d row-major (read as d×n via strides),
+                    // scores is nq×n row-major.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            nq,
+                            d,
+                            n,
+                            1.0,
+                            queries.as_ptr(),
+                            d as isize,
+                            1,
+                            block.as_ptr(),
+                            1,
+                            d as isize,
+                            0.0,
+                            scores.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        );
+                    }
+                    scores
+                        .chunks_exact(n)
+                        .map(|row_scores| {
+                            let mut top = TopK::new(k);
+                            for (j, &s) in row_scores.iter().enumerate() {
+                                if s >= top.threshold() {
+                                    top.push(s, start + j as u64);
+                                }
+                            }
+                            top
+                        })
+                        .collect()
+                },
+            )
+            .collect();
+        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        for block in partial {
+            for (q, top) in block.into_iter().enumerate() {
+                merged[q].merge(top);
+            }
+        }
+        Ok(merged.into_iter().map(TopK::into_sorted).collect())
+    }
+}
+
+/// Brute force, one dot product at a time: the reference the optimised search is tested against.
+pub fn naive_search(matrix: &[f32], dim: usize, queries: &[f32], k: usize) -> Vec<Vec<Scored>> {
+    queries
+        .chunks_exact(dim)
+        .map(|q| {
+            let mut all: Vec<Scored> = matrix
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(r, v)| (r as u64, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()))
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            all.truncate(k);
+            all
+        })
+        .collect()
+}

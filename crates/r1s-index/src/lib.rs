@@ -1,0 +1,246 @@
+//! Vector indexes for r1s, behind [`r1s_core::VectorIndex`]:
+//! - [`FlatIndex`]: exact inner product over the memory-mapped `embeddings.npy` (f32 or f16);
+//! - [`HnswIndex`]: hnsw_rs graph (parallel build, `ef_search` per query), dumped and reloaded.
+//!
+//! An index directory holds `embeddings.npy` + `embeddings.json` (from `r1s embed`), the index files
+//! and `manifest.json`, written last and atomically: a directory without it is not an index.
+//! [`Index::open`] checks the manifest against the files (dims, rows, sizes) before mapping anything.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod error;
+pub mod flat;
+pub mod hnsw;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use r1s_core::{Cancel, Progress, Scored, VectorIndex};
+use serde::{Deserialize, Serialize};
+
+pub use error::{IndexError, Result};
+pub use flat::{FlatIndex, Matrix, TopK, naive_search};
+pub use hnsw::{HnswIndex, HnswParams};
+
+/// File names in an index directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const EMBEDDINGS_FILE: &str = "embeddings.npy";
+pub const EMBEDDINGS_META: &str = "embeddings.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Which index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Flat,
+    Hnsw,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "flat" => Ok(Kind::Flat),
+            "hnsw" => Ok(Kind::Hnsw),
+            "faiss" => Err("the faiss index kind is not built into this r1s yet (use flat or hnsw)".into()),
+            _ => Err(format!("unknown index kind {s:?} (flat, hnsw)")),
+        }
+    }
+}
+
+/// `manifest.json` of an index directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexManifest {
+    pub format: String,
+    pub format_version: u32,
+    pub r1s_version: String,
+    pub kind: Kind,
+    /// Kind-specific parameters (HNSW: m, ef_construction, ef_search).
+    pub params: serde_json::Value,
+    pub dim: usize,
+    pub metric: String,
+    pub rows: u64,
+    pub dtype: r1s_core::npy::Dtype,
+    /// Embedder model path, its sha256 and preset, as recorded by `r1s embed`.
+    pub embedder: serde_json::Value,
+    /// The corpus directory and the sha256 of its manifest.
+    pub corpus: String,
+    pub corpus_manifest_sha256: String,
+    pub build_seconds: f64,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| IndexError::bad(path, format!("invalid: {e}")))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| IndexError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))
+}
+
+/// An opened index of any kind.
+#[derive(Debug)]
+pub enum Index {
+    Flat(FlatIndex),
+    Hnsw { graph: HnswIndex, flat: FlatIndex },
+}
+
+/// An index directory opened with its manifest.
+#[derive(Debug)]
+pub struct OpenIndex {
+    pub dir: PathBuf,
+    pub manifest: IndexManifest,
+    pub index: Index,
+}
+
+impl OpenIndex {
+    /// Opens index directory `dir`, checking files against the manifest.
+    pub fn open(dir: &Path) -> Result<OpenIndex> {
+        let mpath = dir.join(MANIFEST_FILE);
+        if !mpath.exists() {
+            return Err(IndexError::bad(dir, "no manifest.json: not a finished index (run `r1s index build`)"));
+        }
+        let manifest: IndexManifest = read_json(&mpath)?;
+        if manifest.format != "r1s-index" || manifest.format_version != FORMAT_VERSION {
+            return Err(IndexError::bad(
+                &mpath,
+                format!(
+                    "format {} v{}, expected r1s-index v{FORMAT_VERSION}",
+                    manifest.format, manifest.format_version
+                ),
+            ));
+        }
+        let flat = FlatIndex::open(&dir.join(EMBEDDINGS_FILE))?;
+        if flat.dim() != manifest.dim || flat.len() != manifest.rows {
+            return Err(IndexError::Mismatch(format!(
+                "{}: embeddings are [{}, {}], the manifest says [{}, {}]",
+                dir.display(),
+                flat.len(),
+                flat.dim(),
+                manifest.rows,
+                manifest.dim
+            )));
+        }
+        let index = match manifest.kind {
+            Kind::Flat => Index::Flat(flat),
+            Kind::Hnsw => {
+                let params: HnswParams = serde_json::from_value(manifest.params.clone())
+                    .map_err(|e| IndexError::bad(&mpath, format!("bad hnsw params: {e}")))?;
+                Index::Hnsw { graph: HnswIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
+            }
+        };
+        Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index })
+    }
+
+    /// Fails unless the index was built from the corpus whose manifest is at `corpus_dir`.
+    pub fn check_corpus(&self, corpus_dir: &Path) -> Result<()> {
+        let sha = sha256_file(&corpus_dir.join("manifest.json"))?;
+        if sha != self.manifest.corpus_manifest_sha256 {
+            return Err(IndexError::Mismatch(format!(
+                "index {} was built from another corpus than {} (corpus manifest checksum differs)",
+                self.dir.display(),
+                corpus_dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The exact index over the same vectors (for recall measurements).
+    pub fn flat(&self) -> &FlatIndex {
+        match &self.index {
+            Index::Flat(f) => f,
+            Index::Hnsw { flat, .. } => flat,
+        }
+    }
+}
+
+impl VectorIndex for OpenIndex {
+    type Error = IndexError;
+    fn dim(&self) -> usize {
+        self.manifest.dim
+    }
+    fn len(&self) -> u64 {
+        self.manifest.rows
+    }
+    fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
+        match &self.index {
+            Index::Flat(f) => f.search(queries, k),
+            Index::Hnsw { graph, .. } => graph.search(queries, k),
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
+    Ok(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).
+pub fn build(
+    dir: &Path,
+    kind: Kind,
+    hnsw: HnswParams,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<IndexManifest> {
+    let started = Instant::now();
+    let meta: serde_json::Value = read_json(&dir.join(EMBEDDINGS_META))?;
+    let matrix = Matrix::open(&dir.join(EMBEDDINGS_FILE))?;
+    if meta["rows"].as_u64() != Some(matrix.rows()) || meta["dim"].as_u64() != Some(matrix.dim() as u64) {
+        return Err(IndexError::Mismatch(format!(
+            "{}: embeddings.json does not describe embeddings.npy",
+            dir.display()
+        )));
+    }
+    // the old manifest goes first: a half-rebuilt directory must not look finished
+    let mpath = dir.join(MANIFEST_FILE);
+    if mpath.exists() {
+        std::fs::remove_file(&mpath).map_err(|e| IndexError::io(&mpath, e))?;
+    }
+    let params = match kind {
+        Kind::Flat => serde_json::json!({}),
+        Kind::Hnsw => {
+            let graph = HnswIndex::build(&matrix, hnsw, progress, cancel)?;
+            graph.dump(dir)?;
+            serde_json::to_value(hnsw).unwrap_or_default()
+        }
+    };
+    let manifest = IndexManifest {
+        format: "r1s-index".into(),
+        format_version: FORMAT_VERSION,
+        r1s_version: r1s_core::VERSION.into(),
+        kind,
+        params,
+        dim: matrix.dim(),
+        metric: "inner_product".into(),
+        rows: matrix.rows(),
+        dtype: matrix.dtype(),
+        embedder: serde_json::json!({
+            "model": meta["model"], "model_sha256": meta["model_sha256"], "preset": meta["preset"], "max_len": meta["max_len"],
+        }),
+        corpus: meta["corpus"].as_str().unwrap_or_default().to_owned(),
+        corpus_manifest_sha256: meta["corpus_manifest_sha256"].as_str().unwrap_or_default().to_owned(),
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::io(&mpath, e.into()))?;
+    write_atomic(&mpath, &json)?;
+    Ok(manifest)
+}
+
+/// Recall@k of `approx` against `exact` (fraction of the exact top-k found), averaged over queries.
+pub fn recall_at_k(exact: &[Vec<Scored>], approx: &[Vec<Scored>], k: usize) -> f64 {
+    let mut total = 0.0;
+    for (e, a) in exact.iter().zip(approx) {
+        let truth: std::collections::HashSet<u64> = e.iter().take(k).map(|h| h.0).collect();
+        if truth.is_empty() {
+            total += 1.0;
+            continue;
+        }
+        let found = a.iter().take(k).filter(|h| truth.contains(&h.0)).count();
+        total += found as f64 / truth.len() as f64;
+    }
+    total / exact.len().max(1) as f64
+}

@@ -1,0 +1,109 @@
+//! The search pipeline end to end on real data: R1-Searcher's 14,372 passages → corpus → MiniLM
+//! embeddings → flat and HNSW indexes, queried with the HotpotQA eval questions.
+//!
+//! The embeddings take a few minutes on 2 cores; they are built once into
+//! `$R1S_HOME/fixtures/r1-passages` (resumably) and reused by later runs.
+
+use std::path::{Path, PathBuf};
+
+use r1s_core::{Cancel, Embedder, NoProgress, Side, VectorIndex};
+use r1s_embed::{EmbedJob, EmbedderConfig, OnnxEmbedder};
+use r1s_index::{HnswParams, IndexError, Kind, OpenIndex};
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+fn embedder() -> OnnxEmbedder {
+    OnnxEmbedder::load(&EmbedderConfig { threads: 2, ..EmbedderConfig::default() }).expect("MiniLM (run tools/setup)")
+}
+
+/// (corpus dir, dir with embeddings.npy + embeddings.json), built once.
+fn fixture(e: &OnnxEmbedder) -> (PathBuf, PathBuf) {
+    let root = r1s_core::paths::r1s_home().join("fixtures/r1-passages");
+    let corpus = root.join("corpus");
+    if !corpus.join("manifest.json").exists() {
+        let opts = r1s_corpus::IngestOptions::default();
+        r1s_corpus::ingest(&[shared("r1searcher/passages.jsonl")], &corpus, &opts, &NoProgress, &Cancel::new())
+            .unwrap();
+    }
+    let index = root.join("index");
+    r1s_embed::embed_corpus(e, &EmbedJob::new(&corpus, &index), &NoProgress, &Cancel::new()).unwrap();
+    (corpus, index)
+}
+
+/// A fresh index directory holding the fixture's embeddings.
+fn index_dir(tmp: &Path, embeddings: &Path) -> PathBuf {
+    let dir = tmp.join("index");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["embeddings.npy", "embeddings.json"] {
+        std::fs::copy(embeddings.join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn queries(e: &OnnxEmbedder) -> Vec<f32> {
+    let text = std::fs::read_to_string(shared("r1searcher/eval_set/hotpotqa_500.jsonl")).unwrap();
+    let qs: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
+        .collect();
+    let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
+    e.embed(&refs, Side::Query).unwrap()
+}
+
+#[test]
+fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
+    let e = embedder();
+    let (corpus, embeddings) = fixture(&e);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = index_dir(tmp.path(), &embeddings);
+    let q = queries(&e);
+
+    // flat
+    let m = r1s_index::build(&dir, Kind::Flat, HnswParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!((m.rows, m.dim), (14_372, 384));
+    let flat = OpenIndex::open(&dir).unwrap();
+    flat.check_corpus(&corpus).unwrap();
+    let exact = flat.search(&q, 10).unwrap();
+    // the evidence is in this corpus: most questions find a passage with a high score
+    assert!(exact.iter().filter(|h| h[0].1 > 0.5).count() > 400);
+
+    // hnsw, default parameters
+    r1s_index::build(&dir, Kind::Hnsw, HnswParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    let hnsw = OpenIndex::open(&dir).unwrap();
+    let approx = hnsw.search(&q, 10).unwrap();
+    let recall = r1s_index::recall_at_k(&exact, &approx, 10);
+    eprintln!("hnsw recall@10 vs flat on 500 HotpotQA questions: {recall:.4}");
+    assert!(recall >= 0.95, "recall@10 {recall}");
+
+    // save → load → same results
+    let again = OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap();
+    assert_eq!(approx, again);
+
+    // another corpus is refused
+    let other = tmp.path().join("other");
+    r1s_corpus::ingest(
+        &[shared("kilt/kilt_knowledgesource_sample100.jsonl")],
+        &other,
+        &Default::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(matches!(hnsw.check_corpus(&other), Err(IndexError::Mismatch(_))));
+    drop((flat, hnsw));
+
+    // a truncated graph or embeddings file is an error, never a crash
+    let graph = dir.join("hnsw.hnsw.graph");
+    let bytes = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, &bytes[..bytes.len() / 3]).unwrap();
+    let err = OpenIndex::open(&dir).unwrap_err();
+    eprintln!("truncated graph: {err}");
+    std::fs::write(&graph, &bytes).unwrap();
+    let npy = dir.join("embeddings.npy");
+    let f = std::fs::OpenOptions::new().write(true).open(&npy).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 4).unwrap();
+    let err = OpenIndex::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
