@@ -84,6 +84,9 @@ enum IndexCmd {
         /// Also measure HNSW at these ef values (comma-separated).
         #[arg(long, value_delimiter = ',')]
         ef: Vec<usize>,
+        /// Save the query vectors as a [n, dim] f32 .npy (for side-by-side benchmarks).
+        #[arg(long)]
+        save_queries: Option<PathBuf>,
     },
 }
 
@@ -399,7 +402,9 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&idx.manifest)?);
             Ok(())
         }
-        IndexCmd::Eval { index, queries, k, limit, ef } => index_eval(&index, &queries, k, limit, &ef),
+        IndexCmd::Eval { index, queries, k, limit, ef, save_queries } => {
+            index_eval(&index, &queries, k, limit, &ef, save_queries.as_deref())
+        }
     }
 }
 
@@ -432,7 +437,14 @@ fn read_queries(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<String>
     Ok(out)
 }
 
-fn index_eval(dir: &Path, queries: &Path, k: usize, limit: Option<usize>, efs: &[usize]) -> anyhow::Result<()> {
+fn index_eval(
+    dir: &Path,
+    queries: &Path,
+    k: usize,
+    limit: Option<usize>,
+    efs: &[usize],
+    save: Option<&Path>,
+) -> anyhow::Result<()> {
     use r1s_core::{Embedder, VectorIndex};
     let idx = r1s_index::OpenIndex::open(dir)?;
     let e = &idx.manifest.embedder;
@@ -451,6 +463,12 @@ fn index_eval(dir: &Path, queries: &Path, k: usize, limit: Option<usize>, efs: &
     let t = std::time::Instant::now();
     let qv = embedder.embed(&refs, r1s_core::Side::Query)?;
     let embed_s = t.elapsed().as_secs_f64();
+    if let Some(path) = save {
+        let h = r1s_core::npy::NpyHeader::new(r1s_core::npy::Dtype::F32, qs.len() as u64, embedder.dim() as u64);
+        let mut bytes = h.to_bytes();
+        bytes.extend(qv.iter().flat_map(|x| x.to_le_bytes()));
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
     let timed = |f: &dyn Fn() -> Result<Vec<Vec<r1s_core::Scored>>, r1s_index::IndexError>| -> anyhow::Result<(Vec<Vec<r1s_core::Scored>>, f64)> {
         let t = std::time::Instant::now();
         let r = f()?;

@@ -1,0 +1,87 @@
+"""r1s flat/HNSW vs faiss-cpu and hnswlib on the same vectors (see tools/bench-index)."""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+
+M, EFC, EFS = 32, 200, (16, 32, 64)
+K = 10
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--r1s", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    env = dict(os.environ, R1S_THREADS=str(a.threads))
+    idx = os.path.join(a.work, "r1s-hnsw")
+    shutil.rmtree(idx, ignore_errors=True)
+    os.makedirs(idx)
+    for f in ("embeddings.npy", "embeddings.json"):
+        shutil.copy(os.path.join(a.fixture, "index", f), idx)
+    out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", idx, "--kind", "hnsw",
+                          "--m", str(M), "--ef-construction", str(EFC), "--threads", str(a.threads)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    r1s_build = float(re.search(r"built in ([0-9.]+) s", out).group(1))
+    qnpy = os.path.join(a.work, "queries.npy")
+    out = subprocess.run([a.r1s, "index", "eval", "--index", idx, "--queries", os.path.join(a.work, "queries.jsonl"),
+                          "--ef", ",".join(map(str, EFS)), "--save-queries", qnpy], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    r1s_rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+                for m in re.finditer(r"^(flat \(exact\)|hnsw ef=\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
+
+    import faiss
+    import hnswlib
+    faiss.omp_set_num_threads(a.threads)
+    x = np.load(os.path.join(a.fixture, "index", "embeddings.npy")).astype(np.float32)
+    q = np.load(qnpy).astype(np.float32)
+    n, d = x.shape
+    flat = faiss.IndexFlatIP(d)
+    flat.add(x)
+    t = time.perf_counter(); _, truth = flat.search(q, K); faiss_flat_qps = len(q) / (time.perf_counter() - t)
+
+    def recall(ids):
+        return np.mean([len(set(a_) & set(b_)) / K for a_, b_ in zip(ids, truth)])
+
+    hn = faiss.IndexHNSWFlat(d, M, faiss.METRIC_INNER_PRODUCT)
+    hn.hnsw.efConstruction = EFC
+    t = time.perf_counter(); hn.add(x); faiss_build = time.perf_counter() - t
+    faiss_rows = {}
+    for ef in EFS:
+        hn.hnsw.efSearch = ef
+        t = time.perf_counter(); _, ids = hn.search(q, K); qps = len(q) / (time.perf_counter() - t)
+        faiss_rows[ef] = (recall(ids), qps)
+    hl = hnswlib.Index(space="ip", dim=d)
+    hl.init_index(max_elements=n, M=M // 2, ef_construction=EFC)  # hnswlib's M is links per layer > 0 (2M at layer 0)
+    hl.set_num_threads(a.threads)
+    t = time.perf_counter(); hl.add_items(x, np.arange(n)); hl_build = time.perf_counter() - t
+    hl_rows = {}
+    for ef in EFS:
+        hl.set_ef(ef)
+        t = time.perf_counter(); ids, _ = hl.knn_query(q, k=K); qps = len(q) / (time.perf_counter() - t)
+        hl_rows[ef] = (recall(ids), qps)
+
+    print(f"\n{n} x {d} MiniLM vectors, {len(q)} real questions, k={K}, {a.threads} threads; HNSW M={M} efC={EFC}")
+    print(f"{'what':<34} {'build s':>8} {'recall@10':>10} {'queries/s':>10}")
+    print(f"{'faiss IndexFlatIP':<34} {'0':>8} {1.0:>10.4f} {faiss_flat_qps:>10.0f}")
+    print(f"{'r1s flat':<34} {'0':>8} {r1s_rows['flat (exact)'][0]:>10.4f} {r1s_rows['flat (exact)'][1]:>10.0f}")
+    for ef in EFS:
+        print(f"{'faiss IndexHNSWFlat ef=' + str(ef):<34} {faiss_build:>8.2f} {faiss_rows[ef][0]:>10.4f} {faiss_rows[ef][1]:>10.0f}")
+        print(f"{'hnswlib (M=' + str(M // 2) + ') ef=' + str(ef):<34} {hl_build:>8.2f} {hl_rows[ef][0]:>10.4f} {hl_rows[ef][1]:>10.0f}")
+        rr = r1s_rows[f"hnsw ef={ef}"]
+        print(f"{'r1s hnsw ef=' + str(ef):<34} {r1s_build:>8.2f} {rr[0]:>10.4f} {rr[1]:>10.0f}")
+    print("ratios (measured in this run):")
+    print(f"  r1s flat / faiss IndexFlatIP queries/s: {r1s_rows['flat (exact)'][1] / faiss_flat_qps:.2f}x")
+    for ef in EFS:
+        print(f"  r1s hnsw / faiss HNSW queries/s at ef={ef}: {r1s_rows[f'hnsw ef={ef}'][1] / faiss_rows[ef][1]:.2f}x")
+    print(f"  build time r1s hnsw / faiss HNSW: {r1s_build / faiss_build:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
