@@ -15,7 +15,6 @@ use r1s_core::npy::{Dtype, NpyHeader};
 use r1s_core::{Cancel, Progress, Side, Unit};
 use r1s_corpus::Corpus;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{EmbedError, IoContext, Result};
 use crate::model::OnnxEmbedder;
@@ -104,23 +103,14 @@ pub struct EmbedReport {
     pub seconds: f64,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+use r1s_core::fsutil::sha256_hex;
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).at(path)?;
-    Ok(sha256_hex(&bytes))
+    r1s_core::fsutil::sha256_file(path).at(path)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    std::fs::rename(&tmp, path).at(path)
+    r1s_core::fsutil::write_atomic(path, bytes).at(path)
 }
 
 /// Embeds every passage of `job.corpus` (its Search-R1 `contents`, `"title"\ntext`) on the passage side.

@@ -75,9 +75,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| IndexError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))
+    r1s_core::fsutil::write_atomic(path, bytes).map_err(|e| IndexError::io(path, e))
 }
 
 /// An opened index of any kind.
@@ -173,9 +171,7 @@ impl VectorIndex for OpenIndex {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
-    Ok(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    r1s_core::fsutil::sha256_file(path).map_err(|e| IndexError::io(path, e))
 }
 
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).
