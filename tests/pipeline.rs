@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use r1s_core::{Cancel, Embedder, NoProgress, Side, VectorIndex};
 use r1s_embed::{EmbedJob, EmbedderConfig, OnnxEmbedder};
-use r1s_index::{HnswParams, IndexError, Kind, OpenIndex};
+use r1s_index::{BuildParams, IndexError, Kind, OpenIndex};
 
 fn shared(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
@@ -61,7 +61,7 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     let q = queries(&e);
 
     // flat
-    let m = r1s_index::build(&dir, Kind::Flat, HnswParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    let m = r1s_index::build(&dir, Kind::Flat, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
     assert_eq!((m.rows, m.dim), (14_372, 384));
     let flat = OpenIndex::open(&dir).unwrap();
     flat.check_corpus(&corpus).unwrap();
@@ -70,7 +70,7 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     assert!(exact.iter().filter(|h| h[0].1 > 0.5).count() > 400);
 
     // hnsw, default parameters
-    r1s_index::build(&dir, Kind::Hnsw, HnswParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    r1s_index::build(&dir, Kind::Hnsw, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
     let hnsw = OpenIndex::open(&dir).unwrap();
     let approx = hnsw.search(&q, 10).unwrap();
     let recall = r1s_index::recall_at_k(&exact, &approx, 10);
@@ -80,6 +80,26 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     // save → load → same results
     let again = OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap();
     assert_eq!(approx, again);
+
+    // FAISS HNSW32 (efSearch 64), written by FAISS itself: same recall floor, reload gives the same hits
+    r1s_index::build(&dir, Kind::Faiss, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    let faiss = OpenIndex::open(&dir).unwrap();
+    let fx = faiss.search(&q, 10).unwrap();
+    let frecall = r1s_index::recall_at_k(&exact, &fx, 10);
+    eprintln!("faiss HNSW32 recall@10 vs flat: {frecall:.4}");
+    assert!(frecall >= 0.95, "faiss recall@10 {frecall}");
+    assert_eq!(OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), fx);
+    let exact_faiss = tmp.path().join("faiss-flat");
+    std::fs::create_dir_all(&exact_faiss).unwrap();
+    for f in ["embeddings.npy", "embeddings.json"] {
+        std::fs::copy(dir.join(f), exact_faiss.join(f)).unwrap();
+    }
+    let p = BuildParams { faiss_factory: "Flat".into(), ..BuildParams::default() };
+    r1s_index::build(&exact_faiss, Kind::Faiss, &p, &NoProgress, &Cancel::new()).unwrap();
+    let ff = OpenIndex::open(&exact_faiss).unwrap().search(&q, 10).unwrap();
+    assert!(r1s_index::recall_at_k(&exact, &ff, 10) > 0.999, "FAISS Flat and r1s flat disagree");
+    // back to the HNSW directory for the checks below
+    r1s_index::build(&dir, Kind::Hnsw, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
 
     // another corpus is refused
     let other = tmp.path().join("other");

@@ -97,9 +97,12 @@ struct IndexBuildArgs {
     /// Index directory (embeddings.npy, index files, manifest.json).
     #[arg(long, short)]
     out: PathBuf,
-    /// flat (exact) or hnsw.
+    /// flat (exact), hnsw (hnsw_rs) or faiss (any FAISS index_factory string, see --factory).
     #[arg(long, default_value = "hnsw", value_parser = parse_kind)]
     kind: r1s_index::Kind,
+    /// FAISS index_factory string for --kind faiss (Flat, HNSW32, IVF4096,PQ64, ...).
+    #[arg(long, default_value = "HNSW32")]
+    factory: String,
     /// HNSW: links per node.
     #[arg(long, default_value_t = 32)]
     m: usize,
@@ -381,9 +384,13 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
             let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(&corpus, &a.out) };
             r1s_embed::embed_corpus(&embedder, &job, &bars, cancel)?;
-            let params = r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
+            let params = r1s_index::BuildParams {
+                hnsw: r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search },
+                faiss_factory: a.factory.clone(),
+                faiss_ef_search: a.ef_search,
+            };
             let pool = rayon_pool(a.threads)?;
-            let m = pool.install(|| r1s_index::build(&a.out, a.kind, params, &bars, cancel))?;
+            let m = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel))?;
             if !g.quiet {
                 println!(
                     "{}: {:?} index of {} x {} vectors (corpus {}) built in {:.1} s",
@@ -483,16 +490,36 @@ fn index_eval(
     );
     println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
     println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
-    if let r1s_index::Index::Hnsw { graph, .. } = &idx.index {
-        let mut efs = efs.to_vec();
-        if efs.is_empty() {
-            efs.push(graph.params.ef_search);
+    match &idx.index {
+        r1s_index::Index::Hnsw { graph, .. } => {
+            let mut efs = efs.to_vec();
+            if efs.is_empty() {
+                efs.push(graph.params.ef_search);
+            }
+            for ef in efs {
+                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
+                let r = r1s_index::recall_at_k(&exact, &approx, k);
+                println!("{:<24} {:>10.4} {:>12.0}", format!("hnsw ef={ef}"), r, qps);
+            }
         }
-        for ef in efs {
-            let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
-            let r = r1s_index::recall_at_k(&exact, &approx, k);
-            println!("{:<24} {:>10.4} {:>12.0}", format!("hnsw ef={ef}"), r, qps);
+        r1s_index::Index::Faiss { index, .. } => {
+            let factory = idx.manifest.params["factory"].as_str().unwrap_or("?").to_owned();
+            let settings: Vec<Option<usize>> = if efs.is_empty() || !factory.contains("HNSW") {
+                vec![None]
+            } else {
+                efs.iter().copied().map(Some).collect()
+            };
+            for ef in settings {
+                if let Some(ef) = ef {
+                    index.set_parameter("efSearch", ef as f64)?;
+                }
+                let (approx, qps) = timed(&|| index.search(&qv, k))?;
+                let r = r1s_index::recall_at_k(&exact, &approx, k);
+                let name = ef.map_or_else(|| format!("faiss {factory}"), |ef| format!("faiss {factory} ef={ef}"));
+                println!("{name:<24} {r:>10.4} {qps:>12.0}");
+            }
         }
+        r1s_index::Index::Flat(_) => {}
     }
     Ok(())
 }

@@ -141,3 +141,43 @@ fn embed_errors_are_clear() {
     assert!(!cuda.status.success(), "CUDA must never fall back silently");
     assert!(String::from_utf8_lossy(&cuda.stderr).contains("cuda"));
 }
+
+#[test]
+fn index_build_from_jsonl_with_faiss_opens_in_python() {
+    let dir = tempfile::tempdir().unwrap();
+    // a tiny real corpus: 40 HotpotQA questions as Search-R1 passages
+    let questions = std::fs::read_to_string(shared("r1searcher/eval_set/hotpotqa_500.jsonl")).unwrap();
+    let mut jsonl = String::new();
+    for (k, line) in questions.lines().take(40).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let contents = format!("\"Q{k}\"\n{}", v["question"].as_str().unwrap());
+        jsonl.push_str(&serde_json::json!({"id": k.to_string(), "contents": contents}).to_string());
+        jsonl.push('\n');
+    }
+    let src = dir.path().join("q.jsonl");
+    std::fs::write(&src, jsonl).unwrap();
+    let out = dir.path().join("idx");
+    let summary = ok(r1s()
+        .args(["index", "build"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .arg("--corpus-out")
+        .arg(dir.path().join("corpus"))
+        .args(["--kind", "faiss", "--factory", "Flat", "--threads", "2"]));
+    assert!(summary.contains("Faiss index of 40 x 384"), "{summary}");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&out))).unwrap();
+    assert_eq!(info["kind"], "faiss");
+    assert_eq!(info["rows"], 40);
+    let queries = dir.path().join("queries.txt");
+    std::fs::write(&queries, "Which magazine was started first?\nWho was born earlier?\n").unwrap();
+    let eval = ok(r1s().args(["index", "eval", "--index"]).arg(&out).arg("--queries").arg(&queries));
+    assert!(eval.contains("faiss Flat") && eval.contains("1.0000"), "{eval}");
+    let Some(py) = python() else {
+        eprintln!("skipping the faiss.read_index check: no $R1S_HOME/venv (run tools/setup)");
+        return;
+    };
+    let script = "import sys, faiss\ni = faiss.read_index(sys.argv[1])\nprint(i.ntotal, i.d)";
+    let got = ok(Command::new(py).args(["-c", script]).arg(out.join("faiss.index")));
+    assert_eq!(got.trim(), "40 384");
+}

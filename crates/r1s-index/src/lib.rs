@@ -9,6 +9,11 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod error;
+#[cfg(feature = "faiss")]
+pub mod faiss_index;
+#[cfg(not(feature = "faiss"))]
+#[path = "faiss_disabled.rs"]
+pub mod faiss_index;
 pub mod flat;
 pub mod hnsw;
 
@@ -19,6 +24,7 @@ use r1s_core::{Cancel, Progress, Scored, VectorIndex};
 use serde::{Deserialize, Serialize};
 
 pub use error::{IndexError, Result};
+pub use faiss_index::FaissIndex;
 pub use flat::{FlatIndex, Matrix, TopK, naive_search};
 pub use hnsw::{HnswIndex, HnswParams};
 
@@ -34,6 +40,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum Kind {
     Flat,
     Hnsw,
+    Faiss,
 }
 
 impl std::str::FromStr for Kind {
@@ -42,8 +49,8 @@ impl std::str::FromStr for Kind {
         match s {
             "flat" => Ok(Kind::Flat),
             "hnsw" => Ok(Kind::Hnsw),
-            "faiss" => Err("the faiss index kind is not built into this r1s yet (use flat or hnsw)".into()),
-            _ => Err(format!("unknown index kind {s:?} (flat, hnsw)")),
+            "faiss" => Ok(Kind::Faiss),
+            _ => Err(format!("unknown index kind {s:?} (flat, hnsw, faiss)")),
         }
     }
 }
@@ -83,6 +90,29 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub enum Index {
     Flat(FlatIndex),
     Hnsw { graph: HnswIndex, flat: FlatIndex },
+    Faiss { index: FaissIndex, flat: FlatIndex },
+}
+
+/// Parameters of `build`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildParams {
+    pub hnsw: HnswParams,
+    /// FAISS `index_factory` string.
+    pub faiss_factory: String,
+    /// FAISS HNSW `efSearch` (set when the factory has HNSW).
+    pub faiss_ef_search: usize,
+}
+
+impl Default for BuildParams {
+    fn default() -> Self {
+        BuildParams { hnsw: HnswParams::default(), faiss_factory: "HNSW32".into(), faiss_ef_search: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FaissParams {
+    factory: String,
+    ef_search: usize,
 }
 
 /// An index directory opened with its manifest.
@@ -128,6 +158,15 @@ impl OpenIndex {
                     .map_err(|e| IndexError::bad(&mpath, format!("bad hnsw params: {e}")))?;
                 Index::Hnsw { graph: HnswIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
             }
+            Kind::Faiss => {
+                let params: FaissParams = serde_json::from_value(manifest.params.clone())
+                    .map_err(|e| IndexError::bad(&mpath, format!("bad faiss params: {e}")))?;
+                let index = FaissIndex::load(dir, manifest.dim, manifest.rows)?;
+                if params.factory.contains("HNSW") {
+                    index.set_parameter("efSearch", params.ef_search as f64)?;
+                }
+                Index::Faiss { index, flat }
+            }
         };
         Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index })
     }
@@ -149,7 +188,7 @@ impl OpenIndex {
     pub fn flat(&self) -> &FlatIndex {
         match &self.index {
             Index::Flat(f) => f,
-            Index::Hnsw { flat, .. } => flat,
+            Index::Hnsw { flat, .. } | Index::Faiss { flat, .. } => flat,
         }
     }
 }
@@ -166,6 +205,7 @@ impl VectorIndex for OpenIndex {
         match &self.index {
             Index::Flat(f) => f.search(queries, k),
             Index::Hnsw { graph, .. } => graph.search(queries, k),
+            Index::Faiss { index, .. } => index.search(queries, k),
         }
     }
 }
@@ -178,7 +218,7 @@ fn sha256_file(path: &Path) -> Result<String> {
 pub fn build(
     dir: &Path,
     kind: Kind,
-    hnsw: HnswParams,
+    p: &BuildParams,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<IndexManifest> {
@@ -199,9 +239,15 @@ pub fn build(
     let params = match kind {
         Kind::Flat => serde_json::json!({}),
         Kind::Hnsw => {
-            let graph = HnswIndex::build(&matrix, hnsw, progress, cancel)?;
+            let graph = HnswIndex::build(&matrix, p.hnsw, progress, cancel)?;
             graph.dump(dir)?;
-            serde_json::to_value(hnsw).unwrap_or_default()
+            serde_json::to_value(p.hnsw).unwrap_or_default()
+        }
+        Kind::Faiss => {
+            let index = FaissIndex::build(&matrix, &p.faiss_factory, progress, cancel)?;
+            index.write(dir)?;
+            serde_json::to_value(FaissParams { factory: p.faiss_factory.clone(), ef_search: p.faiss_ef_search })
+                .unwrap_or_default()
         }
     };
     let manifest = IndexManifest {
