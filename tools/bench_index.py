@@ -36,6 +36,21 @@ def main():
     r1s_rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
                 for m in re.finditer(r"^(flat \(exact\)|hnsw ef=\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
 
+    # r1s through FAISS (HNSW32, FAISS's default efConstruction 40: the C API does not expose it)
+    fidx = os.path.join(a.work, "r1s-faiss")
+    shutil.rmtree(fidx, ignore_errors=True)
+    os.makedirs(fidx)
+    for f in ("embeddings.npy", "embeddings.json"):
+        shutil.copy(os.path.join(a.fixture, "index", f), fidx)
+    out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", fidx, "--kind", "faiss",
+                          "--factory", f"HNSW{M}", "--threads", str(a.threads)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    r1s_faiss_build = float(re.search(r"built in ([0-9.]+) s", out).group(1))
+    out = subprocess.run([a.r1s, "index", "eval", "--index", fidx, "--queries", os.path.join(a.work, "queries.jsonl"),
+                          "--ef", ",".join(map(str, EFS))], env=env, check=True, capture_output=True, text=True).stdout
+    r1s_faiss = {int(m.group(1)): (float(m.group(2)), float(m.group(3)))
+                 for m in re.finditer(r"^faiss HNSW\d+ ef=(\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
+
     import faiss
     import hnswlib
     faiss.omp_set_num_threads(a.threads)
@@ -57,6 +72,13 @@ def main():
         hn.hnsw.efSearch = ef
         t = time.perf_counter(); _, ids = hn.search(q, K); qps = len(q) / (time.perf_counter() - t)
         faiss_rows[ef] = (recall(ids), qps)
+    hn40 = faiss.IndexHNSWFlat(d, M, faiss.METRIC_INNER_PRODUCT)
+    t = time.perf_counter(); hn40.add(x); faiss40_build = time.perf_counter() - t
+    faiss40 = {}
+    for ef in EFS:
+        hn40.hnsw.efSearch = ef
+        t = time.perf_counter(); _, ids = hn40.search(q, K); qps = len(q) / (time.perf_counter() - t)
+        faiss40[ef] = (recall(ids), qps)
     hl = hnswlib.Index(space="ip", dim=d)
     hl.init_index(max_elements=n, M=M // 2, ef_construction=EFC)  # hnswlib's M is links per layer > 0 (2M at layer 0)
     hl.set_num_threads(a.threads)
@@ -76,11 +98,16 @@ def main():
         print(f"{'hnswlib (M=' + str(M // 2) + ') ef=' + str(ef):<34} {hl_build:>8.2f} {hl_rows[ef][0]:>10.4f} {hl_rows[ef][1]:>10.0f}")
         rr = r1s_rows[f"hnsw ef={ef}"]
         print(f"{'r1s hnsw ef=' + str(ef):<34} {r1s_build:>8.2f} {rr[0]:>10.4f} {rr[1]:>10.0f}")
+        print(f"{'faiss HNSW efC=40 ef=' + str(ef):<34} {faiss40_build:>8.2f} {faiss40[ef][0]:>10.4f} {faiss40[ef][1]:>10.0f}")
+        print(f"{'r1s faiss HNSW efC=40 ef=' + str(ef):<34} {r1s_faiss_build:>8.2f} {r1s_faiss[ef][0]:>10.4f} {r1s_faiss[ef][1]:>10.0f}")
     print("ratios (measured in this run):")
     print(f"  r1s flat / faiss IndexFlatIP queries/s: {r1s_rows['flat (exact)'][1] / faiss_flat_qps:.2f}x")
     for ef in EFS:
         print(f"  r1s hnsw / faiss HNSW queries/s at ef={ef}: {r1s_rows[f'hnsw ef={ef}'][1] / faiss_rows[ef][1]:.2f}x")
     print(f"  build time r1s hnsw / faiss HNSW: {r1s_build / faiss_build:.2f}x")
+    for ef in EFS:
+        print(f"  r1s --kind faiss / Python faiss (HNSW efC=40) queries/s at ef={ef}: {r1s_faiss[ef][1] / faiss40[ef][1]:.2f}x")
+    print(f"  build time r1s --kind faiss / Python faiss (efC=40): {r1s_faiss_build / faiss40_build:.2f}x")
 
 
 if __name__ == "__main__":
