@@ -32,9 +32,9 @@ fn fixture(e: &OnnxEmbedder) -> (PathBuf, PathBuf) {
     (corpus, index)
 }
 
-/// A fresh index directory holding the fixture's embeddings.
-fn index_dir(tmp: &Path, embeddings: &Path) -> PathBuf {
-    let dir = tmp.join("index");
+/// A fresh index directory `tmp/name` holding the embeddings of `embeddings`.
+fn index_dir(tmp: &Path, name: &str, embeddings: &Path) -> PathBuf {
+    let dir = tmp.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["embeddings.npy", "embeddings.json"] {
         std::fs::copy(embeddings.join(f), dir.join(f)).unwrap();
@@ -57,7 +57,7 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     let e = embedder();
     let (corpus, embeddings) = fixture(&e);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = index_dir(tmp.path(), &embeddings);
+    let dir = index_dir(tmp.path(), "index", &embeddings);
     let q = queries(&e);
 
     // flat
@@ -89,11 +89,7 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     eprintln!("faiss HNSW32 recall@10 vs flat: {frecall:.4}");
     assert!(frecall >= 0.95, "faiss recall@10 {frecall}");
     assert_eq!(OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), fx);
-    let exact_faiss = tmp.path().join("faiss-flat");
-    std::fs::create_dir_all(&exact_faiss).unwrap();
-    for f in ["embeddings.npy", "embeddings.json"] {
-        std::fs::copy(dir.join(f), exact_faiss.join(f)).unwrap();
-    }
+    let exact_faiss = index_dir(tmp.path(), "faiss-flat", &embeddings);
     let p = BuildParams { faiss_factory: "Flat".into(), ..BuildParams::default() };
     r1s_index::build(&exact_faiss, Kind::Faiss, &p, &NoProgress, &Cancel::new()).unwrap();
     let ff = OpenIndex::open(&exact_faiss).unwrap().search(&q, 10).unwrap();

@@ -12,6 +12,16 @@ M, EFC, EFS = 32, 200, (16, 32, 64)
 K = 10
 
 
+def fresh_index_dir(work, name, fixture):
+    """A new index directory holding the fixture's embeddings."""
+    path = os.path.join(work, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    for f in ("embeddings.npy", "embeddings.json"):
+        shutil.copy(os.path.join(fixture, "index", f), path)
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--r1s", required=True)
@@ -20,11 +30,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     env = dict(os.environ, R1S_THREADS=str(a.threads))
-    idx = os.path.join(a.work, "r1s-hnsw")
-    shutil.rmtree(idx, ignore_errors=True)
-    os.makedirs(idx)
-    for f in ("embeddings.npy", "embeddings.json"):
-        shutil.copy(os.path.join(a.fixture, "index", f), idx)
+    idx = fresh_index_dir(a.work, "r1s-hnsw", a.fixture)
     out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", idx, "--kind", "hnsw",
                           "--m", str(M), "--ef-construction", str(EFC), "--threads", str(a.threads)],
                          env=env, check=True, capture_output=True, text=True).stdout
@@ -37,11 +43,7 @@ def main():
                 for m in re.finditer(r"^(flat \(exact\)|hnsw ef=\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
 
     # r1s through FAISS (HNSW32, FAISS's default efConstruction 40: the C API does not expose it)
-    fidx = os.path.join(a.work, "r1s-faiss")
-    shutil.rmtree(fidx, ignore_errors=True)
-    os.makedirs(fidx)
-    for f in ("embeddings.npy", "embeddings.json"):
-        shutil.copy(os.path.join(a.fixture, "index", f), fidx)
+    fidx = fresh_index_dir(a.work, "r1s-faiss", a.fixture)
     out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", fidx, "--kind", "faiss",
                           "--factory", f"HNSW{M}", "--threads", str(a.threads)], env=env, check=True,
                          capture_output=True, text=True).stdout
