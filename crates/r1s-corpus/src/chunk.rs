@@ -119,6 +119,31 @@ pub fn chunk_words(text: &str, per_window: usize) -> Vec<String> {
     out
 }
 
+/// [`chunk_words`] for text whose words are already separated by exactly one `' '` or `'\n'`, with no
+/// whitespace at either end and no other whitespace character (what [`crate::wikitext::clean`]
+/// returns): windows are found by counting separators with a vectorised search.
+pub fn chunk_normalized(text: &str, per_window: usize) -> Vec<String> {
+    let per_window = per_window.max(1);
+    let mut out = Vec::with_capacity(text.len() / (per_window * 6) + 1);
+    if text.is_empty() {
+        return out;
+    }
+    let mut start = 0;
+    let mut seps = 0;
+    for at in memchr::memchr2_iter(b' ', b'\n', text.as_bytes()) {
+        seps += 1;
+        if seps == per_window {
+            out.push(text[start..at].replace('\n', " "));
+            start = at + 1;
+            seps = 0;
+        }
+    }
+    if start < text.len() {
+        out.push(text[start..].replace('\n', " "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +172,24 @@ mod tests {
             let words: Vec<&str> = text.split_whitespace().collect();
             let expect: Vec<String> = words.chunks(n).map(|c| c.join(" ")).collect();
             assert_eq!(chunk_words(text, n), expect, "{n}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalized_fast_path_equals_the_general_one(
+            words in proptest::collection::vec("[a-zé日0-9,.()]{1,8}", 0..300),
+            seps in proptest::collection::vec(proptest::bool::ANY, 300),
+            n in 1usize..120,
+        ) {
+            let mut text = String::new();
+            for (k, w) in words.iter().enumerate() {
+                if k > 0 {
+                    text.push(if seps[k] { '\n' } else { ' ' });
+                }
+                text.push_str(w);
+            }
+            proptest::prop_assert_eq!(chunk_normalized(&text, n), chunk_words(&text, n));
         }
     }
 

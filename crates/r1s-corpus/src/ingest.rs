@@ -280,7 +280,10 @@ fn process(unit: Unit, opts: &IngestOptions) -> Processed {
 }
 
 fn chunked(doc_id: &str, title: &str, text: &str, words: usize, page: bool) -> Processed {
-    let chunks = crate::chunk::chunk_words(text, words);
+    passages(doc_id, title, crate::chunk::chunk_words(text, words), page)
+}
+
+fn passages(doc_id: &str, title: &str, chunks: Vec<String>, page: bool) -> Processed {
     if chunks.is_empty() {
         return Processed::Skipped { reason: Skip::Empty, page };
     }
@@ -330,7 +333,9 @@ fn process_page(page: WikiPage, opts: &IngestOptions) -> Processed {
         return Processed::Skipped { reason, page: true };
     }
     let text = crate::wikitext::clean(&page.text);
-    chunked(&page.id.to_string(), &page.title, &text, opts.words, true)
+    // clean() normalises whitespace, so the separator-counting chunker applies
+    let chunks = crate::chunk::chunk_normalized(&text, opts.words);
+    passages(&page.id.to_string(), &page.title, chunks, true)
 }
 
 /// A disambiguation page: title "(disambiguation)" or a disambiguation template
@@ -408,7 +413,11 @@ fn ingest_dump(
     let (reader, kind): (Box<dyn std::io::BufRead + Send>, _) = if is_bz2 {
         (Box::new(BufReader::with_capacity(1 << 20, dump::spawn_decompressor(counted))), PositionKind::Decompressed)
     } else {
-        (Box::new(BufReader::with_capacity(1 << 20, counted)), PositionKind::File)
+        // uncompressed XML is read through a memory map: no read() copies through the kernel
+        // SAFETY: the dump is only read; see store::map for the same reasoning.
+        let map = unsafe { memmap2::Mmap::map(&counted.inner) }.at(path)?;
+        let mapped = Counting { inner: std::io::Cursor::new(map), count: count.clone() };
+        (Box::new(BufReader::with_capacity(1 << 20, mapped)), PositionKind::File)
     };
 
     // parser thread → batches of pages
