@@ -13,7 +13,7 @@ const K: usize = 10;
 const EFS: [usize; 3] = [16, 32, 64];
 
 fn benches(c: &mut Criterion) {
-    let path = r1s_core::paths::r1s_home().join("fixtures/r1-passages/index/embeddings.npy");
+    let path = r1s_core::paths::r1s_home().join("fixtures/r1-passages-v2/index/embeddings.npy");
     let matrix = Matrix::open(&path).expect("the fixture (run `cargo test --test pipeline` once)");
     let flat = FlatIndex::open(&path).expect("flat");
     // queries: every 71st passage vector (they are unit vectors of the same model)

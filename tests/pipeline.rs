@@ -2,7 +2,7 @@
 //! embeddings → flat and HNSW indexes, queried with the HotpotQA eval questions.
 //!
 //! The embeddings take a few minutes on 2 cores; they are built once into
-//! `$R1S_HOME/fixtures/r1-passages` (resumably) and reused by later runs.
+//! `$R1S_HOME/fixtures/r1-passages-v2` (resumably) and reused by later runs.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ fn embedder() -> OnnxEmbedder {
 
 /// (corpus dir, dir with embeddings.npy + embeddings.json), built once.
 fn fixture(e: &OnnxEmbedder) -> (PathBuf, PathBuf) {
-    let root = r1s_core::paths::r1s_home().join("fixtures/r1-passages");
+    let root = r1s_core::paths::r1s_home().join("fixtures/r1-passages-v2");
     let corpus = root.join("corpus");
     if !corpus.join("manifest.json").exists() {
         let opts = r1s_corpus::IngestOptions::default();
@@ -64,7 +64,8 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     let m = r1s_index::build(&dir, Kind::Flat, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
     assert_eq!((m.rows, m.dim), (14_372, 384));
     let flat = OpenIndex::open(&dir).unwrap();
-    flat.check_corpus(&corpus).unwrap();
+    let corpus_id = r1s_corpus::Corpus::open(&corpus).unwrap().manifest.content_id();
+    flat.check_corpus(&corpus_id).unwrap();
     let exact = flat.search(&q, 10).unwrap();
     // the evidence is in this corpus: most questions find a passage with a high score
     assert!(exact.iter().filter(|h| h[0].1 > 0.5).count() > 400);
@@ -107,7 +108,8 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
         &Cancel::new(),
     )
     .unwrap();
-    assert!(matches!(hnsw.check_corpus(&other), Err(IndexError::Mismatch(_))));
+    let other_id = r1s_corpus::Corpus::open(&other).unwrap().manifest.content_id();
+    assert!(matches!(hnsw.check_corpus(&other_id), Err(IndexError::Mismatch(_))));
     drop((flat, hnsw));
 
     // a truncated graph or embeddings file is an error, never a crash

@@ -94,6 +94,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The corpus's identity: sha256 of this manifest without its creation time, so that ingesting the
+    /// same inputs with the same options again gives the same id (embeddings and indexes record it).
+    pub fn content_id(&self) -> String {
+        let mut m = self.clone();
+        m.created_unix = 0;
+        r1s_core::fsutil::sha256_hex(&serde_json::to_vec(&m).unwrap_or_default())
+    }
+
     /// Reads and checks the manifest of corpus `dir`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);

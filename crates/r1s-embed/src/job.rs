@@ -68,7 +68,8 @@ pub struct Settings {
     pub rows: u64,
     pub chunk_rows: usize,
     pub corpus: String,
-    pub corpus_manifest_sha256: String,
+    /// [`r1s_corpus::Manifest::content_id`] of the corpus.
+    pub corpus_id: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,7 +138,7 @@ pub fn embed_corpus(
         rows,
         chunk_rows: job.chunk_rows,
         corpus: job.corpus.display().to_string(),
-        corpus_manifest_sha256: sha256_file(&job.corpus.join(r1s_corpus::store::MANIFEST_FILE))?,
+        corpus_id: corpus.manifest.content_id(),
     };
     let final_path = job.out.join(EMBEDDINGS_FILE);
     let meta_path = job.out.join(EMBEDDINGS_META);

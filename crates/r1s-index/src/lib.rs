@@ -70,9 +70,10 @@ pub struct IndexManifest {
     pub dtype: r1s_core::npy::Dtype,
     /// Embedder model path, its sha256 and preset, as recorded by `r1s embed`.
     pub embedder: serde_json::Value,
-    /// The corpus directory and the sha256 of its manifest.
+    /// The corpus directory and its content id (`r1s_corpus::Manifest::content_id`: the sha256 of
+    /// its manifest without the creation time).
     pub corpus: String,
-    pub corpus_manifest_sha256: String,
+    pub corpus_id: String,
     pub build_seconds: f64,
 }
 
@@ -171,14 +172,15 @@ impl OpenIndex {
         Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index })
     }
 
-    /// Fails unless the index was built from the corpus whose manifest is at `corpus_dir`.
-    pub fn check_corpus(&self, corpus_dir: &Path) -> Result<()> {
-        let sha = sha256_file(&corpus_dir.join("manifest.json"))?;
-        if sha != self.manifest.corpus_manifest_sha256 {
+    /// Fails unless the index was built from the corpus with content id `corpus_id`
+    /// (`r1s_corpus::Manifest::content_id`; this crate does not read corpora itself).
+    pub fn check_corpus(&self, corpus_id: &str) -> Result<()> {
+        if corpus_id != self.manifest.corpus_id {
             return Err(IndexError::Mismatch(format!(
-                "index {} was built from another corpus than {} (corpus manifest checksum differs)",
+                "index {} was built from another corpus than the one given (corpus id {} vs {})",
                 self.dir.display(),
-                corpus_dir.display()
+                &corpus_id[..corpus_id.len().min(12)],
+                &self.manifest.corpus_id[..self.manifest.corpus_id.len().min(12)]
             )));
         }
         Ok(())
@@ -208,10 +210,6 @@ impl VectorIndex for OpenIndex {
             Index::Faiss { index, .. } => index.search(queries, k),
         }
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    r1s_core::fsutil::sha256_file(path).map_err(|e| IndexError::io(path, e))
 }
 
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).
@@ -264,7 +262,7 @@ pub fn build(
             "model": meta["model"], "model_sha256": meta["model_sha256"], "preset": meta["preset"], "max_len": meta["max_len"],
         }),
         corpus: meta["corpus"].as_str().unwrap_or_default().to_owned(),
-        corpus_manifest_sha256: meta["corpus_manifest_sha256"].as_str().unwrap_or_default().to_owned(),
+        corpus_id: meta["corpus_id"].as_str().unwrap_or_default().to_owned(),
         build_seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::io(&mpath, e.into()))?;
