@@ -121,8 +121,6 @@ pub fn detect(path: &Path) -> Result<Format> {
 /// What a source yields for the processing stage.
 #[derive(Debug)]
 pub enum Unit {
-    /// A wiki page to filter, clean and chunk.
-    Page(crate::dump::WikiPage),
     /// A plain-text document to chunk.
     Doc { doc_id: String, title: String, text: String },
     /// A passage kept as given.

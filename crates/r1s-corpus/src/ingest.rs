@@ -272,7 +272,6 @@ const UNIT_BATCH: usize = 2048;
 
 fn process(unit: Unit, opts: &IngestOptions) -> Processed {
     match unit {
-        Unit::Page(page) => process_page(page, opts),
         Unit::Doc { doc_id, title, text } => chunked(&doc_id, &title, &text, opts.words, false),
         Unit::Passage(p) => Processed::Passages { passages: vec![p], page: false },
         Unit::Bad(e) => Processed::Bad(e),
@@ -300,16 +299,6 @@ fn passages(doc_id: &str, title: &str, chunks: Vec<String>, page: bool) -> Proce
         })
         .collect();
     Processed::Passages { passages, page }
-}
-
-/// Decides whether a page is kept (before cleaning); `None` means keep.
-pub fn page_skip_reason(
-    page: &WikiPage,
-    keep_redirects: bool,
-    keep_disambiguation: bool,
-    keep_lists: bool,
-) -> Option<&'static str> {
-    skip_reason(page, keep_redirects, keep_disambiguation, keep_lists).map(Skip::key)
 }
 
 fn skip_reason(page: &WikiPage, keep_redirects: bool, keep_disambiguation: bool, keep_lists: bool) -> Option<Skip> {
