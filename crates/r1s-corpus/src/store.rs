@@ -305,34 +305,31 @@ impl CorpusWriter {
         c.contents.append_option(p.contents.as_deref());
         c.len += 1;
 
-        let bpath = || self.dir.join(DOCSTORE_DATA);
-        let flags: u8 = u8::from(p.contents.is_some());
-        let mut head = Vec::with_capacity(17);
-        head.push(flags);
-        for s in [&p.id, &p.doc_id, &p.title] {
-            head.extend_from_slice(&len_u32(s, &bpath())?.to_le_bytes());
+        // one docstore record, written at once; paths are built only on error
+        let fields: [&str; 3] = [&p.id, &p.doc_id, &p.title];
+        let mut head = [0u8; 17];
+        head[0] = u8::from(p.contents.is_some());
+        let mut head_len = 1;
+        for s in fields.iter().copied().chain(p.contents.as_deref()) {
+            let len = u32::try_from(s.len()).map_err(|_| {
+                CorpusError::Options(format!("{}: a field of 4 GiB or more", self.dir.join(DOCSTORE_DATA).display()))
+            })?;
+            head[head_len..head_len + 4].copy_from_slice(&len.to_le_bytes());
+            head_len += 4;
         }
-        if let Some(c) = &p.contents {
-            head.extend_from_slice(&len_u32(c, &bpath())?.to_le_bytes());
+        let parts = std::iter::once(&head[..head_len])
+            .chain(fields.iter().map(|s| s.as_bytes()))
+            .chain(p.contents.as_deref().map(str::as_bytes))
+            .chain(std::iter::once(p.text.as_bytes()));
+        let mut rec = 0;
+        for part in parts {
+            self.bin.write_all(part).map_err(|e| CorpusError::io(self.dir.join(DOCSTORE_DATA), e))?;
+            rec += part.len();
         }
-        let b = &mut self.bin;
-        let write = |b: &mut BufWriter<File>, x: &[u8]| b.write_all(x).at(bpath());
-        write(b, &head)?;
-        write(b, p.id.as_bytes())?;
-        write(b, p.doc_id.as_bytes())?;
-        write(b, p.title.as_bytes())?;
-        if let Some(c) = &p.contents {
-            write(b, c.as_bytes())?;
-        }
-        write(b, p.text.as_bytes())?;
-        let rec = head.len()
-            + p.id.len()
-            + p.doc_id.len()
-            + p.title.len()
-            + p.contents.as_ref().map_or(0, String::len)
-            + p.text.len();
         self.offset += rec as u64;
-        self.idx.write_all(&self.offset.to_le_bytes()).at(self.dir.join(DOCSTORE_INDEX))?;
+        self.idx
+            .write_all(&self.offset.to_le_bytes())
+            .map_err(|e| CorpusError::io(self.dir.join(DOCSTORE_INDEX), e))?;
         self.rows += 1;
         self.text_bytes += p.text.len() as u64;
         if self.cols.len >= BATCH_ROWS {
@@ -374,10 +371,6 @@ impl CorpusWriter {
         std::fs::write(&mpath, json).at(&mpath)?;
         Ok(())
     }
-}
-
-fn len_u32(s: &str, path: &Path) -> Result<u32> {
-    u32::try_from(s.len()).map_err(|_| CorpusError::Options(format!("{}: a field of 4 GiB or more", path.display())))
 }
 
 /// A passage read from the docstore, borrowing the mapped file.
