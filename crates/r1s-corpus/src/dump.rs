@@ -360,8 +360,8 @@ pub fn spawn_decompressor<R: Read + Send + 'static>(input: R) -> ChannelReader {
     std::thread::Builder::new()
         .name("r1s-bz2".into())
         .spawn(move || {
-            let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-            let counted = CountingRead { inner: input, count: consumed.clone() };
+            let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = Counting { inner: input, count: consumed.clone() };
             let mut dec = bzip2::read::MultiBzDecoder::new(counted);
             loop {
                 let mut block = vec![0u8; BLOCK];
@@ -394,7 +394,13 @@ pub fn spawn_decompressor<R: Read + Send + 'static>(input: R) -> ChannelReader {
                             let _ = tx.send(Ok(block));
                         }
                         let e = bz2_error(e);
-                        let e = std::io::Error::new(e.kind(), format!("{e}, near compressed byte {}", consumed.get()));
+                        let e = std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{e}, near compressed byte {}",
+                                consumed.load(std::sync::atomic::Ordering::Relaxed)
+                            ),
+                        );
                         let _ = tx.send(Err(e));
                         return;
                     }
@@ -405,15 +411,16 @@ pub fn spawn_decompressor<R: Read + Send + 'static>(input: R) -> ChannelReader {
     ChannelReader { rx, cur: Vec::new(), pos: 0 }
 }
 
-struct CountingRead<R> {
-    inner: R,
-    count: std::rc::Rc<std::cell::Cell<u64>>,
+/// Counts the bytes read through it (shared with whoever holds the counter).
+pub(crate) struct Counting<R> {
+    pub(crate) inner: R,
+    pub(crate) count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl<R: Read> Read for CountingRead<R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }

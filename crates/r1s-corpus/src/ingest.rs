@@ -6,7 +6,7 @@
 //! cleaned in parallel, window by window, and written in order. Memory stays bounded by the channel
 //! capacities and the window size, whatever the dump size.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use r1s_core::{Cancel, Progress, Unit as ProgressUnit};
 
-use crate::dump::{self, PageReader, PositionKind, WikiPage};
+use crate::dump::{self, Counting, PageReader, PositionKind, WikiPage};
 use crate::error::{CorpusError, IoContext, Result};
 use crate::formats::{self, Format, LineSource, PassageIn, Unit};
 use crate::store::{CorpusWriter, Counts, InputInfo, Manifest, StagingDir};
@@ -361,20 +361,6 @@ pub fn is_disambiguation(title: &str, text: &str) -> bool {
 
 // ------------------------------------------------------------------------------------------------
 // dumps
-
-/// Counts bytes read through it.
-struct Counting<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
 
 const PAGE_BATCH: usize = 64;
 const PAGE_BATCH_BYTES: usize = 8 << 20;
