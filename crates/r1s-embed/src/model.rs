@@ -236,7 +236,7 @@ impl OnnxEmbedder {
             device,
         };
         // the probe: learns the dimension and proves the model runs
-        let probe = e.run_batch(0, &[vec![101, 102]]).map_err(|err| sig(format!("probe inference failed: {err}")))?;
+        let probe = e.run_batch(0, &[&[101, 102]]).map_err(|err| sig(format!("probe inference failed: {err}")))?;
         e.dim = probe.len();
         if e.dim == 0 {
             return Err(sig("the model returned an empty vector".into()));
@@ -273,9 +273,9 @@ impl OnnxEmbedder {
 
     /// Runs one padded batch of token id sequences; returns `[rows, dim]` pooled (and normalised)
     /// vectors.
-    fn run_batch(&self, session: usize, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+    fn run_batch(&self, session: usize, seqs: &[&[u32]]) -> Result<Vec<f32>> {
         let rows = seqs.len();
-        let len = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut guard =
             self.work[session].lock().map_err(|_| EmbedError::Inference("a previous inference panicked".into()))?;
         let work = &mut *guard;
@@ -366,15 +366,15 @@ impl OnnxEmbedder {
             for session in 0..workers {
                 let (tx, next, stop, batches) = (tx.clone(), &next, &stop, &batches);
                 scope.spawn(move || {
-                    let mut padded: Vec<Vec<u32>> = Vec::with_capacity(self.batch);
+                    let mut batch: Vec<&[u32]> = Vec::with_capacity(self.batch);
                     loop {
                         let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if b >= batches.len() || stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
                         }
-                        padded.clear();
-                        padded.extend(batches[b].iter().map(|&i| seqs[i].clone()));
-                        if tx.send((b, self.run_batch(session, &padded))).is_err() {
+                        batch.clear();
+                        batch.extend(batches[b].iter().map(|&i| seqs[i].as_slice()));
+                        if tx.send((b, self.run_batch(session, &batch))).is_err() {
                             return;
                         }
                     }
