@@ -533,11 +533,7 @@ fn embed(a: EmbedArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     if a.pooling.is_some() || a.query_prefix.is_some() || a.passage_prefix.is_some() || a.no_normalize {
         let mut p = match preset.take() {
             Some(p) => p,
-            None => {
-                let (onnx, _) = r1s_embed::model::model_files(&a.model)?;
-                let dir = onnx.parent().map(Path::to_path_buf).unwrap_or_default();
-                r1s_embed::Preset::from_model_dir(&dir)?.map_or_else(|| r1s_embed::Preset::named("minilm"), Ok)?
-            }
+            None => r1s_embed::model::preset_for(&a.model)?,
         };
         p.name = "custom".into();
         if let Some(pool) = &a.pooling {

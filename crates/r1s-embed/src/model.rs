@@ -99,6 +99,19 @@ pub fn model_files(model: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((onnx, tokenizer))
 }
 
+/// The preset of a model without an explicit one: `r1s-embed.json` beside its files (here: beside
+/// `tokenizer_or_model`), else `minilm`.
+fn default_preset(tokenizer_or_model: &Path) -> Result<Preset> {
+    let dir = tokenizer_or_model.parent().map(Path::to_path_buf).unwrap_or_default();
+    Preset::from_model_dir(&dir)?.map_or_else(|| Preset::named("minilm"), Ok)
+}
+
+/// The preset `OnnxEmbedder::load` uses for `model` when none is given.
+pub fn preset_for(model: &Path) -> Result<Preset> {
+    let (onnx, _) = model_files(model)?;
+    default_preset(&onnx)
+}
+
 /// What the model outputs.
 #[derive(Debug, Clone)]
 struct Output {
@@ -156,10 +169,9 @@ impl OnnxEmbedder {
     /// Loads the model and tokenizer and checks the model's signature with a probe inference.
     pub fn load(cfg: &EmbedderConfig) -> Result<OnnxEmbedder> {
         let (onnx, tok_path) = model_files(&cfg.model)?;
-        let dir = tok_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let preset = match &cfg.preset {
             Some(p) => p.clone(),
-            None => Preset::from_model_dir(&dir)?.map_or_else(|| Preset::named("minilm"), Ok)?,
+            None => default_preset(&tok_path)?,
         };
         if cfg.max_len < 2 || cfg.batch == 0 {
             return Err(EmbedError::Options("--max-len must be at least 2 and --batch at least 1".into()));
