@@ -55,6 +55,104 @@ enum Command {
     /// Build, inspect and evaluate vector indexes.
     #[command(subcommand)]
     Index(IndexCmd),
+    /// Look passages up: a table for people, JSON lines for scripts (queries as arguments or one
+    /// per line on standard input).
+    Retrieve(RetrieveArgs),
+    /// Serve an index over HTTP: Search-R1's POST /retrieve, R1-Searcher's POST /queries, GET /health,
+    /// GET /metrics. Concurrent requests are micro-batched; a full queue answers 429.
+    Serve(ServeArgs),
+}
+
+/// How to open a retriever (shared by `retrieve` and `serve`).
+#[derive(Debug, Args)]
+struct RetrieverArgs {
+    /// Index directory (from `r1s index build`).
+    #[arg(long)]
+    index: PathBuf,
+    /// The corpus directory (default: the one recorded in the index).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// HNSW search candidates (default: the index's).
+    #[arg(long)]
+    ef: Option<usize>,
+    /// Threads for the query embedder (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+    /// cpu, cuda, cuda:N, or auto, for the query embedder.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: r1s_embed::Device,
+}
+
+impl RetrieverArgs {
+    fn open(&self) -> anyhow::Result<r1s_retrieve::DenseRetriever> {
+        let opts = r1s_retrieve::DenseOptions {
+            corpus: self.corpus.clone(),
+            threads: self.threads,
+            device: Some(self.device),
+            ef_search: self.ef,
+            ..Default::default()
+        };
+        Ok(r1s_retrieve::DenseRetriever::open(&self.index, &opts)?)
+    }
+}
+
+#[derive(Debug, Args)]
+struct RetrieveArgs {
+    #[command(flatten)]
+    retriever: RetrieverArgs,
+    /// Queries (none: read one per line from standard input).
+    queries: Vec<String>,
+    /// Passages per query.
+    #[arg(long, short, default_value_t = 5)]
+    k: usize,
+    /// One JSON object per query: {"query", "hits": [{"rank","row","id","score","title","contents"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    retriever: RetrieverArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port, printed at start-up).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Passages per query when a request does not say.
+    #[arg(long, default_value_t = 3)]
+    topk: usize,
+    /// Largest topk / k accepted (422 above).
+    #[arg(long, default_value_t = 1000)]
+    max_topk: usize,
+    /// Most queries in one request (422 above).
+    #[arg(long, default_value_t = 4096)]
+    max_queries: usize,
+    /// Largest request body in MiB (422 above).
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Most queries embedded and searched together.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Longest wait for more concurrent requests before a batch runs, in milliseconds.
+    #[arg(long, default_value_t = 3.0)]
+    max_wait_ms: f64,
+    /// Run each request on its own (no micro-batching).
+    #[arg(long)]
+    no_batching: bool,
+    /// Most queries waiting; beyond it requests get 429 with Retry-After.
+    #[arg(long, default_value_t = 16384)]
+    queue: usize,
+    /// Batch worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Threads of the HTTP runtime.
+    #[arg(long, default_value_t = 2)]
+    http_threads: usize,
+    /// Seconds between traffic log lines (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    log_every: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,13 +391,21 @@ fn parse_format(s: &str) -> Result<Format, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
     let level = match (cli.globals.quiet, cli.globals.verbose) {
         (true, _) => log::LevelFilter::Error,
+        (false, 0) if serving => log::LevelFilter::Info,
         (false, 0) => log::LevelFilter::Warn,
         (false, 1) => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).parse_env("R1S_LOG").format_target(false).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        // hnsw_rs narrates every graph load at info level
+        .filter_module("hnsw_rs", level.min(log::LevelFilter::Warn))
+        .parse_env("R1S_LOG")
+        .format_target(false)
+        .init();
     let cancel = Arc::new(Cancel::new());
     {
         let c = cancel.clone();
@@ -316,37 +422,60 @@ fn main() -> ExitCode {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(c) = cause.downcast_ref::<r1s_index::IndexError>() {
-            use r1s_index::IndexError as E;
+        if let Some(c) = cause.downcast_ref::<r1s_retrieve::RetrieveError>() {
+            use r1s_retrieve::RetrieveError as E;
             return match c {
-                E::Cancelled => exit::CANCELLED,
-                E::Io { .. } => exit::IO,
-                E::BadFile { .. } | E::Mismatch(_) | E::WrongDimension { .. } => exit::DATA,
+                E::Index(inner) => index_exit_code(inner),
+                E::Embed(inner) => embed_exit_code(inner),
+                E::Corpus(inner) => corpus_exit_code(inner),
+                E::CorpusNotFound { .. } => exit::NO_INPUT,
+                E::Mismatch(_) => exit::DATA,
                 E::Options(_) => exit::FAILURE,
             };
         }
+        if let Some(c) = cause.downcast_ref::<r1s_index::IndexError>() {
+            return index_exit_code(c);
+        }
         if let Some(c) = cause.downcast_ref::<r1s_embed::EmbedError>() {
-            use r1s_embed::EmbedError as E;
-            return match c {
-                E::Cancelled => exit::CANCELLED,
-                E::Io { .. } => exit::IO,
-                E::Corpus(inner) if inner.is_bad_input() => exit::DATA,
-                E::BadFile { .. } | E::Signature { .. } => exit::DATA,
-                E::Model { .. } => exit::NO_INPUT,
-                E::Runtime { .. } | E::Device { .. } => exit::UNAVAILABLE,
-                _ => exit::FAILURE,
-            };
+            return embed_exit_code(c);
         }
         if let Some(c) = cause.downcast_ref::<CorpusError>() {
-            return match c {
-                CorpusError::Cancelled => exit::CANCELLED,
-                CorpusError::Io { .. } => exit::IO,
-                c if c.is_bad_input() => exit::DATA,
-                _ => exit::FAILURE,
-            };
+            return corpus_exit_code(c);
         }
     }
     exit::FAILURE
+}
+
+fn index_exit_code(c: &r1s_index::IndexError) -> u8 {
+    use r1s_index::IndexError as E;
+    match c {
+        E::Cancelled => exit::CANCELLED,
+        E::Io { .. } => exit::IO,
+        E::BadFile { .. } | E::Mismatch(_) | E::WrongDimension { .. } => exit::DATA,
+        E::Options(_) => exit::FAILURE,
+    }
+}
+
+fn embed_exit_code(c: &r1s_embed::EmbedError) -> u8 {
+    use r1s_embed::EmbedError as E;
+    match c {
+        E::Cancelled => exit::CANCELLED,
+        E::Io { .. } => exit::IO,
+        E::Corpus(inner) if inner.is_bad_input() => exit::DATA,
+        E::BadFile { .. } | E::Signature { .. } => exit::DATA,
+        E::Model { .. } => exit::NO_INPUT,
+        E::Runtime { .. } | E::Device { .. } => exit::UNAVAILABLE,
+        _ => exit::FAILURE,
+    }
+}
+
+fn corpus_exit_code(c: &CorpusError) -> u8 {
+    match c {
+        CorpusError::Cancelled => exit::CANCELLED,
+        CorpusError::Io { .. } => exit::IO,
+        c if c.is_bad_input() => exit::DATA,
+        _ => exit::FAILURE,
+    }
 }
 
 fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
@@ -354,7 +483,154 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Corpus(cmd) => corpus(cmd, &cli.globals, cancel),
         Command::Embed(args) => embed(args, &cli.globals, cancel),
         Command::Index(cmd) => index(cmd, &cli.globals, cancel),
+        Command::Retrieve(args) => retrieve(args),
+        Command::Serve(args) => serve(args, &cli.globals, cancel),
     }
+}
+
+fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {
+    use r1s_core::Retriever;
+    let r = a.retriever.open()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut answer = |queries: &[String]| -> anyhow::Result<()> {
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        let hits = r.retrieve(&refs, a.k)?;
+        for (q, hits) in queries.iter().zip(hits) {
+            if a.json {
+                #[derive(serde::Serialize)]
+                struct Ranked<'a> {
+                    rank: usize,
+                    #[serde(flatten)]
+                    hit: &'a r1s_core::Hit,
+                }
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    query: &'a str,
+                    hits: Vec<Ranked<'a>>,
+                }
+                let hits = hits.iter().enumerate().map(|(i, hit)| Ranked { rank: i + 1, hit }).collect();
+                writeln!(out, "{}", serde_json::to_string(&Line { query: q, hits })?)?;
+            } else {
+                writeln!(out, "{q}")?;
+                for (i, h) in hits.iter().enumerate() {
+                    let (title, body) = title_and_body(h);
+                    writeln!(out, "{:>4}  {:.4}  {:<28}  {}", i + 1, h.score, clip(title, 28), clip(body, 90))?;
+                }
+                writeln!(out)?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if !a.queries.is_empty() {
+        return answer(&a.queries);
+    }
+    // one query per line from standard input, answered in chunks as they come
+    let mut chunk = Vec::new();
+    for line in std::io::stdin().lines() {
+        let line = line.context("reading queries from standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        chunk.push(line);
+        if chunk.len() == 64 {
+            answer(&chunk)?;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        answer(&chunk)?;
+    }
+    Ok(())
+}
+
+/// The title to show (the stored title, else the first line of contents) and the rest of the text.
+fn title_and_body(h: &r1s_core::Hit) -> (&str, &str) {
+    if !h.title.is_empty() {
+        let body = h.contents.split_once('\n').map_or(h.contents.as_str(), |(_, b)| b);
+        return (h.title.as_str(), body);
+    }
+    // KILT-style "title   words" rows keep the title before three spaces
+    match h.contents.split_once("   ") {
+        Some((title, body)) if !title.contains('\n') && title.len() < 200 => (title, body),
+        _ => ("", h.contents.as_str()),
+    }
+}
+
+/// At most `n` characters of `s` on one line, with an ellipsis when cut.
+fn clip(s: &str, n: usize) -> String {
+    let flat: String = s.chars().map(|c| if c.is_whitespace() { ' ' } else { c }).collect();
+    if flat.chars().count() <= n {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(n.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let r = Arc::new(a.retriever.open()?);
+    let m = &r.index().manifest;
+    let info = serde_json::json!({
+        "index": r.index().dir.display().to_string(),
+        "kind": m.kind,
+        "rows": m.rows,
+        "dim": m.dim,
+        "corpus": r.corpus().dir.display().to_string(),
+        "model": r.embedder().model_path().display().to_string(),
+        "preset": r.embedder().preset().name,
+    });
+    let cfg = r1s_retrieve::ServeConfig {
+        default_topk: a.topk,
+        max_topk: a.max_topk,
+        max_queries: a.max_queries,
+        max_body_bytes: a.max_body_mib << 20,
+        batch: r1s_retrieve::BatchConfig {
+            coalesce: !a.no_batching,
+            max_batch: a.max_batch,
+            max_wait: std::time::Duration::from_secs_f64(a.max_wait_ms.max(0.0) / 1e3),
+            max_queued: a.queue,
+            workers: a.workers,
+        },
+        log_every: (a.log_every > 0.0).then(|| std::time::Duration::from_secs_f64(a.log_every)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.http_threads.max(1))
+        .thread_name("r1s-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        if !g.quiet {
+            eprintln!(
+                "r1s serve: listening on http://{addr} ({:?} index of {} x {}, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
+                m.kind,
+                m.rows,
+                m.dim,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        // ctrl-c and SIGTERM set the cancel flag (ctrlc's handler): stop accepting, finish, exit
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(r1s_retrieve::serve(r.clone(), listener, cfg, info, async {
+            let _ = stopped.await;
+        }));
+        while !cancel.is_cancelled() && !server.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+        server.await.context("the server task")?.context("serving")
+    })?;
+    if !g.quiet {
+        eprintln!("r1s serve: stopped");
+    }
+    Ok(())
 }
 
 fn is_corpus_dir(p: &Path) -> bool {
@@ -454,17 +730,7 @@ fn index_eval(
 ) -> anyhow::Result<()> {
     use r1s_core::{Embedder, VectorIndex};
     let idx = r1s_index::OpenIndex::open(dir)?;
-    let e = &idx.manifest.embedder;
-    let preset: r1s_embed::Preset =
-        serde_json::from_value(e["preset"].clone()).context("the manifest's embedder preset")?;
-    let model = PathBuf::from(e["model"].as_str().unwrap_or("minilm"));
-    let max_len = e["max_len"].as_u64().unwrap_or(256) as usize;
-    let embedder = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig {
-        model,
-        preset: Some(preset),
-        max_len,
-        ..Default::default()
-    })?;
+    let embedder = r1s_retrieve::query_embedder(&idx.manifest, &Default::default())?;
     let qs = read_queries(queries, limit)?;
     let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
     let t = std::time::Instant::now();

@@ -103,3 +103,30 @@ pub trait VectorIndex: Send + Sync {
     /// The top-`k` rows for each query.
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>, Self::Error>;
 }
+
+/// One retrieved passage: its corpus row and id, the score, and its Search-R1 `contents`
+/// (`"Title"\ntext`, byte-exact as stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Dense row number in the corpus.
+    pub row: u64,
+    /// Passage id.
+    pub id: String,
+    /// Similarity score (inner product; higher is closer).
+    pub score: f32,
+    /// Title of the source document (may be empty).
+    pub title: String,
+    /// Search-R1 `contents` of the passage.
+    pub contents: String,
+}
+
+/// Text in, passages out (batch-first).
+///
+/// Contract: the result has one list per query, in order, each of at most `k` hits sorted by
+/// descending score. Implementations are shared across threads.
+pub trait Retriever: Send + Sync {
+    /// The error of this retriever.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The top-`k` passages for each query.
+    fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, Self::Error>;
+}

@@ -186,6 +186,23 @@ impl OpenIndex {
         Ok(())
     }
 
+    /// Sets the search-time `ef` of an HNSW or FAISS HNSW index (other kinds ignore it).
+    pub fn set_ef_search(&mut self, ef: usize) -> Result<()> {
+        if ef == 0 {
+            return Err(IndexError::Options("ef_search must be at least 1".into()));
+        }
+        match &mut self.index {
+            Index::Hnsw { graph, .. } => graph.params.ef_search = ef,
+            Index::Faiss { index, .. } => {
+                if self.manifest.params["factory"].as_str().is_some_and(|f| f.contains("HNSW")) {
+                    index.set_parameter("efSearch", ef as f64)?;
+                }
+            }
+            Index::Flat(_) => {}
+        }
+        Ok(())
+    }
+
     /// The exact index over the same vectors (for recall measurements).
     pub fn flat(&self) -> &FlatIndex {
         match &self.index {

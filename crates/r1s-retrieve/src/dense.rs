@@ -1,0 +1,173 @@
+//! [`DenseRetriever`]: query embedder + vector index + docstore.
+
+use std::path::{Path, PathBuf};
+
+use r1s_core::{Embedder, Hit, Retriever, Scored, Side, VectorIndex};
+use r1s_corpus::Corpus;
+use r1s_embed::{Device, EmbedderConfig, OnnxEmbedder, Preset};
+use r1s_index::{IndexManifest, OpenIndex};
+
+use crate::error::{Result, RetrieveError};
+
+/// How to open a [`DenseRetriever`]; the defaults take everything from the index manifest.
+#[derive(Debug, Clone, Default)]
+pub struct DenseOptions {
+    /// The corpus directory (default: the one recorded in the index manifest).
+    pub corpus: Option<PathBuf>,
+    /// Another copy of the embedding model (default: the one recorded in the manifest).
+    pub model: Option<PathBuf>,
+    /// Embedder threads in all (0 = all cores).
+    pub threads: usize,
+    /// Embedder sessions (0 = auto).
+    pub sessions: usize,
+    /// Texts per inference batch (default: 4 on CPU, 128 on CUDA).
+    pub batch: Option<usize>,
+    /// Where the query embedder runs.
+    pub device: Option<Device>,
+    /// HNSW / FAISS-HNSW `ef_search` (default: the manifest's).
+    pub ef_search: Option<usize>,
+}
+
+/// The query-side embedder the index was built with: model, preset and max length from the
+/// manifest (the model path may be overridden).
+pub fn query_embedder(m: &IndexManifest, o: &DenseOptions) -> Result<OnnxEmbedder> {
+    let e = &m.embedder;
+    let preset: Preset = serde_json::from_value(e["preset"].clone()).map_err(|err| {
+        RetrieveError::Mismatch(format!("the index manifest's embedder preset is not readable: {err}"))
+    })?;
+    let model = match &o.model {
+        Some(p) => p.clone(),
+        None => PathBuf::from(e["model"].as_str().unwrap_or("minilm")),
+    };
+    let device = o.device.unwrap_or(Device::Cpu);
+    Ok(OnnxEmbedder::load(&EmbedderConfig {
+        model,
+        preset: Some(preset),
+        max_len: e["max_len"].as_u64().unwrap_or(256) as usize,
+        batch: o.batch.unwrap_or(if device == Device::Cpu { 4 } else { 128 }),
+        threads: o.threads,
+        sessions: o.sessions,
+        device,
+    })?)
+}
+
+/// Finds the corpus of an index: the recorded path as given (absolute, or relative to the working
+/// directory), else that relative path under each ancestor of the index directory (so
+/// `corpora/x` recorded when building from a checkout is found from anywhere).
+pub fn resolve_corpus(index_dir: &Path, m: &IndexManifest) -> Result<PathBuf> {
+    let recorded = Path::new(&m.corpus);
+    let mut tried = vec![recorded.to_path_buf()];
+    if recorded.is_relative() {
+        let abs = std::path::absolute(index_dir).unwrap_or_else(|_| index_dir.to_path_buf());
+        tried.extend(abs.ancestors().skip(1).map(|a| a.join(recorded)));
+    }
+    tried.iter().find(|p| p.join(r1s_corpus::store::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
+        RetrieveError::CorpusNotFound {
+            index: index_dir.to_path_buf(),
+            corpus: m.corpus.clone(),
+            tried: tried.iter().take(4).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        }
+    })
+}
+
+/// Dense retrieval over an index directory: embeds queries, searches the index, reads the hits'
+/// passages from the memory-mapped docstore.
+#[derive(Debug)]
+pub struct DenseRetriever {
+    embedder: OnnxEmbedder,
+    index: OpenIndex,
+    corpus: Corpus,
+}
+
+impl DenseRetriever {
+    /// Opens the index in `index_dir`, its corpus and its query embedder, and checks that they belong
+    /// together (corpus content id, rows, dimension).
+    pub fn open(index_dir: &Path, o: &DenseOptions) -> Result<DenseRetriever> {
+        let mut index = OpenIndex::open(index_dir)?;
+        if let Some(ef) = o.ef_search {
+            index.set_ef_search(ef)?;
+        }
+        let corpus_dir = match &o.corpus {
+            Some(c) => c.clone(),
+            None => resolve_corpus(index_dir, &index.manifest)?,
+        };
+        let corpus = Corpus::open(&corpus_dir)?;
+        let embedder = query_embedder(&index.manifest, o)?;
+        DenseRetriever::from_parts(embedder, index, corpus)
+    }
+
+    /// Puts opened parts together, checking that they belong together.
+    pub fn from_parts(embedder: OnnxEmbedder, index: OpenIndex, corpus: Corpus) -> Result<DenseRetriever> {
+        index.check_corpus(&corpus.manifest.content_id())?;
+        if corpus.docstore.len() != index.manifest.rows {
+            return Err(RetrieveError::Mismatch(format!(
+                "index {} has {} rows, corpus {} has {} passages",
+                index.dir.display(),
+                index.manifest.rows,
+                corpus.dir.display(),
+                corpus.docstore.len()
+            )));
+        }
+        if embedder.dim() != index.manifest.dim {
+            return Err(RetrieveError::Mismatch(format!(
+                "the embedder {} gives {}-dimensional vectors, index {} holds {}",
+                embedder.model_path().display(),
+                embedder.dim(),
+                index.dir.display(),
+                index.manifest.dim
+            )));
+        }
+        Ok(DenseRetriever { embedder, index, corpus })
+    }
+
+    /// The vector index.
+    pub fn index(&self) -> &OpenIndex {
+        &self.index
+    }
+
+    /// The corpus.
+    pub fn corpus(&self) -> &Corpus {
+        &self.corpus
+    }
+
+    /// The query embedder.
+    pub fn embedder(&self) -> &OnnxEmbedder {
+        &self.embedder
+    }
+
+    /// Embeds `queries` on the query side: `[n, dim]` row-major.
+    pub fn embed_queries(&self, queries: &[&str]) -> Result<Vec<f32>> {
+        Ok(self.embedder.embed(queries, Side::Query)?)
+    }
+
+    /// The top-`k` passages for each row of `vectors` (`[n, dim]` query vectors).
+    pub fn search_vectors(&self, vectors: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
+        let scored = self.index.search(vectors, k)?;
+        scored.iter().map(|hits| self.hits(hits)).collect()
+    }
+
+    fn hits(&self, scored: &[Scored]) -> Result<Vec<Hit>> {
+        scored
+            .iter()
+            .map(|&(row, score)| {
+                let p = self.corpus.docstore.get(row)?;
+                Ok(Hit { row, id: p.id.to_owned(), score, title: p.title.to_owned(), contents: p.contents() })
+            })
+            .collect()
+    }
+}
+
+impl Retriever for DenseRetriever {
+    type Error = RetrieveError;
+
+    fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        let vectors = self.embed_queries(queries)?;
+        self.search_vectors(&vectors, k)
+    }
+}

@@ -1,0 +1,371 @@
+//! `r1s serve`: Search-R1's `POST /retrieve` and R1-Searcher's `POST /queries`, byte for byte, over
+//! a [`Batcher`].
+//!
+//! - `POST /retrieve` `{"queries": [str], "topk": int?, "return_scores": bool?}` →
+//!   `{"result": [[DOC, ...], ...]}`, or `[[{"document": DOC, "score": float}, ...]]` with
+//!   `return_scores`; DOC = `{"id", "contents"}` (the stored bytes). A missing, null or 0 `topk` means
+//!   the server default. Written as FastAPI writes it (compact, UTF-8, Python float repr).
+//! - `POST /queries` `{"queries": [str], "k": int?}` → `{"answers": [[contents, ...]], "queries": [...]}`,
+//!   written as Flask's `jsonify` writes it (sorted keys, ASCII-escaped, trailing newline).
+//! - `GET /health`: status, index and corpus facts, queue depth. `GET /metrics`: Prometheus text.
+//!
+//! Errors: 422 `{"detail": message}` for a body that is not valid (not JSON, `queries` not a non-empty
+//! list of strings, `topk` not a non-negative integer or above the limit, too many queries, body too
+//! large); 429 with `Retry-After` when the queue is full; 503 while shutting down; 500 when retrieval
+//! itself fails. Handlers never block the async runtime: embedding and search run on the batcher's
+//! threads.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use r1s_core::{Hit, Retriever};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::batch::{BatchConfig, Batcher, SubmitError};
+use crate::json::{to_fastapi, to_flask};
+use crate::metrics::Histogram;
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Hits per query when the request does not say (Search-R1's and R1-Searcher's default: 3).
+    pub default_topk: usize,
+    /// Largest `topk` / `k` accepted.
+    pub max_topk: usize,
+    /// Most queries in one request.
+    pub max_queries: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Micro-batching and the queue.
+    pub batch: BatchConfig,
+    /// Log a line of traffic figures this often (when there was traffic).
+    pub log_every: Option<Duration>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            default_topk: 3,
+            max_topk: 1000,
+            max_queries: 4096,
+            max_body_bytes: 16 << 20,
+            batch: BatchConfig::default(),
+            log_every: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HttpCounters {
+    ok: AtomicU64,
+    invalid: AtomicU64,
+    overloaded: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct App {
+    batcher: Batcher,
+    cfg: ServeConfig,
+    info: Value,
+    started: Instant,
+    http: HttpCounters,
+}
+
+/// Serves `retriever` on `listener` until `shutdown` completes, then finishes the requests in flight
+/// and every queued one. `info` (index and corpus facts) is shown by `/health`.
+pub async fn serve<R, F>(
+    retriever: Arc<R>,
+    listener: tokio::net::TcpListener,
+    cfg: ServeConfig,
+    info: Value,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    R: Retriever + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let batcher = Batcher::start(retriever, cfg.batch.clone())?;
+    let app = Arc::new(App { batcher, cfg, info, started: Instant::now(), http: HttpCounters::default() });
+    let router = Router::new()
+        .route("/retrieve", post(search_r1))
+        .route("/queries", post(r1_searcher))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app.clone());
+    let logger = app.cfg.log_every.map(|every| tokio::spawn(log_traffic(app.clone(), every)));
+    let listener = {
+        use axum::serve::ListenerExt;
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    };
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    if let Some(l) = logger {
+        l.abort();
+    }
+    // the handlers are gone: the last reference to the app stops the batcher (it drains its queue)
+    let app = Arc::try_unwrap(app).ok();
+    tokio::task::spawn_blocking(move || drop(app)).await.map_err(std::io::Error::other)?;
+    served
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn detail(status: StatusCode, message: &str) -> Response {
+    json(status, to_fastapi(&serde_json::json!({ "detail": message })))
+}
+
+impl App {
+    fn invalid(&self, message: &str) -> Response {
+        self.http.invalid.fetch_add(1, Relaxed);
+        log::debug!("422: {message}");
+        detail(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    async fn read(&self, body: Body) -> Result<Value, Response> {
+        let limit = self.cfg.max_body_bytes;
+        let bytes: Bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|e| self.invalid(&format!("could not read the request body (at most {limit} bytes): {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| self.invalid(&format!("the body is not valid JSON: {e}")))
+    }
+
+    fn queries(&self, body: &Value) -> Result<Vec<String>, Response> {
+        let Some(obj) = body.as_object() else {
+            return Err(self.invalid("the body must be a JSON object with a \"queries\" list"));
+        };
+        let list = match obj.get("queries") {
+            Some(Value::Array(list)) => list,
+            None | Some(Value::Null) => return Err(self.invalid("\"queries\" is required")),
+            Some(_) => return Err(self.invalid("\"queries\" must be a list of strings")),
+        };
+        if list.is_empty() {
+            return Err(self.invalid("\"queries\" is empty"));
+        }
+        if list.len() > self.cfg.max_queries {
+            return Err(self.invalid(&format!(
+                "{} queries in one request; at most {} are accepted",
+                list.len(),
+                self.cfg.max_queries
+            )));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, q)| match q {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(self.invalid(&format!("queries[{i}] is not a string: {other}"))),
+            })
+            .collect()
+    }
+
+    /// `topk` / `k`: missing, null or 0 → the default; else an integer in 1..=max_topk.
+    fn topk(&self, body: &Value, field: &str) -> Result<usize, Response> {
+        let k = match body.get(field) {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| self.invalid(&format!("\"{field}\" must be a non-negative integer, got {v}")))?,
+        };
+        if k > self.cfg.max_topk as u64 {
+            return Err(self.invalid(&format!("\"{field}\" is {k}; at most {} is accepted", self.cfg.max_topk)));
+        }
+        Ok(if k == 0 { self.cfg.default_topk } else { k as usize })
+    }
+
+    async fn run(&self, queries: Vec<String>, k: usize) -> Result<Vec<Vec<Hit>>, Response> {
+        let rx = match self.batcher.submit(queries, k) {
+            Ok(rx) => rx,
+            Err(e @ SubmitError::Full { .. }) => {
+                self.http.overloaded.fetch_add(1, Relaxed);
+                let mut r = detail(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Err(r);
+            }
+            Err(e @ SubmitError::Closed) => {
+                self.http.overloaded.fetch_add(1, Relaxed);
+                return Err(detail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
+            }
+        };
+        match rx.await {
+            Ok(Ok(hits)) => {
+                self.http.ok.fetch_add(1, Relaxed);
+                Ok(hits)
+            }
+            Ok(Err(message)) => {
+                self.http.failed.fetch_add(1, Relaxed);
+                Err(detail(StatusCode::INTERNAL_SERVER_ERROR, &format!("retrieval failed: {message}")))
+            }
+            Err(_) => {
+                self.http.failed.fetch_add(1, Relaxed);
+                Err(detail(StatusCode::SERVICE_UNAVAILABLE, "the retrieval worker stopped"))
+            }
+        }
+    }
+}
+
+/// Search-R1's DOC: the corpus row.
+#[derive(Serialize)]
+struct Doc<'a> {
+    id: &'a str,
+    contents: &'a str,
+}
+
+fn doc(h: &Hit) -> Doc<'_> {
+    Doc { id: &h.id, contents: &h.contents }
+}
+
+#[derive(Serialize)]
+struct ScoredDoc<'a> {
+    document: Doc<'a>,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct SearchR1Response<T> {
+    result: Vec<Vec<T>>,
+}
+
+/// Flask's jsonify sorts keys: "answers" before "queries".
+#[derive(Serialize)]
+struct R1SearcherResponse<'a> {
+    answers: Vec<Vec<&'a str>>,
+    queries: &'a [String],
+}
+
+async fn search_r1(State(app): State<Arc<App>>, body: Body) -> Response {
+    let parsed = async {
+        let v = app.read(body).await?;
+        let queries = app.queries(&v)?;
+        let k = app.topk(&v, "topk")?;
+        let scores = match v.get("return_scores") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(app.invalid(&format!("\"return_scores\" must be true or false, got {other}"))),
+        };
+        Ok((queries, k, scores))
+    };
+    let (queries, k, scores) = match parsed.await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let hits = match app.run(queries, k).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let body = if scores {
+        let result = hits.iter().map(|q| q.iter().map(|h| ScoredDoc { document: doc(h), score: h.score }).collect());
+        to_fastapi(&SearchR1Response { result: result.collect() })
+    } else {
+        to_fastapi(&SearchR1Response { result: hits.iter().map(|q| q.iter().map(doc).collect()).collect() })
+    };
+    json(StatusCode::OK, body)
+}
+
+async fn r1_searcher(State(app): State<Arc<App>>, body: Body) -> Response {
+    let parsed = async {
+        let v = app.read(body).await?;
+        Ok::<_, Response>((app.queries(&v)?, app.topk(&v, "k")?))
+    };
+    let (queries, k) = match parsed.await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let hits = match app.run(queries.clone(), k).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let answers = hits.iter().map(|q| q.iter().map(|h| h.contents.as_str()).collect()).collect();
+    json(StatusCode::OK, to_flask(&R1SearcherResponse { answers, queries: &queries }))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let mut v = serde_json::json!({
+        "status": "ok",
+        "uptime_seconds": app.started.elapsed().as_secs_f64(),
+        "queued_queries": app.batcher.queued(),
+    });
+    if let (Some(obj), Some(info)) = (v.as_object_mut(), app.info.as_object()) {
+        obj.extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    json(StatusCode::OK, to_fastapi(&v))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use std::fmt::Write;
+    let s = app.batcher.stats();
+    let mut out = String::new();
+    let counters = [
+        ("r1s_requests_total", "Requests accepted into the queue", &s.requests),
+        ("r1s_queries_total", "Queries in accepted requests", &s.queries),
+        ("r1s_rejected_total", "Requests refused with 429 (queue full)", &s.rejected),
+        ("r1s_abandoned_total", "Requests skipped because the client had gone", &s.abandoned),
+        ("r1s_failed_total", "Requests whose retrieval failed", &s.failed),
+        ("r1s_batches_total", "Embed + search batches run", &s.batches),
+        ("r1s_batched_queries_total", "Queries in those batches", &s.batched_queries),
+        ("r1s_http_ok_total", "Responses 200 to POST /retrieve and /queries", &app.http.ok),
+        ("r1s_http_invalid_total", "Responses 422", &app.http.invalid),
+    ];
+    for (name, help, c) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+    }
+    let _ = writeln!(out, "# HELP r1s_queued_queries Queries waiting\n# TYPE r1s_queued_queries gauge");
+    let _ = writeln!(out, "r1s_queued_queries {}", app.batcher.queued());
+    let _ = writeln!(out, "# HELP r1s_latency_seconds Submission to reply\n# TYPE r1s_latency_seconds histogram");
+    s.latency.prometheus("r1s_latency_seconds", &mut out);
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+async fn not_found() -> Response {
+    detail(StatusCode::NOT_FOUND, "not found: use POST /retrieve, POST /queries, GET /health or GET /metrics")
+}
+
+/// Every `every`, one log line of the traffic since the last one.
+async fn log_traffic(app: Arc<App>, every: Duration) {
+    let s = app.batcher.stats();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut last = (0u64, 0u64, 0u64, 0u64, 0u64, s.latency.snapshot());
+    loop {
+        tick.tick().await;
+        let now = (
+            s.requests.load(Relaxed),
+            s.queries.load(Relaxed),
+            s.rejected.load(Relaxed),
+            s.batches.load(Relaxed),
+            s.batched_queries.load(Relaxed),
+            s.latency.snapshot(),
+        );
+        let (req, q, rej, b, bq) = (now.0 - last.0, now.1 - last.1, now.2 - last.2, now.3 - last.3, now.4 - last.4);
+        if req + rej > 0 {
+            let diff: Vec<u64> = now.5.iter().zip(&last.5).map(|(a, b)| a - b).collect();
+            let ms = |q: f64| Histogram::quantile(&diff, q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            log::info!(
+                "{req} requests ({:.1}/s), {q} queries ({:.1}/s), {rej} refused, queue {}, mean batch {:.1} queries, latency p50 {:.1} ms p99 {:.1} ms",
+                req as f64 / every.as_secs_f64(),
+                q as f64 / every.as_secs_f64(),
+                app.batcher.queued(),
+                bq as f64 / b.max(1) as f64,
+                ms(0.5),
+                ms(0.99),
+            );
+        }
+        last = now;
+    }
+}
