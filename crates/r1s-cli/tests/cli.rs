@@ -181,3 +181,112 @@ fn index_build_from_jsonl_with_faiss_opens_in_python() {
     let got = ok(Command::new(py).args(["-c", script]).arg(out.join("faiss.index")));
     assert_eq!(got.trim(), "40 384");
 }
+
+/// `r1s serve` (a real process on an ephemeral port) answers what `r1s retrieve` answers, its bytes
+/// are what Python's json module (FastAPI's and Flask's settings) writes for the same data, and
+/// SIGTERM stops it cleanly.
+#[test]
+fn serve_answers_like_retrieve_and_python_writes_the_same_bytes() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    let src = dir.path().join("p.jsonl");
+    std::fs::write(&src, passages.lines().take(150).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let index = dir.path().join("idx");
+    ok(r1s()
+        .args(["-q", "index", "build"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&index)
+        .arg("--corpus-out")
+        .arg(dir.path().join("corpus"))
+        .args(["--kind", "flat", "--threads", "2"]));
+    let questions = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl")).unwrap();
+    let qs: Vec<String> = questions
+        .lines()
+        .take(10)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
+        .collect();
+
+    // r1s retrieve, queries on standard input, JSON lines out
+    let mut child = r1s()
+        .args(["retrieve", "--json", "-k", "3", "--threads", "2", "--index"])
+        .arg(&index)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(qs.join("\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let looked_up: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(looked_up.len(), qs.len());
+
+    let mut server = r1s()
+        .args(["serve", "--port", "0", "--threads", "2", "--index"])
+        .arg(&index)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "r1s serve exited before listening");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let c = reqwest::blocking::Client::new();
+    let body = serde_json::json!({"queries": qs, "topk": 3, "return_scores": true}).to_string();
+    let retrieve = c.post(format!("{url}/retrieve")).body(body).send().unwrap().bytes().unwrap().to_vec();
+    let v: serde_json::Value = serde_json::from_slice(&retrieve).unwrap();
+    for (q, (served, looked)) in qs.iter().zip(v["result"].as_array().unwrap().iter().zip(&looked_up)) {
+        assert_eq!(looked["query"], q.as_str());
+        let hits = looked["hits"].as_array().unwrap();
+        assert_eq!(served.as_array().unwrap().len(), hits.len());
+        for (s, h) in served.as_array().unwrap().iter().zip(hits) {
+            assert_eq!(s["document"]["id"], h["id"]);
+            assert_eq!(s["document"]["contents"], h["contents"]);
+            // the same f32, printed by Python's rules on one side and Rust's on the other
+            assert_eq!(s["score"].as_f64().unwrap() as f32, h["score"].as_f64().unwrap() as f32);
+        }
+    }
+    let body = serde_json::json!({"queries": qs, "k": 2}).to_string();
+    let queries = c.post(format!("{url}/queries")).body(body).send().unwrap().bytes().unwrap().to_vec();
+
+    // SIGTERM: stops accepting, finishes, exits 0
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+
+    let Some(py) = python() else {
+        eprintln!("skipping the Python byte check: no $R1S_HOME/venv (run tools/setup)");
+        return;
+    };
+    let check = |file: &str, bytes: &[u8], dump: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let script = format!(
+            "import sys, json\nb = open(sys.argv[1], 'rb').read()\nobj = json.loads(b)\nout = ({dump}).encode('utf-8')\nprint('same' if out == b else 'differ: ' + repr(out[:300]))"
+        );
+        let got = ok(Command::new(&py).arg("-c").arg(script).arg(&path));
+        assert_eq!(got.trim(), "same", "{file}");
+    };
+    // FastAPI's JSONResponse.render and Flask's jsonify (non-debug)
+    check(
+        "retrieve.json",
+        &retrieve,
+        "json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=None, separators=(',', ':'))",
+    );
+    check(
+        "queries.json",
+        &queries,
+        "json.dumps(obj, ensure_ascii=True, sort_keys=True, separators=(',', ':')) + '\\n'",
+    );
+}

@@ -130,35 +130,58 @@ fn detail(status: StatusCode, message: &str) -> Response {
     json(status, to_fastapi(&serde_json::json!({ "detail": message })))
 }
 
+/// Why a request is not answered with results.
+#[derive(Debug)]
+struct Reject {
+    status: StatusCode,
+    message: String,
+}
+
+impl Reject {
+    fn invalid(message: impl Into<String>) -> Reject {
+        Reject { status: StatusCode::UNPROCESSABLE_ENTITY, message: message.into() }
+    }
+}
+
 impl App {
-    fn invalid(&self, message: &str) -> Response {
-        self.http.invalid.fetch_add(1, Relaxed);
-        log::debug!("422: {message}");
-        detail(StatusCode::UNPROCESSABLE_ENTITY, message)
+    /// The response for `r`, counted.
+    fn reject(&self, r: Reject) -> Response {
+        let counter = match r.status {
+            StatusCode::UNPROCESSABLE_ENTITY => &self.http.invalid,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => &self.http.overloaded,
+            _ => &self.http.failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        log::debug!("{}: {}", r.status, r.message);
+        let mut resp = detail(r.status, &r.message);
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 
-    async fn read(&self, body: Body) -> Result<Value, Response> {
+    async fn read(&self, body: Body) -> Result<Value, Reject> {
         let limit = self.cfg.max_body_bytes;
         let bytes: Bytes = axum::body::to_bytes(body, limit)
             .await
-            .map_err(|e| self.invalid(&format!("could not read the request body (at most {limit} bytes): {e}")))?;
-        serde_json::from_slice(&bytes).map_err(|e| self.invalid(&format!("the body is not valid JSON: {e}")))
+            .map_err(|e| Reject::invalid(format!("could not read the request body (at most {limit} bytes): {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| Reject::invalid(format!("the body is not valid JSON: {e}")))
     }
 
-    fn queries(&self, body: &Value) -> Result<Vec<String>, Response> {
+    fn queries(&self, body: &Value) -> Result<Vec<String>, Reject> {
         let Some(obj) = body.as_object() else {
-            return Err(self.invalid("the body must be a JSON object with a \"queries\" list"));
+            return Err(Reject::invalid("the body must be a JSON object with a \"queries\" list"));
         };
         let list = match obj.get("queries") {
             Some(Value::Array(list)) => list,
-            None | Some(Value::Null) => return Err(self.invalid("\"queries\" is required")),
-            Some(_) => return Err(self.invalid("\"queries\" must be a list of strings")),
+            None | Some(Value::Null) => return Err(Reject::invalid("\"queries\" is required")),
+            Some(_) => return Err(Reject::invalid("\"queries\" must be a list of strings")),
         };
         if list.is_empty() {
-            return Err(self.invalid("\"queries\" is empty"));
+            return Err(Reject::invalid("\"queries\" is empty"));
         }
         if list.len() > self.cfg.max_queries {
-            return Err(self.invalid(&format!(
+            return Err(Reject::invalid(format!(
                 "{} queries in one request; at most {} are accepted",
                 list.len(),
                 self.cfg.max_queries
@@ -168,51 +191,44 @@ impl App {
             .enumerate()
             .map(|(i, q)| match q {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(self.invalid(&format!("queries[{i}] is not a string: {other}"))),
+                other => Err(Reject::invalid(format!("queries[{i}] is not a string: {other}"))),
             })
             .collect()
     }
 
     /// `topk` / `k`: missing, null or 0 → the default; else an integer in 1..=max_topk.
-    fn topk(&self, body: &Value, field: &str) -> Result<usize, Response> {
+    fn topk(&self, body: &Value, field: &str) -> Result<usize, Reject> {
         let k = match body.get(field) {
             None | Some(Value::Null) => 0,
             Some(v) => v
                 .as_u64()
-                .ok_or_else(|| self.invalid(&format!("\"{field}\" must be a non-negative integer, got {v}")))?,
+                .ok_or_else(|| Reject::invalid(format!("\"{field}\" must be a non-negative integer, got {v}")))?,
         };
         if k > self.cfg.max_topk as u64 {
-            return Err(self.invalid(&format!("\"{field}\" is {k}; at most {} is accepted", self.cfg.max_topk)));
+            return Err(Reject::invalid(format!("\"{field}\" is {k}; at most {} is accepted", self.cfg.max_topk)));
         }
         Ok(if k == 0 { self.cfg.default_topk } else { k as usize })
     }
 
-    async fn run(&self, queries: Vec<String>, k: usize) -> Result<Vec<Vec<Hit>>, Response> {
-        let rx = match self.batcher.submit(queries, k) {
-            Ok(rx) => rx,
-            Err(e @ SubmitError::Full { .. }) => {
-                self.http.overloaded.fetch_add(1, Relaxed);
-                let mut r = detail(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Err(r);
-            }
-            Err(e @ SubmitError::Closed) => {
-                self.http.overloaded.fetch_add(1, Relaxed);
-                return Err(detail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
-            }
-        };
+    async fn run(&self, queries: Vec<String>, k: usize) -> Result<Vec<Vec<Hit>>, Reject> {
+        let rx = self.batcher.submit(queries, k).map_err(|e| Reject {
+            status: match e {
+                SubmitError::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
+                SubmitError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            message: e.to_string(),
+        })?;
         match rx.await {
             Ok(Ok(hits)) => {
                 self.http.ok.fetch_add(1, Relaxed);
                 Ok(hits)
             }
-            Ok(Err(message)) => {
-                self.http.failed.fetch_add(1, Relaxed);
-                Err(detail(StatusCode::INTERNAL_SERVER_ERROR, &format!("retrieval failed: {message}")))
-            }
+            Ok(Err(message)) => Err(Reject {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("retrieval failed: {message}"),
+            }),
             Err(_) => {
-                self.http.failed.fetch_add(1, Relaxed);
-                Err(detail(StatusCode::SERVICE_UNAVAILABLE, "the retrieval worker stopped"))
+                Err(Reject { status: StatusCode::SERVICE_UNAVAILABLE, message: "the retrieval worker stopped".into() })
             }
         }
     }
@@ -248,24 +264,22 @@ struct R1SearcherResponse<'a> {
 }
 
 async fn search_r1(State(app): State<Arc<App>>, body: Body) -> Response {
-    let parsed = async {
+    let answered = async {
         let v = app.read(body).await?;
         let queries = app.queries(&v)?;
         let k = app.topk(&v, "topk")?;
         let scores = match v.get("return_scores") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(app.invalid(&format!("\"return_scores\" must be true or false, got {other}"))),
+            Some(other) => {
+                return Err(Reject::invalid(format!("\"return_scores\" must be true or false, got {other}")));
+            }
         };
-        Ok((queries, k, scores))
+        Ok((app.run(queries, k).await?, scores))
     };
-    let (queries, k, scores) = match parsed.await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let hits = match app.run(queries, k).await {
-        Ok(h) => h,
-        Err(r) => return r,
+    let (hits, scores) = match answered.await {
+        Ok(a) => a,
+        Err(r) => return app.reject(r),
     };
     let body = if scores {
         let result = hits.iter().map(|q| q.iter().map(|h| ScoredDoc { document: doc(h), score: h.score }).collect());
@@ -277,17 +291,14 @@ async fn search_r1(State(app): State<Arc<App>>, body: Body) -> Response {
 }
 
 async fn r1_searcher(State(app): State<Arc<App>>, body: Body) -> Response {
-    let parsed = async {
+    let answered = async {
         let v = app.read(body).await?;
-        Ok::<_, Response>((app.queries(&v)?, app.topk(&v, "k")?))
+        let (queries, k) = (app.queries(&v)?, app.topk(&v, "k")?);
+        Ok::<_, Reject>((app.run(queries.clone(), k).await?, queries))
     };
-    let (queries, k) = match parsed.await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let hits = match app.run(queries.clone(), k).await {
-        Ok(h) => h,
-        Err(r) => return r,
+    let (hits, queries) = match answered.await {
+        Ok(a) => a,
+        Err(r) => return app.reject(r),
     };
     let answers = hits.iter().map(|q| q.iter().map(|h| h.contents.as_str()).collect()).collect();
     json(StatusCode::OK, to_flask(&R1SearcherResponse { answers, queries: &queries }))

@@ -56,7 +56,14 @@ fn fixture() -> &'static Fixture {
         }
         std::fs::write(&corpus_file, text).unwrap();
         let corpus = dir.path().join("corpus");
-        r1s_corpus::ingest(&[corpus_file.clone()], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+        r1s_corpus::ingest(
+            std::slice::from_ref(&corpus_file),
+            &corpus,
+            &Default::default(),
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
         let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() })
             .expect("MiniLM (run tools/setup)");
         let flat = dir.path().join("flat");
