@@ -58,9 +58,61 @@ enum Command {
     /// Look passages up: a table for people, JSON lines for scripts (queries as arguments or one
     /// per line on standard input).
     Retrieve(RetrieveArgs),
+    /// Run the policy model (a Llama-family decoder on burn).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Serve an index over HTTP: Search-R1's POST /retrieve, R1-Searcher's POST /queries, GET /health,
     /// GET /metrics. Concurrent requests are micro-batched; a full queue answers 429.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Generate a continuation of a prompt, streamed to the terminal.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// The prompt.
+    prompt: String,
+    /// A .gguf file, a Hugging Face directory (config.json, *.safetensors, tokenizer.json), or
+    /// `smollm2` (SmolLM2-135M-Instruct, fetched by tools/setup).
+    #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
+    model: PathBuf,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat (default: the template's own, if any).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the continuation contains this text (repeatable; the text is not printed).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// cpu (burn's flex backend) or cuda / cuda:N (built with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Threads (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+    /// Continuations of the prompt, generated as one batch (only the first is streamed).
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Print timing figures as one JSON line on standard error.
+    #[arg(long)]
+    stats_json: bool,
 }
 
 /// How to open a retriever (shared by `retrieve` and `serve`).
@@ -436,6 +488,16 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(c) = cause.downcast_ref::<r1s_index::IndexError>() {
             return index_exit_code(c);
         }
+        if let Some(c) = cause.downcast_ref::<r1s_policy::PolicyError>() {
+            use r1s_policy::PolicyError as E;
+            return match c {
+                E::Io { .. } => exit::IO,
+                E::BadFile { .. } | E::Shape { .. } | E::Config { .. } | E::Tokenizer(_) => exit::DATA,
+                E::Device { .. } => exit::UNAVAILABLE,
+                E::Cancelled => exit::CANCELLED,
+                E::Options(_) => exit::FAILURE,
+            };
+        }
         if let Some(c) = cause.downcast_ref::<r1s_embed::EmbedError>() {
             return embed_exit_code(c);
         }
@@ -484,8 +546,68 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Embed(args) => embed(args, &cli.globals, cancel),
         Command::Index(cmd) => index(cmd, &cli.globals, cancel),
         Command::Retrieve(args) => retrieve(args),
+        Command::Policy(PolicyCmd::Generate(args)) => generate(args, &cli.globals),
         Command::Serve(args) => serve(args, &cli.globals, cancel),
     }
+}
+
+fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
+    use r1s_policy::chat::{Message, Template};
+    if a.threads > 0 {
+        // burn's CPU backend runs on rayon's global pool
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
+    }
+    let device = r1s_policy::device(&a.device)?;
+    let t = std::time::Instant::now();
+    let policy = r1s_policy::Policy::load(&a.model, &device)?;
+    let loaded = t.elapsed().as_secs_f64();
+    let prompt = if a.chat {
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.system {
+            messages.push(Message::new("system", sys));
+        }
+        messages.push(Message::new("user", &a.prompt));
+        Template::detect(policy.tokenizer.chat_template.as_deref()).render(&messages)
+    } else {
+        a.prompt.clone()
+    };
+    let ids = policy.tokenizer.encode(&prompt)?;
+    let sampling = r1s_policy::Sampling {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: a.stop.clone(),
+    };
+    let stdout = std::io::stdout();
+    let t = std::time::Instant::now();
+    let prompts = vec![ids.clone(); a.n.max(1)];
+    let out = policy.generate_streaming(&prompts, &sampling, &mut |seq, text| {
+        if seq == 0 {
+            let mut o = stdout.lock();
+            let _ = o.write_all(text.as_bytes());
+            let _ = o.flush();
+        }
+    })?;
+    println!();
+    let n: usize = out.iter().map(|g| g.tokens.len()).sum();
+    let secs = t.elapsed().as_secs_f64();
+    if a.stats_json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"engine": "r1s", "batch": prompts.len(), "prompt_tokens": ids.len(), "new_tokens": n,
+                "seconds": secs, "tokens_per_s": n as f64 / secs.max(1e-9), "load_seconds": loaded})
+        );
+    } else if !g.quiet {
+        eprintln!(
+            "[{} prompt tokens; {n} new tokens in {} continuation(s) in {secs:.2} s ({:.1} tokens/s); stop: {:?}; model loaded in {loaded:.2} s]",
+            ids.len(),
+            prompts.len(),
+            n as f64 / secs.max(1e-9),
+            out[0].stop
+        );
+    }
+    Ok(())
 }
 
 fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {

@@ -1,0 +1,252 @@
+//! A Llama-family decoder on burn: token embedding, pre-norm blocks of grouped-query attention with
+//! rotary positions and a SwiGLU MLP, final RMSNorm, tied or separate LM head, and a KV cache.
+//!
+//! Shapes: `b` batch, `t` new positions, `T` all cached positions, `h` hidden size, `nh`/`nkv` query
+//! and key/value heads, `hd` head dimension, `v` vocabulary. Weights are stored as Hugging Face
+//! does, except that linear weights are `[in, out]` (burn's row layout); RoPE is rotate-half (HF
+//! layout; GGUF's permuted Llama Q/K rows are restored at load).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+
+use crate::config::LlamaConfig;
+
+/// One decoder block.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// `[h]`
+    pub attn_norm: Param<Tensor<1>>,
+    /// `[h, nh*hd]` (+ bias for Qwen2)
+    pub q: Linear,
+    /// `[h, nkv*hd]`
+    pub k: Linear,
+    /// `[h, nkv*hd]`
+    pub v: Linear,
+    /// `[nh*hd, h]`
+    pub o: Linear,
+    /// `[h]`
+    pub mlp_norm: Param<Tensor<1>>,
+    /// `[h, i]`
+    pub gate: Linear,
+    /// `[h, i]`
+    pub up: Linear,
+    /// `[i, h]`
+    pub down: Linear,
+}
+
+/// The decoder.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[v, h]`
+    pub embed: Param<Tensor<2>>,
+    pub blocks: Vec<Block>,
+    /// `[h]`
+    pub norm: Param<Tensor<1>>,
+    /// `[h, v]`; `None`: tied to `embed`.
+    pub lm_head: Option<Linear>,
+}
+
+/// Cached keys and values per layer: `[b, nkv, T, hd]` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the batch rows `rows` (finished sequences leave the batch).
+    pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
+/// Rotary tables: `cos`, `sin` of `[max_pos, hd/2]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl Rope {
+    /// Frequencies `theta^(-2i/hd)`, with Llama 3 scaling when configured.
+    pub fn new(cfg: &LlamaConfig, max_pos: usize, device: &Device) -> Rope {
+        let hd = cfg.head_dim();
+        let mut inv: Vec<f64> = (0..hd / 2).map(|i| cfg.rope_theta.powf(-(2.0 * i as f64) / hd as f64)).collect();
+        if let Some(s) = cfg.rope_scaling {
+            let old = s.original_max_position_embeddings as f64;
+            let (low_wl, high_wl) = (old / s.low_freq_factor, old / s.high_freq_factor);
+            for f in &mut inv {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                if wavelen > low_wl {
+                    *f /= s.factor;
+                } else if wavelen >= high_wl {
+                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                }
+            }
+        }
+        let mut cos = Vec::with_capacity(max_pos * hd / 2);
+        let mut sin = Vec::with_capacity(max_pos * hd / 2);
+        for p in 0..max_pos {
+            for f in &inv {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [max_pos, hd / 2]), device);
+        Rope { cos: t(cos), sin: t(sin) }
+    }
+
+    /// Largest position + 1.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// `(cos, sin)` for `positions` `[b, t]`, as `[b, 1, t, hd]` (both halves).
+    fn at(&self, positions: &Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
+        let [b, t] = positions.dims();
+        let flat = positions.clone().reshape([b * t]);
+        let half = self.cos.dims()[1];
+        let pick = |table: &Tensor<2>| {
+            let x = table.clone().select(0, flat.clone()).reshape([b, 1, t, half]);
+            Tensor::cat(vec![x.clone(), x], 3)
+        };
+        (pick(&self.cos), pick(&self.sin))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` on `[b, heads, t, hd]`.
+fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let hd = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, hd / 2);
+    let x2 = x.clone().narrow(3, hd / 2, hd / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// RMSNorm over the last dimension of `[b, t, h]`.
+fn rms_norm(x: Tensor<3>, w: &Param<Tensor<1>>, eps: f64) -> Tensor<3> {
+    let h = x.dims()[2];
+    let inv = (x.clone().powf_scalar(2.0).mean_dim(2) + eps).sqrt().recip();
+    x * inv * w.val().reshape([1, 1, h])
+}
+
+/// `[b, nkv, T, hd]` → `[b, nkv*rep, T, hd]` (each key/value head serves `rep` query heads).
+fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, t, hd]).reshape([b, nkv * rep, t, hd])
+}
+
+/// What one forward pass needs besides the tokens.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Position of each new token `[b, t]`.
+    pub positions: Tensor<2, Int>,
+    /// Padding among all keys (cached + new) `[b, T]`, true = padding; and among the new queries
+    /// `[b, t]`. Padded queries attend to everything before them (their output is unused), so that
+    /// no softmax row is empty.
+    pub pad: Option<(Tensor<2, Bool>, Tensor<2, Bool>)>,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        cfg: &LlamaConfig,
+        x: Tensor<3>,
+        cos_sin: &(Tensor<4>, Tensor<4>),
+        mask: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let h = rms_norm(x.clone(), &self.attn_norm, cfg.rms_norm_eps);
+        let q = self.q.forward(h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
+        let k = self.k.forward(h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let v = self.v.forward(h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let q = rotate(q, &cos_sin.0, &cos_sin.1);
+        let k = rotate(k, &cos_sin.0, &cos_sin.1);
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let rep = nh / nkv;
+        let opts = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let a = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), mask.cloned(), None, opts);
+        let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        let x = x + self.o.forward(a);
+        let h = rms_norm(x.clone(), &self.mlp_norm, cfg.rms_norm_eps);
+        let mlp = self.down.forward(activation::silu(self.gate.forward(h.clone())) * self.up.forward(h));
+        x + mlp
+    }
+}
+
+impl Llama {
+    /// Final hidden states `[b, t, h]` of the new tokens `ids` `[b, t]`, appending to `cache`.
+    pub fn hidden(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &Rope,
+        ids: Tensor<2, Int>,
+        step: &Step,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let hsize = cfg.hidden_size;
+        let mut x = self.embed.val().select(0, ids.reshape([b * t])).reshape([b, t, hsize]);
+        let cos_sin = rope.at(&step.positions);
+        let mask = step.pad.as_ref().map(|(keys, queries)| {
+            let tt = keys.dims()[1];
+            let nh = cfg.num_attention_heads;
+            let k = keys.clone().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1).expand([b, nh, t, tt]);
+            let q = queries.clone().bool_not().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(3).expand([b, nh, t, tt]);
+            k.bool_and(q)
+        });
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.blocks.len()
+        {
+            c.layers = vec![None; self.blocks.len()];
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot);
+        }
+        rms_norm(x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Logits `[b, t, v]` of hidden states `[b, t, h]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, h] = hidden.dims();
+        let flat = hidden.reshape([b * t, h]);
+        let out = match &self.lm_head {
+            Some(head) => head.forward(flat),
+            None => flat.matmul(self.embed.val().transpose()),
+        };
+        let v = out.dims()[1];
+        out.reshape([b, t, v])
+    }
+}

@@ -1,0 +1,380 @@
+//! [`Policy`]: model + configuration + tokenizer on a device, with batched KV-cache generation
+//! (stop strings matched on decoded text, greedy / temperature / top-p with a seed, per-token
+//! log-probs) and log-prob scoring of given continuations.
+
+use std::path::Path;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+
+use crate::config::LlamaConfig;
+use crate::error::{PolicyError, Result};
+use crate::gguf::Gguf;
+use crate::load::{GgufWeights, SafetensorsWeights, build_llama};
+use crate::model::{KvCache, Llama, Rope, Step};
+use crate::tokenizer::TextTokenizer;
+
+/// Sampling settings of one [`Policy::generate`] call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass (1: off).
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation stops when the decoded continuation contains one of these; the returned text
+    /// ends before it.
+    pub stop: Vec<String>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+    }
+}
+
+/// Why a continuation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-sequence token (not part of the text).
+    Eos,
+    /// This stop string (not part of the text).
+    Stop(String),
+    /// `max_new_tokens` reached, or the context is full.
+    Length,
+}
+
+/// One continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The decoded continuation, cut before the stop string.
+    pub text: String,
+    /// Every sampled token (the one completing a stop string or the EOS included).
+    pub tokens: Vec<u32>,
+    /// The model's log-probability of each sampled token (temperature 1, no top-p).
+    pub logprobs: Vec<f32>,
+    pub stop: StopReason,
+}
+
+/// A loaded policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub model: Llama,
+    pub cfg: LlamaConfig,
+    pub tokenizer: TextTokenizer,
+    rope: Rope,
+    device: Device,
+}
+
+/// A small deterministic generator (SplitMix64) for sampling.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| PolicyError::Options(format!("reading a tensor back: {e:?}")))
+}
+
+/// log-softmax of one row of logits.
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+    row.iter().map(|x| x - lse).collect()
+}
+
+/// Picks a token from one row of logits.
+fn sample(row: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in row.iter().enumerate() {
+            if x > row[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut p: Vec<(usize, f32)> =
+        row.iter().enumerate().map(|(i, &x)| (i, ((x - max) / s.temperature).exp())).collect();
+    let total: f32 = p.iter().map(|x| x.1).sum();
+    p.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = 0.0;
+    let mut n = 0;
+    for (_, w) in &p {
+        kept += w / total;
+        n += 1;
+        if kept >= s.top_p {
+            break;
+        }
+    }
+    let mass: f32 = p[..n].iter().map(|x| x.1).sum();
+    let mut u = rng.next_f32() * mass;
+    for &(i, w) in &p[..n] {
+        if u < w {
+            return i as u32;
+        }
+        u -= w;
+    }
+    p[n - 1].0 as u32
+}
+
+impl Policy {
+    /// Loads a model: a `.gguf` file, or a Hugging Face directory (config.json, *.safetensors,
+    /// tokenizer.json). `smollm2` means the GGUF fetched by tools/setup.
+    pub fn load(model: &Path, device: &Device) -> Result<Policy> {
+        let model = if model == Path::new("smollm2") {
+            r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        } else {
+            model.to_path_buf()
+        };
+        if model.is_dir() {
+            let cpath = model.join("config.json");
+            let bytes = std::fs::read(&cpath).map_err(|e| PolicyError::io(&cpath, e))?;
+            let cfg: LlamaConfig = serde_json::from_slice(&bytes)
+                .map_err(|e| PolicyError::Config { path: cpath.clone(), reason: e.to_string() })?;
+            cfg.validate().map_err(|reason| PolicyError::Config { path: cpath, reason })?;
+            let weights = SafetensorsWeights::open(&model)?;
+            let llama = build_llama(&cfg, &weights, device)?;
+            let tokenizer = TextTokenizer::from_hf_dir(&model)?;
+            return Ok(Policy::new(llama, cfg, tokenizer, device));
+        }
+        if !model.exists() {
+            return Err(PolicyError::io(&model, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let g = Gguf::open(&model)?;
+        let cfg = LlamaConfig::from_gguf(&g)?;
+        let llama = build_llama(&cfg, &GgufWeights { gguf: &g, cfg: &cfg }, device)?;
+        let tokenizer = TextTokenizer::from_gguf(&g)?;
+        Ok(Policy::new(llama, cfg, tokenizer, device))
+    }
+
+    /// Puts the parts together.
+    pub fn new(model: Llama, cfg: LlamaConfig, tokenizer: TextTokenizer, device: &Device) -> Policy {
+        let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(1), device);
+        Policy { model, cfg, tokenizer, rope, device: device.clone() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn ints(&self, v: Vec<i64>, shape: [usize; 2]) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(v, shape), &self.device)
+    }
+
+    fn bools(&self, v: Vec<bool>, shape: [usize; 2]) -> Tensor<2, Bool> {
+        Tensor::from_data(TensorData::new(v, shape), &self.device)
+    }
+
+    /// Logits `[b, t, v]` of left-padded batch `seqs` (all positions), without a cache.
+    pub fn logits(&self, seqs: &[Vec<u32>]) -> Result<Tensor<3>> {
+        let (ids, step) = self.left_padded(seqs, 0)?;
+        let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, None);
+        Ok(self.model.logits(hidden))
+    }
+
+    /// Left-pads `seqs` to one length; positions count from each sequence's first real token.
+    /// `cached` extra key columns (all real) precede them.
+    fn left_padded(&self, seqs: &[Vec<u32>], cached: usize) -> Result<(Tensor<2, Int>, Step)> {
+        let b = seqs.len();
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || t == 0 {
+            return Err(PolicyError::Options("empty batch or empty prompt".into()));
+        }
+        if t > self.rope.max_positions() {
+            return Err(PolicyError::Options(format!(
+                "{t} tokens exceed the model's {} positions",
+                self.rope.max_positions()
+            )));
+        }
+        let pad_id = i64::from(self.tokenizer.pad.or(self.tokenizer.eos.first().copied()).unwrap_or(0));
+        let (mut ids, mut pos, mut pad) =
+            (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        for s in seqs {
+            let p = t - s.len();
+            ids.extend(std::iter::repeat_n(pad_id, p).chain(s.iter().map(|&x| i64::from(x))));
+            pos.extend((0..t).map(|i| i.saturating_sub(p) as i64));
+            pad.extend((0..t).map(|i| i < p));
+        }
+        let any_pad = pad.iter().any(|&x| x);
+        let pad = any_pad.then(|| {
+            let mut keys = Vec::with_capacity(b * (cached + t));
+            for row in pad.chunks(t) {
+                keys.extend(std::iter::repeat_n(false, cached).chain(row.iter().copied()));
+            }
+            (self.bools(keys, [b, cached + t]), self.bools(pad.clone(), [b, t]))
+        });
+        Ok((self.ints(ids, [b, t]), Step { positions: self.ints(pos, [b, t]), pad }))
+    }
+
+    /// Generates a continuation of each prompt (token ids), all in one batch with a KV cache;
+    /// finished sequences leave the batch.
+    pub fn generate(&self, prompts: &[Vec<u32>], s: &Sampling) -> Result<Vec<Generation>> {
+        self.generate_streaming(prompts, s, &mut |_, _| {})
+    }
+
+    /// [`Self::generate`], calling `on_text(sequence, new_text)` as text becomes final (text that
+    /// could still turn out to start a stop string is held back until it cannot).
+    pub fn generate_streaming(
+        &self,
+        prompts: &[Vec<u32>],
+        s: &Sampling,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<Generation>> {
+        let mut shown = vec![0usize; prompts.len()];
+        let hold = s.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+        let mut emit = |seq: usize, text: &str, done: bool| {
+            let mut upto = if done { text.len() } else { text.len().saturating_sub(hold) };
+            while !text.is_char_boundary(upto) {
+                upto -= 1;
+            }
+            // a partial UTF-8 sequence decodes as U+FFFD until its last byte arrives
+            if !done && text[..upto].ends_with('\u{FFFD}') {
+                upto -= '\u{FFFD}'.len_utf8();
+            }
+            if upto > shown[seq] {
+                on_text(seq, &text[shown[seq]..upto]);
+                shown[seq] = upto;
+            }
+        };
+        self.generate_inner(prompts, s, &mut emit)
+    }
+
+    fn generate_inner(
+        &self,
+        prompts: &[Vec<u32>],
+        s: &Sampling,
+        emit: &mut dyn FnMut(usize, &str, bool),
+    ) -> Result<Vec<Generation>> {
+        let n = prompts.len();
+        let mut out: Vec<Generation> = (0..n)
+            .map(|_| Generation {
+                text: String::new(),
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                stop: StopReason::Length,
+            })
+            .collect();
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut rng = Rng::new(s.seed);
+        let (ids, step) = self.left_padded(prompts, 0)?;
+        let t0 = ids.dims()[1];
+        let mut cache = KvCache::default();
+        let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
+        let [b, t, h] = hidden.dims();
+        let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
+        let _ = h;
+        // per live row: its sequence index, its next position, its key padding so far
+        let mut live: Vec<usize> = (0..n).collect();
+        let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        let mut key_pad: Vec<Vec<bool>> = prompts.iter().map(|p| (0..t0).map(|i| i < t0 - p.len()).collect()).collect();
+        let max_new = s.max_new_tokens.min(self.rope.max_positions().saturating_sub(t0));
+        for step in 0..max_new {
+            let rows = to_vec(last.clone())?;
+            let vsz = self.cfg.vocab_size;
+            let mut chosen = Vec::with_capacity(live.len());
+            let mut keep = Vec::with_capacity(live.len());
+            for (r, &seq) in live.iter().enumerate() {
+                let row = &rows[r * vsz..(r + 1) * vsz];
+                let tok = sample(row, s, &mut rng);
+                let g = &mut out[seq];
+                g.tokens.push(tok);
+                g.logprobs.push(log_softmax(row)[tok as usize]);
+                if self.tokenizer.eos.contains(&tok) {
+                    g.stop = StopReason::Eos;
+                    g.text = self.tokenizer.decode(&g.tokens[..g.tokens.len() - 1])?;
+                    emit(seq, &g.text, true);
+                    continue;
+                }
+                let text = self.tokenizer.decode(&g.tokens)?;
+                if let Some((at, stop)) = s.stop.iter().filter_map(|st| text.find(st.as_str()).map(|i| (i, st))).min() {
+                    g.text = text[..at].to_owned();
+                    g.stop = StopReason::Stop(stop.clone());
+                    emit(seq, &g.text, true);
+                    continue;
+                }
+                g.text = text;
+                emit(seq, &g.text, false);
+                keep.push(r);
+                chosen.push(tok);
+            }
+            if keep.is_empty() {
+                return Ok(out);
+            }
+            if keep.len() < live.len() {
+                let idx: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+                let rows_t = Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), &self.device);
+                cache.retain_rows(&rows_t);
+                live = keep.iter().map(|&r| live[r]).collect();
+                next_pos = keep.iter().map(|&r| next_pos[r]).collect();
+                key_pad = keep.iter().map(|&r| std::mem::take(&mut key_pad[r])).collect();
+            }
+            if step + 1 == max_new {
+                break;
+            }
+            let b = live.len();
+            for kp in &mut key_pad {
+                kp.push(false);
+            }
+            let tt = key_pad[0].len();
+            let any_pad = key_pad.iter().flatten().any(|&x| x);
+            let step = Step {
+                positions: self.ints(next_pos.clone(), [b, 1]),
+                pad: any_pad.then(|| (self.bools(key_pad.concat(), [b, tt]), self.bools(vec![false; b], [b, 1]))),
+            };
+            let ids = self.ints(chosen.iter().map(|&x| i64::from(x)).collect(), [b, 1]);
+            let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
+            last = self.model.logits(hidden).reshape([b, self.cfg.vocab_size]);
+            for p in &mut next_pos {
+                *p += 1;
+            }
+        }
+        for &seq in &live {
+            emit(seq, &out[seq].text, true);
+        }
+        Ok(out)
+    }
+
+    /// Log-probabilities `[b, max_len - 1]` of each token of `seqs` given the tokens before it
+    /// (right-padded; padded positions are 0). With an autodiff device the result carries gradients.
+    pub fn token_logprobs(&self, seqs: &[Vec<u32>]) -> Result<Tensor<2>> {
+        let b = seqs.len();
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || t < 2 {
+            return Err(PolicyError::Options("scoring needs sequences of at least two tokens".into()));
+        }
+        let (mut ids, mut pos, mut valid) =
+            (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * (t - 1)));
+        for s in seqs {
+            ids.extend(s.iter().map(|&x| i64::from(x)).chain(std::iter::repeat_n(0, t - s.len())));
+            pos.extend((0..t as i64).map(|i| i.min(s.len() as i64 - 1).max(0)));
+            valid.extend((1..t).map(|i| if i < s.len() { 1f32 } else { 0f32 }));
+        }
+        let ids_t = self.ints(ids, [b, t]);
+        let step = Step { positions: self.ints(pos, [b, t]), pad: None };
+        let hidden = self.model.hidden(&self.cfg, &self.rope, ids_t.clone(), &step, None);
+        let logits = self.model.logits(hidden.narrow(1, 0, t - 1));
+        let logp = activation::log_softmax(logits, 2);
+        let targets = ids_t.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2);
+        let picked = logp.gather(2, targets).reshape([b, t - 1]);
+        let mask = Tensor::<2>::from_data(TensorData::new(valid, [b, t - 1]), &self.device);
+        Ok(picked * mask)
+    }
+}

@@ -1,0 +1,304 @@
+//! The policy model: SmolLM2-135M-Instruct's GGUF (from tools/setup) against transformers'
+//! reference outputs, tiny random Llama and Qwen2 models through safetensors, batching and the KV
+//! cache, and bad model files.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use r1s_policy::load::{GgufWeights, WeightSource, build_llama, save_safetensors};
+use r1s_policy::policy::Rng;
+use r1s_policy::{LlamaConfig, Policy, PolicyError, Sampling, StopReason, TextTokenizer};
+
+fn smollm2() -> PathBuf {
+    r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn smollm2_matches_transformers() {
+    let device = Device::flex();
+    let p = Policy::load(&smollm2(), &device).expect("SmolLM2 GGUF (run tools/setup)");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared("reference/smollm2_reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    let mut prompts = Vec::new();
+    let mut worst = 0f32;
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let got = p.tokenizer.encode(text).unwrap();
+        assert_eq!(got, ids(&case["input_ids"]), "token ids of {text:?}");
+        // top-20 logits of the last position, one sequence at a time (no padding)
+        let logits = p.logits(std::slice::from_ref(&got)).unwrap();
+        let [_, t, v] = logits.dims();
+        let last: Vec<f32> = logits.narrow(1, t - 1, 1).reshape([v]).into_data().try_to_vec::<f32>().unwrap();
+        let top = &case["last_logits_top20"];
+        let want: Vec<f32> = top["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let mine: Vec<f32> = ids(&top["ids"]).iter().map(|&i| last[i as usize]).collect();
+        let d = max_abs_diff(&mine, &want);
+        worst = worst.max(d);
+        assert!(d <= 1e-2, "top-20 logits differ by {d} for {text:?}");
+        prompts.push(got);
+    }
+    eprintln!("max |logit difference| on the top-20 of {} prompts: {worst:.2e}", cases.len());
+    // greedy 24 tokens, all prompts in one left-padded batch, and each alone
+    let s = Sampling { max_new_tokens: 24, ..Sampling::default() };
+    let batched = p.generate(&prompts, &s).unwrap();
+    for (case, g) in cases.iter().zip(&batched) {
+        assert_eq!(g.tokens, ids(&case["greedy_24"]), "greedy tokens for {:?}", case["text"]);
+        let full = p.tokenizer.decode(&g.tokens).unwrap();
+        assert_eq!(full, case["greedy_24_text"].as_str().unwrap());
+    }
+    let alone = p.generate(&prompts[1..2], &s).unwrap();
+    assert_eq!(alone[0].tokens, batched[1].tokens);
+    assert!(max_abs_diff(&alone[0].logprobs, &batched[1].logprobs) < 1e-3);
+    assert_eq!(batched[0].stop, StopReason::Eos);
+    assert_eq!(batched[0].text, "The capital of France is Paris.");
+}
+
+#[test]
+fn stop_strings_cut_the_text_and_sampling_is_seeded() {
+    let device = Device::flex();
+    let p = Policy::load(&smollm2(), &device).unwrap();
+    let tpl = r1s_policy::chat::Template::detect(p.tokenizer.chat_template.as_deref());
+    let prompt = tpl.render(&[r1s_policy::chat::Message::new("user", "What is the capital of France?")]);
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared("reference/smollm2_reference.json")).unwrap()).unwrap();
+    assert_eq!(prompt, reference["cases"][0]["text"].as_str().unwrap(), "ChatML with SmolLM2's default system message");
+    let ids = p.tokenizer.encode(&prompt).unwrap();
+    // " Paris" is cut by a stop string spanning token boundaries ("ce is Par")
+    let s = Sampling { max_new_tokens: 24, stop: vec!["ce is Par".into()], ..Sampling::default() };
+    let g = p.generate(std::slice::from_ref(&ids), &s).unwrap().remove(0);
+    assert_eq!(g.stop, StopReason::Stop("ce is Par".into()));
+    assert_eq!(g.text, "The capital of Fran");
+    // seeded sampling is reproducible, and other seeds differ somewhere
+    let s = Sampling { max_new_tokens: 16, temperature: 1.0, top_p: 0.95, seed: 7, stop: vec![] };
+    let batch = vec![ids.clone(), ids.clone(), ids.clone(), ids];
+    let a = p.generate(&batch, &s).unwrap();
+    let b = p.generate(&batch, &s).unwrap();
+    assert_eq!(a, b);
+    let c = p.generate(&batch, &Sampling { seed: 8, ..s }).unwrap();
+    assert_ne!(a.iter().map(|g| &g.tokens).collect::<Vec<_>>(), c.iter().map(|g| &g.tokens).collect::<Vec<_>>());
+    // the generation's log-probs are the scoring API's
+    let full: Vec<u32> = batch[0].iter().chain(&a[0].tokens).copied().collect();
+    let scored: Vec<f32> =
+        p.token_logprobs(std::slice::from_ref(&full)).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let tail = &scored[scored.len() - a[0].tokens.len()..];
+    assert!(max_abs_diff(tail, &a[0].logprobs) < 1e-3, "{tail:?} vs {:?}", a[0].logprobs);
+}
+
+/// Deterministic pseudo-random weights for a tiny model, by Hugging Face name.
+struct RandomWeights {
+    cfg: LlamaConfig,
+    dir: PathBuf,
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str) -> r1s_policy::Result<Option<r1s_policy::load::Weights>> {
+        let c = &self.cfg;
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv) = (c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim());
+        let shape: Vec<usize> =
+            match name.rsplit_once("layers.").map_or(name, |(_, r)| r.split_once('.').map_or(r, |x| x.1)) {
+                "model.embed_tokens.weight" => vec![v, h],
+                "lm_head.weight" => vec![v, h],
+                "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+                "self_attn.q_proj.weight" => vec![q, h],
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+                "self_attn.q_proj.bias" => vec![q],
+                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
+                "self_attn.o_proj.weight" => vec![h, q],
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+                "mlp.down_proj.weight" => vec![h, i],
+                _ => return Ok(None),
+            };
+        let seed = name.bytes().fold(1469598103934665603u64, |a, b| (a ^ u64::from(b)).wrapping_mul(1099511628211));
+        let mut rng = Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let norm = name.ends_with("norm.weight");
+        let values = (0..n)
+            .map(|_| if norm { 1.0 + 0.1 * (rng.next_f32() - 0.5) } else { 0.4 * (rng.next_f32() - 0.5) })
+            .collect();
+        Ok(Some((values, shape)))
+    }
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn tiny(model_type: &str, tied: bool) -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": model_type, "vocab_size": 96, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128,
+        "tie_word_embeddings": tied,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn tiny_llama_and_qwen2_round_trip_batch_and_cache() {
+    let device = Device::flex();
+    let tokenizer = TextTokenizer::from_gguf(&r1s_policy::gguf::Gguf::open(&smollm2()).unwrap()).unwrap();
+    for (kind, tied) in [("llama", true), ("qwen2", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tiny(kind, tied);
+        assert_eq!(cfg.qkv_bias(), kind == "qwen2");
+        let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), dir: tmp.path().into() }, &device).unwrap();
+        // safetensors with HF names, then loaded as a Hugging Face directory
+        save_safetensors(&model, &tmp.path().join("model.safetensors")).unwrap();
+        std::fs::write(tmp.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let a = Policy::new(model, cfg.clone(), tokenizer.clone(), &device);
+        let weights = r1s_policy::load::SafetensorsWeights::open(tmp.path()).unwrap();
+        let b = Policy::new(build_llama(&cfg, &weights, &device).unwrap(), cfg.clone(), tokenizer.clone(), &device);
+        let seqs: Vec<Vec<u32>> = vec![vec![5, 9, 17, 33, 2, 70], vec![11, 3], vec![40, 41, 42, 43]];
+        let la: Vec<f32> = a.logits(&seqs).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let lb: Vec<f32> = b.logits(&seqs).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(la, lb, "{kind}: reloaded weights give other logits");
+        // batched (left-padded) == one by one, at every real position
+        let t = 6;
+        for (r, s) in seqs.iter().enumerate() {
+            let alone: Vec<f32> = a.logits(std::slice::from_ref(s)).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let v = cfg.vocab_size;
+            let off = t - s.len();
+            let batched = &la[(r * t + off) * v..(r + 1) * t * v];
+            assert!(max_abs_diff(batched, &alone) < 1e-4, "{kind}: row {r} batched != alone");
+        }
+        // cache == recomputation: greedy tokens equal the argmax of a full forward pass
+        let s = Sampling { max_new_tokens: 8, ..Sampling::default() };
+        let gens = a.generate(&seqs, &s).unwrap();
+        for (seq, g) in seqs.iter().zip(&gens) {
+            let mut ctx = seq.clone();
+            for (k, &tok) in g.tokens.iter().enumerate() {
+                let l: Vec<f32> =
+                    a.logits(std::slice::from_ref(&ctx)).unwrap().into_data().try_to_vec::<f32>().unwrap();
+                let last = &l[(ctx.len() - 1) * cfg.vocab_size..];
+                let best = (0..cfg.vocab_size).max_by(|&x, &y| last[x].total_cmp(&last[y])).unwrap() as u32;
+                assert_eq!(tok, best, "{kind}: token {k} of {seq:?} differs from recomputation");
+                ctx.push(tok);
+            }
+        }
+        // the HF directory loads as a whole too (config.json + tokenizer.json needed)
+        let err = Policy::load(tmp.path(), &device).unwrap_err();
+        assert!(err.to_string().contains("tokenizer.json"), "{err}");
+        // a truncated safetensors file is an error naming it
+        let st = tmp.path().join("model.safetensors");
+        let bytes = std::fs::read(&st).unwrap();
+        std::fs::write(&st, &bytes[..bytes.len() - 100]).unwrap();
+        let err = r1s_policy::load::SafetensorsWeights::open(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+}
+
+fn python() -> Option<PathBuf> {
+    let p = r1s_core::paths::r1s_home().join("venv/bin/python");
+    p.exists().then_some(p)
+}
+
+/// Every quantisation type dequantises as the `gguf` Python package (llama.cpp's reference) does,
+/// on random blocks with sane scales.
+#[test]
+fn dequantisation_matches_the_gguf_package() {
+    use r1s_policy::gguf::{GgmlType, dequantize};
+    let Some(py) = python() else {
+        eprintln!("skipping: no $R1S_HOME/venv (run tools/setup)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(42);
+    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    // (type, gguf name, values per block, bytes per block, offsets of f16 scale fields)
+    let kinds: [(GgmlType, &str, usize, usize, &[usize]); 7] = [
+        (GgmlType::Q4_0, "Q4_0", 32, 18, &[0]),
+        (GgmlType::Q4_1, "Q4_1", 32, 20, &[0, 2]),
+        (GgmlType::Q8_0, "Q8_0", 32, 34, &[0]),
+        (GgmlType::Q4K, "Q4_K", 256, 144, &[0, 2]),
+        (GgmlType::Q6K, "Q6_K", 256, 210, &[208]),
+        (GgmlType::F16, "F16", 1, 2, &[0]),
+        (GgmlType::BF16, "BF16", 1, 2, &[]),
+    ];
+    for (t, name, per, size, scales) in kinds {
+        let blocks = 8;
+        let mut raw: Vec<u8> = (0..blocks * size).map(|_| (rng.next_f32() * 256.0) as u8).collect();
+        for b in 0..blocks {
+            for &at in scales {
+                let v = f16(0.001 + 0.05 * rng.next_f32());
+                raw[b * size + at..b * size + at + 2].copy_from_slice(&v);
+            }
+            if t == GgmlType::BF16 {
+                let v = half::bf16::from_f32(rng.next_f32() - 0.5).to_le_bytes();
+                raw[b * size..b * size + 2].copy_from_slice(&v);
+            }
+        }
+        let ours = dequantize(t, &raw, blocks * per);
+        let file = tmp.path().join(name);
+        std::fs::write(&file, &raw).unwrap();
+        let script = format!(
+            "import sys, numpy as np\nfrom gguf.quants import dequantize\nfrom gguf.constants import GGMLQuantizationType as T\n\
+             a = np.fromfile(sys.argv[1], dtype=np.uint8)\nprint(' '.join(repr(float(x)) for x in dequantize(a, T.{name}).reshape(-1)))"
+        );
+        let out = std::process::Command::new(&py).arg("-c").arg(script).arg(&file).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs: Vec<f32> =
+            String::from_utf8(out.stdout).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(theirs.len(), ours.len(), "{name}");
+        let d = max_abs_diff(&ours, &theirs);
+        assert!(d <= 1e-6, "{name}: differs from the gguf package by {d}");
+    }
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(smollm2()).unwrap();
+    let device = Device::flex();
+    // truncated: the tensor directory says more than the file holds
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Policy::load(&cut, &device).unwrap_err();
+    assert!(matches!(err, PolicyError::BadFile { .. }) && err.to_string().contains("truncated"), "{err}");
+    // not GGUF
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGML not really").unwrap();
+    assert!(Policy::load(&junk, &device).unwrap_err().to_string().contains("not a GGUF file"));
+    // a header cut inside the metadata
+    let head = tmp.path().join("head.gguf");
+    std::fs::write(&head, &bytes[..100]).unwrap();
+    let err = Policy::load(&head, &device).unwrap_err();
+    assert!(err.to_string().contains("byte"), "{err}");
+    // an unknown quantisation type: a hand-made GGUF with one Q5_0 tensor
+    let mut g = Vec::new();
+    g.extend(b"GGUF");
+    g.extend(3u32.to_le_bytes());
+    g.extend(1u64.to_le_bytes());
+    g.extend(0u64.to_le_bytes());
+    let name = b"token_embd.weight";
+    g.extend((name.len() as u64).to_le_bytes());
+    g.extend(name);
+    g.extend(2u32.to_le_bytes());
+    g.extend(32u64.to_le_bytes());
+    g.extend(4u64.to_le_bytes());
+    g.extend(6u32.to_le_bytes()); // Q5_0
+    g.extend(0u64.to_le_bytes());
+    g.resize(g.len().div_ceil(32) * 32 + 4 * 22, 0);
+    let q5 = tmp.path().join("q5.gguf");
+    std::fs::write(&q5, &g).unwrap();
+    let err = Policy::load(&q5, &device).unwrap_err();
+    assert!(err.to_string().contains("Q5_0"), "{err}");
+    // a shape that does not match the configuration
+    let gg = r1s_policy::gguf::Gguf::open(&smollm2()).unwrap();
+    let mut cfg = LlamaConfig::from_gguf(&gg).unwrap();
+    cfg.intermediate_size += 1;
+    let err = build_llama(&cfg, &GgufWeights { gguf: &gg, cfg: &cfg }, &device).unwrap_err();
+    assert!(matches!(err, PolicyError::Shape { .. }), "{err}");
+}
