@@ -61,6 +61,8 @@ enum Command {
     /// Run the policy model (a Llama-family decoder on burn).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Evaluate a policy with retrieval on a question set (R1-Searcher protocol), or score results.
+    Eval(EvalArgs),
     /// Serve an index over HTTP: Search-R1's POST /retrieve, R1-Searcher's POST /queries, GET /health,
     /// GET /metrics. Concurrent requests are micro-batched; a full queue answers 429.
     Serve(ServeArgs),
@@ -113,6 +115,50 @@ struct GenerateArgs {
     /// Print timing figures as one JSON line on standard error.
     #[arg(long)]
     stats_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Score these results files (R1-Searcher eval_results or `r1s eval --out`) instead of running.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "index"])]
+    score: Vec<PathBuf>,
+    /// Questions: R1-Searcher {"idx","question","answer"} or FlashRAG {"id","question","golden_answers"} JSONL.
+    #[arg(long, required_unless_present = "score")]
+    data: Option<PathBuf>,
+    /// Index directory to retrieve from (in-process).
+    #[arg(long, required_unless_present = "score")]
+    index: Option<PathBuf>,
+    /// The policy: a .gguf file, a Hugging Face directory, or `smollm2`.
+    #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
+    policy: PathBuf,
+    /// Use the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Documents per query.
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
+    #[arg(long, default_value = "chat")]
+    prompt: String,
+    /// Most new tokens per turn.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Episodes generated together.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Reward recorded per row (stage1, stage1-code, stage2, stage2-llama).
+    #[arg(long, default_value = "stage2", value_parser = parse_reward)]
+    reward: r1s_agent::Reward,
+    /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Threads (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+fn parse_reward(s: &str) -> Result<r1s_agent::Reward, String> {
+    s.parse()
 }
 
 /// How to open a retriever (shared by `retrieve` and `serve`).
@@ -488,6 +534,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(c) = cause.downcast_ref::<r1s_index::IndexError>() {
             return index_exit_code(c);
         }
+        if let Some(c) = cause.downcast_ref::<r1s_agent::eval::DataError>() {
+            return match c {
+                r1s_agent::eval::DataError::Io { .. } => exit::IO,
+                r1s_agent::eval::DataError::Bad { .. } => exit::DATA,
+            };
+        }
         if let Some(c) = cause.downcast_ref::<r1s_policy::PolicyError>() {
             use r1s_policy::PolicyError as E;
             return match c {
@@ -546,9 +598,86 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Embed(args) => embed(args, &cli.globals, cancel),
         Command::Index(cmd) => index(cmd, &cli.globals, cancel),
         Command::Retrieve(args) => retrieve(args),
+        Command::Eval(args) => eval(args, &cli.globals, cancel),
         Command::Policy(PolicyCmd::Generate(args)) => generate(args, &cli.globals),
         Command::Serve(args) => serve(args, &cli.globals, cancel),
     }
+}
+
+fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    use r1s_core::Progress;
+    if !a.score.is_empty() {
+        for f in &a.score {
+            let s = r1s_agent::score_file(f)?;
+            println!("{}\n{}\n", f.display(), s.table());
+        }
+        return Ok(());
+    }
+    let (Some(data), Some(index)) = (&a.data, &a.index) else { anyhow::bail!("--data and --index are required") };
+    if a.threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
+    }
+    let questions = r1s_agent::read_questions(data, a.limit)?;
+    let retriever = r1s_retrieve::DenseRetriever::open(
+        index,
+        &r1s_retrieve::DenseOptions { threads: a.threads, ..Default::default() },
+    )?;
+    let policy = r1s_policy::Policy::load(&a.policy, &r1s_policy::device("cpu")?)?;
+    let template = r1s_policy::chat::Template::detect(policy.tokenizer.chat_template.as_deref());
+    let prompt_of = |q: &str| -> anyhow::Result<String> {
+        Ok(match a.prompt.as_str() {
+            "base" => r1s_agent::protocol::base_prompt(q),
+            "chat" => {
+                use r1s_policy::chat::Message;
+                let msgs = [Message::new("system", r1s_agent::protocol::SYSTEM_PROMPT), Message::new("user", q)];
+                format!("{}<think>", template.render(&msgs))
+            }
+            other => anyhow::bail!("unknown --prompt {other:?} (chat, base)"),
+        })
+    };
+    let mut cfg = r1s_agent::LoopConfig::evaluation();
+    cfg.topk = a.topk;
+    cfg.sampling.max_new_tokens = a.max_new_tokens;
+    let bars = progress::Bars::new(g.quiet);
+    bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
+    let t = std::time::Instant::now();
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p.with_extension("part")).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::sink()),
+    };
+    let mut rows = Vec::new();
+    for chunk in questions.chunks(a.batch.max(1)) {
+        if cancel.is_cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        let prompts = chunk.iter().map(|q| prompt_of(&q.question)).collect::<anyhow::Result<Vec<_>>>()?;
+        let trajectories = r1s_agent::run(&policy, &retriever, &prompts, &cfg)?;
+        for (q, t) in chunk.iter().zip(trajectories) {
+            let reward = r1s_agent::reward::reward(a.reward, &t.sol, &q.answers);
+            let row = serde_json::json!({
+                "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
+                "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
+                "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
+                "reward": reward, "reward_kind": a.reward, "spans": t.spans,
+            });
+            writeln!(out, "{row}")?;
+            rows.push((t.pred, q.answers.clone(), t.sol, reward));
+        }
+        bars.advance(chunk.len() as u64);
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(p) = &a.out {
+        std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    bars.finish("done");
+    let s = r1s_agent::Summary::of(
+        rows.iter().map(|(p, g, sol, r)| (p.as_str(), g.as_slice(), Some(sol.as_str()), Some(*r))),
+    );
+    println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {

@@ -290,3 +290,17 @@ fn serve_answers_like_retrieve_and_python_writes_the_same_bytes() {
         "json.dumps(obj, ensure_ascii=True, sort_keys=True, separators=(',', ':')) + '\\n'",
     );
 }
+
+#[test]
+fn eval_score_reproduces_released_figures_and_names_bad_lines() {
+    let out = ok(r1s().args(["eval", "--score"]).arg(shared("r1searcher/eval_results/bamboogle_qwen.jsonl")));
+    let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..5], ["125", "45.6", "52.8", "48.8", "57.7"], "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"pred_ans\": \"a\", \"answer\": \"a\"}\n{\"pred_ans\": 3}\n").unwrap();
+    let o = r1s().args(["eval", "--score"]).arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.jsonl: line 2"), "{err}");
+}

@@ -130,3 +130,45 @@ pub trait Retriever: Send + Sync {
     /// The top-`k` passages for each query.
     fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, Self::Error>;
 }
+
+/// Sampling settings of one [`Policy::complete`] call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateSettings {
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation stops at the first of these; the returned text ends before it.
+    pub stop: Vec<String>,
+}
+
+/// Why a completion ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// End of sequence.
+    Eos,
+    /// This stop string (not part of the text).
+    Stop(String),
+    /// The token budget or the context ran out.
+    Length,
+}
+
+/// One continuation of a context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub text: String,
+    pub finish: Finish,
+    /// Sampled token ids and their log-probs, when the policy exposes them (empty otherwise).
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+/// Continues text contexts (batch-first): what the agent loop needs of a language model.
+pub trait Policy: Send + Sync {
+    /// The error of this policy.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// One completion per context, in order.
+    fn complete(&self, contexts: &[String], settings: &GenerateSettings) -> Result<Vec<Completion>, Self::Error>;
+}

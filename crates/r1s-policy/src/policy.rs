@@ -378,3 +378,32 @@ impl Policy {
         Ok(picked * mask)
     }
 }
+
+impl r1s_core::Policy for Policy {
+    type Error = PolicyError;
+
+    fn complete(&self, contexts: &[String], s: &r1s_core::GenerateSettings) -> Result<Vec<r1s_core::Completion>> {
+        let prompts = contexts.iter().map(|c| self.tokenizer.encode(c)).collect::<Result<Vec<_>>>()?;
+        let sampling = Sampling {
+            max_new_tokens: s.max_new_tokens,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            seed: s.seed,
+            stop: s.stop.clone(),
+        };
+        Ok(self
+            .generate(&prompts, &sampling)?
+            .into_iter()
+            .map(|g| r1s_core::Completion {
+                text: g.text,
+                finish: match g.stop {
+                    StopReason::Eos => r1s_core::Finish::Eos,
+                    StopReason::Stop(s) => r1s_core::Finish::Stop(s),
+                    StopReason::Length => r1s_core::Finish::Length,
+                },
+                tokens: g.tokens,
+                logprobs: g.logprobs,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,159 @@
+//! Evaluation data and results: R1-Searcher (`{"idx","question","answer"}`) and FlashRAG
+//! (`{"id","question","golden_answers"}`) questions in; R1-Searcher-shaped result rows out; the
+//! summary table of any results file (R1-Searcher's released ones included).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Scores, score};
+use crate::reward::{format_problem, retrievals};
+
+/// Errors reading questions or results.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: line {line}: {reason}", path.display())]
+    Bad { path: std::path::PathBuf, line: usize, reason: String },
+}
+
+/// One question with its gold answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+}
+
+/// A string or a list of strings (gold answers come both ways).
+fn strings(v: &serde_json::Value) -> Option<Vec<String>> {
+    match v {
+        serde_json::Value::String(s) => Some(vec![s.clone()]),
+        serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned)).collect(),
+        _ => None,
+    }
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v = serde_json::from_str(line).map_err(|e| DataError::Bad {
+            path: path.into(),
+            line: n + 1,
+            reason: e.to_string(),
+        })?;
+        rows.push((n + 1, v));
+    }
+    Ok(rows)
+}
+
+/// Reads questions (R1-Searcher or FlashRAG format), at most `limit`.
+pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>, DataError> {
+    let mut out = Vec::new();
+    for (line, v) in read_jsonl(path)? {
+        let bad = |reason: &str| DataError::Bad { path: path.into(), line, reason: reason.into() };
+        let question = v["question"].as_str().ok_or_else(|| bad("no \"question\" string"))?.to_owned();
+        let answers = strings(&v["golden_answers"])
+            .or_else(|| strings(&v["answer"]))
+            .ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
+        let id = match (&v["idx"], &v["id"]) {
+            (serde_json::Value::Null, serde_json::Value::Null) => (line - 1).to_string(),
+            (serde_json::Value::Null, id) | (id, _) => id.as_str().map_or_else(|| id.to_string(), str::to_owned),
+        };
+        out.push(Question { id, question, answers });
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The summary of a results file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    /// Percentages.
+    pub em: f64,
+    pub cover_em: f64,
+    pub cover_em_2: f64,
+    pub f1: f64,
+    pub mean_retrievals: f64,
+    /// Percentage of solutions whose format is bad (rows with `gen_text_store`).
+    pub format_bad: f64,
+    pub mean_reward: Option<f64>,
+}
+
+impl Summary {
+    /// Accumulates rows of (prediction, golds, solution text, reward).
+    pub fn of<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [String], Option<&'a str>, Option<f64>)>) -> Summary {
+        let (mut s, mut sol_rows, mut bad, mut rewards, mut nrew) = (Scores::default(), 0usize, 0usize, 0.0, 0usize);
+        let mut n = 0;
+        let mut retr = 0usize;
+        for (pred, golds, sol, reward) in rows {
+            let x = score(pred, golds);
+            s.em += x.em;
+            s.cover_em += x.cover_em;
+            s.cover_em_2 += x.cover_em_2;
+            s.f1 += x.f1;
+            if let Some(sol) = sol {
+                sol_rows += 1;
+                retr += retrievals(sol);
+                bad += usize::from(format_problem(sol).is_some());
+            }
+            if let Some(r) = reward {
+                rewards += r;
+                nrew += 1;
+            }
+            n += 1;
+        }
+        let pct = |x: f64| 100.0 * x / n.max(1) as f64;
+        Summary {
+            n,
+            em: pct(s.em),
+            cover_em: pct(s.cover_em),
+            cover_em_2: pct(s.cover_em_2),
+            f1: pct(s.f1),
+            mean_retrievals: retr as f64 / sol_rows.max(1) as f64,
+            format_bad: 100.0 * bad as f64 / sol_rows.max(1) as f64,
+            mean_reward: (nrew > 0).then(|| rewards / nrew as f64),
+        }
+    }
+
+    /// A two-line table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:>6} {:>6} {:>9} {:>10} {:>6} {:>11} {:>11}",
+            "n", "EM", "cover-EM", "cover-EM-2", "F1", "retrievals", "format-bad"
+        );
+        if self.mean_reward.is_some() {
+            s.push_str(&format!(" {:>7}", "reward"));
+        }
+        s.push('\n');
+        s.push_str(&format!(
+            "{:>6} {:>6.1} {:>9.1} {:>10.1} {:>6.1} {:>11.2} {:>10.1}%",
+            self.n, self.em, self.cover_em, self.cover_em_2, self.f1, self.mean_retrievals, self.format_bad
+        ));
+        if let Some(r) = self.mean_reward {
+            s.push_str(&format!(" {r:>7.3}"));
+        }
+        s
+    }
+}
+
+/// Scores a results file: `pred_ans` against `answer` (string or list) or `golden_answers`;
+/// `gen_text_store` for retrievals and format; `reward` when present.
+pub fn score_file(path: &Path) -> Result<Summary, DataError> {
+    let rows = read_jsonl(path)?;
+    let mut parsed = Vec::with_capacity(rows.len());
+    for (line, v) in &rows {
+        let bad = |reason: &str| DataError::Bad { path: path.into(), line: *line, reason: reason.into() };
+        let pred = v["pred_ans"].as_str().ok_or_else(|| bad("no \"pred_ans\" string"))?;
+        let golds = strings(&v["answer"])
+            .or_else(|| strings(&v["golden_answers"]))
+            .ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
+        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64()));
+    }
+    Ok(Summary::of(parsed.iter().map(|(p, g, s, r)| (*p, g.as_slice(), *s, *r))))
+}

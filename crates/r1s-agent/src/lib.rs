@@ -1,0 +1,15 @@
+//! The R1-Searcher protocol for r1s: [`protocol`] strings, the batched agent loop ([`agent::run`]
+//! over the core `Policy` and `Retriever` traits), trajectories with exact policy / retrieval spans,
+//! [`metrics`], [`reward`]s, and evaluation data and summaries ([`eval`]).
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod agent;
+pub mod eval;
+pub mod metrics;
+pub mod protocol;
+pub mod reward;
+
+pub use agent::{AgentError, LoopConfig, Source, Span, Trajectory, run};
+pub use eval::{Question, Summary, read_questions, score_file};
+pub use reward::Reward;

@@ -1,0 +1,72 @@
+//! The R1-Searcher protocol, byte for byte (prompts, tags, query extraction, document splicing).
+//! Source: `../shared/design/protocols.md` §1 (R1-Searcher's paper and released code).
+
+/// Tags the policy writes and the loop splices (plain text, not special tokens).
+pub const BEGIN_QUERY: &str = "<|begin_of_query|>";
+pub const END_QUERY: &str = "<|end_of_query|>";
+pub const BEGIN_DOCS: &str = "<|begin_of_documents|>";
+pub const END_DOCS: &str = "<|end_of_documents|>";
+
+/// The base-model prompt before the question (its `\\n` inside the quoted format is a literal
+/// backslash-n).
+pub const BASE_PROMPT_HEAD: &str = "The User asks a question, and the Assistant solves it.
+The Assistant first thinks about the reasoning process in the mind and then provides the User with the final answer.
+The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\".
+During the thinking process, **the Assistant can perform searching** for uncertain knowledge if necessary with the format of \"<|begin_of_query|> search query (only list keywords, such as **\"keyword_1 keyword_2 ...\"**)<|end_of_query|>\". **A query must involve only a single triple**.
+Then, the search system will provide the Assistant with the retrieval information with the format of \"<|begin_of_documents|> ...search results... <|end_of_documents|>\".
+
+";
+
+/// The chat models' system message.
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.
+Given a question, you should answer it by first thinking about the reasoning process in the mind and then providing the final answer.
+The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\".
+During the thinking process, **you can perform searching for uncertain knowledge** if necessary with the format of \"<|begin_of_query|> search query (only list keywords, such as **\"keyword_1 keyword_2 ...\"**)<|end_of_query|>\". **A query must involve only a single triple**.
+Then, the search system will provide you with the retrieval information with the format of \"<|begin_of_documents|> ...search results... <|end_of_documents|>\".";
+
+/// The base-model (training) prompt for `question`: it ends with `Assistant: <think>`.
+pub fn base_prompt(question: &str) -> String {
+    format!("{BASE_PROMPT_HEAD}User:{question}\nAssistant: <think>")
+}
+
+/// Cleans the query of a turn that stopped at `<|end_of_query|>`: the text after the last
+/// `<|begin_of_query|>` with `"` removed, trimmed, inner whitespace collapsed; for evaluation also
+/// without `'`, tabs and `...`. `None` when the turn has no `<|begin_of_query|>`.
+pub fn extract_query(turn: &str, evaluation: bool) -> Option<String> {
+    let at = turn.rfind(BEGIN_QUERY)?;
+    let mut q = turn[at + BEGIN_QUERY.len()..].replace('"', "");
+    if evaluation {
+        q = q.replace('\'', "").replace('\t', " ").replace("...", "");
+    }
+    Some(q.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Strips a leading corpus index (`^\d+\s+`) from a retrieved document.
+fn strip_index(doc: &str) -> &str {
+    let digits = doc.len() - doc.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return doc;
+    }
+    let rest = &doc[digits..];
+    let trimmed = rest.trim_start();
+    if trimmed.len() == rest.len() { doc } else { trimmed }
+}
+
+/// The documents block's body: `(1)doc\n(2)doc\n…`, or `None` when nothing came back.
+pub fn format_docs<S: AsRef<str>>(docs: &[S]) -> String {
+    if docs.is_empty() {
+        return "None".into();
+    }
+    let mut s = String::new();
+    for (j, d) in docs.iter().enumerate() {
+        s.push_str(&format!("({}){}\n", j + 1, strip_index(d.as_ref())));
+    }
+    s
+}
+
+/// What the loop appends after a turn that asked a query: the policy's part
+/// (`turn.strip() + "<|end_of_query|>\n\n"`) and the retrieved part
+/// (`"<|begin_of_documents|>\n" + docs + "<|end_of_documents|>\n\n"`).
+pub fn splice(turn: &str, docs_body: &str) -> (String, String) {
+    (format!("{}{END_QUERY}\n\n", turn.trim()), format!("{BEGIN_DOCS}\n{docs_body}{END_DOCS}\n\n"))
+}

@@ -1,0 +1,143 @@
+//! R1-Searcher's rule-based rewards. `sol` is the text the policy produced after the prompt,
+//! retrieved documents included.
+
+use crate::metrics::{cover_em, extract_answer, f1};
+use crate::protocol::{BEGIN_DOCS, BEGIN_QUERY, END_DOCS, END_QUERY};
+
+/// Which reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reward {
+    /// Paper, stage 1: 0.5 for at least one retrieval + 0.5 for a good format.
+    Stage1,
+    /// Released Llama stage 1: ±1 cover-EM, +0.5 balanced retrievals (≥ 1), +0.5 think/answer tags.
+    Stage1Code,
+    /// Paper and released Qwen stage 2: F1 (0 without answer tags) − 2 for a bad format.
+    Stage2,
+    /// Released Llama stage 2: F1 − 1 when tags are unbalanced, think/answer counts wrong or CJK.
+    Stage2Llama,
+}
+
+impl std::str::FromStr for Reward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stage1" => Ok(Reward::Stage1),
+            "stage1-code" => Ok(Reward::Stage1Code),
+            "stage2" => Ok(Reward::Stage2),
+            "stage2-llama" => Ok(Reward::Stage2Llama),
+            _ => Err(format!("unknown reward {s:?} (stage1, stage1-code, stage2, stage2-llama)")),
+        }
+    }
+}
+
+fn count(s: &str, pat: &str) -> usize {
+    s.matches(pat).count()
+}
+
+/// The retrieval tags are balanced: the counts of the query and document tags (with and without
+/// their newlines, and `<|begin_of_documents|>\n(1)`) are all equal. Returns that count.
+pub fn retrieval_tags_balanced(sol: &str) -> Option<usize> {
+    let counts = [
+        count(sol, &format!("{BEGIN_DOCS}\n")),
+        count(sol, &format!("{END_DOCS}\n\n")),
+        count(sol, BEGIN_QUERY),
+        count(sol, END_QUERY),
+        count(sol, BEGIN_DOCS),
+        count(sol, END_DOCS),
+        count(sol, &format!("{BEGIN_DOCS}\n(1)")),
+    ];
+    counts.iter().all(|&c| c == counts[0]).then_some(counts[0])
+}
+
+/// `<think>` absent, `</think>` exactly once, `<answer>` and `</answer>` exactly once each.
+pub fn think_answer_tags_ok(sol: &str) -> bool {
+    count(sol, "<think>") == 0
+        && count(sol, "</think>") == 1
+        && count(sol, "<answer>") == 1
+        && count(sol, "</answer>") == 1
+}
+
+/// A CJK character (U+4E00–U+9FFF) outside the document blocks.
+pub fn cjk_outside_documents(sol: &str) -> bool {
+    let mut rest = sol;
+    let mut outside = String::new();
+    while let Some(start) = rest.find(BEGIN_DOCS) {
+        outside.push_str(&rest[..start]);
+        match rest[start..].find(END_DOCS) {
+            Some(end) => rest = &rest[start + end + END_DOCS.len()..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    outside.push_str(rest);
+    outside.chars().any(|c| ('\u{4E00}'..='\u{9FFF}').contains(&c))
+}
+
+/// Why a solution's format is bad (the first rule it breaks), or `None` when it is good.
+pub fn format_problem(sol: &str) -> Option<&'static str> {
+    if retrieval_tags_balanced(sol).is_none() {
+        return Some("retrieval tags unbalanced");
+    }
+    if sol.contains("Assistant") || sol.contains("assistant") {
+        return Some("\"Assistant\" occurs");
+    }
+    if count(sol, "<think>") != 0 || count(sol, "</think>") != 1 {
+        return Some("<think> occurs or </think> is not there exactly once");
+    }
+    if count(sol, "<answer>") != 1 || count(sol, "</answer>") != 1 {
+        return Some("<answer> / </answer> not there exactly once each");
+    }
+    let answer = extract_answer(sol);
+    if answer.contains("begin_of_query") || answer.contains("begin_of_documents") {
+        return Some("the answer contains a query or documents");
+    }
+    if answer.split_whitespace().count() > 10 {
+        return Some("the answer has more than 10 words");
+    }
+    if cjk_outside_documents(sol) {
+        return Some("CJK characters outside the documents");
+    }
+    None
+}
+
+/// Retrievals made: the number of `<|begin_of_query|>` tags.
+pub fn retrievals(sol: &str) -> usize {
+    count(sol, BEGIN_QUERY)
+}
+
+/// The reward of `sol` against the gold answers.
+pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
+    let has_answer = count(sol, "<answer>") >= 1 && count(sol, "</answer>") >= 1;
+    let best_f1 = || golds.iter().map(|g| f1(&extract_answer(sol), g)).fold(0.0, f64::max);
+    match kind {
+        Reward::Stage1 => {
+            let searched = if retrievals(sol) >= 1 { 0.5 } else { 0.0 };
+            let format = if format_problem(sol).is_none() { 0.5 } else { 0.0 };
+            searched + format
+        }
+        Reward::Stage1Code => {
+            let correct = has_answer && golds.iter().any(|g| cover_em(&extract_answer(sol), g));
+            let mut r = if correct { 1.0 } else { -1.0 };
+            if retrieval_tags_balanced(sol).is_some_and(|n| n >= 1) {
+                r += 0.5;
+            }
+            if think_answer_tags_ok(sol) {
+                r += 0.5;
+            }
+            r
+        }
+        Reward::Stage2 => {
+            let f = if has_answer { best_f1() } else { 0.0 };
+            f - if format_problem(sol).is_some() { 2.0 } else { 0.0 }
+        }
+        Reward::Stage2Llama => {
+            let f = if has_answer { best_f1() } else { 0.0 };
+            let bad =
+                retrieval_tags_balanced(sol).is_none() || !think_answer_tags_ok(sol) || cjk_outside_documents(sol);
+            f - if bad { 1.0 } else { 0.0 }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The R1-Searcher protocol: released evaluation figures, rewards, prompts and splicing, and the loop
+//! with a scripted policy over a real retriever.
+
+use std::path::{Path, PathBuf};
+
+use r1s_agent::reward::reward;
+use r1s_agent::{Reward, score_file};
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+}
+
+#[test]
+fn released_eval_results_score_as_published() {
+    // (file, EM, cover-EM, F1) from ../shared/data/README.md
+    let figures = [
+        ("hotpotqa_qwen", 58.0, 65.4, 71.9),
+        ("hotpotqa_llama", 58.4, 64.8, 70.6),
+        ("2wiki_qwen", 55.4, 63.6, 63.7),
+        ("bamboogle_qwen", 45.6, 52.8, 57.7),
+        ("bamboogle_llama", 44.0, 50.4, 57.1),
+    ];
+    for (name, em, cem, f1) in figures {
+        let s = score_file(&shared(&format!("r1searcher/eval_results/{name}.jsonl"))).unwrap();
+        eprintln!("{name}\n{}", s.table());
+        let close = |a: f64, b: f64| (a - b).abs() <= 0.051;
+        assert!(close(s.em, em) && close(s.cover_em, cem) && close(s.f1, f1), "{name}: {s:?}");
+    }
+}
+
+#[test]
+fn metrics_edge_cases() {
+    use r1s_agent::metrics::*;
+    assert_eq!(normalize("The  Beatles’ `Abbey_Road`!"), "beatles abbey road");
+    assert!(exact_match("True", "yes") && exact_match(" an Apple ", "apple"));
+    assert_eq!(f1("yes", "no"), 0.0);
+    assert_eq!(f1("no answer", "noanswer"), 0.0);
+    assert!((f1("the Eiffel Tower in Paris", "Eiffel Tower") - 2.0 * (2.0 / 4.0) / (2.0 / 4.0 + 1.0)).abs() < 1e-12);
+    assert!(cover_em("Paris, France", "france paris") && !cover_em_2("Paris, France", "france paris"));
+    assert!(cover_em_2("it was Paris France indeed", "paris france"));
+    assert_eq!(extract_answer("x <answer> a </answer> <answer> b </answer> y"), "b");
+}
+
+/// A well-formed solution with one retrieval, as the loop writes it.
+fn good_sol() -> String {
+    " I should look this up. <|begin_of_query|> Evan Morris employer<|end_of_query|>\n\n<|begin_of_documents|>\n(1)\"Evan Morris\"\nEvan Morris was a lobbyist.\n<|end_of_documents|>\n\nHe worked for Genentech. </think>\n\n<answer> Genentech </answer>".to_owned()
+}
+
+#[test]
+fn every_format_rule_and_reward_variant() {
+    use r1s_agent::reward::format_problem;
+    let golds = vec!["Genentech".to_owned()];
+    let good = good_sol();
+    assert_eq!(format_problem(&good), None);
+    assert_eq!(reward(Reward::Stage1, &good, &golds), 1.0);
+    assert_eq!(reward(Reward::Stage1Code, &good, &golds), 2.0);
+    assert_eq!(reward(Reward::Stage2, &good, &golds), 1.0);
+    assert_eq!(reward(Reward::Stage2Llama, &good, &golds), 1.0);
+    let bad_cases = [
+        (good.replace("<|end_of_documents|>\n\n", "<|end_of_documents|>\n"), "retrieval tags"),
+        (good.replace("(1)", "(0)"), "retrieval tags"),
+        (good.replace("I should", "Assistant: I should"), "Assistant"),
+        (good.replace("I should", "<think> I should"), "<think>"),
+        (good.replace(" </think>", ""), "<think>"),
+        (format!("{good} <answer> again </answer>"), "<answer>"),
+        (good.replace("Genentech </answer>", "<|begin_of_query|> x </answer>"), "retrieval tags"),
+        (
+            good.replace("Genentech </answer>", "one two three four five six seven eight nine ten eleven </answer>"),
+            "10 words",
+        ),
+        (good.replace("He worked", "他 worked"), "CJK"),
+    ];
+    for (sol, why) in &bad_cases {
+        let problem = format_problem(sol).unwrap_or_else(|| panic!("not caught: {why}"));
+        assert!(problem.contains(why), "{why}: {problem}");
+        assert_eq!(reward(Reward::Stage2, sol, &golds), reward_f1(sol) - 2.0, "{why}");
+    }
+    // CJK inside documents is fine
+    assert_eq!(format_problem(&good.replace("was a lobbyist", "was a 说客")), None);
+    // no retrieval: stage 1 pays only for the format
+    let no_search = " Easy. </think>\n\n<answer> Genentech </answer>";
+    assert_eq!(reward(Reward::Stage1, no_search, &golds), 0.5);
+    assert_eq!(reward(Reward::Stage1Code, no_search, &golds), 1.0 + 0.5);
+    // stage1-code: a wrong answer is -1; no answer tags at all -1 and no tag bonus
+    assert_eq!(reward(Reward::Stage1Code, &good.replace("Genentech </answer>", "Roche </answer>"), &golds), 0.0);
+    assert_eq!(reward(Reward::Stage1Code, " nothing", &golds), -1.0);
+    // stage 2 without answer tags: F1 0, and the format is bad
+    assert_eq!(reward(Reward::Stage2, " nothing", &golds), -2.0);
+    assert_eq!(reward(Reward::Stage2Llama, " nothing", &golds), -1.0);
+}
+
+fn reward_f1(sol: &str) -> f64 {
+    r1s_agent::metrics::f1(&r1s_agent::metrics::extract_answer(sol), "Genentech")
+}
+
+/// On R1-Searcher's released trajectories (the prompt ends with `<think>`, so `gen_text_store` is the
+/// solution): stage-1 rewards follow from retrievals and format, and the good-format ones are most.
+#[test]
+fn rewards_on_released_trajectories() {
+    let text = std::fs::read_to_string(shared("r1searcher/eval_results/hotpotqa_qwen.jsonl")).unwrap();
+    let (mut good, mut n) = (0, 0);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let sol = v["gen_text_store"].as_str().unwrap();
+        let golds = vec![v["answer"].as_str().unwrap().to_owned()];
+        let r1 = reward(Reward::Stage1, sol, &golds);
+        let searched = r1s_agent::reward::retrievals(sol) > 0;
+        let fmt = r1s_agent::reward::format_problem(sol).is_none();
+        assert_eq!(r1, 0.5 * f64::from(u8::from(searched)) + 0.5 * f64::from(u8::from(fmt)));
+        let r2 = reward(Reward::Stage2, sol, &golds);
+        assert!(if fmt { (0.0..=1.0).contains(&r2) } else { (-2.0..=-1.0).contains(&r2) });
+        good += usize::from(fmt);
+        n += 1;
+    }
+    assert_eq!(n, 500);
+    assert!(good >= 450, "only {good} of 500 released trajectories have a good format");
+}
+
+#[test]
+fn prompts_are_r1_searchers() {
+    use r1s_agent::protocol::*;
+    let p = base_prompt("Who?");
+    assert!(p.starts_with("The User asks a question, and the Assistant solves it.\nThe Assistant first thinks"));
+    assert!(p.contains("i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\"."));
+    assert!(p.ends_with("<|end_of_documents|>\".\n\nUser:Who?\nAssistant: <think>"));
+    assert!(SYSTEM_PROMPT.starts_with("You are a helpful assistant.\nGiven a question"));
+    assert_eq!(
+        extract_query(" so <|begin_of_query|> \"Evan\"   Morris 's\tjob... ", true).unwrap(),
+        "Evan Morris s job"
+    );
+    assert_eq!(
+        extract_query(" so <|begin_of_query|> \"Evan\"   Morris 's\tjob... ", false).unwrap(),
+        "Evan Morris 's job..."
+    );
+    assert_eq!(extract_query("no query", false), None);
+    assert_eq!(format_docs(&["12  Alpha text", "Beta"]), "(1)Alpha text\n(2)Beta\n");
+    assert_eq!(format_docs::<&str>(&[]), "None");
+    let (mine, docs) = splice("  think <|begin_of_query|> q ", "(1)d\n");
+    assert_eq!(mine, "think <|begin_of_query|> q<|end_of_query|>\n\n");
+    assert_eq!(docs, "<|begin_of_documents|>\n(1)d\n<|end_of_documents|>\n\n");
+}
+
+/// A test double of the language model only: replays fixed turns, checking the contexts and stop
+/// strings the loop gives it.
+struct Scripted {
+    turns: Vec<(&'static str, r1s_core::Finish)>,
+    seen: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("script exhausted")]
+struct Exhausted;
+
+impl r1s_core::Policy for Scripted {
+    type Error = Exhausted;
+    fn complete(
+        &self,
+        contexts: &[String],
+        s: &r1s_core::GenerateSettings,
+    ) -> Result<Vec<r1s_core::Completion>, Exhausted> {
+        let mut seen = self.seen.lock().unwrap();
+        contexts
+            .iter()
+            .map(|c| {
+                let k = seen.len() / contexts.len().max(1);
+                seen.push((c.clone(), s.stop.clone()));
+                let (text, finish) = self.turns.get(k).ok_or(Exhausted)?;
+                Ok(r1s_core::Completion {
+                    text: (*text).to_owned(),
+                    finish: finish.clone(),
+                    tokens: vec![],
+                    logprobs: vec![],
+                })
+            })
+            .collect()
+    }
+}
+
+/// The loop with a scripted policy and a real retriever (MiniLM + flat index over 60 real passages):
+/// the spliced text is byte-exact, the spans cover exactly what each side wrote.
+#[test]
+fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
+    use r1s_agent::protocol::{END_QUERY, base_prompt};
+    use r1s_core::{Cancel, Finish, NoProgress, Retriever};
+    let tmp = tempfile::tempdir().unwrap();
+    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    let src = tmp.path().join("p.jsonl");
+    std::fs::write(&src, passages.lines().take(60).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let corpus = tmp.path().join("corpus");
+    r1s_corpus::ingest(&[src], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() }).unwrap();
+    let index = tmp.path().join("index");
+    r1s_embed::embed_corpus(&e, &r1s_embed::EmbedJob::new(&corpus, &index), &NoProgress, &Cancel::new()).unwrap();
+    r1s_index::build(&index, r1s_index::Kind::Flat, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&index, &Default::default()).unwrap();
+
+    let turn1 = " I need the Strozzi family. <|begin_of_query|> \"Barbara Strozzi\" composer ";
+    let turn2 = " She was a composer. </think>\n\n<answer> Italian </answer>";
+    let policy = Scripted {
+        turns: vec![(turn1, Finish::Stop(END_QUERY.into())), (turn2, Finish::Eos)],
+        seen: Default::default(),
+    };
+    let prompt = base_prompt("What nationality was Barbara Strozzi?");
+    let cfg = r1s_agent::LoopConfig::evaluation();
+    let t = r1s_agent::run(&policy, &retriever, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+
+    let hits = retriever.retrieve(&["Barbara Strozzi composer"], 5).unwrap().remove(0);
+    let mut docs = String::new();
+    for (j, h) in hits.iter().enumerate() {
+        docs.push_str(&format!("({}){}\n", j + 1, h.contents));
+    }
+    let mine1 = "I need the Strozzi family. <|begin_of_query|> \"Barbara Strozzi\" composer<|end_of_query|>\n\n";
+    let retrieved = format!("<|begin_of_documents|>\n{docs}<|end_of_documents|>\n\n");
+    assert_eq!(t.sol, format!("{mine1}{retrieved}{turn2}"));
+    let spans: Vec<(r1s_agent::Source, &str)> = t.spans.iter().map(|s| (s.source, &t.sol[s.start..s.end])).collect();
+    assert_eq!(
+        spans,
+        vec![
+            (r1s_agent::Source::Policy, mine1),
+            (r1s_agent::Source::Retrieval, retrieved.as_str()),
+            (r1s_agent::Source::Policy, turn2)
+        ]
+    );
+    assert_eq!(t.queries, vec!["Barbara Strozzi composer"]);
+    assert_eq!(t.retrieved[0], hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>());
+    assert_eq!(t.pred, "Italian");
+    assert_eq!(t.stop_reason_final, "finished");
+    // the second turn continued from exactly prompt + everything so far, with the stop string set
+    let seen = policy.seen.lock().unwrap();
+    assert_eq!(seen[0], (prompt.clone(), vec![END_QUERY.to_owned()]));
+    assert_eq!(seen[1].0, format!("{prompt}{mine1}{retrieved}"));
+    assert_eq!(r1s_agent::reward::reward(r1s_agent::Reward::Stage1, &t.sol, &["Italian".into()]), 1.0);
+}
