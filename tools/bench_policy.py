@@ -18,7 +18,7 @@ tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
 tok.padding_side = "left"
 if tok.pad_token is None:
     tok.pad_token = tok.eos_token
-model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
 for b in [int(x) for x in a.batches.split(",")]:
     enc = tok([a.prompt] * b, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():

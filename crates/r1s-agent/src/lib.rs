@@ -6,10 +6,12 @@
 
 pub mod agent;
 pub mod eval;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod reward;
 
 pub use agent::{AgentError, LoopConfig, Source, Span, Trajectory, run};
 pub use eval::{Question, Summary, read_questions, score_file};
+pub use http::{HttpPolicy, HttpRetriever};
 pub use reward::Reward;

@@ -176,23 +176,29 @@ impl r1s_core::Policy for Scripted {
     }
 }
 
+/// A flat MiniLM index over 60 real passages in `dir`.
+fn small_index(dir: &Path) -> PathBuf {
+    use r1s_core::{Cancel, NoProgress};
+    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    let src = dir.join("p.jsonl");
+    std::fs::write(&src, passages.lines().take(60).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let corpus = dir.join("corpus");
+    r1s_corpus::ingest(&[src], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() }).unwrap();
+    let index = dir.join("index");
+    r1s_embed::embed_corpus(&e, &r1s_embed::EmbedJob::new(&corpus, &index), &NoProgress, &Cancel::new()).unwrap();
+    r1s_index::build(&index, r1s_index::Kind::Flat, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    index
+}
+
 /// The loop with a scripted policy and a real retriever (MiniLM + flat index over 60 real passages):
 /// the spliced text is byte-exact, the spans cover exactly what each side wrote.
 #[test]
 fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
     use r1s_agent::protocol::{END_QUERY, base_prompt};
-    use r1s_core::{Cancel, Finish, NoProgress, Retriever};
+    use r1s_core::{Finish, Retriever};
     let tmp = tempfile::tempdir().unwrap();
-    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
-    let src = tmp.path().join("p.jsonl");
-    std::fs::write(&src, passages.lines().take(60).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let corpus = tmp.path().join("corpus");
-    r1s_corpus::ingest(&[src], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
-    let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() }).unwrap();
-    let index = tmp.path().join("index");
-    r1s_embed::embed_corpus(&e, &r1s_embed::EmbedJob::new(&corpus, &index), &NoProgress, &Cancel::new()).unwrap();
-    r1s_index::build(&index, r1s_index::Kind::Flat, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
-    let retriever = r1s_retrieve::DenseRetriever::open(&index, &Default::default()).unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
 
     let turn1 = " I need the Strozzi family. <|begin_of_query|> \"Barbara Strozzi\" composer ";
     let turn2 = " She was a composer. </think>\n\n<answer> Italian </answer>";
@@ -230,4 +236,90 @@ fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
     assert_eq!(seen[0], (prompt.clone(), vec![END_QUERY.to_owned()]));
     assert_eq!(seen[1].0, format!("{prompt}{mine1}{retrieved}"));
     assert_eq!(r1s_agent::reward::reward(r1s_agent::Reward::Stage1, &t.sol, &["Italian".into()]), 1.0);
+}
+
+/// A minimal OpenAI-style completions server on a loopback port (std only): the first turn asks a
+/// query (finish "stop" with vLLM's `stop_reason`), a context with documents gets the answer
+/// (finish "stop" without one, as llama.cpp answers). Returns the base URL.
+fn completions_server() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(req["model"], "scripted");
+            assert_eq!(req["temperature"], 0.0);
+            let choices: Vec<serde_json::Value> = req["prompt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    if p.as_str().unwrap().contains("<|begin_of_documents|>\n(1)") {
+                        serde_json::json!({"index": i, "text": " She composed. </think>\n\n<answer> Italian </answer>", "finish_reason": "stop"})
+                    } else {
+                        serde_json::json!({"index": i, "text": " Look up. <|begin_of_query|> Barbara Strozzi composer", "finish_reason": "stop", "stop_reason": "<|end_of_query|>"})
+                    }
+                })
+                .collect();
+            let reply = serde_json::json!({"object": "text_completion", "choices": choices}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    url
+}
+
+/// The loop over HTTP on both sides: `HttpPolicy` against a completions server, `HttpRetriever`
+/// against `r1s serve`'s Search-R1 API (a real server in process): the same trajectory as in process.
+#[test]
+fn the_loop_over_http_policy_and_http_retriever() {
+    use r1s_core::Retriever;
+    let tmp = tempfile::tempdir().unwrap();
+    let local =
+        std::sync::Arc::new(r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        rt.spawn(r1s_retrieve::serve(local.clone(), listener, Default::default(), serde_json::json!({}), async {
+            let _ = stopped.await;
+        }));
+    let policy = r1s_agent::HttpPolicy::new(&completions_server(), "scripted");
+    let prompts = vec![r1s_agent::protocol::base_prompt("Barbara Strozzi's nationality?"); 3];
+    let cfg = r1s_agent::LoopConfig::evaluation();
+    for url in [format!("http://{addr}"), format!("http://{addr}/queries")] {
+        let remote = r1s_agent::HttpRetriever::new(&url);
+        let ts = r1s_agent::run(&policy, &remote, &prompts, &cfg).unwrap();
+        let hits = local.retrieve(&["Barbara Strozzi composer"], 5).unwrap().remove(0);
+        for t in &ts {
+            assert_eq!(t.pred, "Italian");
+            assert_eq!(t.queries, vec!["Barbara Strozzi composer"]);
+            for (j, h) in hits.iter().enumerate() {
+                assert!(t.sol.contains(&format!("({}){}\n", j + 1, h.contents)), "{url}: document {j} missing");
+            }
+            assert_eq!(t.spans.len(), 3);
+        }
+    }
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
 }

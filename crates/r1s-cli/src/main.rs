@@ -120,17 +120,28 @@ struct GenerateArgs {
 #[derive(Debug, Args)]
 struct EvalArgs {
     /// Score these results files (R1-Searcher eval_results or `r1s eval --out`) instead of running.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "index"])]
+    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "index", "retriever_url"])]
     score: Vec<PathBuf>,
     /// Questions: R1-Searcher {"idx","question","answer"} or FlashRAG {"id","question","golden_answers"} JSONL.
     #[arg(long, required_unless_present = "score")]
     data: Option<PathBuf>,
     /// Index directory to retrieve from (in-process).
-    #[arg(long, required_unless_present = "score")]
+    #[arg(long, required_unless_present_any = ["score", "retriever_url"])]
     index: Option<PathBuf>,
-    /// The policy: a .gguf file, a Hugging Face directory, or `smollm2`.
+    /// A retrieval server instead: Search-R1 `http://host:port[/retrieve]` or R1-Searcher
+    /// `http://host:port/queries` (`r1s serve` speaks both).
+    #[arg(long, conflicts_with = "index")]
+    retriever_url: Option<String>,
+    /// The policy: a .gguf file, a Hugging Face directory, `smollm2`, or the URL of an
+    /// OpenAI-compatible completions server (vLLM, llama.cpp: `http://host:port`).
     #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
-    policy: PathBuf,
+    policy: String,
+    /// The `model` name sent to a completions server.
+    #[arg(long, default_value = "default")]
+    policy_model: String,
+    /// Chat template for --prompt chat: auto (the local model's own; ChatML for a server), chatml, llama3.
+    #[arg(long, default_value = "auto")]
+    chat_template: String,
     /// Use the first N questions.
     #[arg(long)]
     limit: Option<usize>,
@@ -613,26 +624,62 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (Some(data), Some(index)) = (&a.data, &a.index) else { anyhow::bail!("--data and --index are required") };
+    let Some(data) = &a.data else { anyhow::bail!("--data is required") };
     if a.threads > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
     }
     let questions = r1s_agent::read_questions(data, a.limit)?;
-    let retriever = r1s_retrieve::DenseRetriever::open(
-        index,
-        &r1s_retrieve::DenseOptions { threads: a.threads, ..Default::default() },
-    )?;
-    let policy = r1s_policy::Policy::load(&a.policy, &r1s_policy::device("cpu")?)?;
-    let template = r1s_policy::chat::Template::detect(policy.tokenizer.chat_template.as_deref());
-    let prompt_of = |q: &str| -> anyhow::Result<String> {
-        Ok(match a.prompt.as_str() {
-            "base" => r1s_agent::protocol::base_prompt(q),
-            "chat" => {
-                use r1s_policy::chat::Message;
-                let msgs = [Message::new("system", r1s_agent::protocol::SYSTEM_PROMPT), Message::new("user", q)];
-                format!("{}<think>", template.render(&msgs))
-            }
-            other => anyhow::bail!("unknown --prompt {other:?} (chat, base)"),
+    let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
+    let local = if remote_policy {
+        None
+    } else {
+        Some(r1s_policy::Policy::load(Path::new(&a.policy), &r1s_policy::device("cpu")?)?)
+    };
+    use r1s_policy::chat::Template;
+    let template = match a.chat_template.as_str() {
+        "auto" => local.as_ref().map_or(Template::ChatMl { default_system: None }, |p| {
+            Template::detect(p.tokenizer.chat_template.as_deref())
+        }),
+        "chatml" => Template::ChatMl { default_system: None },
+        "llama3" => Template::Llama3,
+        other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
+    };
+    let prompts = questions
+        .iter()
+        .map(|q| -> anyhow::Result<String> {
+            Ok(match a.prompt.as_str() {
+                "base" => r1s_agent::protocol::base_prompt(&q.question),
+                "chat" => {
+                    use r1s_policy::chat::Message;
+                    let msgs =
+                        [Message::new("system", r1s_agent::protocol::SYSTEM_PROMPT), Message::new("user", &q.question)];
+                    format!("{}<think>", template.render(&msgs))
+                }
+                other => anyhow::bail!("unknown --prompt {other:?} (chat, base)"),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let retriever: RetrieveFn = match (&a.index, &a.retriever_url) {
+        (_, Some(url)) => {
+            let r = r1s_agent::HttpRetriever::new(url);
+            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
+        }
+        (Some(index), None) => {
+            let r = r1s_retrieve::DenseRetriever::open(
+                index,
+                &r1s_retrieve::DenseOptions { threads: a.threads, ..Default::default() },
+            )?;
+            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
+        }
+        (None, None) => anyhow::bail!("--index or --retriever-url is required"),
+    };
+    let retriever = FnRetriever(retriever);
+    let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
+    let run = |prompts: &[String], cfg: &r1s_agent::LoopConfig| -> anyhow::Result<Vec<r1s_agent::Trajectory>> {
+        Ok(match (&local, &http_policy) {
+            (Some(p), _) => r1s_agent::run(p, &retriever, prompts, cfg)?,
+            (None, Some(p)) => r1s_agent::run(p, &retriever, prompts, cfg)?,
+            (None, None) => anyhow::bail!("no policy"),
         })
     };
     let mut cfg = r1s_agent::LoopConfig::evaluation();
@@ -648,12 +695,11 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         None => Box::new(std::io::sink()),
     };
     let mut rows = Vec::new();
-    for chunk in questions.chunks(a.batch.max(1)) {
+    for (chunk, prompts) in questions.chunks(a.batch.max(1)).zip(prompts.chunks(a.batch.max(1))) {
         if cancel.is_cancelled() {
             anyhow::bail!("cancelled");
         }
-        let prompts = chunk.iter().map(|q| prompt_of(&q.question)).collect::<anyhow::Result<Vec<_>>>()?;
-        let trajectories = r1s_agent::run(&policy, &retriever, &prompts, &cfg)?;
+        let trajectories = run(prompts, &cfg)?;
         for (q, t) in chunk.iter().zip(trajectories) {
             let reward = r1s_agent::reward::reward(a.reward, &t.sol, &q.answers);
             let row = serde_json::json!({
@@ -678,6 +724,29 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     );
     println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())
+}
+
+type RetrieveFn = Box<dyn Fn(&[&str], usize) -> anyhow::Result<Vec<Vec<r1s_core::Hit>>> + Send + Sync>;
+
+/// Any retrieval closure as a core `Retriever` (in-process or HTTP, chosen at run time).
+struct FnRetriever(RetrieveFn);
+
+#[derive(Debug)]
+struct RetrieveFailed(String);
+
+impl std::fmt::Display for RetrieveFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RetrieveFailed {}
+
+impl r1s_core::Retriever for FnRetriever {
+    type Error = RetrieveFailed;
+    fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<r1s_core::Hit>>, RetrieveFailed> {
+        (self.0)(queries, k).map_err(|e| RetrieveFailed(format!("{e:#}")))
+    }
 }
 
 fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
