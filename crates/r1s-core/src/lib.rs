@@ -143,6 +143,13 @@ pub struct GenerateSettings {
     pub stop: Vec<String>,
 }
 
+impl Default for GenerateSettings {
+    /// Greedy, 256 new tokens, no stop string.
+    fn default() -> Self {
+        GenerateSettings { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+    }
+}
+
 /// Why a completion ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

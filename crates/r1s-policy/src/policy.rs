@@ -13,36 +13,10 @@ use crate::load::{GgufWeights, SafetensorsWeights, build_llama};
 use crate::model::{KvCache, Llama, Rope, Step};
 use crate::tokenizer::TextTokenizer;
 
-/// Sampling settings of one [`Policy::generate`] call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
-    pub max_new_tokens: usize,
-    /// 0: greedy.
-    pub temperature: f32,
-    /// Nucleus sampling mass (1: off).
-    pub top_p: f32,
-    pub seed: u64,
-    /// Generation stops when the decoded continuation contains one of these; the returned text
-    /// ends before it.
-    pub stop: Vec<String>,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
-    }
-}
-
-/// Why a continuation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// An end-of-sequence token (not part of the text).
-    Eos,
-    /// This stop string (not part of the text).
-    Stop(String),
-    /// `max_new_tokens` reached, or the context is full.
-    Length,
-}
+/// Why a continuation ended (the core crate's).
+pub use r1s_core::Finish as StopReason;
+/// Sampling settings (the core crate's, shared with every policy).
+pub use r1s_core::GenerateSettings as Sampling;
 
 /// One continuation.
 #[derive(Debug, Clone, PartialEq)]
@@ -382,28 +356,12 @@ impl Policy {
 impl r1s_core::Policy for Policy {
     type Error = PolicyError;
 
-    fn complete(&self, contexts: &[String], s: &r1s_core::GenerateSettings) -> Result<Vec<r1s_core::Completion>> {
+    fn complete(&self, contexts: &[String], s: &Sampling) -> Result<Vec<r1s_core::Completion>> {
         let prompts = contexts.iter().map(|c| self.tokenizer.encode(c)).collect::<Result<Vec<_>>>()?;
-        let sampling = Sampling {
-            max_new_tokens: s.max_new_tokens,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            seed: s.seed,
-            stop: s.stop.clone(),
-        };
         Ok(self
-            .generate(&prompts, &sampling)?
+            .generate(&prompts, s)?
             .into_iter()
-            .map(|g| r1s_core::Completion {
-                text: g.text,
-                finish: match g.stop {
-                    StopReason::Eos => r1s_core::Finish::Eos,
-                    StopReason::Stop(s) => r1s_core::Finish::Stop(s),
-                    StopReason::Length => r1s_core::Finish::Length,
-                },
-                tokens: g.tokens,
-                logprobs: g.logprobs,
-            })
+            .map(|g| r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
             .collect())
     }
 }
