@@ -323,3 +323,22 @@ fn the_loop_over_http_policy_and_http_retriever() {
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
 }
+
+#[test]
+fn questions_in_both_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("q.jsonl");
+    std::fs::write(
+        &f,
+        "{\"id\": \"test_0\", \"question\": \"Who?\", \"golden_answers\": [\"A\", \"B\"]}\n\n{\"idx\": 7, \"question\": \"What?\", \"answer\": \"C\"}\n",
+    )
+    .unwrap();
+    let qs = r1s_agent::read_questions(&f, None).unwrap();
+    assert_eq!((qs[0].id.as_str(), qs[0].answers.len()), ("test_0", 2));
+    assert_eq!((qs[1].id.as_str(), qs[1].answers[0].as_str()), ("7", "C"));
+    std::fs::write(&f, "{\"question\": \"no answer\"}\n").unwrap();
+    let err = r1s_agent::read_questions(&f, None).unwrap_err();
+    assert!(err.to_string().contains("q.jsonl: line 1"), "{err}");
+    let real = r1s_agent::read_questions(&shared("r1searcher/eval_set/bamboogle.jsonl"), Some(10)).unwrap();
+    assert_eq!(real.len(), 10);
+}

@@ -133,6 +133,11 @@ impl LlamaConfig {
             Some(v) => v as usize,
             None => g.info("token_embd.weight")?.shape[0],
         };
+        if g.tensors.contains_key("rope_freqs.weight") {
+            return Err(bad(
+                "this GGUF scales RoPE frequencies (rope_freqs.weight, Llama 3.1 style), which r1s does not read from GGUF yet: use the Hugging Face directory (its rope_scaling is supported)".into(),
+            ));
+        }
         let heads = num("attention.head_count")? as usize;
         let hidden = num("embedding_length")? as usize;
         let head_dim = g.get(&format!("{arch}.attention.key_length")).and_then(Value::as_u64).map(|v| v as usize);
