@@ -115,6 +115,10 @@ struct GenerateArgs {
     /// Print timing figures as one JSON line on standard error.
     #[arg(long)]
     stats_json: bool,
+    /// Run a 2-token generation first, so that timings exclude first-call set-up (as benchmarks of
+    /// other engines do).
+    #[arg(long)]
+    warmup: bool,
 }
 
 #[derive(Debug, Args)]
@@ -777,9 +781,12 @@ fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
         seed: a.seed,
         stop: a.stop.clone(),
     };
+    let prompts = vec![ids.clone(); a.n.max(1)];
+    if a.warmup {
+        policy.generate(&prompts, &r1s_policy::Sampling { max_new_tokens: 2, ..sampling.clone() })?;
+    }
     let stdout = std::io::stdout();
     let t = std::time::Instant::now();
-    let prompts = vec![ids.clone(); a.n.max(1)];
     let out = policy.generate_streaming(&prompts, &sampling, &mut |seq, text| {
         if seq == 0 {
             let mut o = stdout.lock();

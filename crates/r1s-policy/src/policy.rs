@@ -64,11 +64,11 @@ fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
     t.into_data().try_to_vec::<f32>().map_err(|e| PolicyError::Options(format!("reading a tensor back: {e:?}")))
 }
 
-/// log-softmax of one row of logits.
-fn log_softmax(row: &[f32]) -> Vec<f32> {
+/// log-softmax of one row of logits at `i`.
+fn log_prob(row: &[f32], i: usize) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
-    row.iter().map(|x| x - lse).collect()
+    row[i] - lse
 }
 
 /// Picks a token from one row of logits.
@@ -270,7 +270,7 @@ impl Policy {
                 let tok = sample(row, s, &mut rng);
                 let g = &mut out[seq];
                 g.tokens.push(tok);
-                g.logprobs.push(log_softmax(row)[tok as usize]);
+                g.logprobs.push(log_prob(row, tok as usize));
                 if self.tokenizer.eos.contains(&tok) {
                     g.stop = StopReason::Eos;
                     g.text = self.tokenizer.decode(&g.tokens[..g.tokens.len() - 1])?;
