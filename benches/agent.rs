@@ -55,7 +55,8 @@ impl Retriever for Fixed {
 }
 
 fn benches(c: &mut Criterion) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/r1searcher/eval_results/hotpotqa_qwen.jsonl");
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../shared/data/r1searcher/eval_results/hotpotqa_qwen.jsonl");
     let rows: Vec<(String, Vec<String>, String)> = std::fs::read_to_string(path)
         .expect("eval results")
         .lines()

@@ -14,7 +14,8 @@ const DUMP: &str = "../shared/data/wiki/enwiki-20250201-first70.xml.bz2";
 const WORDS: usize = 100;
 
 fn xml() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DUMP);
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join(DUMP);
     let mut out = Vec::new();
     bzip2::read::MultiBzDecoder::new(std::fs::File::open(&path).expect("the shared enwiki dump"))
         .read_to_end(&mut out)

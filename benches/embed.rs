@@ -14,7 +14,8 @@ const THREADS: usize = 2;
 const BATCHES: [usize; 4] = [1, 8, 32, 64];
 
 fn texts() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PASSAGES);
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join(PASSAGES);
     std::fs::read_to_string(path)
         .expect("the shared passages")
         .lines()

@@ -26,7 +26,8 @@ fn benches(c: &mut Criterion) {
     let fixture = r1s_core::paths::r1s_home().join("fixtures/r1-passages-v2");
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/r1searcher/eval_set/hotpotqa_500.jsonl"),
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../shared/data/r1searcher/eval_set/hotpotqa_500.jsonl"),
     )
     .expect("hotpotqa_500.jsonl");
     let questions: Vec<String> = text

@@ -11,7 +11,9 @@ use r1s_embed::{EmbedJob, EmbedderConfig, OnnxEmbedder};
 use r1s_index::{BuildParams, IndexError, Kind, OpenIndex};
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../shared/data")
+        .join(rel)
 }
 
 fn embedder() -> OnnxEmbedder {

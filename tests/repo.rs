@@ -1,9 +1,11 @@
 //! Repository-level checks: the README's set-up contract and CI entry point.
 
-use std::path::Path;
+use std::path::PathBuf;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The repository root: the package directory cargo gives the test at run time (a binary built
+/// from another checkout sharing the target directory would otherwise look at that checkout).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// The README starts with exactly two commands (quickstart, tests) and `.ci/run` runs the second.

@@ -7,7 +7,9 @@ use r1s_agent::reward::reward;
 use r1s_agent::{Reward, score_file};
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel)
 }
 
 #[test]

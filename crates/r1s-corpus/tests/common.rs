@@ -5,7 +5,8 @@ use r1s_corpus::{Corpus, IngestOptions, IngestReport, Result};
 
 /// `../shared/data` relative to the workspace root.
 pub fn shared(rel: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../..");
     let p = root.join("../shared/data").join(rel);
     assert!(p.exists(), "test data {} is missing (expected ../shared/data beside the repository)", p.display());
     p

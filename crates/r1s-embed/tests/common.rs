@@ -4,7 +4,9 @@ use std::sync::OnceLock;
 use r1s_embed::{EmbedderConfig, OnnxEmbedder};
 
 pub fn shared(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel);
+    let p = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel);
     assert!(p.exists(), "test data {} is missing", p.display());
     p
 }

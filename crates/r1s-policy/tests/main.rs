@@ -14,7 +14,9 @@ fn smollm2() -> PathBuf {
 }
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel)
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {

@@ -13,7 +13,9 @@ use r1s_retrieve::{BatchConfig, DenseOptions, DenseRetriever, ServeConfig};
 mod batcher;
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel)
 }
 
 /// Rows written before the R1-Searcher passages: Search-R1's own example row, and rows with
