@@ -32,3 +32,12 @@ impl IndexError {
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// Number of queries in row-major `queries` of dimension `dim`; an error when `dim` is 0 or does
+/// not divide the length.
+pub(crate) fn query_rows(queries: &[f32], dim: usize) -> Result<usize> {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
+        return Err(IndexError::WrongDimension { expected: dim, got: queries.len() % dim.max(1) });
+    }
+    Ok(queries.len() / dim)
+}

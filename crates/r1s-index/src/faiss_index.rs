@@ -109,10 +109,7 @@ impl VectorIndex for FaissIndex {
         self.rows
     }
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
-        if self.dim == 0 || !queries.len().is_multiple_of(self.dim) {
-            return Err(IndexError::WrongDimension { expected: self.dim, got: queries.len() % self.dim.max(1) });
-        }
-        let nq = queries.len() / self.dim;
+        let nq = crate::error::query_rows(queries, self.dim)?;
         if nq == 0 || k == 0 {
             return Ok(vec![Vec::new(); nq]);
         }

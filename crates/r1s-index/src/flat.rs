@@ -189,13 +189,7 @@ impl VectorIndex for FlatIndex {
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
         let d = self.dim();
-        if d == 0 || !queries.len().is_multiple_of(d) {
-            return Err(IndexError::WrongDimension {
-                expected: d,
-                got: if queries.is_empty() { 0 } else { queries.len() % d.max(1) },
-            });
-        }
-        let nq = queries.len() / d;
+        let nq = crate::error::query_rows(queries, d)?;
         let rows = self.len();
         if nq == 0 || rows == 0 {
             return Ok(vec![Vec::new(); nq]);

@@ -173,9 +173,7 @@ impl HnswIndex {
 
     /// Search with an explicit `ef`.
     pub fn search_ef(&self, queries: &[f32], k: usize, ef: usize) -> Result<Vec<Vec<Scored>>> {
-        if !queries.len().is_multiple_of(self.dim.max(1)) {
-            return Err(IndexError::WrongDimension { expected: self.dim, got: queries.len() % self.dim.max(1) });
-        }
+        crate::error::query_rows(queries, self.dim)?;
         let ef = ef.max(k);
         Ok(queries
             .par_chunks_exact(self.dim)
