@@ -629,9 +629,7 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(data) = &a.data else { anyhow::bail!("--data is required") };
-    if a.threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
-    }
+    use_threads(a.threads);
     let questions = r1s_agent::read_questions(data, a.limit)?;
     let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
     let local = if remote_policy {
@@ -755,10 +753,7 @@ impl r1s_core::Retriever for FnRetriever {
 
 fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     use r1s_policy::chat::{Message, Template};
-    if a.threads > 0 {
-        // burn's CPU backend runs on rayon's global pool
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
-    }
+    use_threads(a.threads);
     let device = r1s_policy::device(&a.device)?;
     let t = std::time::Instant::now();
     let policy = r1s_policy::Policy::load(&a.model, &device)?;
@@ -1018,6 +1013,13 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     }
 }
 
+/// Sizes rayon's global pool (burn's CPU backend and the retriever run on it); 0 keeps all cores.
+fn use_threads(threads: usize) {
+    if threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
+
 fn rayon_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
     Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)
 }
@@ -1149,7 +1151,7 @@ fn embed(a: EmbedArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         model: a.model,
         preset,
         max_len: a.max_len,
-        batch: a.batch.unwrap_or(if a.device == r1s_embed::Device::Cpu { 4 } else { 128 }),
+        batch: a.batch.unwrap_or(a.device.default_batch()),
         threads: a.threads,
         sessions: a.sessions,
         device: a.device,

@@ -252,9 +252,8 @@ impl Policy {
         let t0 = ids.dims()[1];
         let mut cache = KvCache::default();
         let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
-        let [b, t, h] = hidden.dims();
+        let [b, t, _] = hidden.dims();
         let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
-        let _ = h;
         // per live row: its sequence index, its next position, its key padding so far
         let mut live: Vec<usize> = (0..n).collect();
         let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();

@@ -44,7 +44,7 @@ pub fn query_embedder(m: &IndexManifest, o: &DenseOptions) -> Result<OnnxEmbedde
         model,
         preset: Some(preset),
         max_len: e["max_len"].as_u64().unwrap_or(256) as usize,
-        batch: o.batch.unwrap_or(if device == Device::Cpu { 4 } else { 128 }),
+        batch: o.batch.unwrap_or(device.default_batch()),
         threads: o.threads,
         sessions: o.sessions,
         device,

@@ -68,8 +68,6 @@ impl Default for ServeConfig {
 struct HttpCounters {
     ok: AtomicU64,
     invalid: AtomicU64,
-    overloaded: AtomicU64,
-    failed: AtomicU64,
 }
 
 struct App {
@@ -146,12 +144,10 @@ impl Reject {
 impl App {
     /// The response for `r`, counted.
     fn reject(&self, r: Reject) -> Response {
-        let counter = match r.status {
-            StatusCode::UNPROCESSABLE_ENTITY => &self.http.invalid,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => &self.http.overloaded,
-            _ => &self.http.failed,
-        };
-        counter.fetch_add(1, Relaxed);
+        // 429s and failed retrievals are counted by the batcher (r1s_rejected_total, r1s_failed_total)
+        if r.status == StatusCode::UNPROCESSABLE_ENTITY {
+            self.http.invalid.fetch_add(1, Relaxed);
+        }
         log::debug!("{}: {}", r.status, r.message);
         let mut resp = detail(r.status, &r.message);
         if r.status == StatusCode::TOO_MANY_REQUESTS {
