@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod progress;
+mod train;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,16 @@ enum Command {
 enum PolicyCmd {
     /// Generate a continuation of a prompt, streamed to the terminal.
     Generate(GenerateArgs),
+    /// Two-stage RL (R1-Searcher): rollouts through the agent loop with the retriever, rule-based
+    /// rewards, REINFORCE++ / GRPO advantages, PPO-clip with retrieved documents masked out, KL.
+    Train(train::TrainArgs),
+    /// Supervised cold start on trajectories (documents masked out of the loss).
+    Sft(train::SftArgs),
+    /// Curves of a training run's metrics.jsonl as a PNG.
+    Plot(train::PlotArgs),
+    /// Build the "which article is described as…" search task (and cold-start trajectories) from a
+    /// corpus and its index.
+    Task(train::TaskArgs),
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +566,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 r1s_agent::eval::DataError::Bad { .. } => exit::DATA,
             };
         }
+        if let Some(c) = cause.downcast_ref::<r1s_train::TrainError>() {
+            use r1s_train::TrainError as E;
+            match c {
+                E::Io { .. } => return exit::IO,
+                E::Config { .. } | E::BadLine { .. } | E::Checkpoint { .. } => return exit::DATA,
+                E::Cancelled => return exit::CANCELLED,
+                _ => {}
+            }
+        }
         if let Some(c) = cause.downcast_ref::<r1s_policy::PolicyError>() {
             use r1s_policy::PolicyError as E;
             return match c {
@@ -615,6 +635,10 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Retrieve(args) => retrieve(args),
         Command::Eval(args) => eval(args, &cli.globals, cancel),
         Command::Policy(PolicyCmd::Generate(args)) => generate(args, &cli.globals),
+        Command::Policy(PolicyCmd::Train(args)) => train::train(args, &cli.globals, cancel),
+        Command::Policy(PolicyCmd::Sft(args)) => train::sft(args, &cli.globals, cancel),
+        Command::Policy(PolicyCmd::Plot(args)) => train::plot(args),
+        Command::Policy(PolicyCmd::Task(args)) => train::task(args, &cli.globals),
         Command::Serve(args) => serve(args, &cli.globals, cancel),
     }
 }
@@ -646,36 +670,9 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         "llama3" => Template::Llama3,
         other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
     };
-    let prompts = questions
-        .iter()
-        .map(|q| -> anyhow::Result<String> {
-            Ok(match a.prompt.as_str() {
-                "base" => r1s_agent::protocol::base_prompt(&q.question),
-                "chat" => {
-                    use r1s_policy::chat::Message;
-                    let msgs =
-                        [Message::new("system", r1s_agent::protocol::SYSTEM_PROMPT), Message::new("user", &q.question)];
-                    format!("{}<think>", template.render(&msgs))
-                }
-                other => anyhow::bail!("unknown --prompt {other:?} (chat, base)"),
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let retriever: RetrieveFn = match (&a.index, &a.retriever_url) {
-        (_, Some(url)) => {
-            let r = r1s_agent::HttpRetriever::new(url);
-            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
-        }
-        (Some(index), None) => {
-            let r = r1s_retrieve::DenseRetriever::open(
-                index,
-                &r1s_retrieve::DenseOptions { threads: a.threads, ..Default::default() },
-            )?;
-            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
-        }
-        (None, None) => anyhow::bail!("--index or --retriever-url is required"),
-    };
-    let retriever = FnRetriever(retriever);
+    let kind = r1s_train::prompt::PromptKind::parse(&a.prompt, template)?;
+    let prompts: Vec<String> = questions.iter().map(|q| kind.render(&q.question)).collect();
+    let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
     let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
     let run = |prompts: &[String], cfg: &r1s_agent::LoopConfig| -> anyhow::Result<Vec<r1s_agent::Trajectory>> {
         Ok(match (&local, &http_policy) {
@@ -726,6 +723,25 @@ fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     );
     println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// An in-process retriever over `index`, or a retrieval server at `url`.
+fn open_retriever(index: Option<&Path>, url: Option<&str>, threads: usize) -> anyhow::Result<FnRetriever> {
+    let f: RetrieveFn = match (index, url) {
+        (_, Some(url)) => {
+            let r = r1s_agent::HttpRetriever::new(url);
+            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
+        }
+        (Some(index), None) => {
+            let r = r1s_retrieve::DenseRetriever::open(
+                index,
+                &r1s_retrieve::DenseOptions { threads, ..Default::default() },
+            )?;
+            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
+        }
+        (None, None) => anyhow::bail!("--index or --retriever-url is required"),
+    };
+    Ok(FnRetriever(f))
 }
 
 type RetrieveFn = Box<dyn Fn(&[&str], usize) -> anyhow::Result<Vec<Vec<r1s_core::Hit>>> + Send + Sync>;

@@ -31,6 +31,19 @@ impl Bars {
     }
 }
 
+impl Bars {
+    /// Prints a line above the bar (or on its own without one), unless quiet.
+    pub fn println(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        match lock(&self.bar).as_ref() {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

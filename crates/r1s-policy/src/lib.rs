@@ -18,7 +18,7 @@ pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use error::{PolicyError, Result};
-pub use model::{KvCache, Llama};
+pub use model::{Block, KvCache, Llama, Rope, Step, run_blocks};
 pub use policy::{Generation, Policy, Sampling, StopReason};
 pub use tokenizer::TextTokenizer;
 

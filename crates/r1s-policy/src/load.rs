@@ -303,3 +303,47 @@ pub fn save_safetensors(model: &Llama, path: &Path) -> Result<()> {
         .map_err(|e| PolicyError::Options(format!("serialising safetensors: {e}")))?;
     r1s_core::fsutil::write_atomic(path, &data).map_err(|e| PolicyError::io(path, e))
 }
+
+/// Deterministic small random weights (uniform ±0.2, norms near 1) for every tensor `cfg` needs:
+/// a model to start from scratch, or a tiny stand-in in tests and benchmarks.
+#[derive(Debug, Clone)]
+pub struct RandomWeights {
+    pub cfg: LlamaConfig,
+    pub seed: u64,
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str) -> Result<Option<Weights>> {
+        let c = &self.cfg;
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv) = (c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim());
+        let leaf = name.rsplit_once("layers.").map_or(name, |(_, r)| r.split_once('.').map_or(r, |x| x.1));
+        let shape: Vec<usize> = match leaf {
+            "model.embed_tokens.weight" | "lm_head.weight" => vec![v, h],
+            "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+            "self_attn.q_proj.weight" => vec![q, h],
+            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+            "self_attn.q_proj.bias" => vec![q],
+            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
+            "self_attn.o_proj.weight" => vec![h, q],
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+            "mlp.down_proj.weight" => vec![h, i],
+            _ => return Ok(None),
+        };
+        // FNV-1a of the name, mixed with the seed
+        let seed = name
+            .bytes()
+            .fold(1469598103934665603u64 ^ self.seed, |a, b| (a ^ u64::from(b)).wrapping_mul(1099511628211));
+        let mut rng = crate::policy::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let norm = name.ends_with("norm.weight");
+        let values = (0..n)
+            .map(|_| if norm { 1.0 + 0.1 * (rng.next_f32() - 0.5) } else { 0.4 * (rng.next_f32() - 0.5) })
+            .collect();
+        Ok(Some((values, shape)))
+    }
+
+    fn path(&self) -> &Path {
+        Path::new("(random weights)")
+    }
+}

@@ -140,7 +140,7 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 }
 
 /// RMSNorm over the last dimension of `[b, t, h]`.
-fn rms_norm(x: Tensor<3>, w: &Param<Tensor<1>>, eps: f64) -> Tensor<3> {
+pub fn rms_norm(x: Tensor<3>, w: &Param<Tensor<1>>, eps: f64) -> Tensor<3> {
     let h = x.dims()[2];
     let inv = (x.clone().powf_scalar(2.0).mean_dim(2) + eps).sqrt().recip();
     x * inv * w.val().reshape([1, 1, h])
@@ -153,6 +153,38 @@ fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
     }
     let [b, nkv, t, hd] = x.dims();
     x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, t, hd]).reshape([b, nkv * rep, t, hd])
+}
+
+/// Runs `blocks` (the model's blocks `first..first + blocks.len()`) over `x` `[b, t, h]`: the whole
+/// stack, or a part of it (the RL trainer runs a frozen prefix once and trains the rest).
+pub fn run_blocks(
+    blocks: &[Block],
+    first: usize,
+    cfg: &LlamaConfig,
+    rope: &Rope,
+    mut x: Tensor<3>,
+    step: &Step,
+    mut cache: Option<&mut KvCache>,
+) -> Tensor<3> {
+    let [b, t, _] = x.dims();
+    let cos_sin = rope.at(&step.positions);
+    let mask = step.pad.as_ref().map(|(keys, queries)| {
+        let tt = keys.dims()[1];
+        let nh = cfg.num_attention_heads;
+        let k = keys.clone().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1).expand([b, nh, t, tt]);
+        let q = queries.clone().bool_not().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(3).expand([b, nh, t, tt]);
+        k.bool_and(q)
+    });
+    if let Some(c) = cache.as_deref_mut()
+        && c.layers.len() < first + blocks.len()
+    {
+        c.layers.resize(first + blocks.len(), None);
+    }
+    for (i, block) in blocks.iter().enumerate() {
+        let slot = cache.as_deref_mut().map(|c| &mut c.layers[first + i]);
+        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot);
+    }
+    x
 }
 
 /// What one forward pass needs besides the tokens.
@@ -213,28 +245,21 @@ impl Llama {
         rope: &Rope,
         ids: Tensor<2, Int>,
         step: &Step,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        let x = self.embed_tokens(cfg, ids);
+        let x = run_blocks(&self.blocks, 0, cfg, rope, x, step, cache);
+        self.final_norm(cfg, x)
+    }
+
+    /// Token embeddings `[b, t, h]` of `ids` `[b, t]`.
+    pub fn embed_tokens(&self, cfg: &LlamaConfig, ids: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = ids.dims();
-        let hsize = cfg.hidden_size;
-        let mut x = self.embed.val().select(0, ids.reshape([b * t])).reshape([b, t, hsize]);
-        let cos_sin = rope.at(&step.positions);
-        let mask = step.pad.as_ref().map(|(keys, queries)| {
-            let tt = keys.dims()[1];
-            let nh = cfg.num_attention_heads;
-            let k = keys.clone().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1).expand([b, nh, t, tt]);
-            let q = queries.clone().bool_not().unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(3).expand([b, nh, t, tt]);
-            k.bool_and(q)
-        });
-        if let Some(c) = cache.as_deref_mut()
-            && c.layers.len() != self.blocks.len()
-        {
-            c.layers = vec![None; self.blocks.len()];
-        }
-        for (i, block) in self.blocks.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot);
-        }
+        self.embed.val().select(0, ids.reshape([b * t])).reshape([b, t, cfg.hidden_size])
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, cfg: &LlamaConfig, x: Tensor<3>) -> Tensor<3> {
         rms_norm(x, &self.norm, cfg.rms_norm_eps)
     }
 

@@ -325,6 +325,34 @@ impl Policy {
         Ok(out)
     }
 
+    /// Right-padded ids `[b, t]` of `seqs` and their positions (clamped at each sequence's last
+    /// token). Causal attention keeps real tokens from seeing the padding after them, so no mask is
+    /// needed; outputs at padded positions are meaningless.
+    pub fn right_padded(&self, seqs: &[Vec<u32>]) -> Result<(Tensor<2, Int>, Step)> {
+        let b = seqs.len();
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || t == 0 {
+            return Err(PolicyError::Options("empty batch or empty sequence".into()));
+        }
+        if t > self.rope.max_positions() {
+            return Err(PolicyError::Options(format!(
+                "{t} tokens exceed the model's {} positions",
+                self.rope.max_positions()
+            )));
+        }
+        let (mut ids, mut pos) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        for s in seqs {
+            ids.extend(s.iter().map(|&x| i64::from(x)).chain(std::iter::repeat_n(0, t - s.len())));
+            pos.extend((0..t as i64).map(|i| i.min(s.len() as i64 - 1).max(0)));
+        }
+        Ok((self.ints(ids, [b, t]), Step { positions: self.ints(pos, [b, t]), pad: None }))
+    }
+
+    /// The rotary tables.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// Log-probabilities `[b, max_len - 1]` of each token of `seqs` given the tokens before it
     /// (right-padded; padded positions are 0). With an autodiff device the result carries gradients.
     pub fn token_logprobs(&self, seqs: &[Vec<u32>]) -> Result<Tensor<2>> {
@@ -333,15 +361,9 @@ impl Policy {
         if b == 0 || t < 2 {
             return Err(PolicyError::Options("scoring needs sequences of at least two tokens".into()));
         }
-        let (mut ids, mut pos, mut valid) =
-            (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * (t - 1)));
-        for s in seqs {
-            ids.extend(s.iter().map(|&x| i64::from(x)).chain(std::iter::repeat_n(0, t - s.len())));
-            pos.extend((0..t as i64).map(|i| i.min(s.len() as i64 - 1).max(0)));
-            valid.extend((1..t).map(|i| if i < s.len() { 1f32 } else { 0f32 }));
-        }
-        let ids_t = self.ints(ids, [b, t]);
-        let step = Step { positions: self.ints(pos, [b, t]), pad: None };
+        let (ids_t, step) = self.right_padded(seqs)?;
+        let valid: Vec<f32> =
+            seqs.iter().flat_map(|s| (1..t).map(move |i| if i < s.len() { 1f32 } else { 0f32 })).collect();
         let hidden = self.model.hidden(&self.cfg, &self.rope, ids_t.clone(), &step, None);
         let logits = self.model.logits(hidden.narrow(1, 0, t - 1));
         let logp = activation::log_softmax(logits, 2);

@@ -157,6 +157,12 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Token ids of `text` as a continuation (never a BOS).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| PolicyError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// The text of `ids` (special tokens included, so that stop strings and tags survive).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| PolicyError::Tokenizer(e.to_string()))

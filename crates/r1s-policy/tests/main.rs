@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use r1s_policy::load::{GgufWeights, WeightSource, build_llama, save_safetensors};
+use r1s_policy::load::{GgufWeights, RandomWeights, build_llama, save_safetensors};
 use r1s_policy::policy::Rng;
 use r1s_policy::{LlamaConfig, Policy, PolicyError, Sampling, StopReason, TextTokenizer};
 
@@ -99,45 +99,6 @@ fn stop_strings_cut_the_text_and_sampling_is_seeded() {
     assert!(max_abs_diff(tail, &a[0].logprobs) < 1e-3, "{tail:?} vs {:?}", a[0].logprobs);
 }
 
-/// Deterministic pseudo-random weights for a tiny model, by Hugging Face name.
-struct RandomWeights {
-    cfg: LlamaConfig,
-    dir: PathBuf,
-}
-
-impl WeightSource for RandomWeights {
-    fn get(&self, name: &str) -> r1s_policy::Result<Option<r1s_policy::load::Weights>> {
-        let c = &self.cfg;
-        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (q, kv) = (c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim());
-        let shape: Vec<usize> =
-            match name.rsplit_once("layers.").map_or(name, |(_, r)| r.split_once('.').map_or(r, |x| x.1)) {
-                "model.embed_tokens.weight" => vec![v, h],
-                "lm_head.weight" => vec![v, h],
-                "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
-                "self_attn.q_proj.weight" => vec![q, h],
-                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
-                "self_attn.q_proj.bias" => vec![q],
-                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
-                "self_attn.o_proj.weight" => vec![h, q],
-                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
-                "mlp.down_proj.weight" => vec![h, i],
-                _ => return Ok(None),
-            };
-        let seed = name.bytes().fold(1469598103934665603u64, |a, b| (a ^ u64::from(b)).wrapping_mul(1099511628211));
-        let mut rng = Rng::new(seed);
-        let n: usize = shape.iter().product();
-        let norm = name.ends_with("norm.weight");
-        let values = (0..n)
-            .map(|_| if norm { 1.0 + 0.1 * (rng.next_f32() - 0.5) } else { 0.4 * (rng.next_f32() - 0.5) })
-            .collect();
-        Ok(Some((values, shape)))
-    }
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
 fn tiny(model_type: &str, tied: bool) -> LlamaConfig {
     serde_json::from_value(serde_json::json!({
         "model_type": model_type, "vocab_size": 96, "hidden_size": 32, "intermediate_size": 48,
@@ -156,7 +117,7 @@ fn tiny_llama_and_qwen2_round_trip_batch_and_cache() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tiny(kind, tied);
         assert_eq!(cfg.qkv_bias(), kind == "qwen2");
-        let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), dir: tmp.path().into() }, &device).unwrap();
+        let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), seed: 0 }, &device).unwrap();
         // safetensors with HF names, then loaded as a Hugging Face directory
         save_safetensors(&model, &tmp.path().join("model.safetensors")).unwrap();
         std::fs::write(tmp.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();

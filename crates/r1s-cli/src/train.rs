@@ -1,0 +1,310 @@
+//! `r1s policy train | sft | plot | task`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use r1s_core::Cancel;
+
+use crate::{Globals, open_retriever, progress, use_threads};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's TOML file ([model], [retriever], [train], [eval], [[stage]]; see ARCHITECTURE.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the newest checkpoint under the run's output directory.
+    #[arg(long)]
+    resume: bool,
+    /// Start from this model instead of [model].init (GGUF, HF directory or r1s checkpoint).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Override train.out.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override train.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the steps of every stage (a quick try).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Run only these stages (by name; repeatable).
+    #[arg(long)]
+    stage: Vec<String>,
+    /// Skip the held-out evaluations of [eval].
+    #[arg(long)]
+    no_eval: bool,
+    /// Override the prompts per step of every stage.
+    #[arg(long)]
+    prompts_per_step: Option<usize>,
+    /// Override the rollouts per prompt of every stage.
+    #[arg(long)]
+    rollouts_per_prompt: Option<usize>,
+    /// Override train.lr.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Override train.train_blocks.
+    #[arg(long)]
+    train_blocks: Option<usize>,
+    /// Threads (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// Trajectories: JSON lines with "prompt"/"question" and "sol"/"gen_text_store" (optional "spans").
+    #[arg(long)]
+    data: PathBuf,
+    /// The model to start from (GGUF, HF directory, r1s checkpoint, or `smollm2`).
+    #[arg(long, default_value = "smollm2")]
+    init_from: PathBuf,
+    /// Output directory (checkpoints/, metrics.jsonl).
+    #[arg(long)]
+    out: PathBuf,
+    /// Train the last K blocks (0: all).
+    #[arg(long, default_value_t = 0)]
+    train_blocks: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Examples per optimizer step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Examples per forward/backward pass.
+    #[arg(long, default_value_t = 4)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Complete checkpoints kept (0: all).
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// How prompts are rebuilt for lines that only carry a question: chat or base.
+    #[arg(long, default_value = "chat")]
+    prompt: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Continue from the newest checkpoint under --out.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// metrics.jsonl of `r1s policy train` or `r1s policy sft` (several: drawn one after the other).
+    #[arg(required = true)]
+    metrics: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "r1s training")]
+    title: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The corpus the questions come from.
+    #[arg(long, default_value = "corpora/sample")]
+    corpus: PathBuf,
+    /// Its index (for the cold-start trajectories' retrievals).
+    #[arg(long, default_value = "indexes/sample")]
+    index: PathBuf,
+    /// Output directory: train.jsonl, test.jsonl, sft.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 400)]
+    train: usize,
+    #[arg(long, default_value_t = 64)]
+    test: usize,
+    /// Cold-start trajectories (from questions in neither split).
+    #[arg(long, default_value_t = 128)]
+    sft: usize,
+    /// Share of the cold-start trajectories that search (the others answer directly).
+    #[arg(long, default_value_t = 0.5)]
+    search_share: f64,
+    /// Documents per query in the cold-start trajectories.
+    #[arg(long, default_value_t = 3)]
+    topk: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+fn step_line(row: &serde_json::Value) -> String {
+    let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    match row["kind"].as_str() {
+        Some("sft") => format!(
+            "sft step {:>4}  nll/token {:.3}  grad {:.2}  {:.1} s",
+            row["step"],
+            f("token_nll"),
+            f("grad_norm"),
+            f("step_s")
+        ),
+        _ => format!(
+            "{} step {:>4}  reward {:+.3}  retrieval {:.2}  format-bad {:.2}  F1 {:.3}  KL {:.4}  entropy {:.3}  clip {:.3}  {:.1} s",
+            row["stage"].as_str().unwrap_or(""),
+            row["step"],
+            f("reward_mean"),
+            f("retrieval_rate"),
+            f("format_bad"),
+            f("f1"),
+            f("kl"),
+            f("entropy"),
+            f("clip_frac"),
+            f("step_s")
+        ),
+    }
+}
+
+pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    use_threads(a.threads);
+    let mut cfg = r1s_train::TrainConfig::read(&a.config)?;
+    if let Some(p) = a.init_from {
+        cfg.model.init = p;
+    }
+    if let Some(o) = a.out {
+        cfg.train.out = o;
+    }
+    if let Some(s) = a.seed {
+        cfg.train.seed = s;
+    }
+    if let Some(lr) = a.lr {
+        cfg.train.lr = lr;
+        for s in &mut cfg.stages {
+            s.lr = None;
+        }
+    }
+    if let Some(k) = a.train_blocks {
+        cfg.train.train_blocks = k;
+    }
+    if !a.stage.is_empty() {
+        let names: Vec<String> = cfg.stages.iter().map(|s| s.name.clone()).collect();
+        cfg.stages.retain(|s| a.stage.contains(&s.name));
+        anyhow::ensure!(
+            !cfg.stages.is_empty(),
+            "no stage named {:?} in {} (it has {names:?})",
+            a.stage,
+            a.config.display()
+        );
+    }
+    if a.no_eval {
+        cfg.eval = None;
+    }
+    for s in &mut cfg.stages {
+        s.steps = a.steps.unwrap_or(s.steps);
+        s.prompts_per_step = a.prompts_per_step.unwrap_or(s.prompts_per_step);
+        s.rollouts_per_prompt = a.rollouts_per_prompt.unwrap_or(s.rollouts_per_prompt);
+    }
+    cfg.check().map_err(|reason| r1s_train::TrainError::Config { path: a.config.clone(), reason })?;
+    let retriever = open_retriever(cfg.retriever.index.as_deref(), cfg.retriever.url.as_deref(), a.threads)?;
+    let bars = progress::Bars::new(g.quiet);
+    let mut t = r1s_train::trainer::Trainer::new(cfg, a.resume, &retriever, &bars, cancel)?;
+    let out = t.cfg.train.out.clone();
+    bars.println(&format!(
+        "training blocks {}..{} of {} ({} parameters); output {}",
+        t.split.first,
+        t.split.policy.model.blocks.len(),
+        t.split.policy.model.blocks.len(),
+        r1s_train::model::count_params(&mut t.split.top, t.split.first),
+        out.display()
+    ));
+    t.run(&mut |row| bars.println(&step_line(row)))?;
+    println!("metrics: {}\ncheckpoints: {}", out.join("metrics.jsonl").display(), out.join("checkpoints").display());
+    Ok(())
+}
+
+pub fn sft(a: SftArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    use_threads(a.threads);
+    let o = r1s_train::sft::SftOptions {
+        data: a.data,
+        init: a.init_from,
+        out: a.out,
+        device: a.device,
+        train_blocks: a.train_blocks,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        epochs: a.epochs,
+        batch: a.batch,
+        micro_batch: a.micro_batch,
+        max_len: a.max_len,
+        save_every: a.save_every,
+        keep_checkpoints: a.keep_checkpoints,
+        prompt: a.prompt,
+        seed: a.seed,
+    };
+    let bars = progress::Bars::new(g.quiet);
+    let last = r1s_train::sft::sft(&o, a.resume, &bars, cancel, &mut |row| bars.println(&step_line(row)))?;
+    println!("checkpoint: {}", last.display());
+    Ok(())
+}
+
+pub fn plot(a: PlotArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut offset = 0u64;
+    for m in &a.metrics {
+        let mut part = r1s_train::plot::read_metrics(m)?;
+        // later files continue the step axis of earlier ones (SFT, then RL)
+        let last = part.iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0);
+        for r in &mut part {
+            if let Some(s) = r["step"].as_u64() {
+                r["step"] = (s + offset).into();
+            }
+        }
+        offset += last;
+        rows.extend(part);
+    }
+    let n = r1s_train::plot::plot(&rows, &a.out, &a.title)?;
+    println!("{} panels → {}", n, a.out.display());
+    Ok(())
+}
+
+pub fn task(a: TaskArgs, g: &Globals) -> anyhow::Result<()> {
+    use std::io::Write;
+    use_threads(a.threads);
+    let store = r1s_corpus::Docstore::open(&a.corpus)?;
+    let passages = store.iter().map(|p| p.map(|p| p.to_passage())).collect::<Result<Vec<_>, _>>()?;
+    let mut qs = r1s_train::task::title_questions(passages, 6);
+    r1s_train::task::shuffle(&mut qs, a.seed);
+    let need = a.train + a.test + a.sft;
+    anyhow::ensure!(qs.len() >= need, "{} has {} usable articles, {need} asked for", a.corpus.display(), qs.len());
+    let (test, rest) = qs.split_at(a.test);
+    let (train, rest) = rest.split_at(a.train);
+    let sft_qs = &rest[..a.sft];
+    let retriever = open_retriever(Some(&a.index), None, a.threads)?;
+    let sft = r1s_train::task::sft_lines(sft_qs, &retriever, a.topk, a.search_share, a.seed)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let write = |name: &str, lines: Vec<serde_json::Value>| -> anyhow::Result<usize> {
+        let p = a.out.join(name);
+        let mut buf = Vec::new();
+        for l in &lines {
+            writeln!(buf, "{l}")?;
+        }
+        r1s_core::fsutil::write_atomic(&p, &buf).with_context(|| format!("writing {}", p.display()))?;
+        Ok(lines.len())
+    };
+    let q = |v: &[r1s_train::task::TitleQuestion]| v.iter().map(r1s_train::task::question_line).collect::<Vec<_>>();
+    let n_train = write("train.jsonl", q(train))?;
+    let n_test = write("test.jsonl", q(test))?;
+    let searching = sft.iter().filter(|l| l["search"].as_bool() == Some(true)).count();
+    let n_sft = write("sft.jsonl", sft)?;
+    if !g.quiet {
+        println!(
+            "{}: {n_train} train, {n_test} test questions, {n_sft} cold-start trajectories ({searching} searching)",
+            a.out.display()
+        );
+    }
+    Ok(())
+}

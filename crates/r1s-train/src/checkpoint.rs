@@ -1,0 +1,245 @@
+//! Checkpoints: a directory that is at once a Hugging Face model directory (`model.safetensors`
+//! with HF names, `config.json`, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`: `r1s` and Python tools load it as a model) and the trainer's state
+//! (`optimizer.safetensors` with AdamW's moments, `reference.safetensors` with the reference
+//! model's trainable part, `trainer.json` with the step, stage, seed and configuration).
+//! Written to `NAME.part` and renamed when complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use r1s_policy::Policy;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::model::{ParamMut, Top};
+use crate::optim::{AdamW, Moments};
+
+/// The trainer's position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps of the whole run so far (RL: one per step and train batch; SFT: per batch).
+    pub global_step: usize,
+    /// The stage being run and the steps of it done.
+    pub stage: usize,
+    pub stage_step: usize,
+    /// Every random choice of step `s` derives from `(seed, s)`: this is the whole RNG state.
+    pub seed: u64,
+    /// Trainable blocks (the split must match on resume).
+    pub train_blocks: usize,
+    /// The configuration that produced it (TOML or SFT flags as JSON).
+    pub config: serde_json::Value,
+}
+
+fn ck_err(path: &Path, reason: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Named flat tensors with their shapes.
+type Named = Vec<(String, Vec<f32>, Vec<usize>)>;
+/// Tensors by name and the file's metadata.
+type Loaded = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
+
+fn write_tensors(path: &Path, tensors: Named, meta: BTreeMap<String, String>) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
+        tensors.into_iter().map(|(k, v, s)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| ck_err(path, format!("tensor {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(meta.into_iter().collect())).map_err(|e| ck_err(path, e))?;
+    std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
+}
+
+fn read_tensors(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ck_err(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ck_err(path, e))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(ck_err(path, format!("{name} is {:?}, not F32", view.dtype())));
+        }
+        let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, v);
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default().into_iter().collect()))
+}
+
+fn vec1(v: Vec<f32>, device: &Device) -> Tensor<1> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+/// Writes the model files of `policy` into `dir` (a loadable Hugging Face directory).
+pub fn save_model(policy: &Policy, dir: &Path) -> Result<()> {
+    r1s_policy::load::save_safetensors(&policy.model, &dir.join("model.safetensors"))?;
+    let mut cfg = serde_json::to_value(&policy.cfg).map_err(|e| ck_err(dir, e))?;
+    let qwen = policy.model.blocks.first().is_some_and(|b| b.q.bias.is_some());
+    cfg["architectures"] = serde_json::json!([if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }]);
+    cfg["model_type"] = serde_json::json!(if qwen { "qwen2" } else { "llama" });
+    cfg["torch_dtype"] = serde_json::json!("float32");
+    let tok = &policy.tokenizer;
+    let name = |id: Option<u32>| id.and_then(|i| tok.inner.id_to_token(i));
+    cfg["bos_token_id"] = serde_json::json!(tok.bos);
+    cfg["eos_token_id"] = serde_json::json!(tok.eos);
+    let write_json = |file: &str, v: &serde_json::Value| -> Result<()> {
+        let p = dir.join(file);
+        std::fs::write(&p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(&p, e))?).map_err(|e| TrainError::io(&p, e))
+    };
+    write_json("config.json", &cfg)?;
+    write_json("generation_config.json", &serde_json::json!({ "eos_token_id": tok.eos, "bos_token_id": tok.bos }))?;
+    write_json(
+        "tokenizer_config.json",
+        &serde_json::json!({
+            "bos_token": name(tok.bos),
+            "eos_token": name(tok.eos.first().copied()),
+            "pad_token": name(tok.pad),
+            "add_bos_token": tok.add_bos,
+            "chat_template": tok.chat_template,
+        }),
+    )?;
+    let tp = dir.join("tokenizer.json");
+    tok.inner.save(&tp, false).map_err(|e| ck_err(&tp, e))?;
+    Ok(())
+}
+
+fn top_tensors(top: &mut Top, first: usize) -> Result<Named> {
+    top.params_mut(first)
+        .into_iter()
+        .map(|(name, p)| {
+            let v = crate::episode::to_vec(p.flat())?;
+            let n = v.len();
+            Ok((name, v, vec![n]))
+        })
+        .collect()
+}
+
+/// Saves a checkpoint `dir` (atomically: `dir.part` renamed).
+pub fn save(
+    dir: &Path,
+    policy: &Policy,
+    opt: &AdamW,
+    reference: Option<&Top>,
+    first: usize,
+    state: &TrainerState,
+) -> Result<()> {
+    let part = dir.with_extension("part");
+    if part.exists() {
+        std::fs::remove_dir_all(&part).map_err(|e| TrainError::io(&part, e))?;
+    }
+    std::fs::create_dir_all(&part).map_err(|e| TrainError::io(&part, e))?;
+    save_model(policy, &part)?;
+    let mut tensors = Vec::new();
+    for (name, m) in &opt.state {
+        let (mv, vv) = (crate::episode::to_vec(m.m.clone())?, crate::episode::to_vec(m.v.clone())?);
+        let n = mv.len();
+        tensors.push((format!("{name}.exp_avg"), mv, vec![n]));
+        tensors.push((format!("{name}.exp_avg_sq"), vv, vec![n]));
+    }
+    let meta = BTreeMap::from([("step".to_owned(), opt.t.to_string())]);
+    write_tensors(&part.join("optimizer.safetensors"), tensors, meta)?;
+    if let Some(r) = reference {
+        write_tensors(&part.join("reference.safetensors"), top_tensors(&mut r.clone(), first)?, BTreeMap::new())?;
+    }
+    let sp = part.join("trainer.json");
+    std::fs::write(&sp, serde_json::to_vec_pretty(state).map_err(|e| ck_err(&sp, e))?)
+        .map_err(|e| TrainError::io(&sp, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    std::fs::rename(&part, dir).map_err(|e| TrainError::io(dir, e))
+}
+
+/// The trainer state of checkpoint `dir`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer.json");
+    let bytes = std::fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ck_err(&p, e))
+}
+
+/// Loads AdamW's moments and step count from checkpoint `dir` into `opt`.
+pub fn load_optimizer(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<()> {
+    let p = dir.join("optimizer.safetensors");
+    let (tensors, meta) = read_tensors(&p)?;
+    opt.t = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| ck_err(&p, "no step in the metadata"))?;
+    opt.state.clear();
+    let mut names: Vec<&String> = tensors.keys().filter(|k| k.ends_with(".exp_avg")).collect();
+    names.sort();
+    for k in names {
+        let base = k.trim_end_matches(".exp_avg").to_owned();
+        let v =
+            tensors.get(&format!("{base}.exp_avg_sq")).ok_or_else(|| ck_err(&p, format!("{base}: no exp_avg_sq")))?;
+        opt.state.insert(base, Moments { m: vec1(tensors[k].clone(), device), v: vec1(v.clone(), device) });
+    }
+    Ok(())
+}
+
+/// Loads the reference top of checkpoint `dir` into `top` (same split).
+pub fn load_reference(dir: &Path, top: &mut Top, first: usize, device: &Device) -> Result<()> {
+    let p = dir.join("reference.safetensors");
+    let (tensors, _) = read_tensors(&p)?;
+    for (name, mut param) in top.params_mut(first) {
+        let v = tensors.get(&name).ok_or_else(|| ck_err(&p, format!("no {name}")))?;
+        if v.len() != param.numel() {
+            return Err(ck_err(&p, format!("{name} has {} values, the model {}", v.len(), param.numel())));
+        }
+        let t = vec1(v.clone(), device);
+        match &mut param {
+            ParamMut::Matrix(m) => {
+                let dims = m.val().dims();
+                **m = burn::module::Param::initialized(m.id, t.reshape(dims));
+            }
+            ParamMut::Vector(m) => **m = burn::module::Param::initialized(m.id, t),
+        }
+    }
+    Ok(())
+}
+
+/// Complete checkpoints under `out/checkpoints`, oldest first, with their steps.
+pub fn list(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let dir = out.join("checkpoints");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(&dir, e)),
+    };
+    let mut found = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| TrainError::io(&dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) else { continue };
+        if e.path().join("trainer.json").exists() {
+            found.push((n, e.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Deletes all but the newest `keep` complete checkpoints (0 keeps all).
+pub fn prune(out: &Path, keep: usize) -> Result<()> {
+    let all = list(out)?;
+    if keep == 0 || all.len() <= keep {
+        return Ok(());
+    }
+    for (_, p) in &all[..all.len() - keep] {
+        std::fs::remove_dir_all(p).map_err(|e| TrainError::io(p, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint under `out/checkpoints` (`step-NNNNNN`, no `.part`).
+pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
+    Ok(list(out)?.pop().map(|(_, p)| p))
+}
+
+/// `out/checkpoints/step-NNNNNN`.
+pub fn dir_for(out: &Path, step: usize) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}

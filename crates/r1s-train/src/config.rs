@@ -1,0 +1,240 @@
+//! `train.toml`: the model, the retriever, the shared training settings and one or more stages.
+//!
+//! ```toml
+//! [model]
+//! init = "smollm2"            # GGUF file, Hugging Face directory or r1s checkpoint directory
+//! [retriever]
+//! index = "indexes/sample"    # or url = "http://host:port/retrieve"
+//! [train]
+//! out = "runs/demo"
+//! train_blocks = 4            # the last K blocks (0: all)
+//! lr = 2e-6
+//! [[stage]]
+//! name = "stage1"
+//! data = "stage_1.jsonl"
+//! reward = "stage1"
+//! steps = 100
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use r1s_agent::Reward;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::loss::{Advantage, KlEstimator, KlPlacement};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub retriever: RetrieverConfig,
+    #[serde(default)]
+    pub train: Settings,
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A GGUF file, a Hugging Face directory, an r1s checkpoint directory, or `smollm2`.
+    pub init: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieverConfig {
+    /// An r1s index directory (in-process retrieval).
+    pub index: Option<PathBuf>,
+    /// A retrieval server: `.../retrieve` (Search-R1) or `.../queries` (R1-Searcher).
+    pub url: Option<String>,
+}
+
+/// Settings shared by all stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where checkpoints, metrics.jsonl and samples go.
+    pub out: PathBuf,
+    pub seed: u64,
+    /// Train the last K blocks and the final norm (0: every block).
+    pub train_blocks: usize,
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Episodes per forward/backward pass.
+    pub micro_batch: usize,
+    pub clip_eps: f32,
+    pub kl_beta: f32,
+    pub kl_estimator: KlEstimator,
+    pub kl_placement: KlPlacement,
+    pub advantage: Advantage,
+    /// Passes over each step's episodes.
+    pub epochs: usize,
+    /// Checkpoint every N steps (and at the end of every stage).
+    pub save_every: usize,
+    /// Complete checkpoints kept (older ones are deleted after a newer one is written; 0 keeps all).
+    pub keep_checkpoints: usize,
+    /// `chat` (the model's chat template with R1-Searcher's system message) or `base`.
+    pub prompt: String,
+    /// Longest sequence trained on (prompt + solution, tokens); longer episodes are cut.
+    pub max_len: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            out: PathBuf::from("runs/train"),
+            seed: 1,
+            train_blocks: 0,
+            lr: 2e-6,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            micro_batch: 4,
+            clip_eps: 0.2,
+            kl_beta: 1e-4,
+            kl_estimator: KlEstimator::K1,
+            kl_placement: KlPlacement::Reward,
+            advantage: Advantage::ReinforceBaseline,
+            epochs: 1,
+            save_every: 10,
+            keep_checkpoints: 2,
+            prompt: "chat".into(),
+            max_len: 2048,
+        }
+    }
+}
+
+/// Held-out evaluation during training (greedy, R1-Searcher's evaluation loop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub data: PathBuf,
+    #[serde(default = "default_eval_limit")]
+    pub limit: usize,
+    /// Evaluate every N steps (and before the first and after the last step of every stage).
+    #[serde(default = "default_eval_every")]
+    pub every: usize,
+    #[serde(default = "default_eval_topk")]
+    pub topk: usize,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+}
+
+fn default_eval_limit() -> usize {
+    32
+}
+fn default_eval_every() -> usize {
+    10
+}
+fn default_eval_topk() -> usize {
+    5
+}
+fn default_max_new() -> usize {
+    512
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// Questions (R1-Searcher or FlashRAG JSONL).
+    pub data: PathBuf,
+    pub reward: Reward,
+    pub steps: usize,
+    /// Prompts per step (the rollout batch).
+    #[serde(default = "d_prompts")]
+    pub prompts_per_step: usize,
+    /// Rollouts per prompt (the group).
+    #[serde(default = "d_rollouts")]
+    pub rollouts_per_prompt: usize,
+    /// Episodes per optimizer step (0: all of the step's episodes).
+    #[serde(default)]
+    pub train_batch: usize,
+    #[serde(default = "d_temperature")]
+    pub temperature: f32,
+    #[serde(default = "d_top_p")]
+    pub top_p: f32,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    #[serde(default = "d_retrievals")]
+    pub max_retrievals: usize,
+    #[serde(default = "d_topk")]
+    pub topk: usize,
+    /// Overrides `train.lr` for this stage.
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+fn d_prompts() -> usize {
+    64
+}
+fn d_rollouts() -> usize {
+    16
+}
+fn d_temperature() -> f32 {
+    1.0
+}
+fn d_top_p() -> f32 {
+    0.95
+}
+fn d_retrievals() -> usize {
+    8
+}
+fn d_topk() -> usize {
+    3
+}
+
+impl TrainConfig {
+    /// Reads and checks a config file. Relative paths in it are taken from the current directory,
+    /// as on the command line.
+    pub fn read(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let cfg: TrainConfig =
+            toml::from_str(&text).map_err(|e| TrainError::Config { path: path.into(), reason: e.to_string() })?;
+        cfg.check().map_err(|reason| TrainError::Config { path: path.into(), reason })?;
+        Ok(cfg)
+    }
+
+    /// Consistency checks.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        if self.stages.is_empty() {
+            return Err("no [[stage]]".into());
+        }
+        if t.lr.is_nan() || t.lr <= 0.0 || t.micro_batch == 0 || t.epochs == 0 || t.max_len < 2 {
+            return Err("train.lr must be > 0; micro_batch, epochs ≥ 1; max_len ≥ 2".into());
+        }
+        if !["chat", "base"].contains(&t.prompt.as_str()) {
+            return Err(format!("train.prompt is {:?} (chat, base)", t.prompt));
+        }
+        if self.retriever.index.is_some() == self.retriever.url.is_some() {
+            return Err("[retriever] needs exactly one of index, url".into());
+        }
+        for s in &self.stages {
+            if s.steps == 0 || s.prompts_per_step == 0 || s.rollouts_per_prompt == 0 || s.topk == 0 {
+                return Err(format!(
+                    "stage {:?}: steps, prompts_per_step, rollouts_per_prompt, topk must be ≥ 1",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! One RL optimisation on a step's episodes: experience (old and reference log-probs, per-token
+//! KL, advantages) and then PPO-clip updates in micro-batches with gradient accumulation.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::episode::{Micro, Sequence, micro_batches, to_vec};
+use crate::error::{Result, TrainError};
+use crate::loss::{self, Advantage, KlEstimator, KlPlacement};
+use crate::model::Split;
+use crate::optim::AdamW;
+
+/// One episode ready for training.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    /// Its prompt group (rollouts of the same question).
+    pub group: usize,
+    pub reward: f64,
+    pub seq: Sequence,
+}
+
+/// The loss settings of a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RlSettings {
+    pub advantage: Advantage,
+    pub clip_eps: f32,
+    pub kl_beta: f32,
+    pub kl_estimator: KlEstimator,
+    pub kl_placement: KlPlacement,
+    pub micro_batch: usize,
+    /// Episodes per optimizer step (0: all).
+    pub train_batch: usize,
+    pub epochs: usize,
+}
+
+/// What a step measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over optimizer steps (each the train batch's loss).
+    pub loss: f64,
+    /// Masked mean of the KL estimate (old vs reference) over action tokens.
+    pub kl: f64,
+    /// Masked mean entropy of the policy over its action tokens (at rollout time).
+    pub entropy: f64,
+    /// Fraction of action tokens whose clipped branch was taken.
+    pub clip_frac: f64,
+    /// Mean global gradient norm (before clipping).
+    pub grad_norm: f64,
+    pub optimizer_steps: usize,
+    /// Action tokens and all tokens of the step's sequences.
+    pub action_tokens: usize,
+    pub tokens: usize,
+}
+
+fn tensor1(v: &[f32], device: &burn::tensor::Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
+/// Experience and optimisation for `episodes`. Leaves the plain model equal to the trained top.
+pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &RlSettings) -> Result<StepStats> {
+    let n = episodes.len();
+    if n == 0 {
+        return Err(TrainError::Options("a step with no episodes".into()));
+    }
+    let use_ref = s.kl_beta > 0.0;
+    if use_ref && split.reference.is_none() {
+        return Err(TrainError::Options("a KL term needs the reference model".into()));
+    }
+    let seqs: Vec<Sequence> = episodes.iter().map(|e| e.seq.clone()).collect();
+    let tb = if s.train_batch == 0 { n } else { s.train_batch.min(n) };
+    let batches: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(tb).map(<[usize]>::to_vec).collect();
+
+    // experience: frozen prefix once, old and reference log-probs
+    let plain = split.plain_top();
+    let mut micros: Vec<(usize, Micro)> = Vec::new();
+    for (bi, members) in batches.iter().enumerate() {
+        for mb in micro_batches(&seqs, members, s.micro_batch) {
+            let mut m = Micro::new(split, &seqs, mb)?;
+            (m.old, m.entropy) = m.score_plain(split, &plain, true)?;
+            if let Some(r) = split.reference.as_ref().filter(|_| use_ref) {
+                m.reference = m.score_plain(split, r, false)?.0;
+            }
+            micros.push((bi, m));
+        }
+    }
+    let ms: Vec<&Micro> = micros.iter().map(|(_, m)| m).collect();
+    let gather = |f: &dyn Fn(&Micro) -> &Vec<f32>| {
+        let mut rows = vec![Vec::new(); n];
+        for m in &ms {
+            for (&r, &v) in m.owner.iter().zip(f(m)) {
+                rows[m.episodes[r]].push(v);
+            }
+        }
+        rows
+    };
+    let old = gather(&|m| &m.old);
+    let reference = if use_ref { gather(&|m| &m.reference) } else { vec![Vec::new(); n] };
+    let entropy = gather(&|m| &m.entropy);
+    let kl_rows: Vec<Vec<f32>> = old
+        .iter()
+        .zip(&reference)
+        .map(|(o, r)| o.iter().zip(r).map(|(&a, &b)| loss::kl(s.kl_estimator, a, b)).collect())
+        .collect();
+
+    // advantages
+    let rewards: Vec<f64> = episodes.iter().map(|e| e.reward).collect();
+    let groups: Vec<usize> = episodes.iter().map(|e| e.group).collect();
+    let shaped = loss::baseline(s.advantage, &rewards, &groups);
+    let mut adv: Vec<Vec<f32>> = shaped
+        .iter()
+        .zip(&kl_rows)
+        .zip(&old)
+        .map(|((&r, kl), o)| {
+            let penalty: Vec<f32> = if use_ref && s.kl_placement == KlPlacement::Reward {
+                kl.iter().map(|k| k * s.kl_beta).collect()
+            } else {
+                Vec::new()
+            };
+            loss::returns(r, &penalty, o.len())
+        })
+        .collect();
+    if s.advantage == Advantage::ReinforceBaseline {
+        loss::whiten(&mut adv);
+    }
+    let mut batch_size = vec![0usize; n];
+    for members in &batches {
+        for &i in members {
+            batch_size[i] = members.len();
+        }
+    }
+    for (_, m) in &mut micros {
+        let mut cursor = vec![0usize; m.episodes.len()];
+        m.adv = Vec::with_capacity(m.rows.len());
+        m.weight = Vec::with_capacity(m.rows.len());
+        for &r in &m.owner {
+            let e = m.episodes[r];
+            m.adv.push(adv[e][cursor[r]]);
+            cursor[r] += 1;
+            m.weight.push(1.0 / (old[e].len() as f32 * batch_size[e] as f32));
+        }
+    }
+
+    // optimisation
+    let mut stats = StepStats {
+        kl: loss::masked_mean(&kl_rows),
+        entropy: loss::masked_mean(&entropy),
+        action_tokens: old.iter().map(Vec::len).sum(),
+        tokens: seqs.iter().map(|q| q.tokens.len()).sum(),
+        ..StepStats::default()
+    };
+    let (mut clipped, mut counted) = (0usize, 0usize);
+    let dev = split.ad.clone();
+    for _ in 0..s.epochs {
+        for bi in 0..batches.len() {
+            let mut batch_loss = 0.0;
+            for (_, m) in micros.iter().filter(|(b, _)| *b == bi) {
+                if m.rows.is_empty() {
+                    continue;
+                }
+                let (logp, _) = split.score(&split.top, m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+                let values = to_vec(logp.clone().detach())?;
+                for ((&lp, &o), &a) in values.iter().zip(&m.old).zip(&m.adv) {
+                    clipped += usize::from(loss::ppo_token(lp, o, a, s.clip_eps).1);
+                    counted += 1;
+                }
+                let kl_term =
+                    (use_ref && s.kl_placement == KlPlacement::Loss).then(|| (tensor1(&m.reference, &dev), s.kl_beta));
+                let l = loss::ppo_loss(
+                    logp,
+                    tensor1(&m.old, &dev),
+                    tensor1(&m.adv, &dev),
+                    tensor1(&m.weight, &dev),
+                    s.clip_eps,
+                    kl_term,
+                );
+                batch_loss += f64::from(l.clone().inner().into_scalar::<f32>());
+                let grads = l.backward();
+                opt.accumulate(&mut split.top, split.first, &grads);
+            }
+            let info = opt.step(&mut split.top, split.first, &dev);
+            stats.loss += batch_loss;
+            stats.grad_norm += info.grad_norm;
+            stats.optimizer_steps += 1;
+        }
+    }
+    split.sync();
+    let k = stats.optimizer_steps.max(1) as f64;
+    stats.loss /= k;
+    stats.grad_norm /= k;
+    stats.clip_frac = if counted == 0 { 0.0 } else { clipped as f64 / counted as f64 };
+    Ok(stats)
+}

@@ -1,0 +1,145 @@
+//! A small search task built from any corpus, to check on a CPU that training teaches a policy to
+//! search: "Which Wikipedia article is described as: "…"?" where the description is the opening
+//! sentence of an article's first passage with the title blanked out, and the answer is the title.
+//! Retrieval with the description finds the article; its title then sits in the first line of the
+//! retrieved passage. Also writes cold-start SFT trajectories through the real retriever: some
+//! search and copy the title of the first document, some answer directly.
+
+use r1s_agent::protocol::{BEGIN_QUERY, format_docs, splice};
+use r1s_core::{Passage, Retriever};
+use serde_json::json;
+
+use crate::error::{Result, TrainError};
+use crate::trainer::mix;
+
+/// One question of the task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TitleQuestion {
+    pub id: String,
+    pub question: String,
+    pub title: String,
+    /// The description with the blank, used for the SFT queries.
+    pub description: String,
+}
+
+const STOP: &[&str] = &[
+    "a", "an", "the", "is", "was", "are", "were", "of", "in", "on", "and", "or", "to", "for", "by", "with", "as", "at",
+    "from", "that", "which", "it", "its", "be", "been", "has", "had", "have", "this", "___",
+];
+
+/// The opening sentence of `text` (at most `max_words` words), with `title` blanked out.
+pub fn describe(title: &str, text: &str, max_words: usize) -> Option<String> {
+    let mut words = Vec::new();
+    for w in text.split_whitespace() {
+        words.push(w);
+        if (words.len() >= 8 && w.ends_with('.') && !w.ends_with("..")) || words.len() >= max_words {
+            break;
+        }
+    }
+    if words.len() < 8 {
+        return None;
+    }
+    let sentence = words.join(" ");
+    let blanked = replace_ci(&sentence, title, "___");
+    let blanked = blanked.trim_end_matches('.').to_owned();
+    (blanked.split_whitespace().count() >= 6).then_some(blanked)
+}
+
+/// Replaces every ASCII-case-insensitive occurrence of `pat` in `s`.
+fn replace_ci(s: &str, pat: &str, with: &str) -> String {
+    if pat.is_empty() {
+        return s.to_owned();
+    }
+    let (ls, lp) = (s.to_ascii_lowercase(), pat.to_ascii_lowercase());
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    while let Some(i) = ls[at..].find(&lp) {
+        out.push_str(&s[at..at + i]);
+        out.push_str(with);
+        at += i + lp.len();
+    }
+    out.push_str(&s[at..]);
+    out
+}
+
+/// Questions from the first passage of each document whose title is short (≤ `max_title_words`).
+pub fn title_questions(passages: impl IntoIterator<Item = Passage>, max_title_words: usize) -> Vec<TitleQuestion> {
+    let mut out = Vec::new();
+    for p in passages {
+        let first = p.id.ends_with("_0") || p.doc_id.is_empty();
+        let tw = p.title.split_whitespace().count();
+        if !first || tw == 0 || tw > max_title_words || p.title.contains('"') {
+            continue;
+        }
+        if let Some(d) = describe(&p.title, &p.text, 30) {
+            out.push(TitleQuestion {
+                id: p.id.clone(),
+                question: format!("Which Wikipedia article is described as: \"{d}\"?"),
+                title: p.title.clone(),
+                description: d,
+            });
+        }
+    }
+    out
+}
+
+/// A keyword query for a description (the first `n` content words).
+pub fn keywords(description: &str, n: usize) -> String {
+    description
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty() && !STOP.contains(&w.to_ascii_lowercase().as_str()))
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A seeded shuffle.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut s = seed;
+    for i in (1..v.len()).rev() {
+        s = mix(s, i as u64);
+        v.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+}
+
+/// The JSONL line of a question (R1-Searcher's format).
+pub fn question_line(q: &TitleQuestion) -> serde_json::Value {
+    json!({ "idx": q.id, "question": q.question, "answer": q.title })
+}
+
+/// Cold-start trajectories for `qs`: a share `search_share` search (query = keywords of the
+/// description, documents from `retriever`, answer = the first document's title, kept only when
+/// that is the gold title), the others answer directly. Lines `{"question", "sol", "answer"}`.
+pub fn sft_lines<R: Retriever>(
+    qs: &[TitleQuestion],
+    retriever: &R,
+    topk: usize,
+    search_share: f64,
+    seed: u64,
+) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for (i, q) in qs.iter().enumerate() {
+        let u = (mix(seed, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+        let answer = format!("</think>\n\n<answer> {} </answer>", q.title);
+        if u < search_share {
+            let query = keywords(&q.description, 6);
+            let hits = retriever
+                .retrieve(&[query.as_str()], topk)
+                .map_err(|e| TrainError::Options(format!("retrieving {query:?}: {e}")))?;
+            let Some(hits) = hits.into_iter().next() else { continue };
+            if hits.first().is_none_or(|h| h.title != q.title) {
+                continue;
+            }
+            let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
+            let turn = format!(" I need to find the article this describes. {BEGIN_QUERY} {query}");
+            let (mine, retrieved) = splice(&turn, &format_docs(&docs));
+            let sol = format!("{mine}{retrieved} The first document is the article described. {answer}");
+            out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": true }));
+        } else {
+            let sol = format!(" The description matches the article {}. {answer}", q.title);
+            out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": false }));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,399 @@
+//! `r1s policy train`: stages of RL steps. A step samples prompts, runs `rollouts_per_prompt`
+//! episodes of each through the agent loop (the policy and the retriever for real), scores them
+//! with the stage's reward, and optimises ([`crate::rl::optimize`]). Metrics go to
+//! `OUT/metrics.jsonl` (one line per step and per evaluation), every episode to
+//! `OUT/rollouts.jsonl`, checkpoints to `OUT/checkpoints/step-N`. `--resume` continues from the
+//! newest checkpoint exactly: data order and sampling derive from `(seed, step)`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use r1s_agent::{LoopConfig, Question, Trajectory, read_questions};
+use r1s_core::{Cancel, Finish, Progress, Retriever, Unit};
+use r1s_policy::Policy;
+use r1s_policy::chat::Template;
+use serde_json::json;
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{Stage, TrainConfig};
+use crate::episode::{Sequence, tokenize};
+use crate::error::{Result, TrainError};
+use crate::model::Split;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::prompt::PromptKind;
+use crate::rl::{Episode, RlSettings, optimize};
+
+/// SplitMix64 of `(a, b)`: every per-step random choice derives from it.
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The `count` question indices of step `step`: passes over the data, each in its own seeded order.
+pub fn step_questions(n: usize, seed: u64, step: usize, count: usize) -> Vec<usize> {
+    let perm = |epoch: usize| {
+        let mut idx: Vec<usize> = (0..n).collect();
+        let mut s = mix(seed, epoch as u64);
+        for i in (1..n).rev() {
+            s = mix(s, i as u64);
+            idx.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        idx
+    };
+    let mut out = Vec::with_capacity(count);
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    for k in step * count..(step + 1) * count {
+        let epoch = k / n;
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            cached = Some((epoch, perm(epoch)));
+        }
+        if let Some((_, p)) = &cached {
+            out.push(p[k % n]);
+        }
+    }
+    out
+}
+
+/// Rollout statistics of a set of trajectories.
+pub fn rollout_stats(trajs: &[Trajectory], questions: &[&Question]) -> serde_json::Value {
+    let n = trajs.len().max(1) as f64;
+    let mut f1 = 0.0;
+    let mut em = 0.0;
+    let mut cover = 0.0;
+    for (t, q) in trajs.iter().zip(questions) {
+        let s = r1s_agent::metrics::score(&t.pred, &q.answers);
+        f1 += s.f1;
+        em += s.em;
+        cover += s.cover_em;
+    }
+    json!({
+        "retrieval_rate": trajs.iter().filter(|t| !t.queries.is_empty()).count() as f64 / n,
+        "retrievals": trajs.iter().map(|t| t.queries.len()).sum::<usize>() as f64 / n,
+        "format_bad": trajs.iter().filter(|t| r1s_agent::reward::format_problem(&t.sol).is_some()).count() as f64 / n,
+        "f1": f1 / n,
+        "em": em / n,
+        "cover_em": cover / n,
+    })
+}
+
+/// Runs `policy` over `prompts` in chunks of `batch` episodes.
+pub fn rollouts<R: Retriever>(
+    policy: &Policy,
+    retriever: &R,
+    prompts: &[String],
+    cfg: &LoopConfig,
+    batch: usize,
+) -> Result<Vec<Trajectory>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch.max(1)) {
+        out.extend(r1s_agent::run(policy, retriever, chunk, cfg)?);
+    }
+    Ok(out)
+}
+
+/// The trainer.
+pub struct Trainer<'a, R> {
+    pub cfg: TrainConfig,
+    pub split: Split,
+    pub opt: AdamW,
+    pub state: TrainerState,
+    pub prompt: PromptKind,
+    retriever: &'a R,
+    progress: &'a dyn Progress,
+    cancel: &'a Cancel,
+    /// Episodes generated in one batch.
+    pub generate_batch: usize,
+}
+
+impl<R> std::fmt::Debug for Trainer<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+fn adamw(cfg: &TrainConfig, lr: f64) -> AdamWConfig {
+    let t = &cfg.train;
+    AdamWConfig {
+        lr,
+        beta1: t.betas[0],
+        beta2: t.betas[1],
+        eps: t.eps,
+        weight_decay: t.weight_decay,
+        max_grad_norm: t.max_grad_norm,
+    }
+}
+
+fn append(path: &Path, line: &serde_json::Value) -> Result<()> {
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
+}
+
+/// Keeps the lines of a JSONL file whose `step` is at most `step` (a resumed run replays the rest).
+pub(crate) fn truncate_after(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(|e| TrainError::io(path, e))
+}
+
+impl<'a, R: Retriever> Trainer<'a, R> {
+    /// Loads the model (or, with `resume`, the newest checkpoint under `train.out`).
+    pub fn new(
+        cfg: TrainConfig,
+        resume: bool,
+        retriever: &'a R,
+        progress: &'a dyn Progress,
+        cancel: &'a Cancel,
+    ) -> Result<Trainer<'a, R>> {
+        let device = r1s_policy::device(&cfg.model.device)?;
+        let out = cfg.train.out.clone();
+        std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+        let from = if resume { checkpoint::latest(&out)? } else { None };
+        if resume && from.is_none() {
+            log::warn!("no checkpoint under {}; starting from {}", out.display(), cfg.model.init.display());
+        }
+        let with_ref = cfg.train.kl_beta > 0.0;
+        let lr0 = cfg.stages[0].lr.unwrap_or(cfg.train.lr);
+        let (split, opt, state) = match &from {
+            Some(dir) => {
+                let state = checkpoint::read_state(dir)?;
+                if state.train_blocks != cfg.train.train_blocks || state.seed != cfg.train.seed {
+                    return Err(TrainError::Checkpoint {
+                        path: dir.clone(),
+                        reason: "train_blocks or seed differ from the configuration".into(),
+                    });
+                }
+                let mut split = Split::new(Policy::load(dir, &device)?, cfg.train.train_blocks, with_ref)?;
+                let mut opt = AdamW::new(adamw(&cfg, lr0));
+                checkpoint::load_optimizer(dir, &mut opt, &device)?;
+                if let Some(r) = split.reference.as_mut() {
+                    checkpoint::load_reference(dir, r, split.first, &device)?;
+                }
+                for f in ["metrics.jsonl", "rollouts.jsonl"] {
+                    truncate_after(&out.join(f), state.global_step)?;
+                }
+                (split, opt, state)
+            }
+            None => {
+                let split = Split::new(Policy::load(&cfg.model.init, &device)?, cfg.train.train_blocks, with_ref)?;
+                let state = TrainerState {
+                    global_step: 0,
+                    stage: 0,
+                    stage_step: 0,
+                    seed: cfg.train.seed,
+                    train_blocks: cfg.train.train_blocks,
+                    config: serde_json::to_value(&cfg).unwrap_or_default(),
+                };
+                for f in ["metrics.jsonl", "rollouts.jsonl"] {
+                    let p = out.join(f);
+                    if p.exists() {
+                        std::fs::remove_file(&p).map_err(|e| TrainError::io(&p, e))?;
+                    }
+                }
+                (split, AdamW::new(adamw(&cfg, lr0)), state)
+            }
+        };
+        let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
+        let prompt = PromptKind::parse(&cfg.train.prompt, template)?;
+        Ok(Trainer { cfg, split, opt, state, prompt, retriever, progress, cancel, generate_batch: 32 })
+    }
+
+    fn save(&self) -> Result<()> {
+        let dir = checkpoint::dir_for(&self.cfg.train.out, self.state.global_step);
+        checkpoint::save(
+            &dir,
+            &self.split.policy,
+            &self.opt,
+            self.split.reference.as_ref(),
+            self.split.first,
+            &self.state,
+        )?;
+        log::info!("checkpoint {}", dir.display());
+        checkpoint::prune(&self.cfg.train.out, self.cfg.train.keep_checkpoints)
+    }
+
+    /// Greedy evaluation on the held-out questions (R1-Searcher's evaluation loop).
+    pub fn evaluate(&self) -> Result<Option<serde_json::Value>> {
+        let Some(e) = &self.cfg.eval else { return Ok(None) };
+        let qs = read_questions(&e.data, Some(e.limit))?;
+        let prompts: Vec<String> = qs.iter().map(|q| self.prompt.render(&q.question)).collect();
+        let mut lc = LoopConfig::evaluation();
+        lc.topk = e.topk;
+        lc.sampling.max_new_tokens = e.max_new_tokens;
+        let t = Instant::now();
+        let trajs = rollouts(&self.split.policy, self.retriever, &prompts, &lc, self.generate_batch)?;
+        let refs: Vec<&Question> = qs.iter().collect();
+        let mut row = rollout_stats(&trajs, &refs);
+        row["kind"] = json!("eval");
+        row["n"] = json!(qs.len());
+        row["eval_s"] = json!(t.elapsed().as_secs_f64());
+        Ok(Some(row))
+    }
+
+    fn log_eval(&self, stage: &Stage) -> Result<()> {
+        if let Some(mut row) = self.evaluate()? {
+            row["stage"] = json!(stage.name);
+            row["step"] = json!(self.state.global_step);
+            log::info!("eval at step {}: {row}", self.state.global_step);
+            append(&self.cfg.train.out.join("metrics.jsonl"), &row)?;
+        }
+        Ok(())
+    }
+
+    /// One RL step of `stage` on its questions; returns the metrics line.
+    pub fn step(&mut self, stage: &Stage, questions: &[Question]) -> Result<serde_json::Value> {
+        let t0 = Instant::now();
+        let s = self.state.global_step;
+        let picks = step_questions(
+            questions.len(),
+            mix(self.state.seed, self.state.stage as u64),
+            self.state.stage_step,
+            stage.prompts_per_step,
+        );
+        let mut prompts = Vec::new();
+        let mut qrefs = Vec::new();
+        let mut groups = Vec::new();
+        for (g, &qi) in picks.iter().enumerate() {
+            let p = self.prompt.render(&questions[qi].question);
+            for _ in 0..stage.rollouts_per_prompt {
+                prompts.push(p.clone());
+                qrefs.push(&questions[qi]);
+                groups.push(g);
+            }
+        }
+        let mut lc = LoopConfig::training(mix(self.state.seed, 1_000_003 + s as u64));
+        lc.topk = stage.topk;
+        lc.max_retrievals = stage.max_retrievals;
+        lc.sampling.temperature = stage.temperature;
+        lc.sampling.top_p = stage.top_p;
+        lc.sampling.max_new_tokens = stage.max_new_tokens;
+        let trajs = rollouts(&self.split.policy, self.retriever, &prompts, &lc, self.generate_batch)?;
+        let rollout_s = t0.elapsed().as_secs_f64();
+        if self.cancel.is_cancelled() {
+            return Err(TrainError::Cancelled);
+        }
+        let tok = &self.split.policy.tokenizer;
+        let eos = tok.eos.first().copied();
+        let mut episodes = Vec::with_capacity(trajs.len());
+        let mut rewards = Vec::with_capacity(trajs.len());
+        for ((t, q), &g) in trajs.iter().zip(&qrefs).zip(&groups) {
+            let reward = r1s_agent::reward::reward(stage.reward, &t.sol, &q.answers);
+            let ended_eos = matches!(t.turn_finishes.last(), Some(Finish::Eos));
+            let seq: Sequence =
+                tokenize(tok, &t.prompt, &t.sol, &t.spans, eos.filter(|_| ended_eos), self.cfg.train.max_len)?;
+            rewards.push(reward);
+            episodes.push(Episode { group: g, reward, seq });
+        }
+        let settings = RlSettings {
+            advantage: self.cfg.train.advantage,
+            clip_eps: self.cfg.train.clip_eps,
+            kl_beta: self.cfg.train.kl_beta,
+            kl_estimator: self.cfg.train.kl_estimator,
+            kl_placement: self.cfg.train.kl_placement,
+            micro_batch: self.cfg.train.micro_batch,
+            train_batch: stage.train_batch,
+            epochs: self.cfg.train.epochs,
+        };
+        self.opt.cfg.lr = stage.lr.unwrap_or(self.cfg.train.lr);
+        let t1 = Instant::now();
+        let stats = optimize(&mut self.split, &mut self.opt, &episodes, &settings)?;
+        let train_s = t1.elapsed().as_secs_f64();
+        self.state.global_step += 1;
+        self.state.stage_step += 1;
+        let n = rewards.len() as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let gen_tokens: usize = trajs.iter().flat_map(|t| &t.turn_tokens).map(Vec::len).sum();
+        let step_s = t0.elapsed().as_secs_f64();
+        let mut row = rollout_stats(&trajs, &qrefs);
+        let extra = json!({
+            "kind": "step", "stage": stage.name, "step": self.state.global_step, "stage_step": self.state.stage_step,
+            "episodes": trajs.len(), "reward_mean": mean, "reward_std": std,
+            "loss": stats.loss, "kl": stats.kl, "entropy": stats.entropy, "clip_frac": stats.clip_frac,
+            "grad_norm": stats.grad_norm, "lr": self.opt.cfg.lr, "optimizer_steps": stats.optimizer_steps,
+            "action_tokens": stats.action_tokens, "tokens": stats.tokens, "gen_tokens": gen_tokens,
+            "gen_tokens_per_s": gen_tokens as f64 / rollout_s.max(1e-9),
+            "tokens_per_s": stats.tokens as f64 / step_s.max(1e-9),
+            "rollout_s": rollout_s, "train_s": train_s, "step_s": step_s,
+        });
+        if let (Some(r), Some(e)) = (row.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        let out = &self.cfg.train.out;
+        append(&out.join("metrics.jsonl"), &row)?;
+        for ((t, q), (&g, &r)) in trajs.iter().zip(&qrefs).zip(groups.iter().zip(&rewards)) {
+            let line = json!({
+                "step": self.state.global_step, "group": g, "id": q.id, "question": q.question, "answer": q.answers,
+                "reward": r, "pred": t.pred, "queries": t.queries, "sol": t.sol, "stop_reason_final": t.stop_reason_final,
+            });
+            append(&out.join("rollouts.jsonl"), &line)?;
+        }
+        Ok(row)
+    }
+
+    /// Runs the remaining stages; `on_step` sees every metrics line.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&serde_json::Value)) -> Result<()> {
+        let stages = self.cfg.stages.clone();
+        while self.state.stage < stages.len() {
+            let stage = &stages[self.state.stage];
+            let questions = read_questions(&stage.data, None)?;
+            if questions.is_empty() {
+                return Err(TrainError::Options(format!(
+                    "stage {:?}: {} has no questions",
+                    stage.name,
+                    stage.data.display()
+                )));
+            }
+            if self.state.stage_step == 0 {
+                // each stage starts from the previous one's result, which is its reference
+                if self.split.reference.is_some() {
+                    self.split.reference = Some(self.split.plain_top());
+                }
+                // the previous stage's last evaluation already measured this model
+                if self.state.global_step == 0 {
+                    self.log_eval(stage)?;
+                }
+            }
+            self.progress.start(&stage.name, Some(stage.steps as u64), Unit::Items);
+            self.progress.advance(self.state.stage_step as u64);
+            let every = self.cfg.eval.as_ref().map_or(0, |e| e.every);
+            while self.state.stage_step < stage.steps {
+                if self.cancel.is_cancelled() {
+                    return Err(TrainError::Cancelled);
+                }
+                let row = self.step(stage, &questions)?;
+                on_step(&row);
+                self.progress.advance(1);
+                let done = self.state.stage_step == stage.steps;
+                if every > 0 && (done || self.state.stage_step.is_multiple_of(every)) {
+                    self.log_eval(stage)?;
+                }
+                let save_every = self.cfg.train.save_every;
+                if done {
+                    // the checkpoint at the end of a stage says: next stage, step 0
+                    self.state.stage += 1;
+                    self.state.stage_step = 0;
+                    self.save()?;
+                    break;
+                }
+                if save_every > 0 && self.state.global_step.is_multiple_of(save_every) {
+                    self.save()?;
+                }
+            }
+            self.progress.finish(&format!("{} done", stage.name));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,521 @@
+//! The RL arithmetic by hand, the document mask on a real trajectory, gradients against finite
+//! differences, one optimisation step, exact resumption from a checkpoint, and the whole trainer
+//! (real burn model, real MiniLM retriever) running, resuming and plotting.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use r1s_policy::load::{RandomWeights, build_llama, hf_tensors};
+use r1s_policy::{LlamaConfig, Policy, TextTokenizer};
+use r1s_train::episode::{Micro, Sequence, spans_of_text, to_vec, tokenize};
+use r1s_train::loss::{self, Advantage, KlEstimator, KlPlacement};
+use r1s_train::model::{Split, Top};
+use r1s_train::optim::{AdamW, AdamWConfig};
+use r1s_train::rl::{Episode, RlSettings, optimize};
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel)
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+#[test]
+fn advantages_returns_whitening_and_means_by_hand() {
+    // REINFORCE++ baseline: reward minus its group's mean
+    let r = loss::baseline(Advantage::ReinforceBaseline, &[1.0, 0.0, 0.5, 0.5, 2.0], &[0, 0, 1, 1, 2]);
+    assert_eq!(r, vec![0.5, -0.5, 0.0, 0.0, 0.0]);
+    // GRPO: (r - mean) / (unbiased std + 1e-9); std of {1, 0} = 0.70710678
+    let g = loss::baseline(Advantage::GroupNorm, &[1.0, 0.0, 3.0, 3.0], &[0, 0, 1, 1]);
+    let r = std::f64::consts::FRAC_1_SQRT_2; // 0.5 / std, std = 1/√2
+    assert!(close(g[0], r, 1e-6) && close(g[1], -r, 1e-6), "{g:?}");
+    assert_eq!(&g[2..], &[0.0, 0.0], "a group with one reward has no advantage");
+    // γ = 1 returns: reward on the last token, −β·kl on every token, summed from the end
+    let ret = loss::returns(1.0, &[0.1, 0.2, 0.3], 3);
+    for (a, b) in ret.iter().zip([0.4, 0.5, 0.7]) {
+        assert!(close(f64::from(*a), b, 1e-6), "{ret:?}");
+    }
+    assert_eq!(loss::returns(-2.0, &[], 2), vec![-2.0, -2.0]);
+    // whitening over all action tokens together: mean 2, population var 2/3
+    let mut rows = vec![vec![1.0f32, 2.0], vec![3.0], vec![]];
+    loss::whiten(&mut rows);
+    let s = (2.0f64 / 3.0 + 1e-8).sqrt();
+    assert!(
+        close(f64::from(rows[0][0]), -1.0 / s, 1e-5)
+            && rows[0][1].abs() < 1e-6
+            && close(f64::from(rows[1][0]), 1.0 / s, 1e-5)
+    );
+    // masked mean: per sequence, then over sequences (an empty one counts as 0)
+    assert!(close(loss::masked_mean(&[vec![1.0, 2.0], vec![3.0], vec![]]), 1.5, 1e-12));
+}
+
+#[test]
+fn ppo_clip_and_kl_by_hand() {
+    let half = 0.5f32.ln();
+    // ratio 2 with A = 1: clipped to 1.2; with A = −1 the unclipped −2 is the minimum
+    let (l, c) = loss::ppo_token(0.0, half, 1.0, 0.2);
+    assert!(close(f64::from(l), -1.2, 1e-6) && c);
+    let (l, c) = loss::ppo_token(0.0, half, -1.0, 0.2);
+    assert!(close(f64::from(l), 2.0, 1e-6) && !c);
+    // ratio 1: −A
+    assert_eq!(loss::ppo_token(-3.0, -3.0, 0.7, 0.2), (-0.7, false));
+    // KL estimators at log-ratio 1
+    assert!(close(f64::from(loss::kl(KlEstimator::K1, -1.0, -2.0)), 1.0, 1e-7));
+    assert!(close(f64::from(loss::kl(KlEstimator::K3, -1.0, -2.0)), (-1.0f64).exp(), 1e-6));
+    assert_eq!(loss::kl(KlEstimator::K3, -1.5, -1.5), 0.0);
+    // the tensor loss equals the per-token sum with weights, plus β·k3 when asked
+    let dev = Device::flex();
+    let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev);
+    let (lp, old, adv, w, rf) =
+        ([0.0, -1.0, -2.0], [half, -1.1, -1.0], [1.0, -0.5, 2.0], [0.25, 0.25, 0.5], [-0.5, -1.0, -2.5]);
+    let want: f32 = (0..3).map(|i| w[i] * loss::ppo_token(lp[i], old[i], adv[i], 0.2).0).sum();
+    let got = loss::ppo_loss(t(&lp), t(&old), t(&adv), t(&w), 0.2, None).into_scalar::<f32>();
+    assert!((want - got).abs() < 1e-6, "{want} vs {got}");
+    let kl: f32 = (0..3).map(|i| w[i] * loss::kl(KlEstimator::K3, lp[i], rf[i])).sum();
+    let got = loss::ppo_loss(t(&lp), t(&old), t(&adv), t(&w), 0.2, Some((t(&rf), 0.1))).into_scalar::<f32>();
+    assert!((want + 0.1 * kl - got).abs() < 1e-6);
+}
+
+fn tokenizer() -> TextTokenizer {
+    let p = r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    TextTokenizer::from_gguf(&r1s_policy::gguf::Gguf::open(&p).expect("tools/setup fetches SmolLM2")).unwrap()
+}
+
+/// A tiny Llama with SmolLM2's tokenizer and vocabulary (so real text runs through it).
+fn tiny_policy(layers: usize, seed: u64) -> Policy {
+    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap();
+    let dev = Device::flex();
+    let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), seed }, &dev).unwrap();
+    Policy::new(model, cfg, tokenizer(), &dev)
+}
+
+/// A released R1-Searcher trajectory that retrieved documents.
+fn released_sol() -> String {
+    let text = std::fs::read_to_string(shared("r1searcher/eval_results/hotpotqa_qwen.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["gen_text_store"].as_str().unwrap().to_owned())
+        .find(|s| s.matches("<|begin_of_documents|>").count() >= 2 && s.contains("</answer>"))
+        .unwrap()
+}
+
+#[test]
+fn the_mask_is_exactly_the_documents_of_a_real_trajectory() {
+    let tok = tokenizer();
+    let sol = released_sol();
+    let spans = spans_of_text(&sol);
+    assert!(spans.iter().filter(|s| s.source == r1s_agent::Source::Retrieval).count() >= 2);
+    let prompt = r1s_agent::protocol::base_prompt("Who?");
+    let eos = tok.eos[0];
+    let seq = tokenize(&tok, &prompt, &sol, &spans, Some(eos), 1 << 20).unwrap();
+    let n_prompt = tok.encode(&prompt).unwrap().len();
+    let is_action: Vec<bool> = (0..seq.tokens.len()).map(|p| seq.actions.binary_search(&p).is_ok()).collect();
+    assert!(is_action[..n_prompt].iter().all(|&a| !a), "prompt tokens are never actions");
+    assert_eq!(seq.actions.last(), Some(&(seq.tokens.len() - 1)), "the EOS is the policy's last action");
+    let pick = |want: bool| -> Vec<u32> {
+        (n_prompt..seq.tokens.len() - 1).filter(|&p| is_action[p] == want).map(|p| seq.tokens[p]).collect()
+    };
+    let mut mine = String::new();
+    let mut docs = String::new();
+    for s in &spans {
+        match s.source {
+            r1s_agent::Source::Policy => mine.push_str(&sol[s.start..s.end]),
+            r1s_agent::Source::Retrieval => docs.push_str(&sol[s.start..s.end]),
+        }
+    }
+    assert_eq!(tok.decode(&pick(true)).unwrap(), mine, "the actions are exactly the policy's text");
+    assert_eq!(tok.decode(&pick(false)).unwrap(), docs, "the masked tokens are exactly the documents");
+    for s in spans.iter().filter(|s| s.source == r1s_agent::Source::Retrieval) {
+        let block = &sol[s.start..s.end];
+        assert!(block.starts_with("<|begin_of_documents|>\n(1)") && block.ends_with("<|end_of_documents|>\n\n"));
+    }
+    assert!(mine.contains("<|end_of_query|>") && !mine.contains("<|begin_of_documents|>"));
+    // cutting at max_len keeps only actions inside
+    let cut = tokenize(&tok, &prompt, &sol, &spans, Some(eos), n_prompt + 10).unwrap();
+    assert_eq!(cut.tokens.len(), n_prompt + 10);
+    assert!(cut.actions.iter().all(|&p| p < n_prompt + 10));
+}
+
+/// Episodes of real text (the loop's shape: policy text, documents, policy text).
+fn episodes(tok: &TextTokenizer, rewards: &[f64], groups: &[usize]) -> Vec<Episode> {
+    let sols = [
+        " Search. <|begin_of_query|> Barbara Strozzi<|end_of_query|>\n\n<|begin_of_documents|>\n(1)\"Barbara Strozzi\"\nBarbara Strozzi was an Italian singer.\n<|end_of_documents|>\n\n She was Italian. </think>\n\n<answer> Italian </answer>",
+        " I know it. </think>\n\n<answer> French </answer>",
+        " Look. <|begin_of_query|> Route 22<|end_of_query|>\n\n<|begin_of_documents|>\n(1)\"U.S. Route 22\"\nA highway.\n<|end_of_documents|>\n\n</think>\n\n<answer> U.S. Route 22 </answer>",
+        " Maybe a road. </think>\n\n<answer> a road in Ohio somewhere </answer>",
+    ];
+    rewards
+        .iter()
+        .zip(groups)
+        .enumerate()
+        .map(|(i, (&reward, &group))| {
+            let sol = sols[i % sols.len()];
+            let seq = tokenize(tok, "Question: who? Answer:", sol, &spans_of_text(sol), tok.eos.first().copied(), 512)
+                .unwrap();
+            Episode { group, reward, seq }
+        })
+        .collect()
+}
+
+fn settings(kl_beta: f32) -> RlSettings {
+    RlSettings {
+        advantage: Advantage::ReinforceBaseline,
+        clip_eps: 0.2,
+        kl_beta,
+        kl_estimator: KlEstimator::K1,
+        kl_placement: KlPlacement::Reward,
+        micro_batch: 2,
+        train_batch: 0,
+        epochs: 1,
+    }
+}
+
+fn adam(lr: f64) -> AdamW {
+    AdamW::new(AdamWConfig { lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0 })
+}
+
+/// The PPO loss of `micro` under `top` (old log-probs and advantages as given).
+fn loss_under(split: &Split, top: &Top, m: &Micro, old: &[f32], adv: &[f32], w: &[f32]) -> Tensor<1> {
+    let dev = split.ad.clone();
+    let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev);
+    let (lp, _) = split.score(top, m.boundary.clone(), &m.step, &m.rows, &m.targets, false).unwrap();
+    loss::ppo_loss(lp, t(old), t(adv), t(w), 0.2, None)
+}
+
+#[test]
+fn ppo_gradients_match_finite_differences_on_a_tiny_model() {
+    let tok = tokenizer();
+    let split = Split::new(tiny_policy(2, 3), 1, false).unwrap();
+    let eps = episodes(&tok, &[1.0, 0.0], &[0, 0]);
+    let seqs: Vec<Sequence> = eps.iter().map(|e| e.seq.clone()).collect();
+    let m = Micro::new(&split, &seqs, vec![0, 1]).unwrap();
+    let n = m.rows.len();
+    // old log-probs slightly off the current ones so that ratios differ from 1 (inside the clip range)
+    let (cur, _) = m.score_plain(&split, &split.plain_top(), false).unwrap();
+    let old: Vec<f32> = cur.iter().enumerate().map(|(i, x)| x + 0.05 * ((i % 5) as f32 - 2.0) / 2.0).collect();
+    let adv: Vec<f32> = (0..n).map(|i| if m.owner[i] == 0 { 1.0 } else { -0.7 }).collect();
+    let w = vec![1.0 / n as f32; n];
+    let l = loss_under(&split, &split.top, &m, &old, &adv, &w);
+    let grads = l.backward();
+    let mut top = split.top.clone();
+    let mut checked = 0;
+    let names: Vec<String> = top.params_mut(split.first).into_iter().map(|(n, _)| n).collect();
+    for name in names.iter().filter(|n| {
+        n.ends_with("model.norm.weight")
+            || n.ends_with("mlp.down_proj.weight")
+            || n.ends_with("self_attn.q_proj.weight")
+    }) {
+        let g = {
+            let params = top.params_mut(split.first);
+            let (_, p) = params.into_iter().find(|(n, _)| n == name).unwrap();
+            to_vec(p.grad(&grads).expect("a trainable parameter has a gradient")).unwrap()
+        };
+        // the three largest gradient entries
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &i in &idx[..3] {
+            let eval = |delta: f32| -> f64 {
+                let mut t = top.clone();
+                let params = t.params_mut(split.first);
+                let (_, mut p) = params.into_iter().find(|(n, _)| n == name).unwrap();
+                let mut v = to_vec(p.flat()).unwrap();
+                v[i] += delta;
+                let len = v.len();
+                p.set(Tensor::from_data(TensorData::new(v, [len]), &Device::flex()), &split.ad);
+                f64::from(loss_under(&split, &t, &m, &old, &adv, &w).inner().into_scalar::<f32>())
+            };
+            let h = 1e-2;
+            let fd = (eval(h) - eval(-h)) / (2.0 * f64::from(h));
+            let an = f64::from(g[i]);
+            assert!((fd - an).abs() <= 0.03 * an.abs() + 2e-4, "{name}[{i}]: finite difference {fd} vs backward {an}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 9);
+    // frozen blocks get no gradient (they are not in the trainable top at all)
+    assert!(names.iter().all(|n| !n.starts_with("model.layers.0.")));
+}
+
+#[test]
+fn one_step_raises_good_episodes_and_lowers_the_loss() {
+    let tok = tokenizer();
+    let mut split = Split::new(tiny_policy(2, 5), 0, false).unwrap();
+    let rewards = [1.0, 0.0, 1.0, 0.0];
+    let eps = episodes(&tok, &rewards, &[0, 0, 1, 1]);
+    let seqs: Vec<Sequence> = eps.iter().map(|e| e.seq.clone()).collect();
+    let score = |split: &Split| -> Vec<Vec<f32>> {
+        (0..4)
+            .map(|i| {
+                let m = Micro::new(split, &seqs, vec![i]).unwrap();
+                m.score_plain(split, &split.plain_top(), false).unwrap().0
+            })
+            .collect()
+    };
+    let before = score(&split);
+    let mut opt = adam(3e-3);
+    let stats = optimize(&mut split, &mut opt, &eps, &settings(0.0)).unwrap();
+    assert_eq!(stats.optimizer_steps, 1);
+    assert!(stats.loss.is_finite() && stats.grad_norm > 0.0, "{stats:?}");
+    assert_eq!(stats.clip_frac, 0.0, "the first update is on-policy: no ratio is clipped");
+    let after = score(&split);
+    // the same advantages the step used: baseline, returns, whitening
+    let base = loss::baseline(Advantage::ReinforceBaseline, &rewards, &[0, 0, 1, 1]);
+    let mut adv: Vec<Vec<f32>> = base.iter().zip(&before).map(|(&r, b)| loss::returns(r, &[], b.len())).collect();
+    loss::whiten(&mut adv);
+    let surrogate = |new: &[Vec<f32>]| -> f64 {
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|i| (0..new[i].len()).map(|t| loss::ppo_token(new[i][t], before[i][t], adv[i][t], 0.2).0).collect())
+            .collect();
+        loss::masked_mean(&rows)
+    };
+    assert!((surrogate(&before) - stats.loss).abs() < 1e-4, "the reported loss is the surrogate at the old policy");
+    assert!(surrogate(&after) < surrogate(&before) - 1e-3, "{} → {}", surrogate(&before), surrogate(&after));
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+    for i in 0..4 {
+        let moved = mean(&after[i]) - mean(&before[i]);
+        assert!(if rewards[i] > 0.5 { moved > 0.0 } else { moved < 0.0 }, "episode {i}: mean log-prob moved {moved}");
+    }
+}
+
+#[test]
+fn a_resumed_checkpoint_takes_the_same_next_step() {
+    let tok = tokenizer();
+    let tmp = tempfile::tempdir().unwrap();
+    let step1 = episodes(&tok, &[1.0, 0.0, 0.5, 0.0], &[0, 0, 1, 1]);
+    let step2 = episodes(&tok, &[0.0, 1.0, 1.0, 0.0], &[0, 0, 1, 1]);
+    let s = settings(0.05);
+    let mut a = Split::new(tiny_policy(3, 9), 2, true).unwrap();
+    let mut opt_a = adam(1e-2);
+    optimize(&mut a, &mut opt_a, &step1, &s).unwrap();
+    let dir = tmp.path().join("ck");
+    let state = r1s_train::checkpoint::TrainerState {
+        global_step: 1,
+        stage: 0,
+        stage_step: 1,
+        seed: 1,
+        train_blocks: 2,
+        config: serde_json::Value::Null,
+    };
+    r1s_train::checkpoint::save(&dir, &a.policy, &opt_a, a.reference.as_ref(), a.first, &state).unwrap();
+    assert!(!dir.with_extension("part").exists());
+    let sa = optimize(&mut a, &mut opt_a, &step2, &s).unwrap();
+    // resume: the checkpoint is a Hugging Face directory plus the optimizer and reference
+    let mut b = Split::new(Policy::load(&dir, &Device::flex()).unwrap(), 2, true).unwrap();
+    let mut opt_b = adam(1e-2);
+    r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap();
+    let first = b.first;
+    r1s_train::checkpoint::load_reference(&dir, b.reference.as_mut().unwrap(), first, &Device::flex()).unwrap();
+    assert_eq!(opt_b.t, 1);
+    assert_eq!(r1s_train::checkpoint::read_state(&dir).unwrap(), state);
+    let sb = optimize(&mut b, &mut opt_b, &step2, &s).unwrap();
+    assert_eq!(sa, sb, "same statistics");
+    assert!(sa.kl != 0.0, "the reference differs from the policy after a step");
+    let (wa, wb) = (hf_tensors(&a.policy.model).unwrap(), hf_tensors(&b.policy.model).unwrap());
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (k, (va, _)) in &wa {
+        assert_eq!(va, &wb[k].0, "{k} differs after resuming");
+    }
+    // a corrupt optimizer file is a clear error
+    std::fs::write(dir.join("optimizer.safetensors"), b"not safetensors").unwrap();
+    let err = r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap_err();
+    assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+}
+
+/// A flat MiniLM index over 60 real passages in `dir`.
+fn small_index(dir: &Path) -> PathBuf {
+    use r1s_core::{Cancel, NoProgress};
+    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    let src = dir.join("p.jsonl");
+    std::fs::write(&src, passages.lines().take(60).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let corpus = dir.join("corpus");
+    r1s_corpus::ingest(&[src], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() }).unwrap();
+    let index = dir.join("index");
+    r1s_embed::embed_corpus(&e, &r1s_embed::EmbedJob::new(&corpus, &index), &NoProgress, &Cancel::new()).unwrap();
+    r1s_index::build(&index, r1s_index::Kind::Flat, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
+    index
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    r1s_train::plot::read_metrics(&dir.join("metrics.jsonl")).unwrap()
+}
+
+#[test]
+fn the_trainer_runs_resumes_exactly_and_plots() {
+    use r1s_core::{Cancel, NoProgress};
+    let tmp = tempfile::tempdir().unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
+    let model = tmp.path().join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    r1s_train::checkpoint::save_model(&tiny_policy(2, 11), &model).unwrap();
+    let run_a = tmp.path().join("a");
+    let toml = format!(
+        r#"
+[model]
+init = "{model}"
+[retriever]
+index = "unused"
+[train]
+out = "{out}"
+train_blocks = 1
+lr = 1e-3
+kl_beta = 0.01
+micro_batch = 2
+save_every = 1
+prompt = "base"
+[eval]
+data = "{data}"
+limit = 2
+every = 1
+max_new_tokens = 6
+[[stage]]
+name = "stage1"
+data = "{data}"
+reward = "stage1"
+steps = 2
+prompts_per_step = 2
+rollouts_per_prompt = 2
+max_new_tokens = 10
+max_retrievals = 1
+"#,
+        model = model.display(),
+        out = run_a.display(),
+        data = shared("r1searcher/training_set/stage_1.jsonl").display(),
+    );
+    let cfg_path = tmp.path().join("train.toml");
+    std::fs::write(&cfg_path, &toml).unwrap();
+    let cfg = r1s_train::TrainConfig::read(&cfg_path).unwrap();
+    let cancel = Cancel::new();
+    let mut steps = 0;
+    let mut t = r1s_train::trainer::Trainer::new(cfg.clone(), false, &retriever, &NoProgress, &cancel).unwrap();
+    t.run(&mut |_| steps += 1).unwrap();
+    assert_eq!(steps, 2);
+    let ma = metrics(&run_a);
+    let kinds: Vec<&str> = ma.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["eval", "step", "eval", "step", "eval"]);
+    for r in ma.iter().filter(|r| r["kind"] == "step") {
+        for k in [
+            "reward_mean",
+            "reward_std",
+            "retrieval_rate",
+            "format_bad",
+            "f1",
+            "kl",
+            "entropy",
+            "clip_frac",
+            "loss",
+            "grad_norm",
+            "tokens_per_s",
+            "step_s",
+        ] {
+            assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k} in {r}");
+        }
+        assert_eq!(r["episodes"], 4);
+    }
+    assert_eq!(std::fs::read_to_string(run_a.join("rollouts.jsonl")).unwrap().lines().count(), 8);
+    let ck = |run: &Path, s: usize| r1s_train::checkpoint::dir_for(run, s);
+    assert!(ck(&run_a, 1).join("model.safetensors").exists() && ck(&run_a, 2).join("trainer.json").exists());
+
+    // interrupted after step 1: a copy without the step-2 checkpoint resumes and ends identically
+    let run_b = tmp.path().join("b");
+    copy_dir(&run_a, &run_b);
+    std::fs::remove_dir_all(ck(&run_b, 2)).unwrap();
+    let mut cfg_b = cfg.clone();
+    cfg_b.train.out = run_b.clone();
+    let mut t = r1s_train::trainer::Trainer::new(cfg_b, true, &retriever, &NoProgress, &cancel).unwrap();
+    assert_eq!(t.state.global_step, 1);
+    t.run(&mut |_| {}).unwrap();
+    let same = |f: &str| std::fs::read(ck(&run_a, 2).join(f)).unwrap() == std::fs::read(ck(&run_b, 2).join(f)).unwrap();
+    assert!(same("model.safetensors") && same("optimizer.safetensors") && same("reference.safetensors"));
+    assert_eq!(
+        std::fs::read_to_string(run_a.join("rollouts.jsonl")).unwrap(),
+        std::fs::read_to_string(run_b.join("rollouts.jsonl")).unwrap()
+    );
+    let mb = metrics(&run_b);
+    assert_eq!(mb.len(), ma.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["kind", "step", "reward_mean", "kl", "loss", "entropy", "f1", "retrieval_rate"] {
+            assert_eq!(x[k], y[k], "{k}");
+        }
+    }
+    // the checkpoint loads as a model
+    Policy::load(&ck(&run_b, 2), &Device::flex()).unwrap();
+
+    // curves
+    let png = tmp.path().join("curves.png");
+    let panels = r1s_train::plot::plot(&ma, &png, "test").unwrap();
+    assert!(panels >= 5);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+
+    // a typo in the configuration names the file
+    std::fs::write(&cfg_path, toml.replace("kl_beta", "kl_betta")).unwrap();
+    let err = r1s_train::TrainConfig::read(&cfg_path).unwrap_err().to_string();
+    assert!(err.contains("train.toml") && err.contains("kl_betta"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_title_task_blanks_titles_and_builds_keyword_queries() {
+    use r1s_train::task::{describe, keywords, title_questions};
+    let d = describe("Paris", "Paris is the capital and most populous city of France. It has 2 million people.", 30)
+        .unwrap();
+    assert_eq!(d, "___ is the capital and most populous city of France");
+    assert_eq!(keywords(&d, 4), "capital most populous city");
+    let p = |id: &str, title: &str, text: &str| r1s_core::Passage {
+        row: 0,
+        id: id.into(),
+        doc_id: "d".into(),
+        title: title.into(),
+        text: text.into(),
+    };
+    let qs = title_questions(
+        vec![
+            p("Paris_0", "Paris", "Paris is the capital and most populous city of France."),
+            p("Paris_1", "Paris", "A second passage is never used for a question at all."),
+            p("Short_0", "Short", "Too short."),
+        ],
+        6,
+    );
+    assert_eq!(qs.len(), 1);
+    assert_eq!(
+        qs[0].question,
+        "Which Wikipedia article is described as: \"___ is the capital and most populous city of France\"?"
+    );
+    assert_eq!(qs[0].title, "Paris");
+}
+
+#[test]
+fn the_shipped_configurations_parse() {
+    let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../..");
+    for f in ["tools/title-task.toml", "tools/r1searcher.toml"] {
+        let c = r1s_train::TrainConfig::read(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(c.stages.len(), 2, "{f}");
+    }
+    let paper = r1s_train::TrainConfig::read(&root.join("tools/r1searcher.toml")).unwrap();
+    let s = &paper.stages[0];
+    assert_eq!((s.rollouts_per_prompt, s.prompts_per_step, s.train_batch, s.topk, s.max_retrievals), (16, 64, 256, 3, 8));
+    assert_eq!((s.temperature, s.top_p, s.max_new_tokens), (1.0, 0.95, 512));
+    let t = &paper.train;
+    assert_eq!((t.lr, t.betas, t.clip_eps, t.kl_beta, t.epochs), (2e-6, [0.9, 0.95], 0.2, 1e-4, 1));
+}
