@@ -514,7 +514,10 @@ fn the_shipped_configurations_parse() {
     }
     let paper = r1s_train::TrainConfig::read(&root.join("tools/r1searcher.toml")).unwrap();
     let s = &paper.stages[0];
-    assert_eq!((s.rollouts_per_prompt, s.prompts_per_step, s.train_batch, s.topk, s.max_retrievals), (16, 64, 256, 3, 8));
+    assert_eq!(
+        (s.rollouts_per_prompt, s.prompts_per_step, s.train_batch, s.topk, s.max_retrievals),
+        (16, 64, 256, 3, 8)
+    );
     assert_eq!((s.temperature, s.top_p, s.max_new_tokens), (1.0, 0.95, 512));
     let t = &paper.train;
     assert_eq!((t.lr, t.betas, t.clip_eps, t.kl_beta, t.epochs), (2e-6, [0.9, 0.95], 0.2, 1e-4, 1));
