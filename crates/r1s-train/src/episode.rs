@@ -81,7 +81,6 @@ pub fn tokenize(
 pub struct Micro {
     /// Indices of its episodes in the step's episode list.
     pub episodes: Vec<usize>,
-    pub seqs: Vec<Vec<u32>>,
     /// Flat row (`batch_row * t + position − 1`) and target token of each action.
     pub rows: Vec<i64>,
     pub targets: Vec<i64>,
@@ -115,7 +114,6 @@ impl Micro {
         let (boundary, step) = split.boundary(&batch)?;
         Ok(Micro {
             episodes,
-            seqs: batch,
             rows,
             targets,
             owner,

@@ -121,6 +121,8 @@ pub fn sft(
         Some(dir) => {
             let state = checkpoint::read_state(dir)?;
             checkpoint::load_optimizer(dir, &mut opt, &device)?;
+            // a resumed run replays the steps after the checkpoint
+            crate::trainer::truncate_after(&metrics, state.global_step)?;
             (Split::new(Policy::load(dir, &device)?, o.train_blocks, false)?, state)
         }
         None => {
@@ -193,13 +195,7 @@ pub fn sft(
             "action_tokens": action_tokens, "tokens": seqs.iter().map(|s| s.tokens.len()).sum::<usize>(),
             "lr": o.lr, "step_s": dt,
         });
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics)
-            .map_err(|e| TrainError::io(&metrics, e))?;
-        use std::io::Write as _;
-        writeln!(f, "{row}").map_err(|e| TrainError::io(&metrics, e))?;
+        crate::trainer::append(&metrics, &row)?;
         on_step(&row);
         progress.advance(1);
         if state.global_step == steps || (o.save_every > 0 && state.global_step.is_multiple_of(o.save_every)) {

@@ -36,11 +36,7 @@ pub fn mix(a: u64, b: u64) -> u64 {
 pub fn step_questions(n: usize, seed: u64, step: usize, count: usize) -> Vec<usize> {
     let perm = |epoch: usize| {
         let mut idx: Vec<usize> = (0..n).collect();
-        let mut s = mix(seed, epoch as u64);
-        for i in (1..n).rev() {
-            s = mix(s, i as u64);
-            idx.swap(i, (s % (i as u64 + 1)) as usize);
-        }
+        crate::task::shuffle(&mut idx, mix(seed, epoch as u64));
         idx
     };
     let mut out = Vec::with_capacity(count);
@@ -126,7 +122,7 @@ fn adamw(cfg: &TrainConfig, lr: f64) -> AdamWConfig {
     }
 }
 
-fn append(path: &Path, line: &serde_json::Value) -> Result<()> {
+pub(crate) fn append(path: &Path, line: &serde_json::Value) -> Result<()> {
     let mut f =
         std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
     writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
