@@ -84,6 +84,20 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     let again = OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap();
     assert_eq!(approx, again);
 
+    // the hnsw_rs graph, same parameters: the same recall floor, and its files replace r1s's graph
+    r1s_index::build(&dir, Kind::HnswRs, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    assert!(!dir.join(r1s_index::hnsw::GRAPH_FILE).exists());
+    let rs = OpenIndex::open(&dir).unwrap();
+    assert!(matches!(rs.index, r1s_index::Index::HnswRs { .. }));
+    let rs_recall = r1s_index::recall_at_k(&exact, &rs.search(&q, 10).unwrap(), 10);
+    eprintln!("hnsw-rs recall@10 vs flat: {rs_recall:.4}");
+    assert!(rs_recall >= 0.95, "hnsw-rs recall@10 {rs_recall}");
+    // an `hnsw` directory written before r1s had its own graph (hnsw_rs files) still opens
+    let mpath = dir.join("manifest.json");
+    let manifest = std::fs::read_to_string(&mpath).unwrap();
+    std::fs::write(&mpath, manifest.replace("\"hnsw-rs\"", "\"hnsw\"")).unwrap();
+    assert!(matches!(OpenIndex::open(&dir).unwrap().index, r1s_index::Index::HnswRs { .. }));
+
     // FAISS HNSW32 (efSearch 64), written by FAISS itself: same recall floor, reload gives the same hits
     r1s_index::build(&dir, Kind::Faiss, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
     let faiss = OpenIndex::open(&dir).unwrap();
@@ -115,11 +129,11 @@ fn hnsw_recall_save_load_and_checks_on_real_embeddings() {
     drop((flat, hnsw));
 
     // a truncated graph or embeddings file is an error, never a crash
-    let graph = dir.join("hnsw.hnsw.graph");
+    let graph = dir.join(r1s_index::hnsw::GRAPH_FILE);
     let bytes = std::fs::read(&graph).unwrap();
     std::fs::write(&graph, &bytes[..bytes.len() / 3]).unwrap();
     let err = OpenIndex::open(&dir).unwrap_err();
-    eprintln!("truncated graph: {err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
     std::fs::write(&graph, &bytes).unwrap();
     let npy = dir.join("embeddings.npy");
     let f = std::fs::OpenOptions::new().write(true).open(&npy).unwrap();

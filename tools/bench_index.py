@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-M, EFC, EFS = 32, 200, (16, 32, 64)
+M, EFC, EFS = 32, 200, (16, 24, 32, 48, 64)
+FLOOR = 0.95  # the recall@10 at which queries/s are compared
 K = 10
 
 
@@ -30,17 +31,24 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     env = dict(os.environ, R1S_THREADS=str(a.threads))
-    idx = fresh_index_dir(a.work, "r1s-hnsw", a.fixture)
-    out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", idx, "--kind", "hnsw",
-                          "--m", str(M), "--ef-construction", str(EFC), "--threads", str(a.threads)],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    r1s_build = float(re.search(r"built in ([0-9.]+) s", out).group(1))
+    def r1s_hnsw(kind):
+        """Build seconds and {ef: (recall, queries/s)} of r1s --kind hnsw | hnsw-rs."""
+        idx = fresh_index_dir(a.work, "r1s-" + kind, a.fixture)
+        out = subprocess.run([a.r1s, "index", "build", os.path.join(a.fixture, "corpus"), "--out", idx, "--kind", kind,
+                              "--m", str(M), "--ef-construction", str(EFC), "--threads", str(a.threads)],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        build = float(re.search(r"built in ([0-9.]+) s", out).group(1))
+        out = subprocess.run([a.r1s, "index", "eval", "--index", idx, "--queries", os.path.join(a.work, "queries.jsonl"),
+                              "--ef", ",".join(map(str, EFS)), "--save-queries", qnpy], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+                for m in re.finditer(r"^(flat \(exact\)|hnsw(?:-rs)? ef=\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
+        flat = rows.pop("flat (exact)")
+        return build, {int(k.split("=")[1]): v for k, v in rows.items()}, flat
+
     qnpy = os.path.join(a.work, "queries.npy")
-    out = subprocess.run([a.r1s, "index", "eval", "--index", idx, "--queries", os.path.join(a.work, "queries.jsonl"),
-                          "--ef", ",".join(map(str, EFS)), "--save-queries", qnpy], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    r1s_rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
-                for m in re.finditer(r"^(flat \(exact\)|hnsw ef=\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
+    r1s_build, r1s_rows, r1s_flat = r1s_hnsw("hnsw")
+    rs_build, rs_rows, _ = r1s_hnsw("hnsw-rs")
 
     # r1s through FAISS (HNSW32, FAISS's default efConstruction 40: the C API does not expose it)
     fidx = fresh_index_dir(a.work, "r1s-faiss", a.fixture)
@@ -94,19 +102,28 @@ def main():
     print(f"\n{n} x {d} MiniLM vectors, {len(q)} real questions, k={K}, {a.threads} threads; HNSW M={M} efC={EFC}")
     print(f"{'what':<34} {'build s':>8} {'recall@10':>10} {'queries/s':>10}")
     print(f"{'faiss IndexFlatIP':<34} {'0':>8} {1.0:>10.4f} {faiss_flat_qps:>10.0f}")
-    print(f"{'r1s flat':<34} {'0':>8} {r1s_rows['flat (exact)'][0]:>10.4f} {r1s_rows['flat (exact)'][1]:>10.0f}")
+    print(f"{'r1s flat':<34} {'0':>8} {r1s_flat[0]:>10.4f} {r1s_flat[1]:>10.0f}")
     for ef in EFS:
         print(f"{'faiss IndexHNSWFlat ef=' + str(ef):<34} {faiss_build:>8.2f} {faiss_rows[ef][0]:>10.4f} {faiss_rows[ef][1]:>10.0f}")
         print(f"{'hnswlib (M=' + str(M // 2) + ') ef=' + str(ef):<34} {hl_build:>8.2f} {hl_rows[ef][0]:>10.4f} {hl_rows[ef][1]:>10.0f}")
-        rr = r1s_rows[f"hnsw ef={ef}"]
+        rr = r1s_rows[ef]
         print(f"{'r1s hnsw ef=' + str(ef):<34} {r1s_build:>8.2f} {rr[0]:>10.4f} {rr[1]:>10.0f}")
+        print(f"{'r1s hnsw-rs ef=' + str(ef):<34} {rs_build:>8.2f} {rs_rows[ef][0]:>10.4f} {rs_rows[ef][1]:>10.0f}")
         print(f"{'faiss HNSW efC=40 ef=' + str(ef):<34} {faiss40_build:>8.2f} {faiss40[ef][0]:>10.4f} {faiss40[ef][1]:>10.0f}")
         print(f"{'r1s faiss HNSW efC=40 ef=' + str(ef):<34} {r1s_faiss_build:>8.2f} {r1s_faiss[ef][0]:>10.4f} {r1s_faiss[ef][1]:>10.0f}")
+    def at_floor(rows):
+        """The best queries/s among the ef values whose recall@10 reaches FLOOR."""
+        return max((qps for r, qps in rows.values() if r >= FLOOR), default=float("nan"))
+
     print("ratios (measured in this run):")
-    print(f"  r1s flat / faiss IndexFlatIP queries/s: {r1s_rows['flat (exact)'][1] / faiss_flat_qps:.2f}x")
+    print(f"  r1s flat / faiss IndexFlatIP queries/s: {r1s_flat[1] / faiss_flat_qps:.2f}x")
     for ef in EFS:
-        print(f"  r1s hnsw / faiss HNSW queries/s at ef={ef}: {r1s_rows[f'hnsw ef={ef}'][1] / faiss_rows[ef][1]:.2f}x")
-    print(f"  build time r1s hnsw / faiss HNSW: {r1s_build / faiss_build:.2f}x")
+        print(f"  r1s hnsw / faiss HNSW queries/s at ef={ef}: {r1s_rows[ef][1] / faiss_rows[ef][1]:.2f}x")
+    print(f"  at recall@10 >= {FLOOR}: r1s hnsw {at_floor(r1s_rows):.0f} q/s, faiss {at_floor(faiss_rows):.0f}, "
+          f"hnswlib {at_floor(hl_rows):.0f}, hnsw-rs {at_floor(rs_rows):.0f}: r1s / faiss "
+          f"{at_floor(r1s_rows) / at_floor(faiss_rows):.2f}x, r1s / hnswlib {at_floor(r1s_rows) / at_floor(hl_rows):.2f}x")
+    print(f"  build time r1s hnsw / faiss HNSW: {r1s_build / faiss_build:.2f}x "
+          f"(hnswlib {hl_build / faiss_build:.2f}x, hnsw-rs {rs_build / faiss_build:.2f}x)")
     for ef in EFS:
         print(f"  r1s --kind faiss / Python faiss (HNSW efC=40) queries/s at ef={ef}: {r1s_faiss[ef][1] / faiss40[ef][1]:.2f}x")
     print(f"  build time r1s --kind faiss / Python faiss (efC=40): {r1s_faiss_build / faiss40_build:.2f}x")

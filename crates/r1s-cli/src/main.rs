@@ -319,13 +319,14 @@ struct IndexBuildArgs {
     /// Index directory (embeddings.npy, index files, manifest.json).
     #[arg(long, short)]
     out: PathBuf,
-    /// flat (exact), hnsw (hnsw_rs) or faiss (any FAISS index_factory string, see --factory).
+    /// flat (exact), hnsw (r1s's graph over the mapped vectors), hnsw-rs (the hnsw_rs crate) or faiss
+    /// (any FAISS index_factory string, see --factory).
     #[arg(long, default_value = "hnsw", value_parser = parse_kind)]
     kind: r1s_index::Kind,
     /// FAISS index_factory string for --kind faiss (Flat, HNSW32, IVF4096,PQ64, ...).
     #[arg(long, default_value = "HNSW32")]
     factory: String,
-    /// HNSW: links per node.
+    /// HNSW: links per node (twice as many at level 0).
     #[arg(long, default_value_t = 32)]
     m: usize,
     /// HNSW: candidates while building.
@@ -1101,17 +1102,22 @@ fn index_eval(
     );
     println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
     println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
+    type Run<'a> = dyn Fn(usize) -> anyhow::Result<(Vec<Vec<r1s_core::Scored>>, f64)> + 'a;
+    let hnsw_rows = |name: &str, default_ef: usize, run: &Run<'_>| -> anyhow::Result<()> {
+        let efs = if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
+        for ef in efs {
+            let (approx, qps) = run(ef)?;
+            let r = r1s_index::recall_at_k(&exact, &approx, k);
+            println!("{:<24} {:>10.4} {:>12.0}", format!("{name} ef={ef}"), r, qps);
+        }
+        Ok(())
+    };
     match &idx.index {
         r1s_index::Index::Hnsw { graph, .. } => {
-            let mut efs = efs.to_vec();
-            if efs.is_empty() {
-                efs.push(graph.params.ef_search);
-            }
-            for ef in efs {
-                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
-                let r = r1s_index::recall_at_k(&exact, &approx, k);
-                println!("{:<24} {:>10.4} {:>12.0}", format!("hnsw ef={ef}"), r, qps);
-            }
+            hnsw_rows("hnsw", graph.params.ef_search, &|ef| timed(&|| graph.search_ef(&qv, k, ef)))?;
+        }
+        r1s_index::Index::HnswRs { graph, .. } => {
+            hnsw_rows("hnsw-rs", graph.params.ef_search, &|ef| timed(&|| graph.search_ef(&qv, k, ef)))?;
         }
         r1s_index::Index::Faiss { index, .. } => {
             let factory = idx.manifest.params["factory"].as_str().unwrap_or("?").to_owned();

@@ -85,11 +85,25 @@ impl Matrix {
         }
     }
 
+    /// All rows, borrowed from the map: f32 values or f16 bit patterns.
+    pub(crate) fn raw(&self) -> Raw<'_> {
+        match self.header.dtype {
+            Dtype::F32 => Raw::F32(bytemuck::cast_slice(self.data())),
+            Dtype::F16 => Raw::F16(bytemuck::cast_slice(self.data())),
+        }
+    }
+
     /// One row as f32.
     pub fn row(&self, r: u64) -> Vec<f32> {
         let mut buf = Vec::new();
         self.block(r, r + 1, &mut buf).to_vec()
     }
+}
+
+/// The data of a [`Matrix`], row-major.
+pub(crate) enum Raw<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
 }
 
 /// A score with a total order (NaN sorts lowest), smallest first in a `BinaryHeap` of `Reverse`.

@@ -1,71 +1,41 @@
-//! Approximate search with `hnsw_rs`: parallel insertion, `M` and `ef_construction` at build,
-//! `ef_search` per query; dumped next to the embeddings and reloaded.
+//! r1s's own HNSW graph (Malkov & Yashunin) over the memory-mapped embeddings.
+//!
+//! The graph holds only links: the vectors stay in `embeddings.npy`, mapped once and shared with the
+//! flat index, so a Wikipedia-sized index is not loaded twice. The graph file (`hnsw.r1s`) is a flat
+//! array of little-endian `u32` words, memory-mapped on load: opening is instant and the pages come in
+//! as searches touch them.
+//!
+//! Layout of `hnsw.r1s` (`u32` words):
+//! `[0..16)` header — magic `R1SH`, `NSW1`, rows (lo, hi), dim, M, M0, max level, entry point,
+//! upper-layer words (lo, hi), efConstruction, 4 reserved; then `levels[rows]`; `upper_off[rows]`
+//! (where a node's upper-layer lists start, `u32::MAX` for level-0 nodes); level-0 lists,
+//! `rows × (1 + M0)` (a count, then the links); upper-layer lists, `level × (1 + M)` per node.
+//!
+//! Build: levels drawn from a seeded generator, node 0 inserted first, then every other node in
+//! parallel (rayon). Lists are read without locks (atomic words: a reader may see a list mid-update,
+//! which only perturbs a search) and written under striped locks. Neighbours are chosen with the
+//! usual diversity heuristic; M links at upper levels, M0 = 2M at level 0, as FAISS's `IndexHNSW`.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use anndists::dist::Distance;
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::Hnsw;
-use hnsw_rs::hnswio::HnswIo;
 use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::distance::{dot, dot4, dot_f16, prefetch};
 use crate::error::{IndexError, Result};
-use crate::flat::Matrix;
-
-/// Inner-product distance `1 − ⟨a, b⟩`, clamped at 0. (hnsw_rs's `DistDot` asserts on the f32 rounding
-/// of unit vectors and panics inside rayon; this one never does.)
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DistIp;
-
-impl Distance<f32> for DistIp {
-    #[inline]
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
-
-/// Dot product with eight independent accumulators (vectorises well).
-#[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// The same loop compiled for AVX2 + FMA, used when the CPU has them (checked once).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// Inner product of two equal-length vectors.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
+use crate::flat::{Matrix, Raw};
 
 /// HNSW parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HnswParams {
-    /// Links per node (hnsw_rs `max_nb_connection`, ≤ 256).
+    /// Links per node at the upper levels (twice as many at level 0), 2..=256.
     pub m: usize,
     pub ef_construction: usize,
     /// Candidates kept while searching; the default keeps recall@10 ≥ 0.95 on real MiniLM vectors.
@@ -78,117 +48,701 @@ impl Default for HnswParams {
     }
 }
 
-/// The basename of the dumped graph files (`hnsw.hnsw.graph`, `hnsw.hnsw.data`).
-pub const BASENAME: &str = "hnsw";
+impl HnswParams {
+    pub(crate) fn check(&self) -> Result<()> {
+        if !(2..=256).contains(&self.m) {
+            return Err(IndexError::Options(format!("M must be in 2..=256, got {}", self.m)));
+        }
+        if self.ef_construction == 0 || self.ef_search == 0 {
+            return Err(IndexError::Options("efConstruction and efSearch must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The graph file in an index directory.
+pub const GRAPH_FILE: &str = "hnsw.r1s";
+const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"R1SH"), u32::from_le_bytes(*b"NSW1")];
+const HEADER_WORDS: usize = 16;
+const MAX_LEVEL: u32 = 31;
+const LEVEL_SEED: u64 = 0x5eed_4a5c_0ffe_e001;
+const LOCK_STRIPES: usize = 1 << 16;
+
+/// A candidate: distance (`−⟨q, v⟩`, smaller is nearer) and node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Near {
+    d: f32,
+    id: u32,
+}
+
+impl Eq for Near {}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.d.total_cmp(&other.d).then(self.id.cmp(&other.id))
+    }
+}
+
+/// The rows of the embedding matrix, f32 or f16, borrowed from the map.
+#[derive(Clone, Copy)]
+enum Vectors<'a> {
+    F32(&'a [f32], usize),
+    F16(&'a [u16], usize),
+}
+
+impl<'a> Vectors<'a> {
+    fn of(m: &'a Matrix) -> Vectors<'a> {
+        match m.raw() {
+            Raw::F32(v) => Vectors::F32(v, m.dim()),
+            Raw::F16(v) => Vectors::F16(v, m.dim()),
+        }
+    }
+
+    /// `−⟨q, row id⟩`.
+    #[inline]
+    fn dist(&self, q: &[f32], id: u32) -> f32 {
+        let i = id as usize;
+        match *self {
+            Vectors::F32(v, d) => -dot(q, &v[i * d..(i + 1) * d]),
+            Vectors::F16(v, d) => -dot_f16(q, &v[i * d..(i + 1) * d]),
+        }
+    }
+
+    /// `−⟨q, row⟩` for four rows.
+    #[inline]
+    fn dist4(&self, q: &[f32], ids: [u32; 4]) -> [f32; 4] {
+        match *self {
+            Vectors::F32(v, d) => dot4(q, ids.map(|i| &v[i as usize * d..(i as usize + 1) * d])).map(|x| -x),
+            Vectors::F16(..) => ids.map(|i| self.dist(q, i)),
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, id: u32) {
+        let i = id as usize;
+        match *self {
+            Vectors::F32(v, d) => {
+                if let Some(x) = v.get(i * d) {
+                    prefetch(x);
+                }
+            }
+            Vectors::F16(v, d) => {
+                if let Some(x) = v.get(i * d) {
+                    prefetch(x);
+                }
+            }
+        }
+    }
+
+    fn row(&self, id: u32) -> Cow<'a, [f32]> {
+        let i = id as usize;
+        match *self {
+            Vectors::F32(v, d) => Cow::Borrowed(&v[i * d..(i + 1) * d]),
+            Vectors::F16(v, d) => Cow::Owned(v[i * d..(i + 1) * d].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()),
+        }
+    }
+}
+
+/// Read access to adjacency lists, during the build (atomic words) or after (plain words).
+trait Links: Sync {
+    fn nodes(&self) -> usize;
+    /// The links of `id` at `level` into `out` (cleared first); nothing for an absent list.
+    fn read(&self, id: u32, level: usize, out: &mut Vec<u32>);
+    /// Starts loading the level-0 list of `id` into the cache.
+    fn prefetch0(&self, id: u32);
+}
+
+/// Where the lists of a graph with these sizes live (word offsets within their section).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    n: usize,
+    m: usize,
+    m0: usize,
+}
+
+impl Shape {
+    /// Start of `id`'s level-0 list (its count word) within the level-0 section.
+    #[inline]
+    fn level0(&self, id: u32) -> usize {
+        id as usize * (self.m0 + 1)
+    }
+    /// Start of `id`'s list at `level ≥ 1` within the upper section, from its `upper_off`.
+    #[inline]
+    fn upper(&self, off: u32, level: usize) -> usize {
+        off as usize + (level - 1) * (self.m + 1)
+    }
+    fn cap(&self, level: usize) -> usize {
+        if level == 0 { self.m0 } else { self.m }
+    }
+}
+
+/// The graph while it is built.
+struct Building {
+    shape: Shape,
+    levels: Vec<u32>,
+    upper_off: Vec<u32>,
+    level0: Vec<AtomicU32>,
+    upper: Vec<AtomicU32>,
+    locks: Vec<Mutex<()>>,
+}
+
+impl Building {
+    fn list(&self, id: u32, level: usize) -> Option<&[AtomicU32]> {
+        let (words, start) = if level == 0 {
+            (&self.level0, self.shape.level0(id))
+        } else {
+            let off = *self.upper_off.get(id as usize)?;
+            if off == u32::MAX || level > *self.levels.get(id as usize)? as usize {
+                return None;
+            }
+            (&self.upper, self.shape.upper(off, level))
+        };
+        words.get(start..start + 1 + self.shape.cap(level))
+    }
+
+    fn write(&self, id: u32, level: usize, links: &[u32]) {
+        if let Some(list) = self.list(id, level) {
+            let n = links.len().min(list.len() - 1);
+            for (w, &l) in list[1..].iter().zip(&links[..n]) {
+                w.store(l, Relaxed);
+            }
+            list[0].store(n as u32, Relaxed);
+        }
+    }
+
+    fn lock(&self, id: u32) -> std::sync::MutexGuard<'_, ()> {
+        self.locks[id as usize % LOCK_STRIPES].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Links for Building {
+    fn nodes(&self) -> usize {
+        self.shape.n
+    }
+    fn read(&self, id: u32, level: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(list) = self.list(id, level) {
+            let n = (list[0].load(Relaxed) as usize).min(list.len() - 1);
+            out.extend(list[1..=n].iter().map(|w| w.load(Relaxed)));
+        }
+    }
+    fn prefetch0(&self, id: u32) {
+        if let Some(w) = self.level0.get(self.shape.level0(id)) {
+            prefetch(w);
+        }
+    }
+}
+
+/// The words of a finished graph, owned (just built) or mapped (loaded).
+enum Words {
+    Owned(Vec<u32>),
+    Mapped(memmap2::Mmap),
+}
+
+/// A finished graph.
+struct Frozen {
+    words: Words,
+    shape: Shape,
+    max_level: usize,
+    entry: u32,
+    upper_off_at: usize,
+    level0_at: usize,
+    upper_at: usize,
+}
+
+impl Frozen {
+    #[inline]
+    fn words(&self) -> &[u32] {
+        match &self.words {
+            Words::Owned(v) => v,
+            // the map is page-aligned and its length a multiple of 4 (checked on load)
+            Words::Mapped(m) => bytemuck::cast_slice(m),
+        }
+    }
+
+    fn layout(shape: Shape, upper_len: usize) -> (usize, usize, usize, usize, usize) {
+        let levels_at = HEADER_WORDS;
+        let upper_off_at = levels_at + shape.n;
+        let level0_at = upper_off_at + shape.n;
+        let upper_at = level0_at + shape.n * (shape.m0 + 1);
+        (levels_at, upper_off_at, level0_at, upper_at, upper_at + upper_len)
+    }
+
+    /// Parses and checks the header of `words` (the whole file).
+    fn parse(words: Words, path: &Path, dim: usize, rows: u64) -> Result<Frozen> {
+        let w: &[u32] = match &words {
+            Words::Owned(v) => v,
+            Words::Mapped(m) => bytemuck::cast_slice(m),
+        };
+        let bad = |reason: String| IndexError::bad(path, reason);
+        if w.len() < HEADER_WORDS || u32::from_le(w[0]) != MAGIC[0] || u32::from_le(w[1]) != MAGIC[1] {
+            return Err(bad("not an r1s HNSW graph (bad magic)".into()));
+        }
+        let h: Vec<u64> = w[..HEADER_WORDS].iter().map(|&x| u64::from(u32::from_le(x))).collect();
+        let n = h[2] | (h[3] << 32);
+        if n != rows || h[4] as usize != dim {
+            return Err(IndexError::Mismatch(format!(
+                "{}: the graph is over [{n}, {}], the manifest says [{rows}, {dim}]",
+                path.display(),
+                h[4]
+            )));
+        }
+        let shape = Shape { n: n as usize, m: h[5] as usize, m0: h[6] as usize };
+        let (max_level, entry, upper_len) = (h[7] as usize, h[8] as u32, (h[9] | (h[10] << 32)) as usize);
+        if shape.m == 0 || shape.m0 == 0 || max_level > MAX_LEVEL as usize || (n > 0 && entry as u64 >= n) {
+            return Err(bad(format!("corrupt header (M {}, M0 {}, top level {max_level}, entry {entry})", shape.m, shape.m0)));
+        }
+        let (_, upper_off_at, level0_at, upper_at, end) = Frozen::layout(shape, upper_len);
+        if w.len() != end {
+            return Err(bad(format!("{} bytes, the header describes {}: truncated or corrupt", w.len() * 4, end * 4)));
+        }
+        Ok(Frozen { words, shape, max_level, entry, upper_off_at, level0_at, upper_at })
+    }
+}
+
+impl Links for Frozen {
+    fn nodes(&self) -> usize {
+        self.shape.n
+    }
+    fn read(&self, id: u32, level: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let w = self.words();
+        let start = if level == 0 {
+            self.level0_at + self.shape.level0(id)
+        } else {
+            match w.get(self.upper_off_at + id as usize) {
+                Some(&off) if off != u32::MAX => self.upper_at + self.shape.upper(u32::from_le(off), level),
+                _ => return,
+            }
+        };
+        let Some(&count) = w.get(start) else { return };
+        let n = (u32::from_le(count) as usize).min(self.shape.cap(level));
+        if let Some(list) = w.get(start + 1..start + 1 + n) {
+            out.extend(list.iter().map(|&x| u32::from_le(x)));
+        }
+    }
+    fn prefetch0(&self, id: u32) {
+        if let Some(w) = self.words().get(self.level0_at + self.shape.level0(id)) {
+            prefetch(w);
+        }
+    }
+}
+
+/// Per-search scratch: visited tags, both heaps, a list buffer.
+struct Scratch {
+    tags: Vec<u16>,
+    tag: u16,
+    cand: BinaryHeap<Reverse<Near>>,
+    res: BinaryHeap<Near>,
+    links: Vec<u32>,
+    fresh: Vec<u32>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            tags: Vec::new(),
+            tag: 0,
+            cand: BinaryHeap::new(),
+            res: BinaryHeap::new(),
+            links: Vec::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Starts a new visit over `n` nodes.
+    fn visit(&mut self, n: usize) {
+        if self.tags.len() != n {
+            self.tags = vec![0; n];
+            self.tag = 0;
+        }
+        self.tag = self.tag.wrapping_add(1);
+        if self.tag == 0 {
+            self.tags.fill(0);
+            self.tag = 1;
+        }
+    }
+}
+
+/// A pool of scratch spaces, one per concurrent search.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Scratch>>);
+
+impl Pool {
+    fn with<T>(&self, f: impl FnOnce(&mut Scratch) -> T) -> T {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(Scratch::new);
+        let out = f(&mut s);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        out
+    }
+}
+
+/// Greedy descent at `level`: moves to a nearer neighbour until none is nearer.
+fn greedy<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], mut cur: Near, level: usize, buf: &mut Vec<u32>) -> Near {
+    loop {
+        let mut moved = false;
+        g.read(cur.id, level, buf);
+        for &nb in buf.iter() {
+            if nb as usize >= g.nodes() {
+                continue;
+            }
+            let d = v.dist(q, nb);
+            if d < cur.d {
+                cur = Near { d, id: nb };
+                moved = true;
+            }
+        }
+        if !moved {
+            return cur;
+        }
+    }
+}
+
+/// Best-first search at `level` from `entry`, keeping `ef` candidates; nearest first.
+fn search_layer<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], entry: &[Near], ef: usize, level: usize, s: &mut Scratch) -> Vec<Near> {
+    let n = g.nodes();
+    s.visit(n);
+    let Scratch { tags, tag, cand, res, links, fresh } = s;
+    cand.clear();
+    res.clear();
+    for &e in entry {
+        if (e.id as usize) < n && tags[e.id as usize] != *tag {
+            tags[e.id as usize] = *tag;
+            cand.push(Reverse(e));
+            res.push(e);
+        }
+    }
+    while res.len() > ef {
+        res.pop();
+    }
+    while let Some(Reverse(c)) = cand.pop() {
+        if res.len() >= ef && res.peek().is_some_and(|w| c.d > w.d) {
+            break;
+        }
+        if level == 0
+            && let Some(Reverse(next)) = cand.peek()
+        {
+            g.prefetch0(next.id);
+        }
+        g.read(c.id, level, links);
+        fresh.clear();
+        for &nb in links.iter() {
+            if let Some(t) = tags.get_mut(nb as usize)
+                && *t != *tag
+            {
+                *t = *tag;
+                fresh.push(nb);
+            }
+        }
+        for &nb in fresh.iter().take(4) {
+            v.prefetch(nb);
+        }
+        let mut offer = |d: f32, id: u32| {
+            if res.len() < ef || res.peek().is_some_and(|w| d < w.d) {
+                cand.push(Reverse(Near { d, id }));
+                res.push(Near { d, id });
+                if res.len() > ef {
+                    res.pop();
+                }
+            }
+        };
+        let mut four = fresh.chunks_exact(4);
+        let mut ahead = fresh.iter().skip(4);
+        for ids in &mut four {
+            for &nb in ahead.by_ref().take(4) {
+                v.prefetch(nb);
+            }
+            let ids = [ids[0], ids[1], ids[2], ids[3]];
+            for (d, id) in v.dist4(q, ids).into_iter().zip(ids) {
+                offer(d, id);
+            }
+        }
+        for &id in four.remainder() {
+            offer(v.dist(q, id), id);
+        }
+    }
+    let mut out: Vec<Near> = res.drain().collect();
+    out.sort_unstable();
+    out
+}
+
+/// The diversity heuristic: walking the candidates nearest first, keep one unless it is nearer to a
+/// neighbour already kept than to the base; at most `max`.
+fn select(v: Vectors<'_>, sorted: &[Near], max: usize) -> Vec<Near> {
+    let mut kept: Vec<(Near, Cow<'_, [f32]>)> = Vec::with_capacity(max);
+    for &c in sorted {
+        if kept.len() >= max {
+            break;
+        }
+        let cv = v.row(c.id);
+        if kept.iter().all(|(r, _)| v.dist(&cv, r.id) > c.d) {
+            kept.push((c, cv));
+        }
+    }
+    kept.into_iter().map(|(c, _)| c).collect()
+}
+
+/// splitmix64: the level generator (deterministic, no dependency).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Top of the graph while building: entry point and its level.
+struct Top {
+    entry: u32,
+    level: usize,
+}
+
+struct Builder<'a> {
+    g: &'a Building,
+    v: Vectors<'a>,
+    top: Mutex<Top>,
+    pool: Pool,
+    ef_construction: usize,
+}
+
+impl Builder<'_> {
+    fn insert(&self, id: u32) {
+        let level = self.g.levels[id as usize] as usize;
+        let q = self.v.row(id);
+        let q: &[f32] = &q;
+        // a node above the current top holds the top lock for its whole insertion (rare)
+        let mut guard = Some(self.top.lock().unwrap_or_else(|p| p.into_inner()));
+        let (entry, top_level) = guard.as_ref().map(|t| (t.entry, t.level)).unwrap_or_default();
+        if level <= top_level {
+            guard = None;
+        }
+        self.pool.with(|s| {
+            let mut ep = Near { d: self.v.dist(q, entry), id: entry };
+            let mut buf = Vec::new();
+            for l in (level + 1..=top_level).rev() {
+                ep = greedy(self.g, self.v, q, ep, l, &mut buf);
+            }
+            let mut entries = vec![ep];
+            for l in (0..=level.min(top_level)).rev() {
+                let mut found = search_layer(self.g, self.v, q, &entries, self.ef_construction, l, s);
+                found.retain(|c| c.id != id);
+                let chosen = select(self.v, &found, self.g.shape.cap(l));
+                let ids: Vec<u32> = chosen.iter().map(|c| c.id).collect();
+                {
+                    let _lock = self.g.lock(id);
+                    self.g.write(id, l, &ids);
+                }
+                for c in &chosen {
+                    self.link_back(c.id, Near { d: c.d, id }, l, &mut buf);
+                }
+                if !found.is_empty() {
+                    entries = found;
+                }
+            }
+        });
+        if let Some(mut t) = guard {
+            t.entry = id;
+            t.level = level;
+        }
+    }
+
+    /// Adds `new` to the list of `node` at `level`; a full list is re-chosen by the heuristic.
+    fn link_back(&self, node: u32, new: Near, level: usize, buf: &mut Vec<u32>) {
+        let _lock = self.g.lock(node);
+        self.g.read(node, level, buf);
+        if buf.contains(&new.id) {
+            return;
+        }
+        if buf.len() < self.g.shape.cap(level) {
+            buf.push(new.id);
+        } else {
+            let base = self.v.row(node);
+            let mut cands: Vec<Near> = buf.iter().map(|&x| Near { d: self.v.dist(&base, x), id: x }).collect();
+            cands.push(new);
+            cands.sort_unstable();
+            *buf = select(self.v, &cands, self.g.shape.cap(level)).into_iter().map(|c| c.id).collect();
+        }
+        self.g.write(node, level, buf);
+    }
+}
 
 /// An HNSW graph over the rows of a matrix.
 pub struct HnswIndex {
-    hnsw: Hnsw<'static, f32, DistIp>,
-    dim: usize,
-    rows: u64,
+    graph: Frozen,
+    matrix: Matrix,
+    pool: Pool,
     pub params: HnswParams,
 }
 
 impl std::fmt::Debug for HnswIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HnswIndex").field("rows", &self.rows).field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("HnswIndex")
+            .field("rows", &self.graph.shape.n)
+            .field("top_level", &self.graph.max_level)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
 impl HnswIndex {
-    /// Builds the graph over every row of `matrix`, inserting in parallel.
+    /// Builds the graph over every row of `matrix` (mapped again from its file), inserting in
+    /// parallel on the current rayon pool.
     pub fn build(matrix: &Matrix, params: HnswParams, progress: &dyn Progress, cancel: &Cancel) -> Result<HnswIndex> {
-        if params.m == 0 || params.m > 256 {
-            return Err(IndexError::Options(format!("M must be in 1..=256, got {}", params.m)));
+        params.check()?;
+        let matrix = Matrix::open(matrix.path())?;
+        let n = usize::try_from(matrix.rows()).ok().filter(|&n| n < u32::MAX as usize).ok_or_else(|| {
+            IndexError::Options(format!("{} rows: an r1s HNSW graph holds fewer than 2^32", matrix.rows()))
+        })?;
+        let shape = Shape { n, m: params.m, m0: 2 * params.m };
+        // levels: floor(−ln U / ln M), drawn in row order from a fixed seed
+        let mut rng = LEVEL_SEED;
+        let mult = 1.0 / (params.m as f64).ln();
+        let levels: Vec<u32> = (0..n)
+            .map(|_| {
+                let u = ((splitmix(&mut rng) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                ((-u.ln() * mult) as u32).min(MAX_LEVEL)
+            })
+            .collect();
+        let mut upper_off = Vec::with_capacity(n);
+        let mut upper_len = 0usize;
+        for &l in &levels {
+            if l == 0 {
+                upper_off.push(u32::MAX);
+            } else {
+                upper_off.push(u32::try_from(upper_len).map_err(|_| IndexError::Options("graph too large".into()))?);
+                upper_len += l as usize * (shape.m + 1);
+            }
         }
-        let rows = matrix.rows();
-        let hnsw = Hnsw::new(params.m, rows as usize, 16, params.ef_construction.max(params.m), DistIp);
-        progress.start("hnsw build", Some(rows), Unit::Items);
-        const CHUNK: u64 = 4096;
-        let mut buf = Vec::new();
-        let mut start = 0;
-        while start < rows {
+        let g = Building {
+            shape,
+            levels,
+            upper_off,
+            level0: (0..n * (shape.m0 + 1)).map(|_| AtomicU32::new(0)).collect(),
+            upper: (0..upper_len).map(|_| AtomicU32::new(0)).collect(),
+            locks: (0..LOCK_STRIPES.min(n.max(1))).map(|_| Mutex::new(())).collect(),
+        };
+        progress.start("hnsw build", Some(n as u64), Unit::Items);
+        let max_level = g.levels.first().copied().unwrap_or(0) as usize;
+        let b = Builder {
+            g: &g,
+            v: Vectors::of(&matrix),
+            top: Mutex::new(Top { entry: 0, level: max_level }),
+            pool: Pool::default(),
+            ef_construction: params.ef_construction.max(params.m),
+        };
+        let chunk = (n / 200).clamp(1024, 65_536);
+        let mut start = 1.min(n);
+        progress.advance(start as u64);
+        while start < n {
             if cancel.is_cancelled() {
                 return Err(IndexError::Cancelled);
             }
-            let end = (start + CHUNK).min(rows);
-            let block = matrix.block(start, end, &mut buf);
-            let items: Vec<(&[f32], usize)> =
-                block.chunks_exact(matrix.dim()).enumerate().map(|(j, v)| (v, (start as usize) + j)).collect();
-            items.par_iter().for_each(|&item| hnsw.insert_slice(item));
-            progress.advance(end - start);
+            let end = (start + chunk).min(n);
+            (start as u32..end as u32).into_par_iter().for_each(|id| b.insert(id));
+            progress.advance((end - start) as u64);
             start = end;
         }
-        progress.finish(&format!("{rows} vectors linked (M {}, efC {})", params.m, params.ef_construction));
-        let mut hnsw = hnsw;
-        hnsw.set_searching_mode(true);
-        Ok(HnswIndex { hnsw, dim: matrix.dim(), rows, params })
+        let top = b.top.into_inner().unwrap_or_else(|p| p.into_inner());
+        progress.finish(&format!("{n} vectors linked (M {}, efC {})", params.m, params.ef_construction));
+        let words = freeze(&g, matrix.dim(), top, params.ef_construction);
+        let graph = Frozen::parse(Words::Owned(words), Path::new(GRAPH_FILE), matrix.dim(), n as u64)?;
+        Ok(HnswIndex { graph, matrix, pool: Pool::default(), params })
     }
 
-    /// Writes the graph into `dir` (files `hnsw.hnsw.graph` and `hnsw.hnsw.data`).
+    /// Writes the graph to `dir/hnsw.r1s` (through a temporary file renamed into place).
     pub fn dump(&self, dir: &Path) -> Result<()> {
-        let used =
-            self.hnsw.file_dump(dir, BASENAME).map_err(|e| IndexError::bad(dir, format!("hnsw dump failed: {e}")))?;
-        if used != BASENAME {
-            // hnsw_rs picks another basename when the files exist: move them over ours
-            for ext in ["hnsw.graph", "hnsw.data"] {
-                let from = dir.join(format!("{used}.{ext}"));
-                std::fs::rename(&from, dir.join(format!("{BASENAME}.{ext}"))).map_err(|e| IndexError::io(&from, e))?;
+        let path = dir.join(GRAPH_FILE);
+        let tmp = path.with_extension("r1s.part");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            for chunk in self.graph.words().chunks(1 << 16) {
+                f.write_all(bytemuck::cast_slice(chunk))?;
             }
-        }
-        Ok(())
-    }
-
-    /// Reloads a dumped graph, checking it against the expected size.
-    pub fn load(dir: &Path, dim: usize, rows: u64, params: HnswParams) -> Result<HnswIndex> {
-        for ext in ["hnsw.graph", "hnsw.data"] {
-            let p = dir.join(format!("{BASENAME}.{ext}"));
-            let len = std::fs::metadata(&p).map_err(|e| IndexError::io(&p, e))?.len();
-            if len == 0 {
-                return Err(IndexError::bad(&p, "empty file"));
-            }
-        }
-        // hnsw_rs's loaded graph borrows its loader for as long as it lives; the index lives as long
-        // as the process that searches it, so the (small) loader is leaked deliberately.
-        let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-        let loaded =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.load_hnsw_with_dist::<f32, DistIp>(DistIp)));
-        let mut hnsw = match loaded {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                return Err(IndexError::bad(dir.join("hnsw.hnsw.graph"), format!("cannot load the graph: {e}")));
-            }
-            Err(_) => return Err(IndexError::bad(dir.join("hnsw.hnsw.graph"), "corrupt graph (the loader panicked)")),
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()
         };
-        if hnsw.get_nb_point() as u64 != rows {
-            return Err(IndexError::Mismatch(format!(
-                "{}: the graph holds {} points, the manifest says {rows}",
-                dir.display(),
-                hnsw.get_nb_point()
-            )));
-        }
-        hnsw.set_searching_mode(true);
-        Ok(HnswIndex { hnsw, dim, rows, params })
+        write().map_err(|e| IndexError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))
     }
 
-    /// Search with an explicit `ef`.
+    /// Maps `dir/hnsw.r1s` and the embeddings, checking the graph against the expected size.
+    pub fn load(dir: &Path, embeddings: &Path, dim: usize, rows: u64, params: HnswParams) -> Result<HnswIndex> {
+        let path: PathBuf = dir.join(GRAPH_FILE);
+        let file = std::fs::File::open(&path).map_err(|e| IndexError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| IndexError::io(&path, e))?.len();
+        if len % 4 != 0 || len < (HEADER_WORDS * 4) as u64 {
+            return Err(IndexError::bad(&path, format!("{len} bytes: truncated or corrupt")));
+        }
+        // SAFETY: the file is only read, and its length checked above; r1s never rewrites a graph in
+        // place (a rebuild writes a new file and renames it).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(&path, e))?;
+        let graph = Frozen::parse(Words::Mapped(map), &path, dim, rows)?;
+        let matrix = Matrix::open(embeddings)?;
+        Ok(HnswIndex { graph, matrix, pool: Pool::default(), params })
+    }
+
+    /// The highest level of the graph.
+    pub fn top_level(&self) -> usize {
+        self.graph.max_level
+    }
+
+    fn search_one(&self, q: &[f32], k: usize, ef: usize, s: &mut Scratch) -> Vec<Scored> {
+        let g = &self.graph;
+        if g.shape.n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let v = Vectors::of(&self.matrix);
+        let mut ep = Near { d: v.dist(q, g.entry), id: g.entry };
+        let mut buf = std::mem::take(&mut s.links);
+        for l in (1..=g.max_level).rev() {
+            ep = greedy(g, v, q, ep, l, &mut buf);
+        }
+        s.links = buf;
+        let found = search_layer(g, v, q, &[ep], ef.max(k), 0, s);
+        found.into_iter().take(k).map(|c| (u64::from(c.id), -c.d)).collect()
+    }
+
+    /// Search with an explicit `ef`, queries in parallel.
     pub fn search_ef(&self, queries: &[f32], k: usize, ef: usize) -> Result<Vec<Vec<Scored>>> {
-        crate::error::query_rows(queries, self.dim)?;
-        let ef = ef.max(k);
+        let d = self.matrix.dim();
+        crate::error::query_rows(queries, d)?;
         Ok(queries
-            .par_chunks_exact(self.dim)
-            .map(|q| self.hnsw.search(q, k, ef).into_iter().map(|n| (n.d_id as u64, 1.0 - n.distance)).collect())
+            .par_chunks_exact(d)
+            .map(|q| self.pool.with(|s| self.search_one(q, k, ef, s)))
             .collect())
     }
+}
+
+/// The file words of a built graph.
+fn freeze(g: &Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32> {
+    let shape = g.shape;
+    let (_, _, _, _, end) = Frozen::layout(shape, g.upper.len());
+    let mut w = Vec::with_capacity(end);
+    let n = shape.n as u64;
+    let upper = g.upper.len() as u64;
+    w.extend_from_slice(&MAGIC);
+    w.extend([n as u32, (n >> 32) as u32, dim as u32, shape.m as u32, shape.m0 as u32, top.level as u32, top.entry]);
+    w.extend([upper as u32, (upper >> 32) as u32, ef_construction as u32]);
+    w.resize(HEADER_WORDS, 0);
+    w.extend_from_slice(&g.levels);
+    w.extend_from_slice(&g.upper_off);
+    w.extend(g.level0.iter().map(|a| a.load(Relaxed)));
+    w.extend(g.upper.iter().map(|a| a.load(Relaxed)));
+    // the file's byte order, in memory too (a no-op on little-endian machines)
+    w.iter_mut().for_each(|x| *x = x.to_le());
+    w
 }
 
 impl VectorIndex for HnswIndex {
     type Error = IndexError;
     fn dim(&self) -> usize {
-        self.dim
+        self.matrix.dim()
     }
     fn len(&self) -> u64 {
-        self.rows
+        self.graph.shape.n as u64
     }
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
         self.search_ef(queries, k, self.params.ef_search)

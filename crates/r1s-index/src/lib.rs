@@ -1,6 +1,9 @@
 //! Vector indexes for r1s, behind [`r1s_core::VectorIndex`]:
 //! - [`FlatIndex`]: exact inner product over the memory-mapped `embeddings.npy` (f32 or f16);
-//! - [`HnswIndex`]: hnsw_rs graph (parallel build, `ef_search` per query), dumped and reloaded.
+//! - [`HnswIndex`] (`hnsw`): r1s's own HNSW graph, links only, memory-mapped; the vectors are read
+//!   from the same mapped `embeddings.npy` as the flat index (parallel build, `ef_search` per query);
+//! - [`HnswRsIndex`] (`hnsw-rs`): the hnsw_rs crate's graph, for comparison;
+//! - [`FaissIndex`] (`faiss`, cargo feature): any FAISS `index_factory` string.
 //!
 //! An index directory holds `embeddings.npy` + `embeddings.json` (from `r1s embed`), the index files
 //! and `manifest.json`, written last and atomically: a directory without it is not an index.
@@ -14,8 +17,10 @@ pub mod faiss_index;
 #[cfg(not(feature = "faiss"))]
 #[path = "faiss_disabled.rs"]
 pub mod faiss_index;
+pub mod distance;
 pub mod flat;
 pub mod hnsw;
+pub mod hnsw_rs_index;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +32,7 @@ pub use error::{IndexError, Result};
 pub use faiss_index::FaissIndex;
 pub use flat::{FlatIndex, Matrix, TopK, naive_search};
 pub use hnsw::{HnswIndex, HnswParams};
+pub use hnsw_rs_index::HnswRsIndex;
 
 /// File names in an index directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -40,6 +46,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum Kind {
     Flat,
     Hnsw,
+    #[serde(rename = "hnsw-rs")]
+    HnswRs,
     Faiss,
 }
 
@@ -49,8 +57,9 @@ impl std::str::FromStr for Kind {
         match s {
             "flat" => Ok(Kind::Flat),
             "hnsw" => Ok(Kind::Hnsw),
+            "hnsw-rs" => Ok(Kind::HnswRs),
             "faiss" => Ok(Kind::Faiss),
-            _ => Err(format!("unknown index kind {s:?} (flat, hnsw, faiss)")),
+            _ => Err(format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss)")),
         }
     }
 }
@@ -91,6 +100,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub enum Index {
     Flat(FlatIndex),
     Hnsw { graph: HnswIndex, flat: FlatIndex },
+    HnswRs { graph: HnswRsIndex, flat: FlatIndex },
     Faiss { index: FaissIndex, flat: FlatIndex },
 }
 
@@ -154,10 +164,18 @@ impl OpenIndex {
         }
         let index = match manifest.kind {
             Kind::Flat => Index::Flat(flat),
-            Kind::Hnsw => {
+            Kind::Hnsw | Kind::HnswRs => {
                 let params: HnswParams = serde_json::from_value(manifest.params.clone())
                     .map_err(|e| IndexError::bad(&mpath, format!("bad hnsw params: {e}")))?;
-                Index::Hnsw { graph: HnswIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
+                // an `hnsw` directory from before r1s had its own graph holds hnsw_rs files
+                let legacy = !dir.join(hnsw::GRAPH_FILE).exists() && dir.join(hnsw_rs_index::FILES[0]).exists();
+                if manifest.kind == Kind::HnswRs || legacy {
+                    Index::HnswRs { graph: HnswRsIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
+                } else {
+                    let graph =
+                        HnswIndex::load(dir, &dir.join(EMBEDDINGS_FILE), manifest.dim, manifest.rows, params)?;
+                    Index::Hnsw { graph, flat }
+                }
             }
             Kind::Faiss => {
                 let params: FaissParams = serde_json::from_value(manifest.params.clone())
@@ -193,6 +211,7 @@ impl OpenIndex {
         }
         match &mut self.index {
             Index::Hnsw { graph, .. } => graph.params.ef_search = ef,
+            Index::HnswRs { graph, .. } => graph.params.ef_search = ef,
             Index::Faiss { index, .. } => {
                 if self.manifest.params["factory"].as_str().is_some_and(|f| f.contains("HNSW")) {
                     index.set_parameter("efSearch", ef as f64)?;
@@ -207,7 +226,7 @@ impl OpenIndex {
     pub fn flat(&self) -> &FlatIndex {
         match &self.index {
             Index::Flat(f) => f,
-            Index::Hnsw { flat, .. } | Index::Faiss { flat, .. } => flat,
+            Index::Hnsw { flat, .. } | Index::HnswRs { flat, .. } | Index::Faiss { flat, .. } => flat,
         }
     }
 }
@@ -224,6 +243,7 @@ impl VectorIndex for OpenIndex {
         match &self.index {
             Index::Flat(f) => f.search(queries, k),
             Index::Hnsw { graph, .. } => graph.search(queries, k),
+            Index::HnswRs { graph, .. } => graph.search(queries, k),
             Index::Faiss { index, .. } => index.search(queries, k),
         }
     }
@@ -251,10 +271,28 @@ pub fn build(
     if mpath.exists() {
         std::fs::remove_file(&mpath).map_err(|e| IndexError::io(&mpath, e))?;
     }
+    // index files of the other kinds would be stale: they go too
+    let own: &[&str] = match kind {
+        Kind::Flat => &[],
+        Kind::Hnsw => &[hnsw::GRAPH_FILE],
+        Kind::HnswRs => &hnsw_rs_index::FILES,
+        Kind::Faiss => &[faiss_index::FILE],
+    };
+    for name in [hnsw::GRAPH_FILE, faiss_index::FILE].iter().chain(&hnsw_rs_index::FILES) {
+        let path = dir.join(name);
+        if !own.contains(name) && path.exists() {
+            std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+        }
+    }
     let params = match kind {
         Kind::Flat => serde_json::json!({}),
         Kind::Hnsw => {
             let graph = HnswIndex::build(&matrix, p.hnsw, progress, cancel)?;
+            graph.dump(dir)?;
+            serde_json::to_value(p.hnsw).unwrap_or_default()
+        }
+        Kind::HnswRs => {
+            let graph = HnswRsIndex::build(&matrix, p.hnsw, progress, cancel)?;
             graph.dump(dir)?;
             serde_json::to_value(p.hnsw).unwrap_or_default()
         }
