@@ -28,7 +28,7 @@ use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot, dot4, dot_f16, prefetch};
+use crate::distance::{dot, dot_f16, dot4, prefetch};
 use crate::error::{IndexError, Result};
 use crate::flat::{Matrix, Raw};
 
@@ -142,7 +142,9 @@ impl<'a> Vectors<'a> {
         let i = id as usize;
         match *self {
             Vectors::F32(v, d) => Cow::Borrowed(&v[i * d..(i + 1) * d]),
-            Vectors::F16(v, d) => Cow::Owned(v[i * d..(i + 1) * d].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()),
+            Vectors::F16(v, d) => {
+                Cow::Owned(v[i * d..(i + 1) * d].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect())
+            }
         }
     }
 }
@@ -156,61 +158,102 @@ trait Links: Sync {
     fn prefetch0(&self, id: u32);
 }
 
-/// Where the lists of a graph with these sizes live (word offsets within their section).
+/// A little-endian word of the graph file: plain (finished graph) or atomic (while building).
+trait Word: Sync {
+    fn get(&self) -> u32;
+}
+impl Word for u32 {
+    #[inline]
+    fn get(&self) -> u32 {
+        u32::from_le(*self)
+    }
+}
+impl Word for AtomicU32 {
+    #[inline]
+    fn get(&self) -> u32 {
+        u32::from_le(self.load(Relaxed))
+    }
+}
+
+/// The sizes of a graph and where its sections start in the file's words.
 #[derive(Debug, Clone, Copy)]
-struct Shape {
+struct Layout {
     n: usize,
     m: usize,
     m0: usize,
+    upper_len: usize,
+    levels_at: usize,
+    upper_off_at: usize,
+    level0_at: usize,
+    upper_at: usize,
+    end: usize,
 }
 
-impl Shape {
-    /// Start of `id`'s level-0 list (its count word) within the level-0 section.
-    #[inline]
-    fn level0(&self, id: u32) -> usize {
-        id as usize * (self.m0 + 1)
+impl Layout {
+    fn new(n: usize, m: usize, upper_len: usize) -> Layout {
+        let m0 = 2 * m;
+        let levels_at = HEADER_WORDS;
+        let upper_off_at = levels_at + n;
+        let level0_at = upper_off_at + n;
+        let upper_at = level0_at + n * (m0 + 1);
+        Layout { n, m, m0, upper_len, levels_at, upper_off_at, level0_at, upper_at, end: upper_at + upper_len }
     }
-    /// Start of `id`'s list at `level ≥ 1` within the upper section, from its `upper_off`.
-    #[inline]
-    fn upper(&self, off: u32, level: usize) -> usize {
-        off as usize + (level - 1) * (self.m + 1)
-    }
+
     fn cap(&self, level: usize) -> usize {
         if level == 0 { self.m0 } else { self.m }
     }
+
+    /// The words of `id`'s list at `level` (its count, then `cap` slots); `None` if it has none.
+    #[inline]
+    fn list<'w, W: Word>(&self, w: &'w [W], id: u32, level: usize) -> Option<&'w [W]> {
+        let start = if level == 0 {
+            self.level0_at + id as usize * (self.m0 + 1)
+        } else {
+            let off = w.get(self.upper_off_at + id as usize)?.get();
+            if off == u32::MAX {
+                return None;
+            }
+            self.upper_at + off as usize + (level - 1) * (self.m + 1)
+        };
+        w.get(start..start + 1 + self.cap(level))
+    }
+
+    #[inline]
+    fn read<W: Word>(&self, w: &[W], id: u32, level: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(list) = self.list(w, id, level) {
+            let n = (list[0].get() as usize).min(list.len() - 1);
+            out.extend(list[1..=n].iter().map(Word::get));
+        }
+    }
+
+    #[inline]
+    fn prefetch0<W: Word>(&self, w: &[W], id: u32) {
+        if let Some(x) = w.get(self.level0_at + id as usize * (self.m0 + 1)) {
+            prefetch(x);
+        }
+    }
 }
 
-/// The graph while it is built.
+/// The graph while it is built: the file's words, atomic.
 struct Building {
-    shape: Shape,
-    levels: Vec<u32>,
-    upper_off: Vec<u32>,
-    level0: Vec<AtomicU32>,
-    upper: Vec<AtomicU32>,
+    at: Layout,
+    words: Vec<AtomicU32>,
     locks: Vec<Mutex<()>>,
 }
 
 impl Building {
-    fn list(&self, id: u32, level: usize) -> Option<&[AtomicU32]> {
-        let (words, start) = if level == 0 {
-            (&self.level0, self.shape.level0(id))
-        } else {
-            let off = *self.upper_off.get(id as usize)?;
-            if off == u32::MAX || level > *self.levels.get(id as usize)? as usize {
-                return None;
-            }
-            (&self.upper, self.shape.upper(off, level))
-        };
-        words.get(start..start + 1 + self.shape.cap(level))
+    fn level(&self, id: u32) -> usize {
+        self.words[self.at.levels_at + id as usize].get() as usize
     }
 
     fn write(&self, id: u32, level: usize, links: &[u32]) {
-        if let Some(list) = self.list(id, level) {
+        if let Some(list) = self.at.list(&self.words, id, level) {
             let n = links.len().min(list.len() - 1);
             for (w, &l) in list[1..].iter().zip(&links[..n]) {
-                w.store(l, Relaxed);
+                w.store(l.to_le(), Relaxed);
             }
-            list[0].store(n as u32, Relaxed);
+            list[0].store((n as u32).to_le(), Relaxed);
         }
     }
 
@@ -221,19 +264,13 @@ impl Building {
 
 impl Links for Building {
     fn nodes(&self) -> usize {
-        self.shape.n
+        self.at.n
     }
     fn read(&self, id: u32, level: usize, out: &mut Vec<u32>) {
-        out.clear();
-        if let Some(list) = self.list(id, level) {
-            let n = (list[0].load(Relaxed) as usize).min(list.len() - 1);
-            out.extend(list[1..=n].iter().map(|w| w.load(Relaxed)));
-        }
+        self.at.read(&self.words, id, level, out);
     }
     fn prefetch0(&self, id: u32) {
-        if let Some(w) = self.level0.get(self.shape.level0(id)) {
-            prefetch(w);
-        }
+        self.at.prefetch0(&self.words, id);
     }
 }
 
@@ -243,46 +280,34 @@ enum Words {
     Mapped(memmap2::Mmap),
 }
 
-/// A finished graph.
-struct Frozen {
-    words: Words,
-    shape: Shape,
-    max_level: usize,
-    entry: u32,
-    upper_off_at: usize,
-    level0_at: usize,
-    upper_at: usize,
-}
-
-impl Frozen {
+impl Words {
     #[inline]
-    fn words(&self) -> &[u32] {
-        match &self.words {
+    fn get(&self) -> &[u32] {
+        match self {
             Words::Owned(v) => v,
             // the map is page-aligned and its length a multiple of 4 (checked on load)
             Words::Mapped(m) => bytemuck::cast_slice(m),
         }
     }
+}
 
-    fn layout(shape: Shape, upper_len: usize) -> (usize, usize, usize, usize, usize) {
-        let levels_at = HEADER_WORDS;
-        let upper_off_at = levels_at + shape.n;
-        let level0_at = upper_off_at + shape.n;
-        let upper_at = level0_at + shape.n * (shape.m0 + 1);
-        (levels_at, upper_off_at, level0_at, upper_at, upper_at + upper_len)
-    }
+/// A finished graph.
+struct Frozen {
+    words: Words,
+    at: Layout,
+    max_level: usize,
+    entry: u32,
+}
 
+impl Frozen {
     /// Parses and checks the header of `words` (the whole file).
     fn parse(words: Words, path: &Path, dim: usize, rows: u64) -> Result<Frozen> {
-        let w: &[u32] = match &words {
-            Words::Owned(v) => v,
-            Words::Mapped(m) => bytemuck::cast_slice(m),
-        };
+        let w = words.get();
         let bad = |reason: String| IndexError::bad(path, reason);
-        if w.len() < HEADER_WORDS || u32::from_le(w[0]) != MAGIC[0] || u32::from_le(w[1]) != MAGIC[1] {
+        if w.len() < HEADER_WORDS || w[0].get() != MAGIC[0] || w[1].get() != MAGIC[1] {
             return Err(bad("not an r1s HNSW graph (bad magic)".into()));
         }
-        let h: Vec<u64> = w[..HEADER_WORDS].iter().map(|&x| u64::from(u32::from_le(x))).collect();
+        let h: Vec<u64> = w[..HEADER_WORDS].iter().map(|x| u64::from(x.get())).collect();
         let n = h[2] | (h[3] << 32);
         if n != rows || h[4] as usize != dim {
             return Err(IndexError::Mismatch(format!(
@@ -291,44 +316,31 @@ impl Frozen {
                 h[4]
             )));
         }
-        let shape = Shape { n: n as usize, m: h[5] as usize, m0: h[6] as usize };
-        let (max_level, entry, upper_len) = (h[7] as usize, h[8] as u32, (h[9] | (h[10] << 32)) as usize);
-        if shape.m == 0 || shape.m0 == 0 || max_level > MAX_LEVEL as usize || (n > 0 && entry as u64 >= n) {
-            return Err(bad(format!("corrupt header (M {}, M0 {}, top level {max_level}, entry {entry})", shape.m, shape.m0)));
+        let (m, m0, max_level, entry) = (h[5] as usize, h[6] as usize, h[7] as usize, h[8] as u32);
+        if m < 2 || m0 != 2 * m || max_level > MAX_LEVEL as usize || (n > 0 && u64::from(entry) >= n) {
+            return Err(bad(format!("corrupt header (M {m}, M0 {m0}, top level {max_level}, entry {entry})")));
         }
-        let (_, upper_off_at, level0_at, upper_at, end) = Frozen::layout(shape, upper_len);
-        if w.len() != end {
-            return Err(bad(format!("{} bytes, the header describes {}: truncated or corrupt", w.len() * 4, end * 4)));
+        let at = Layout::new(n as usize, m, (h[9] | (h[10] << 32)) as usize);
+        if w.len() != at.end {
+            return Err(bad(format!(
+                "{} bytes, the header describes {}: truncated or corrupt",
+                w.len() * 4,
+                at.end * 4
+            )));
         }
-        Ok(Frozen { words, shape, max_level, entry, upper_off_at, level0_at, upper_at })
+        Ok(Frozen { words, at, max_level, entry })
     }
 }
 
 impl Links for Frozen {
     fn nodes(&self) -> usize {
-        self.shape.n
+        self.at.n
     }
     fn read(&self, id: u32, level: usize, out: &mut Vec<u32>) {
-        out.clear();
-        let w = self.words();
-        let start = if level == 0 {
-            self.level0_at + self.shape.level0(id)
-        } else {
-            match w.get(self.upper_off_at + id as usize) {
-                Some(&off) if off != u32::MAX => self.upper_at + self.shape.upper(u32::from_le(off), level),
-                _ => return,
-            }
-        };
-        let Some(&count) = w.get(start) else { return };
-        let n = (u32::from_le(count) as usize).min(self.shape.cap(level));
-        if let Some(list) = w.get(start + 1..start + 1 + n) {
-            out.extend(list.iter().map(|&x| u32::from_le(x)));
-        }
+        self.at.read(self.words.get(), id, level, out);
     }
     fn prefetch0(&self, id: u32) {
-        if let Some(w) = self.words().get(self.level0_at + self.shape.level0(id)) {
-            prefetch(w);
-        }
+        self.at.prefetch0(self.words.get(), id);
     }
 }
 
@@ -403,7 +415,15 @@ fn greedy<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], mut cur: Near, level: usiz
 }
 
 /// Best-first search at `level` from `entry`, keeping `ef` candidates; nearest first.
-fn search_layer<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], entry: &[Near], ef: usize, level: usize, s: &mut Scratch) -> Vec<Near> {
+fn search_layer<L: Links>(
+    g: &L,
+    v: Vectors<'_>,
+    q: &[f32],
+    entry: &[Near],
+    ef: usize,
+    level: usize,
+    s: &mut Scratch,
+) -> Vec<Near> {
     let n = g.nodes();
     s.visit(n);
     let Scratch { tags, tag, cand, res, links, fresh } = s;
@@ -511,7 +531,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn insert(&self, id: u32) {
-        let level = self.g.levels[id as usize] as usize;
+        let level = self.g.level(id);
         let q = self.v.row(id);
         let q: &[f32] = &q;
         // a node above the current top holds the top lock for its whole insertion (rare)
@@ -530,7 +550,7 @@ impl Builder<'_> {
             for l in (0..=level.min(top_level)).rev() {
                 let mut found = search_layer(self.g, self.v, q, &entries, self.ef_construction, l, s);
                 found.retain(|c| c.id != id);
-                let chosen = select(self.v, &found, self.g.shape.cap(l));
+                let chosen = select(self.v, &found, self.g.at.cap(l));
                 let ids: Vec<u32> = chosen.iter().map(|c| c.id).collect();
                 {
                     let _lock = self.g.lock(id);
@@ -557,14 +577,14 @@ impl Builder<'_> {
         if buf.contains(&new.id) {
             return;
         }
-        if buf.len() < self.g.shape.cap(level) {
+        if buf.len() < self.g.at.cap(level) {
             buf.push(new.id);
         } else {
             let base = self.v.row(node);
             let mut cands: Vec<Near> = buf.iter().map(|&x| Near { d: self.v.dist(&base, x), id: x }).collect();
             cands.push(new);
             cands.sort_unstable();
-            *buf = select(self.v, &cands, self.g.shape.cap(level)).into_iter().map(|c| c.id).collect();
+            *buf = select(self.v, &cands, self.g.at.cap(level)).into_iter().map(|c| c.id).collect();
         }
         self.g.write(node, level, buf);
     }
@@ -581,7 +601,7 @@ pub struct HnswIndex {
 impl std::fmt::Debug for HnswIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HnswIndex")
-            .field("rows", &self.graph.shape.n)
+            .field("rows", &self.graph.at.n)
             .field("top_level", &self.graph.max_level)
             .field("params", &self.params)
             .finish_non_exhaustive()
@@ -597,7 +617,6 @@ impl HnswIndex {
         let n = usize::try_from(matrix.rows()).ok().filter(|&n| n < u32::MAX as usize).ok_or_else(|| {
             IndexError::Options(format!("{} rows: an r1s HNSW graph holds fewer than 2^32", matrix.rows()))
         })?;
-        let shape = Shape { n, m: params.m, m0: 2 * params.m };
         // levels: floor(−ln U / ln M), drawn in row order from a fixed seed
         let mut rng = LEVEL_SEED;
         let mult = 1.0 / (params.m as f64).ln();
@@ -607,26 +626,28 @@ impl HnswIndex {
                 ((-u.ln() * mult) as u32).min(MAX_LEVEL)
             })
             .collect();
-        let mut upper_off = Vec::with_capacity(n);
-        let mut upper_len = 0usize;
-        for &l in &levels {
-            if l == 0 {
-                upper_off.push(u32::MAX);
-            } else {
-                upper_off.push(u32::try_from(upper_len).map_err(|_| IndexError::Options("graph too large".into()))?);
-                upper_len += l as usize * (shape.m + 1);
-            }
+        let upper_len: usize = levels.iter().map(|&l| l as usize * (params.m + 1)).sum();
+        if upper_len >= u32::MAX as usize {
+            return Err(IndexError::Options(format!("{n} rows at M {}: the upper levels overflow", params.m)));
         }
+        // the file's words, built in place: the graph never exists twice in memory
+        let at = Layout::new(n, params.m, upper_len);
+        let mut words = vec![0u32; at.end];
+        words[at.levels_at..at.upper_off_at].copy_from_slice(&levels);
+        let mut off = 0u32;
+        for (slot, &l) in words[at.upper_off_at..at.level0_at].iter_mut().zip(&levels) {
+            *slot = if l == 0 { u32::MAX } else { off };
+            off += l * (params.m as u32 + 1);
+        }
+        drop(levels);
+        words.iter_mut().for_each(|x| *x = x.to_le());
         let g = Building {
-            shape,
-            levels,
-            upper_off,
-            level0: (0..n * (shape.m0 + 1)).map(|_| AtomicU32::new(0)).collect(),
-            upper: (0..upper_len).map(|_| AtomicU32::new(0)).collect(),
+            at,
+            words: words.into_iter().map(AtomicU32::new).collect(),
             locks: (0..LOCK_STRIPES.min(n.max(1))).map(|_| Mutex::new(())).collect(),
         };
         progress.start("hnsw build", Some(n as u64), Unit::Items);
-        let max_level = g.levels.first().copied().unwrap_or(0) as usize;
+        let max_level = if n == 0 { 0 } else { g.level(0) };
         let b = Builder {
             g: &g,
             v: Vectors::of(&matrix),
@@ -648,7 +669,7 @@ impl HnswIndex {
         }
         let top = b.top.into_inner().unwrap_or_else(|p| p.into_inner());
         progress.finish(&format!("{n} vectors linked (M {}, efC {})", params.m, params.ef_construction));
-        let words = freeze(&g, matrix.dim(), top, params.ef_construction);
+        let words = freeze(g, matrix.dim(), top, params.ef_construction);
         let graph = Frozen::parse(Words::Owned(words), Path::new(GRAPH_FILE), matrix.dim(), n as u64)?;
         Ok(HnswIndex { graph, matrix, pool: Pool::default(), params })
     }
@@ -659,7 +680,7 @@ impl HnswIndex {
         let tmp = path.with_extension("r1s.part");
         let write = || -> std::io::Result<()> {
             let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-            for chunk in self.graph.words().chunks(1 << 16) {
+            for chunk in self.graph.words.get().chunks(1 << 16) {
                 f.write_all(bytemuck::cast_slice(chunk))?;
             }
             f.into_inner().map_err(|e| e.into_error())?.sync_all()
@@ -691,7 +712,7 @@ impl HnswIndex {
 
     fn search_one(&self, q: &[f32], k: usize, ef: usize, s: &mut Scratch) -> Vec<Scored> {
         let g = &self.graph;
-        if g.shape.n == 0 || k == 0 {
+        if g.at.n == 0 || k == 0 {
             return Vec::new();
         }
         let v = Vectors::of(&self.matrix);
@@ -709,31 +730,33 @@ impl HnswIndex {
     pub fn search_ef(&self, queries: &[f32], k: usize, ef: usize) -> Result<Vec<Vec<Scored>>> {
         let d = self.matrix.dim();
         crate::error::query_rows(queries, d)?;
-        Ok(queries
-            .par_chunks_exact(d)
-            .map(|q| self.pool.with(|s| self.search_one(q, k, ef, s)))
-            .collect())
+        Ok(queries.par_chunks_exact(d).map(|q| self.pool.with(|s| self.search_one(q, k, ef, s))).collect())
     }
 }
 
-/// The file words of a built graph.
-fn freeze(g: &Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32> {
-    let shape = g.shape;
-    let (_, _, _, _, end) = Frozen::layout(shape, g.upper.len());
-    let mut w = Vec::with_capacity(end);
-    let n = shape.n as u64;
-    let upper = g.upper.len() as u64;
-    w.extend_from_slice(&MAGIC);
-    w.extend([n as u32, (n >> 32) as u32, dim as u32, shape.m as u32, shape.m0 as u32, top.level as u32, top.entry]);
-    w.extend([upper as u32, (upper >> 32) as u32, ef_construction as u32]);
-    w.resize(HEADER_WORDS, 0);
-    w.extend_from_slice(&g.levels);
-    w.extend_from_slice(&g.upper_off);
-    w.extend(g.level0.iter().map(|a| a.load(Relaxed)));
-    w.extend(g.upper.iter().map(|a| a.load(Relaxed)));
-    // the file's byte order, in memory too (a no-op on little-endian machines)
-    w.iter_mut().for_each(|x| *x = x.to_le());
-    w
+/// The file words of a built graph: its header filled in, the atomics turned into plain words in
+/// place (same size and alignment: no copy).
+fn freeze(g: Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32> {
+    let at = g.at;
+    let (n, upper) = (at.n as u64, at.upper_len as u64);
+    let header = [
+        MAGIC[0],
+        MAGIC[1],
+        n as u32,
+        (n >> 32) as u32,
+        dim as u32,
+        at.m as u32,
+        at.m0 as u32,
+        top.level as u32,
+        top.entry,
+        upper as u32,
+        (upper >> 32) as u32,
+        ef_construction as u32,
+    ];
+    for (w, h) in g.words.iter().zip(header) {
+        w.store(h.to_le(), Relaxed);
+    }
+    g.words.into_iter().map(AtomicU32::into_inner).collect()
 }
 
 impl VectorIndex for HnswIndex {
@@ -742,7 +765,7 @@ impl VectorIndex for HnswIndex {
         self.matrix.dim()
     }
     fn len(&self) -> u64 {
-        self.graph.shape.n as u64
+        self.graph.at.n as u64
     }
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
         self.search_ef(queries, k, self.params.ef_search)

@@ -12,8 +12,8 @@ use hnsw_rs::hnswio::HnswIo;
 use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 
-use crate::error::{IndexError, Result};
 use crate::distance::dot;
+use crate::error::{IndexError, Result};
 use crate::flat::Matrix;
 use crate::hnsw::HnswParams;
 

@@ -11,13 +11,13 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod distance;
 pub mod error;
 #[cfg(feature = "faiss")]
 pub mod faiss_index;
 #[cfg(not(feature = "faiss"))]
 #[path = "faiss_disabled.rs"]
 pub mod faiss_index;
-pub mod distance;
 pub mod flat;
 pub mod hnsw;
 pub mod hnsw_rs_index;
@@ -172,8 +172,7 @@ impl OpenIndex {
                 if manifest.kind == Kind::HnswRs || legacy {
                     Index::HnswRs { graph: HnswRsIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
                 } else {
-                    let graph =
-                        HnswIndex::load(dir, &dir.join(EMBEDDINGS_FILE), manifest.dim, manifest.rows, params)?;
+                    let graph = HnswIndex::load(dir, &dir.join(EMBEDDINGS_FILE), manifest.dim, manifest.rows, params)?;
                     Index::Hnsw { graph, flat }
                 }
             }

@@ -186,8 +186,18 @@ fn hnsw_graph_edge_cases() {
         assert!(g.search(&[0.0; 8], 0).unwrap()[0].is_empty());
         assert!(matches!(g.search(&[0.0; 7], 1), Err(IndexError::WrongDimension { .. })));
     }
-    let (dir, _) = graph_dir(Dtype::F32, 10, 8, 1);
+    // one thread: the same graph, byte for byte (levels come from a fixed seed)
+    let (dir, _) = graph_dir(Dtype::F32, 3000, 16, 4);
     let m = Matrix::open(&dir.path().join("embeddings.npy")).unwrap();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let graph_bytes = |sub: &str| {
+        let g = one.install(|| HnswIndex::build(&m, HnswParams::default(), &NoProgress, &Cancel::new())).unwrap();
+        let out = dir.path().join(sub);
+        std::fs::create_dir_all(&out).unwrap();
+        g.dump(&out).unwrap();
+        std::fs::read(out.join(r1s_index::hnsw::GRAPH_FILE)).unwrap()
+    };
+    assert_eq!(graph_bytes("a"), graph_bytes("b"));
     let bad = HnswParams { m: 1, ..HnswParams::default() };
     assert!(matches!(HnswIndex::build(&m, bad, &NoProgress, &Cancel::new()), Err(IndexError::Options(_))));
 }
