@@ -288,20 +288,29 @@ pub fn hf_tensors(model: &Llama) -> Result<BTreeMap<String, Weights>> {
 
 /// Writes `model` as one f32 safetensors file with Hugging Face names (atomically).
 pub fn save_safetensors(model: &Llama, path: &Path) -> Result<()> {
-    let tensors = hf_tensors(model)?;
+    let tensors = hf_tensors(model)?.into_iter().map(|(k, (v, s))| (k, v, s)).collect();
+    let data = f32_safetensors(tensors, BTreeMap::new()).map_err(PolicyError::Options)?;
+    r1s_core::fsutil::write_atomic(path, &data).map_err(|e| PolicyError::io(path, e))
+}
+
+/// The bytes of a safetensors file holding f32 `(name, values, shape)` tensors and `meta`; the error
+/// says which tensor does not fit its shape.
+pub fn f32_safetensors(
+    tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    meta: BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-        tensors.into_iter().map(|(k, (v, s))| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        tensors.into_iter().map(|(k, v, s)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
+    let views = bytes
         .iter()
         .map(|(k, b, s)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
                 .map(|v| (k.clone(), v))
-                .map_err(|e| PolicyError::Options(format!("tensor {k}: {e}")))
+                .map_err(|e| format!("tensor {k}: {e}"))
         })
-        .collect::<Result<_>>()?;
-    let data = safetensors::serialize(views, None)
-        .map_err(|e| PolicyError::Options(format!("serialising safetensors: {e}")))?;
-    r1s_core::fsutil::write_atomic(path, &data).map_err(|e| PolicyError::io(path, e))
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let meta = (!meta.is_empty()).then(|| meta.into_iter().collect());
+    safetensors::serialize(views, meta).map_err(|e| format!("serialising safetensors: {e}"))
 }
 
 /// Deterministic small random weights (uniform ±0.2, norms near 1) for every tensor `cfg` needs:

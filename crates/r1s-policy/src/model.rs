@@ -266,12 +266,16 @@ impl Llama {
     /// Logits `[b, t, v]` of hidden states `[b, t, h]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, h] = hidden.dims();
-        let flat = hidden.reshape([b * t, h]);
-        let out = match &self.lm_head {
-            Some(head) => head.forward(flat),
-            None => flat.matmul(self.embed.val().transpose()),
-        };
+        let out = self.head(hidden.reshape([b * t, h]));
         let v = out.dims()[1];
         out.reshape([b, t, v])
+    }
+
+    /// Logits of `[n, hidden]` rows: the LM head, or the tied embeddings.
+    pub fn head(&self, rows: Tensor<2>) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.forward(rows),
+            None => rows.matmul(self.embed.val().transpose()),
+        }
     }
 }

@@ -42,17 +42,7 @@ type Named = Vec<(String, Vec<f32>, Vec<usize>)>;
 type Loaded = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
 
 fn write_tensors(path: &Path, tensors: Named, meta: BTreeMap<String, String>) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-        tensors.into_iter().map(|(k, v, s)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
-    let views = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| ck_err(path, format!("tensor {k}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, Some(meta.into_iter().collect())).map_err(|e| ck_err(path, e))?;
+    let data = r1s_policy::load::f32_safetensors(tensors, meta).map_err(|e| ck_err(path, e))?;
     std::fs::write(path, data).map_err(|e| TrainError::io(path, e))
 }
 

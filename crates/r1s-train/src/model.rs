@@ -128,7 +128,7 @@ impl Split {
         let layers = policy.model.blocks.len();
         let k = if train_blocks == 0 { layers } else { train_blocks.min(layers) };
         let first = layers - k;
-        let plain_top = Top { blocks: policy.model.blocks[first..].to_vec(), norm: policy.model.norm.clone() };
+        let plain_top = top_of(&policy, first);
         let ad = policy.device().clone().autodiff();
         let mut top = plain_top.clone().fork(&ad);
         for (_, mut p) in top.params_mut(first) {
@@ -150,7 +150,7 @@ impl Split {
 
     /// The plain top (what the plain model holds now).
     pub fn plain_top(&self) -> Top {
-        Top { blocks: self.policy.model.blocks[self.first..].to_vec(), norm: self.policy.model.norm.clone() }
+        top_of(&self.policy, self.first)
     }
 
     /// Boundary hidden states `[b, t, h]` of right-padded `seqs` (no graph), and their step.
@@ -184,10 +184,7 @@ impl Split {
         let dev = x.device();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [n]), &dev);
         let picked_h = x.reshape([b * t, h]).select(0, idx);
-        let logits = match &p.model.lm_head {
-            Some(head) => head.forward(picked_h),
-            None => picked_h.matmul(p.model.embed.val().transpose()),
-        };
+        let logits = p.model.head(picked_h);
         let logp = activation::log_softmax(logits, 1);
         let tg = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &dev);
         let chosen = logp.clone().gather(1, tg).reshape([n]);
@@ -197,6 +194,11 @@ impl Split {
         });
         Ok((chosen, ent))
     }
+}
+
+/// A copy of the blocks from `first` on and the final norm of a plain model.
+fn top_of(policy: &Policy, first: usize) -> Top {
+    Top { blocks: policy.model.blocks[first..].to_vec(), norm: policy.model.norm.clone() }
 }
 
 /// The number of trainable parameters.
