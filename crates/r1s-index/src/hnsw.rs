@@ -60,6 +60,20 @@ impl HnswParams {
     }
 }
 
+/// Inner-product distance `1 − ⟨a, b⟩`, clamped at 0, for the `hnsw-rs` kind (hnsw_rs's `DistDot`
+/// asserts on the f32 rounding of unit vectors and panics inside rayon; this one never does). It lives
+/// here because hnsw_rs records the distance's type path (`r1s_index::hnsw::DistIp`) in its dumps and
+/// refuses to load them under another: graphs dumped before r1s had its own HNSW carry this path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DistIp;
+
+impl anndists::dist::Distance<f32> for DistIp {
+    #[inline]
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
 /// The graph file in an index directory.
 pub const GRAPH_FILE: &str = "hnsw.r1s";
 const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"R1SH"), u32::from_le_bytes(*b"NSW1")];

@@ -5,29 +5,15 @@
 
 use std::path::Path;
 
-use anndists::dist::Distance;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 
-use crate::distance::dot;
 use crate::error::{IndexError, Result};
 use crate::flat::Matrix;
-use crate::hnsw::HnswParams;
-
-/// Inner-product distance `1 − ⟨a, b⟩`, clamped at 0. (hnsw_rs's `DistDot` asserts on the f32 rounding
-/// of unit vectors and panics inside rayon; this one never does.)
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DistIp;
-
-impl Distance<f32> for DistIp {
-    #[inline]
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
+use crate::hnsw::{DistIp, HnswParams};
 
 /// The basename of the dumped graph files (`hnsw.hnsw.graph`, `hnsw.hnsw.data`).
 pub const BASENAME: &str = "hnsw";

@@ -201,3 +201,10 @@ fn hnsw_graph_edge_cases() {
     let bad = HnswParams { m: 1, ..HnswParams::default() };
     assert!(matches!(HnswIndex::build(&m, bad, &NoProgress, &Cancel::new()), Err(IndexError::Options(_))));
 }
+
+#[test]
+fn hnsw_rs_dumps_name_the_distance_old_indexes_were_written_with() {
+    // hnsw_rs refuses a dump whose recorded distance type path differs; `hnsw` directories written
+    // before r1s had its own graph recorded this one
+    assert_eq!(std::any::type_name::<r1s_index::hnsw::DistIp>(), "r1s_index::hnsw::DistIp");
+}

@@ -180,6 +180,19 @@ pub struct Stage {
     /// Overrides `train.lr` for this stage.
     #[serde(default)]
     pub lr: Option<f64>,
+    /// Overrides `train.advantage` for this stage.
+    #[serde(default)]
+    pub advantage: Option<Advantage>,
+    /// Overrides `train.kl_beta` for this stage.
+    #[serde(default)]
+    pub kl_beta: Option<f32>,
+}
+
+impl TrainConfig {
+    /// Whether some stage has a KL term (and so needs the reference model).
+    pub fn uses_kl(&self) -> bool {
+        self.stages.iter().any(|s| s.kl_beta.unwrap_or(self.train.kl_beta) > 0.0)
+    }
 }
 
 fn d_prompts() -> usize {
@@ -228,6 +241,9 @@ impl TrainConfig {
             return Err("[retriever] needs exactly one of index, url".into());
         }
         for s in &self.stages {
+            if s.kl_beta.is_some_and(|b| b.is_nan() || b < 0.0) {
+                return Err(format!("stage {:?}: kl_beta must be ≥ 0", s.name));
+            }
             if s.steps == 0 || s.prompts_per_step == 0 || s.rollouts_per_prompt == 0 || s.topk == 0 {
                 return Err(format!(
                     "stage {:?}: steps, prompts_per_step, rollouts_per_prompt, topk must be ≥ 1",

@@ -160,7 +160,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         if resume && from.is_none() {
             log::warn!("no checkpoint under {}; starting from {}", out.display(), cfg.model.init.display());
         }
-        let with_ref = cfg.train.kl_beta > 0.0;
+        let with_ref = cfg.uses_kl();
         let lr0 = cfg.stages[0].lr.unwrap_or(cfg.train.lr);
         let (split, opt, state) = match &from {
             Some(dir) => {
@@ -293,9 +293,9 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             episodes.push(Episode { group: g, reward, seq });
         }
         let settings = RlSettings {
-            advantage: self.cfg.train.advantage,
+            advantage: stage.advantage.unwrap_or(self.cfg.train.advantage),
             clip_eps: self.cfg.train.clip_eps,
-            kl_beta: self.cfg.train.kl_beta,
+            kl_beta: stage.kl_beta.unwrap_or(self.cfg.train.kl_beta),
             kl_estimator: self.cfg.train.kl_estimator,
             kl_placement: self.cfg.train.kl_placement,
             micro_batch: self.cfg.train.micro_batch,
