@@ -731,11 +731,9 @@ impl HnswIndex {
         }
         let v = Vectors::of(&self.matrix);
         let mut ep = Near { d: v.dist(q, g.entry), id: g.entry };
-        let mut buf = std::mem::take(&mut s.links);
         for l in (1..=g.max_level).rev() {
-            ep = greedy(g, v, q, ep, l, &mut buf);
+            ep = greedy(g, v, q, ep, l, &mut s.links);
         }
-        s.links = buf;
         let found = search_layer(g, v, q, &[ep], ef.max(k), 0, s);
         found.into_iter().take(k).map(|c| (u64::from(c.id), -c.d)).collect()
     }

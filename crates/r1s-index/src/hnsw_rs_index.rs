@@ -37,9 +37,7 @@ impl std::fmt::Debug for HnswRsIndex {
 impl HnswRsIndex {
     /// Builds the graph over every row of `matrix`, inserting in parallel.
     pub fn build(matrix: &Matrix, params: HnswParams, progress: &dyn Progress, cancel: &Cancel) -> Result<HnswRsIndex> {
-        if params.m == 0 || params.m > 256 {
-            return Err(IndexError::Options(format!("M must be in 1..=256, got {}", params.m)));
-        }
+        params.check()?;
         let rows = matrix.rows();
         let hnsw = Hnsw::new(params.m, rows as usize, 16, params.ef_construction.max(params.m), DistIp);
         progress.start("hnsw build", Some(rows), Unit::Items);
@@ -80,8 +78,8 @@ impl HnswRsIndex {
 
     /// Reloads a dumped graph, checking it against the expected size.
     pub fn load(dir: &Path, dim: usize, rows: u64, params: HnswParams) -> Result<HnswRsIndex> {
-        for ext in ["hnsw.graph", "hnsw.data"] {
-            let p = dir.join(format!("{BASENAME}.{ext}"));
+        for name in FILES {
+            let p = dir.join(name);
             let len = std::fs::metadata(&p).map_err(|e| IndexError::io(&p, e))?.len();
             if len == 0 {
                 return Err(IndexError::bad(&p, "empty file"));
@@ -95,9 +93,9 @@ impl HnswRsIndex {
         let mut hnsw = match loaded {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
-                return Err(IndexError::bad(dir.join("hnsw.hnsw.graph"), format!("cannot load the graph: {e}")));
+                return Err(IndexError::bad(dir.join(FILES[0]), format!("cannot load the graph: {e}")));
             }
-            Err(_) => return Err(IndexError::bad(dir.join("hnsw.hnsw.graph"), "corrupt graph (the loader panicked)")),
+            Err(_) => return Err(IndexError::bad(dir.join(FILES[0]), "corrupt graph (the loader panicked)")),
         };
         if hnsw.get_nb_point() as u64 != rows {
             return Err(IndexError::Mismatch(format!(

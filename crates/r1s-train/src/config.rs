@@ -188,13 +188,6 @@ pub struct Stage {
     pub kl_beta: Option<f32>,
 }
 
-impl TrainConfig {
-    /// Whether some stage has a KL term (and so needs the reference model).
-    pub fn uses_kl(&self) -> bool {
-        self.stages.iter().any(|s| s.kl_beta.unwrap_or(self.train.kl_beta) > 0.0)
-    }
-}
-
 fn d_prompts() -> usize {
     64
 }
@@ -215,6 +208,11 @@ fn d_topk() -> usize {
 }
 
 impl TrainConfig {
+    /// Whether some stage has a KL term (and so needs the reference model).
+    pub fn uses_kl(&self) -> bool {
+        self.stages.iter().any(|s| s.kl_beta.unwrap_or(self.train.kl_beta) > 0.0)
+    }
+
     /// Reads and checks a config file. Relative paths in it are taken from the current directory,
     /// as on the command line.
     pub fn read(path: &Path) -> Result<TrainConfig> {
