@@ -54,15 +54,19 @@ fn step(c: &mut Criterion) {
     let mut g = c.benchmark_group("train");
     g.sample_size(10);
     g.throughput(Throughput::Elements(tokens as u64));
-    for blocks in [8usize, 0] {
+    let lora = r1s_train::config::LoraConfig::default();
+    for (blocks, lora) in [(8usize, None), (0, None), (8, Some(&lora)), (0, Some(&lora))] {
         let mut split = Split::new(
             Policy::new(base.model.clone(), base.cfg.clone(), base.tokenizer.clone(), &device),
             blocks,
             false,
+            lora,
+            1,
         )
         .expect("split");
         let mut opt = AdamW::new(adam);
         let name = if blocks == 0 { "all".to_owned() } else { blocks.to_string() };
+        let name = if lora.is_some() { format!("{name}-lora8") } else { name };
         g.bench_with_input(BenchmarkId::new("optimize_8x_smollm2_blocks", name), &episodes, |b, eps| {
             b.iter(|| optimize(&mut split, &mut opt, eps, &s).expect("step").loss)
         });

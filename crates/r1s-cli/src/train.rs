@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use r1s_core::Cancel;
+use r1s_train::config::LoraConfig;
 
 use crate::{Globals, open_retriever, progress, use_threads};
 
@@ -46,9 +47,31 @@ pub struct TrainArgs {
     /// Override train.train_blocks.
     #[arg(long)]
     train_blocks: Option<usize>,
+    #[command(flatten)]
+    lora: LoraArgs,
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
+}
+
+/// LoRA flags of `policy train` and `policy sft`.
+#[derive(Debug, Args)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank on the trainable blocks' projections instead of the blocks.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA alpha (scale alpha/rank; default: twice the rank).
+    #[arg(long, requires = "lora_rank")]
+    lora_alpha: Option<f64>,
+}
+
+impl LoraArgs {
+    /// `current` with the flags applied.
+    fn apply(&self, current: Option<LoraConfig>) -> Option<LoraConfig> {
+        let Some(rank) = self.lora_rank else { return current };
+        let alpha = self.lora_alpha.unwrap_or(2.0 * rank as f64);
+        Some(LoraConfig { rank, alpha, ..current.unwrap_or_default() })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +88,8 @@ pub struct SftArgs {
     /// Train the last K blocks (0: all).
     #[arg(long, default_value_t = 0)]
     train_blocks: usize,
+    #[command(flatten)]
+    lora: LoraArgs,
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -189,6 +214,7 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     if let Some(k) = a.train_blocks {
         cfg.train.train_blocks = k;
     }
+    cfg.train.lora = a.lora.apply(cfg.train.lora.take());
     if !a.stage.is_empty() {
         let names: Vec<String> = cfg.stages.iter().map(|s| s.name.clone()).collect();
         cfg.stages.retain(|s| a.stage.contains(&s.name));
@@ -212,12 +238,12 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     let bars = progress::Bars::new(g.quiet);
     let mut t = r1s_train::trainer::Trainer::new(cfg, a.resume, &retriever, &bars, cancel)?;
     let out = t.cfg.train.out.clone();
+    let layers = t.split.policy.model.blocks.len();
+    let what = t.split.lora.as_ref().map_or(String::new(), |l| format!("LoRA rank {} on ", l.cfg.rank));
+    let n = r1s_train::model::count_params(&mut t.split);
     bars.println(&format!(
-        "training blocks {}..{} of {} ({} parameters); output {}",
+        "training {what}blocks {}..{layers} of {layers} ({n} parameters); output {}",
         t.split.first,
-        t.split.policy.model.blocks.len(),
-        t.split.policy.model.blocks.len(),
-        r1s_train::model::count_params(&mut t.split.top, t.split.first),
         out.display()
     ));
     t.run(&mut |row| bars.println(&step_line(row)))?;
@@ -233,6 +259,7 @@ pub fn sft(a: SftArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         out: a.out,
         device: a.device,
         train_blocks: a.train_blocks,
+        lora: a.lora.apply(None),
         lr: a.lr,
         weight_decay: a.weight_decay,
         max_grad_norm: a.max_grad_norm,

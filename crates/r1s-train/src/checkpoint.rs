@@ -3,18 +3,27 @@
 //! `generation_config.json`: `r1s` and Python tools load it as a model) and the trainer's state
 //! (`optimizer.safetensors` with AdamW's moments, `reference.safetensors` with the reference
 //! model's trainable part, `trainer.json` with the step, stage, seed and configuration).
+//! With LoRA, `model.safetensors` holds the adapters merged in; the adapters themselves are in
+//! `adapter/` (`adapter_model.safetensors` + `adapter_config.json`: PEFT's names, layout and config,
+//! for the frozen top in `reference.safetensors`, i.e. the model the run or stage started from).
 //! Written to `NAME.part` and renamed when complete.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use r1s_policy::Policy;
 use serde::{Deserialize, Serialize};
 
+use crate::config::LoraConfig;
 use crate::error::{Result, TrainError};
-use crate::model::{ParamMut, Top};
+use crate::model::{Lora, ParamMut, Split, Top};
 use crate::optim::{AdamW, Moments};
+
+/// The subdirectory of a checkpoint with the LoRA adapters (PEFT's `adapter_config.json` and
+/// `adapter_model.safetensors`).
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// The trainer's position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +37,9 @@ pub struct TrainerState {
     pub seed: u64,
     /// Trainable blocks (the split must match on resume).
     pub train_blocks: usize,
+    /// LoRA settings (must match on resume).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// The configuration that produced it (TOML or SFT flags as JSON).
     pub config: serde_json::Value,
 }
@@ -110,21 +122,32 @@ fn top_tensors(top: &mut Top, first: usize) -> Result<Named> {
         .collect()
 }
 
-/// Saves a checkpoint `dir` (atomically: `dir.part` renamed).
-pub fn save(
-    dir: &Path,
-    policy: &Policy,
-    opt: &AdamW,
-    reference: Option<&Top>,
-    first: usize,
-    state: &TrainerState,
-) -> Result<()> {
+/// PEFT's layout of the adapters: `lora_A.weight` `[rank, in]`, `lora_B.weight` `[out, rank]` (the
+/// transposes of r1s's).
+fn adapter_tensors(lora: &mut Lora, first: usize) -> Result<Named> {
+    lora.params_mut(first)
+        .into_iter()
+        .map(|(name, p)| {
+            let ParamMut::Matrix(m) = p else { unreachable!("adapters are matrices") };
+            let [a, b] = m.val().dims();
+            let v = crate::episode::to_vec(m.val().inner().transpose().reshape([a * b]))?;
+            Ok((name, v, vec![b, a]))
+        })
+        .collect()
+}
+
+fn write_json(p: &Path, v: &serde_json::Value) -> Result<()> {
+    std::fs::write(p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(p, e))?).map_err(|e| TrainError::io(p, e))
+}
+
+/// Saves a checkpoint of `split` in `dir` (atomically: `dir.part` renamed).
+pub fn save(dir: &Path, split: &Split, opt: &AdamW, state: &TrainerState) -> Result<()> {
     let part = dir.with_extension("part");
     if part.exists() {
         std::fs::remove_dir_all(&part).map_err(|e| TrainError::io(&part, e))?;
     }
     std::fs::create_dir_all(&part).map_err(|e| TrainError::io(&part, e))?;
-    save_model(policy, &part)?;
+    save_model(&split.policy, &part)?;
     let mut tensors = Vec::new();
     for (name, m) in &opt.state {
         let (mv, vv) = (crate::episode::to_vec(m.m.clone())?, crate::episode::to_vec(m.v.clone())?);
@@ -134,8 +157,28 @@ pub fn save(
     }
     let meta = BTreeMap::from([("step".to_owned(), opt.t.to_string())]);
     write_tensors(&part.join("optimizer.safetensors"), tensors, meta)?;
-    if let Some(r) = reference {
-        write_tensors(&part.join("reference.safetensors"), top_tensors(&mut r.clone(), first)?, BTreeMap::new())?;
+    // with LoRA the frozen top is the adapters' base and equals the reference
+    let base = if split.lora.is_some() { Some(split.top.valid()) } else { split.reference.clone() };
+    if let Some(mut r) = base {
+        write_tensors(&part.join("reference.safetensors"), top_tensors(&mut r, split.first)?, BTreeMap::new())?;
+    }
+    if let Some(l) = &split.lora {
+        let layers = split.policy.model.blocks.len();
+        // in a subdirectory: transformers loads an adapter it finds beside model.safetensors on
+        // top of it, which would apply the already merged adapters twice
+        let adapter = part.join(ADAPTER_DIR);
+        std::fs::create_dir_all(&adapter).map_err(|e| TrainError::io(&adapter, e))?;
+        write_json(
+            &adapter.join("adapter_config.json"),
+            &serde_json::json!({
+                "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": l.cfg.rank, "lora_alpha": l.cfg.alpha,
+                "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+                "target_modules": l.cfg.targets, "layers_to_transform": (split.first..layers).collect::<Vec<_>>(),
+                "base_model_name_or_path": null,
+            }),
+        )?;
+        let tensors = adapter_tensors(&mut l.clone(), split.first)?;
+        write_tensors(&adapter.join("adapter_model.safetensors"), tensors, BTreeMap::new())?;
     }
     let sp = part.join("trainer.json");
     std::fs::write(&sp, serde_json::to_vec_pretty(state).map_err(|e| ck_err(&sp, e))?)
@@ -168,6 +211,45 @@ pub fn load_optimizer(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<()
         opt.state.insert(base, Moments { m: vec1(tensors[k].clone(), device), v: vec1(v.clone(), device) });
     }
     Ok(())
+}
+
+/// The split saved in checkpoint `dir`: its model, reference and, with LoRA, frozen top and adapters.
+pub fn load_split(
+    dir: &Path,
+    device: &Device,
+    train_blocks: usize,
+    with_reference: bool,
+    lora: Option<&LoraConfig>,
+    seed: u64,
+) -> Result<Split> {
+    let mut split = Split::new(Policy::load(dir, device)?, train_blocks, with_reference, lora, seed)?;
+    if split.lora.is_none() {
+        if let Some(r) = split.reference.as_mut() {
+            load_reference(dir, r, split.first, device)?;
+        }
+        return Ok(split);
+    }
+    let mut base = split.top.valid();
+    load_reference(dir, &mut base, split.first, device)?;
+    split.top = base.clone().fork(&split.ad).no_grad();
+    if split.reference.is_some() {
+        split.reference = Some(base);
+    }
+    let p = dir.join(ADAPTER_DIR).join("adapter_model.safetensors");
+    let (tensors, _) = read_tensors(&p)?;
+    let ad = split.ad.clone();
+    for (name, mut param) in split.params_mut() {
+        let ParamMut::Matrix(m) = &param else { unreachable!("adapters are matrices") };
+        let [a, b] = m.val().dims();
+        let v = tensors.get(&name).ok_or_else(|| ck_err(&p, format!("no {name}")))?;
+        if v.len() != a * b {
+            return Err(ck_err(&p, format!("{name} has {} values, the adapter {}", v.len(), a * b)));
+        }
+        let t = Tensor::<2>::from_data(TensorData::new(v.clone(), [b, a]), device).transpose().reshape([a * b]);
+        param.set(t, &ad);
+    }
+    split.sync();
+    Ok(split)
 }
 
 /// Loads the reference top of checkpoint `dir` into `top` (same split).

@@ -9,6 +9,9 @@
 //! out = "runs/demo"
 //! train_blocks = 4            # the last K blocks (0: all)
 //! lr = 2e-6
+//! [train.lora]                # optional: LoRA adapters on those blocks instead of their weights
+//! rank = 8
+//! alpha = 16
 //! [[stage]]
 //! name = "stage1"
 //! data = "stage_1.jsonl"
@@ -70,6 +73,8 @@ pub struct Settings {
     pub seed: u64,
     /// Train the last K blocks and the final norm (0: every block).
     pub train_blocks: usize,
+    /// Train LoRA adapters on the projections of those blocks instead of the blocks themselves.
+    pub lora: Option<LoraConfig>,
     pub lr: f64,
     pub betas: [f64; 2],
     pub eps: f64,
@@ -100,6 +105,7 @@ impl Default for Settings {
             out: PathBuf::from("runs/train"),
             seed: 1,
             train_blocks: 0,
+            lora: None,
             lr: 2e-6,
             betas: [0.9, 0.95],
             eps: 1e-8,
@@ -117,6 +123,45 @@ impl Default for Settings {
             prompt: "chat".into(),
             max_len: 2048,
         }
+    }
+}
+
+/// LoRA (Hu et al. 2021) on the trainable blocks: each targeted projection `W` (`[in, out]`) runs as
+/// `W + (alpha / rank) · A · B` with `A` `[in, rank]` and `B` `[rank, out]` trained and `W` frozen;
+/// `B` starts at zero, so training starts from the model as loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Projections by their Hugging Face names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`,
+    /// `up_proj`, `down_proj`).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> LoraConfig {
+        LoraConfig { rank: 8, alpha: 16.0, targets: crate::model::PROJECTIONS.iter().map(|p| p.to_string()).collect() }
+    }
+}
+
+impl LoraConfig {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.rank == 0 || !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(format!("lora: rank must be ≥ 1 and alpha > 0 (rank {}, alpha {})", self.rank, self.alpha));
+        }
+        if self.targets.is_empty() {
+            return Err("lora.targets is empty".into());
+        }
+        if let Some(t) = self.targets.iter().find(|t| !crate::model::PROJECTIONS.contains(&t.as_str())) {
+            return Err(format!("lora.targets: {t:?} is not one of {}", crate::model::PROJECTIONS.join(", ")));
+        }
+        Ok(())
     }
 }
 
@@ -234,6 +279,9 @@ impl TrainConfig {
         }
         if !["chat", "base"].contains(&t.prompt.as_str()) {
             return Err(format!("train.prompt is {:?} (chat, base)", t.prompt));
+        }
+        if let Some(l) = &t.lora {
+            l.check()?;
         }
         if self.retriever.index.is_some() == self.retriever.url.is_some() {
             return Err("[retriever] needs exactly one of index, url".into());

@@ -4,13 +4,48 @@
 //! once per sequence without a graph; its output (the "boundary" hidden states) is kept and fed to
 //! the trainable top, so training pays only for the top. The reference model is a copy of the top
 //! alone. `K = L` trains every block.
+//!
+//! With LoRA the top's weights stay frozen and trainable adapters `A`, `B` sit beside the targeted
+//! projections: each forward pass runs the top with `W + s·A·B` (one small matmul per projection,
+//! in the adapters' graph). The reference model is then the frozen top itself (the same tensors,
+//! no copy), optimizer state covers only the adapters, and at a stage boundary the adapters are
+//! merged into the frozen weights and start again from zero (the stage's result is the next
+//! stage's reference, as without LoRA).
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use r1s_policy::{Block, Policy, Step, run_blocks};
 
+use crate::config::LoraConfig;
 use crate::error::{Result, TrainError};
+
+/// The projections of a block, by their Hugging Face names, in [`linears`] order.
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// Their paths inside a block.
+const PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// A block's two norms and its projections with their Hugging Face paths inside the block
+/// (`self_attn.q_proj`, …).
+type Parts<'a> = (&'a mut Param<Tensor<1>>, &'a mut Param<Tensor<1>>, [(&'static str, &'a mut Linear); 7]);
+
+fn parts(b: &mut Block) -> Parts<'_> {
+    let Block { attn_norm, q, k, v, o, mlp_norm, gate, up, down } = b;
+    let [pq, pk, pv, po, pg, pu, pd] = PATHS;
+    (attn_norm, mlp_norm, [(pq, q), (pk, k), (pv, v), (po, o), (pg, gate), (pu, up), (pd, down)])
+}
+
+fn linears(b: &mut Block) -> [(&'static str, &mut Linear); 7] {
+    parts(b).2
+}
 
 /// The trainable part.
 #[derive(Module, Debug)]
@@ -33,17 +68,9 @@ impl Top {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = |n: &str| format!("model.layers.{}.{n}", first + i);
-            out.push((p("input_layernorm.weight"), ParamMut::Vector(&mut b.attn_norm)));
-            out.push((p("post_attention_layernorm.weight"), ParamMut::Vector(&mut b.mlp_norm)));
-            let linears: [(&str, &mut Linear); 7] = [
-                ("self_attn.q_proj", &mut b.q),
-                ("self_attn.k_proj", &mut b.k),
-                ("self_attn.v_proj", &mut b.v),
-                ("self_attn.o_proj", &mut b.o),
-                ("mlp.gate_proj", &mut b.gate),
-                ("mlp.up_proj", &mut b.up),
-                ("mlp.down_proj", &mut b.down),
-            ];
+            let (attn_norm, mlp_norm, linears) = parts(b);
+            out.push((p("input_layernorm.weight"), ParamMut::Vector(attn_norm)));
+            out.push((p("post_attention_layernorm.weight"), ParamMut::Vector(mlp_norm)));
             for (name, l) in linears {
                 // burn keeps linear weights as [in, out]; the name is HF's (whose layout is [out, in])
                 out.push((p(&format!("{name}.weight")), ParamMut::Matrix(&mut l.weight)));
@@ -115,33 +142,174 @@ pub struct Split {
     pub top: Top,
     /// The reference model's top (plain device), when a KL term is used.
     pub reference: Option<Top>,
+    /// LoRA adapters (then [`Split::top`] is frozen and they are what trains).
+    pub lora: Option<Lora>,
     /// The autodiff device.
     pub ad: Device,
+}
+
+/// One adapter: `A` `[in, rank]`, `B` `[rank, out]` (burn's `[in, out]` layout, as the weights).
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub a: Param<Tensor<2>>,
+    pub b: Param<Tensor<2>>,
+}
+
+/// The adapters of the trainable blocks: `adapters[block][projection]` in [`PROJECTIONS`] order.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub cfg: LoraConfig,
+    pub adapters: Vec<Vec<Option<Adapter>>>,
+}
+
+impl Lora {
+    /// Fresh adapters for `top` (autodiff): `A` uniform in ±1/√in (seeded), `B` zero.
+    pub fn new(cfg: &LoraConfig, top: &mut Top, seed: u64, ad: &Device) -> Lora {
+        let r = cfg.rank;
+        let mut stream = 0u64;
+        let adapters = top
+            .blocks
+            .iter_mut()
+            .map(|b| {
+                linears(b)
+                    .into_iter()
+                    .zip(PROJECTIONS)
+                    .map(|((_, l), short)| {
+                        cfg.targets.iter().any(|t| t == short).then(|| {
+                            let [i, o] = l.weight.val().dims();
+                            let bound = 1.0 / (i as f64).sqrt();
+                            let a: Vec<f32> = (0..i * r)
+                                .map(|_| {
+                                    stream += 1;
+                                    let u = (crate::trainer::mix(seed, stream) >> 11) as f64 / (1u64 << 53) as f64;
+                                    ((2.0 * u - 1.0) * bound) as f32
+                                })
+                                .collect();
+                            let leaf = |v: Vec<f32>, dims: [usize; 2]| {
+                                let t = Tensor::<2>::from_data(TensorData::new(v, dims), ad).autodiff().require_grad();
+                                Param::initialized(burn::module::ParamId::new(), t)
+                            };
+                            Adapter { a: leaf(a, [i, r]), b: leaf(vec![0.0; r * o], [r, o]) }
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Lora { cfg: cfg.clone(), adapters }
+    }
+
+    /// `base` with every adapted weight replaced by `W + s·A·B` (in the adapters' graph).
+    pub fn merged(&self, base: &Top) -> Top {
+        let s = self.cfg.scale();
+        let mut top = base.clone();
+        for (b, ads) in top.blocks.iter_mut().zip(&self.adapters) {
+            for ((_, l), ad) in linears(b).into_iter().zip(ads) {
+                if let Some(ad) = ad {
+                    let w = l.weight.val() + ad.a.val().matmul(ad.b.val()) * s;
+                    l.weight = Param::initialized(l.weight.id, w);
+                }
+            }
+        }
+        top
+    }
+
+    /// The adapters' parameters with PEFT's names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`).
+    pub fn params_mut(&mut self, first: usize) -> Vec<(String, ParamMut<'_>)> {
+        let mut out = Vec::new();
+        for (i, ads) in self.adapters.iter_mut().enumerate() {
+            for (path, ad) in PATHS.into_iter().zip(ads.iter_mut()) {
+                if let Some(ad) = ad {
+                    let p = format!("base_model.model.model.layers.{}.{path}", first + i);
+                    out.push((format!("{p}.lora_A.weight"), ParamMut::Matrix(&mut ad.a)));
+                    out.push((format!("{p}.lora_B.weight"), ParamMut::Matrix(&mut ad.b)));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Log-probs of chosen tokens `[n]` and, when asked, the entropy of each distribution `[n]`.
 pub type Scored = (Tensor<1>, Option<Tensor<1>>);
 
 impl Split {
-    /// Splits `policy` to train its last `train_blocks` blocks (0 or more than the model has: all).
-    pub fn new(policy: Policy, train_blocks: usize, with_reference: bool) -> Result<Split> {
+    /// Splits `policy` to train its last `train_blocks` blocks (0 or more than the model has: all),
+    /// or LoRA adapters on them (seeded by `seed`).
+    pub fn new(
+        policy: Policy,
+        train_blocks: usize,
+        with_reference: bool,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+    ) -> Result<Split> {
         let layers = policy.model.blocks.len();
         let k = if train_blocks == 0 { layers } else { train_blocks.min(layers) };
         let first = layers - k;
         let plain_top = top_of(&policy, first);
         let ad = policy.device().clone().autodiff();
         let mut top = plain_top.clone().fork(&ad);
-        for (_, mut p) in top.params_mut(first) {
-            let v = p.flat();
-            p.set(v, &ad);
-        }
+        let lora = match lora {
+            Some(cfg) => {
+                cfg.check().map_err(TrainError::Options)?;
+                top = top.no_grad();
+                Some(Lora::new(cfg, &mut top, seed, &ad))
+            }
+            None => {
+                for (_, mut p) in top.params_mut(first) {
+                    let v = p.flat();
+                    p.set(v, &ad);
+                }
+                None
+            }
+        };
         let reference = with_reference.then_some(plain_top);
-        Ok(Split { policy, first, top, reference, ad })
+        Ok(Split { policy, first, top, reference, lora, ad })
+    }
+
+    /// The top as trained (autodiff): the trainable top, or the frozen one with the adapters merged.
+    pub fn trained(&self) -> Top {
+        match &self.lora {
+            Some(l) => l.merged(&self.top),
+            None => self.top.clone(),
+        }
+    }
+
+    /// The trainable parameters: the top's (Hugging Face names) or the adapters' (PEFT names).
+    pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
+        match &mut self.lora {
+            Some(l) => l.params_mut(self.first),
+            None => self.top.params_mut(self.first),
+        }
+    }
+
+    /// Starts a new stage from the model as trained so far, which becomes the reference. With LoRA
+    /// the adapters are merged into the frozen top and start again (seeded by `seed`), and `opt`
+    /// forgets their moments.
+    pub fn rebase(&mut self, seed: u64, opt: &mut crate::optim::AdamW) {
+        let Some(l) = self.lora.take() else {
+            if self.reference.is_some() {
+                self.reference = Some(self.plain_top());
+            }
+            return;
+        };
+        let plain = l.merged(&self.top).valid();
+        let mut top = plain.clone().fork(&self.ad).no_grad();
+        self.lora = Some(Lora::new(&l.cfg, &mut top, seed, &self.ad));
+        self.top = top;
+        if self.reference.is_some() {
+            self.reference = Some(plain.clone());
+        }
+        self.install(plain);
+        opt.reset();
     }
 
     /// Copies the trainable top (as trained) into the plain model.
     pub fn sync(&mut self) {
-        let plain = self.top.valid();
+        self.install(self.trained().valid());
+    }
+
+    /// Puts `plain` in the plain model's place of the top.
+    fn install(&mut self, plain: Top) {
         for (i, b) in plain.blocks.into_iter().enumerate() {
             self.policy.model.blocks[self.first + i] = b;
         }
@@ -202,6 +370,6 @@ fn top_of(policy: &Policy, first: usize) -> Top {
 }
 
 /// The number of trainable parameters.
-pub fn count_params(top: &mut Top, first: usize) -> usize {
-    top.params_mut(first).iter().map(|(_, p)| p.numel()).sum()
+pub fn count_params(split: &mut Split) -> usize {
+    split.params_mut().iter().map(|(_, p)| p.numel()).sum()
 }

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Gradients, Tensor};
 
-use crate::model::Top;
+use crate::model::ParamMut;
+
+/// Trainable parameters by name (`Split::params_mut`).
+pub type Params<'a> = Vec<(String, ParamMut<'a>)>;
 
 /// AdamW settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,8 +55,8 @@ impl AdamW {
     }
 
     /// Adds the gradients of one micro-batch's backward pass.
-    pub fn accumulate(&mut self, top: &mut Top, first: usize, grads: &Gradients) {
-        for (name, p) in top.params_mut(first) {
+    pub fn accumulate(&mut self, params: Params<'_>, grads: &Gradients) {
+        for (name, p) in params {
             if let Some(g) = p.grad(grads) {
                 let sum = match self.acc.remove(&name) {
                     Some(a) => a + g,
@@ -65,7 +68,7 @@ impl AdamW {
     }
 
     /// Applies the accumulated gradients (clipped to the global norm) and clears them.
-    pub fn step(&mut self, top: &mut Top, first: usize, device: &burn::tensor::Device) -> StepInfo {
+    pub fn step(&mut self, params: Params<'_>, device: &burn::tensor::Device) -> StepInfo {
         let acc = std::mem::take(&mut self.acc);
         let sq: f64 = acc.values().map(|g| f64::from(g.clone().powf_scalar(2.0).sum().into_scalar::<f32>())).sum();
         let grad_norm = sq.sqrt();
@@ -75,7 +78,7 @@ impl AdamW {
         self.t += 1;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        for (name, mut p) in top.params_mut(first) {
+        for (name, mut p) in params {
             let Some(g) = acc.get(&name) else { continue };
             let g = if clipped { g.clone() * scale } else { g.clone() };
             let (m, v) = match self.state.remove(&name) {
@@ -95,5 +98,10 @@ impl AdamW {
     /// Drops accumulated gradients (a cancelled step).
     pub fn clear(&mut self) {
         self.acc.clear();
+    }
+
+    /// Forgets everything but the settings (new parameters: fresh LoRA adapters).
+    pub fn reset(&mut self) {
+        *self = AdamW::new(self.cfg);
     }
 }

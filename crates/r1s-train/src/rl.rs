@@ -156,7 +156,8 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
                 if m.rows.is_empty() {
                     continue;
                 }
-                let (logp, _) = split.score(&split.top, m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+                let (logp, _) =
+                    split.score(&split.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
                 let values = to_vec(logp.clone().detach())?;
                 for ((&lp, &o), &a) in values.iter().zip(&m.old).zip(&m.adv) {
                     clipped += usize::from(loss::ppo_token(lp, o, a, s.clip_eps).1);
@@ -174,9 +175,9 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
                 );
                 batch_loss += f64::from(l.clone().inner().into_scalar::<f32>());
                 let grads = l.backward();
-                opt.accumulate(&mut split.top, split.first, &grads);
+                opt.accumulate(split.params_mut(), &grads);
             }
-            let info = opt.step(&mut split.top, split.first, &dev);
+            let info = opt.step(split.params_mut(), &dev);
             stats.loss += batch_loss;
             stats.grad_norm += info.grad_norm;
             stats.optimizer_steps += 1;

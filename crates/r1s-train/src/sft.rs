@@ -30,6 +30,9 @@ pub struct SftOptions {
     pub out: PathBuf,
     pub device: String,
     pub train_blocks: usize,
+    /// LoRA adapters on the trainable blocks instead of their weights.
+    #[serde(default)]
+    pub lora: Option<crate::config::LoraConfig>,
     pub lr: f64,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
@@ -123,7 +126,14 @@ pub fn sft(
             checkpoint::load_optimizer(dir, &mut opt, &device)?;
             // a resumed run replays the steps after the checkpoint
             crate::trainer::truncate_after(&metrics, state.global_step)?;
-            (Split::new(Policy::load(dir, &device)?, o.train_blocks, false)?, state)
+            if state.train_blocks != o.train_blocks || state.lora != o.lora {
+                return Err(TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: "train_blocks or lora differ from the options".into(),
+                });
+            }
+            let seed = crate::trainer::lora_seed(o.seed, 0);
+            (checkpoint::load_split(dir, &device, o.train_blocks, false, o.lora.as_ref(), seed)?, state)
         }
         None => {
             if metrics.exists() {
@@ -135,9 +145,11 @@ pub fn sft(
                 stage_step: 0,
                 seed: o.seed,
                 train_blocks: o.train_blocks,
+                lora: o.lora.clone(),
                 config: serde_json::to_value(o).unwrap_or_default(),
             };
-            (Split::new(Policy::load(&o.init, &device)?, o.train_blocks, false)?, state)
+            let seed = crate::trainer::lora_seed(o.seed, 0);
+            (Split::new(Policy::load(&o.init, &device)?, o.train_blocks, false, o.lora.as_ref(), seed)?, state)
         }
     };
     let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
@@ -174,7 +186,7 @@ pub fn sft(
             }
             let weight: Vec<f32> =
                 m.owner.iter().map(|&r| 1.0 / (seqs[m.episodes[r]].actions.len() as f32 * seqs.len() as f32)).collect();
-            let (logp, _) = split.score(&split.top, m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+            let (logp, _) = split.score(&split.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
             let lp = crate::episode::to_vec(logp.clone().detach())?;
             nll_tokens -= lp.iter().map(|&x| f64::from(x)).sum::<f64>();
             action_tokens += lp.len();
@@ -183,9 +195,10 @@ pub fn sft(
             let l = nll_loss(logp, w);
             loss_sum += f64::from(l.clone().inner().into_scalar::<f32>());
             let grads = l.backward();
-            opt.accumulate(&mut split.top, split.first, &grads);
+            opt.accumulate(split.params_mut(), &grads);
         }
-        let info = opt.step(&mut split.top, split.first, &split.ad);
+        let ad = split.ad.clone();
+        let info = opt.step(split.params_mut(), &ad);
         split.sync();
         state.global_step += 1;
         let dt = t0.elapsed().as_secs_f64();
@@ -200,7 +213,7 @@ pub fn sft(
         progress.advance(1);
         if state.global_step == steps || (o.save_every > 0 && state.global_step.is_multiple_of(o.save_every)) {
             last = checkpoint::dir_for(&o.out, state.global_step);
-            checkpoint::save(&last, &split.policy, &opt, None, split.first, &state)?;
+            checkpoint::save(&last, &split, &opt, &state)?;
             checkpoint::prune(&o.out, o.keep_checkpoints)?;
         }
     }

@@ -108,9 +108,19 @@ pub fn question_line(q: &TitleQuestion) -> serde_json::Value {
     json!({ "idx": q.id, "question": q.question, "answer": q.title })
 }
 
-/// Cold-start trajectories for `qs`: a share `search_share` search (query = keywords of the
-/// description, documents from `retriever`, answer = the first document's title, kept only when
-/// that is the gold title), the others answer directly. Lines `{"question", "sol", "answer"}`.
+/// Content words per cold-start query: on the sample corpus the first 12 content words of a
+/// description put its article first for ~80% of questions (6 words: ~68%).
+pub const QUERY_WORDS: usize = 12;
+
+/// Cold-start trajectories for `qs`: a share `search_share` search (query = the first
+/// [`QUERY_WORDS`] content words of the description, documents from `retriever`, then the first
+/// document's title named and answered; kept only when that is the gold title), the others answer
+/// directly. Lines `{"question", "sol", "answer", "search"}`.
+///
+/// The thinking before the query says where the query comes from and the text after the documents
+/// names the title it copies: a first version ("I need to find the article this describes." then
+/// six keywords; "The first document is the article described.") taught neither, and RL later
+/// turned that fixed sentence itself into the query.
 pub fn sft_lines<R: Retriever>(
     qs: &[TitleQuestion],
     retriever: &R,
@@ -123,7 +133,7 @@ pub fn sft_lines<R: Retriever>(
         let u = (mix(seed, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
         let answer = format!("</think>\n\n<answer> {} </answer>", q.title);
         if u < search_share {
-            let query = keywords(&q.description, 6);
+            let query = keywords(&q.description, QUERY_WORDS);
             let hits = retriever
                 .retrieve(&[query.as_str()], topk)
                 .map_err(|e| TrainError::Options(format!("retrieving {query:?}: {e}")))?;
@@ -132,9 +142,10 @@ pub fn sft_lines<R: Retriever>(
                 continue;
             }
             let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
-            let turn = format!(" I need to find the article this describes. {BEGIN_QUERY} {query}");
+            let turn = format!(" I will search for the key words of the description. {BEGIN_QUERY} {query}");
             let (mine, retrieved) = splice(&turn, &format_docs(&docs));
-            let sol = format!("{mine}{retrieved} The first document is the article described. {answer}");
+            let sol =
+                format!("{mine}{retrieved} The first document, \"{}\", is the article described. {answer}", q.title);
             out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": true }));
         } else {
             let sol = format!(" The description matches the article {}. {answer}", q.title);

@@ -32,6 +32,11 @@ pub fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The seed of the LoRA adapters that stage `stage` starts with.
+pub fn lora_seed(seed: u64, stage: usize) -> u64 {
+    mix(seed ^ 0x4C6F_5241, stage as u64)
+}
+
 /// The `count` question indices of step `step`: passes over the data, each in its own seeded order.
 pub fn step_questions(n: usize, seed: u64, step: usize, count: usize) -> Vec<usize> {
     let perm = |epoch: usize| {
@@ -161,35 +166,43 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             log::warn!("no checkpoint under {}; starting from {}", out.display(), cfg.model.init.display());
         }
         let with_ref = cfg.uses_kl();
+        let t = cfg.train.clone();
         let lr0 = cfg.stages[0].lr.unwrap_or(cfg.train.lr);
         let (split, opt, state) = match &from {
             Some(dir) => {
                 let state = checkpoint::read_state(dir)?;
-                if state.train_blocks != cfg.train.train_blocks || state.seed != cfg.train.seed {
+                if state.train_blocks != cfg.train.train_blocks || state.seed != cfg.train.seed || state.lora != t.lora
+                {
                     return Err(TrainError::Checkpoint {
                         path: dir.clone(),
-                        reason: "train_blocks or seed differ from the configuration".into(),
+                        reason: "train_blocks, lora or seed differ from the configuration".into(),
                     });
                 }
-                let mut split = Split::new(Policy::load(dir, &device)?, cfg.train.train_blocks, with_ref)?;
+                let split = checkpoint::load_split(
+                    dir,
+                    &device,
+                    t.train_blocks,
+                    with_ref,
+                    t.lora.as_ref(),
+                    lora_seed(t.seed, state.stage),
+                )?;
                 let mut opt = AdamW::new(adamw(&cfg, lr0));
                 checkpoint::load_optimizer(dir, &mut opt, &device)?;
-                if let Some(r) = split.reference.as_mut() {
-                    checkpoint::load_reference(dir, r, split.first, &device)?;
-                }
                 for f in ["metrics.jsonl", "rollouts.jsonl"] {
                     truncate_after(&out.join(f), state.global_step)?;
                 }
                 (split, opt, state)
             }
             None => {
-                let split = Split::new(Policy::load(&cfg.model.init, &device)?, cfg.train.train_blocks, with_ref)?;
+                let policy = Policy::load(&cfg.model.init, &device)?;
+                let split = Split::new(policy, t.train_blocks, with_ref, t.lora.as_ref(), lora_seed(t.seed, 0))?;
                 let state = TrainerState {
                     global_step: 0,
                     stage: 0,
                     stage_step: 0,
                     seed: cfg.train.seed,
                     train_blocks: cfg.train.train_blocks,
+                    lora: t.lora.clone(),
                     config: serde_json::to_value(&cfg).unwrap_or_default(),
                 };
                 for f in ["metrics.jsonl", "rollouts.jsonl"] {
@@ -208,14 +221,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
 
     fn save(&self) -> Result<()> {
         let dir = checkpoint::dir_for(&self.cfg.train.out, self.state.global_step);
-        checkpoint::save(
-            &dir,
-            &self.split.policy,
-            &self.opt,
-            self.split.reference.as_ref(),
-            self.split.first,
-            &self.state,
-        )?;
+        checkpoint::save(&dir, &self.split, &self.opt, &self.state)?;
         log::info!("checkpoint {}", dir.display());
         checkpoint::prune(&self.cfg.train.out, self.cfg.train.keep_checkpoints)
     }
@@ -354,8 +360,8 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             }
             if self.state.stage_step == 0 {
                 // each stage starts from the previous one's result, which is its reference
-                if self.split.reference.is_some() {
-                    self.split.reference = Some(self.split.plain_top());
+                if self.state.stage > 0 {
+                    self.split.rebase(lora_seed(self.cfg.train.seed, self.state.stage), &mut self.opt);
                 }
                 // the previous stage's last evaluation already measured this model
                 if self.state.global_step == 0 {

@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use r1s_policy::load::{RandomWeights, build_llama, hf_tensors};
 use r1s_policy::{LlamaConfig, Policy, TextTokenizer};
+use r1s_train::config::LoraConfig;
 use r1s_train::episode::{Micro, Sequence, spans_of_text, to_vec, tokenize};
 use r1s_train::loss::{self, Advantage, KlEstimator, KlPlacement};
 use r1s_train::model::{Split, Top};
@@ -193,7 +195,7 @@ fn loss_under(split: &Split, top: &Top, m: &Micro, old: &[f32], adv: &[f32], w: 
 #[test]
 fn ppo_gradients_match_finite_differences_on_a_tiny_model() {
     let tok = tokenizer();
-    let split = Split::new(tiny_policy(2, 3), 1, false).unwrap();
+    let split = Split::new(tiny_policy(2, 3), 1, false, None, 1).unwrap();
     let eps = episodes(&tok, &[1.0, 0.0], &[0, 0]);
     let seqs: Vec<Sequence> = eps.iter().map(|e| e.seq.clone()).collect();
     let m = Micro::new(&split, &seqs, vec![0, 1]).unwrap();
@@ -247,7 +249,7 @@ fn ppo_gradients_match_finite_differences_on_a_tiny_model() {
 #[test]
 fn one_step_raises_good_episodes_and_lowers_the_loss() {
     let tok = tokenizer();
-    let mut split = Split::new(tiny_policy(2, 5), 0, false).unwrap();
+    let mut split = Split::new(tiny_policy(2, 5), 0, false, None, 1).unwrap();
     let rewards = [1.0, 0.0, 1.0, 0.0];
     let eps = episodes(&tok, &rewards, &[0, 0, 1, 1]);
     let seqs: Vec<Sequence> = eps.iter().map(|e| e.seq.clone()).collect();
@@ -287,12 +289,25 @@ fn one_step_raises_good_episodes_and_lowers_the_loss() {
 
 #[test]
 fn a_resumed_checkpoint_takes_the_same_next_step() {
+    resumed_checkpoint_takes_the_same_next_step(None);
+}
+
+#[test]
+fn a_resumed_lora_checkpoint_takes_the_same_next_step() {
+    resumed_checkpoint_takes_the_same_next_step(Some(&lora(4)));
+}
+
+fn lora(rank: usize) -> LoraConfig {
+    LoraConfig { rank, alpha: 8.0, ..Default::default() }
+}
+
+fn resumed_checkpoint_takes_the_same_next_step(lora: Option<&LoraConfig>) {
     let tok = tokenizer();
     let tmp = tempfile::tempdir().unwrap();
     let step1 = episodes(&tok, &[1.0, 0.0, 0.5, 0.0], &[0, 0, 1, 1]);
     let step2 = episodes(&tok, &[0.0, 1.0, 1.0, 0.0], &[0, 0, 1, 1]);
     let s = settings(0.05);
-    let mut a = Split::new(tiny_policy(3, 9), 2, true).unwrap();
+    let mut a = Split::new(tiny_policy(3, 9), 2, true, lora, 5).unwrap();
     let mut opt_a = adam(1e-2);
     optimize(&mut a, &mut opt_a, &step1, &s).unwrap();
     let dir = tmp.path().join("ck");
@@ -302,17 +317,16 @@ fn a_resumed_checkpoint_takes_the_same_next_step() {
         stage_step: 1,
         seed: 1,
         train_blocks: 2,
+        lora: lora.cloned(),
         config: serde_json::Value::Null,
     };
-    r1s_train::checkpoint::save(&dir, &a.policy, &opt_a, a.reference.as_ref(), a.first, &state).unwrap();
+    r1s_train::checkpoint::save(&dir, &a, &opt_a, &state).unwrap();
     assert!(!dir.with_extension("part").exists());
     let sa = optimize(&mut a, &mut opt_a, &step2, &s).unwrap();
-    // resume: the checkpoint is a Hugging Face directory plus the optimizer and reference
-    let mut b = Split::new(Policy::load(&dir, &Device::flex()).unwrap(), 2, true).unwrap();
+    // resume: the checkpoint is a Hugging Face directory plus the optimizer and reference (and adapters)
+    let mut b = r1s_train::checkpoint::load_split(&dir, &Device::flex(), 2, true, lora, 77).unwrap();
     let mut opt_b = adam(1e-2);
     r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap();
-    let first = b.first;
-    r1s_train::checkpoint::load_reference(&dir, b.reference.as_mut().unwrap(), first, &Device::flex()).unwrap();
     assert_eq!(opt_b.t, 1);
     assert_eq!(r1s_train::checkpoint::read_state(&dir).unwrap(), state);
     let sb = optimize(&mut b, &mut opt_b, &step2, &s).unwrap();
@@ -323,18 +337,110 @@ fn a_resumed_checkpoint_takes_the_same_next_step() {
     for (k, (va, _)) in &wa {
         assert_eq!(va, &wb[k].0, "{k} differs after resuming");
     }
+    if let Some(l) = lora {
+        // PEFT's files: lora_A [rank, in], lora_B [out, rank], for the two trained blocks only
+        let bytes = std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let q_a = st.tensor("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight").unwrap();
+        assert_eq!(q_a.shape(), [l.rank, 32]);
+        let down_b = st.tensor("base_model.model.model.layers.2.mlp.down_proj.lora_B.weight").unwrap();
+        assert_eq!(down_b.shape(), [32, l.rank]);
+        assert_eq!(st.names().len(), 2 * 7 * 2);
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("adapter/adapter_config.json")).unwrap()).unwrap();
+        assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64()), (Some("LORA"), Some(l.rank as u64)));
+        assert_eq!(cfg["layers_to_transform"], serde_json::json!([1, 2]));
+    }
     // a corrupt optimizer file is a clear error
     std::fs::write(dir.join("optimizer.safetensors"), b"not safetensors").unwrap();
     let err = r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
 }
 
+#[test]
+fn lora_starts_at_the_model_trains_only_adapters_and_rebases_into_the_weights() {
+    let tok = tokenizer();
+    let eps = episodes(&tok, &[1.0, 0.0, 1.0, 0.0], &[0, 0, 1, 1]);
+    let seqs: Vec<Sequence> = eps.iter().map(|e| e.seq.clone()).collect();
+    let plain = Split::new(tiny_policy(3, 4), 2, false, None, 1).unwrap();
+    let mut split = Split::new(tiny_policy(3, 4), 2, true, Some(&lora(4)), 1).unwrap();
+    let m = Micro::new(&split, &seqs, vec![0, 1]).unwrap();
+    // B starts at zero: the adapted model is the model
+    let score = |s: &Split| {
+        to_vec(s.score(&s.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false).unwrap().0).unwrap()
+    };
+    assert_eq!(score(&split), score(&plain));
+    // only the adapters train: rank × (in + out) per projection of the two trained blocks
+    let per_block = 4 * ((32 + 32) + (32 + 16) * 2 + (32 + 32) + (32 + 48) * 2 + (48 + 32));
+    assert_eq!(r1s_train::model::count_params(&mut split), 2 * per_block);
+    let names: Vec<String> = split.params_mut().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().all(|n| n.contains(".lora_A.") || n.contains(".lora_B.")), "{names:?}");
+    // the adapters' gradients agree with finite differences (B; A's are zero while B is)
+    let n = m.rows.len();
+    let (cur, _) = m.score_plain(&split, &split.plain_top(), false).unwrap();
+    let old: Vec<f32> = cur.iter().enumerate().map(|(i, x)| x + 0.05 * ((i % 5) as f32 - 2.0) / 2.0).collect();
+    let adv: Vec<f32> = (0..n).map(|i| if m.owner[i] == 0 { 1.0 } else { -0.7 }).collect();
+    let w = vec![1.0 / n as f32; n];
+    let grads = loss_under(&split, &split.trained(), &m, &old, &adv, &w).backward();
+    let grad_of = |name: &str| {
+        let mut l = split.lora.clone().unwrap();
+        let (_, p) = l.params_mut(split.first).into_iter().find(|(n, _)| n == name).unwrap();
+        to_vec(p.grad(&grads).expect("an adapter has a gradient")).unwrap()
+    };
+    let b_name = "base_model.model.model.layers.2.self_attn.v_proj.lora_B.weight";
+    assert!(grad_of("base_model.model.model.layers.2.self_attn.v_proj.lora_A.weight").iter().all(|&g| g == 0.0));
+    let g = grad_of(b_name);
+    let i = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+    let eval = |delta: f32| -> f64 {
+        let mut l = split.lora.clone().unwrap();
+        let (_, mut p) = l.params_mut(split.first).into_iter().find(|(n, _)| n == b_name).unwrap();
+        let mut v = to_vec(p.flat()).unwrap();
+        v[i] += delta;
+        let len = v.len();
+        p.set(Tensor::from_data(TensorData::new(v, [len]), &Device::flex()), &split.ad);
+        f64::from(loss_under(&split, &l.merged(&split.top), &m, &old, &adv, &w).inner().into_scalar::<f32>())
+    };
+    let fd = (eval(1e-2) - eval(-1e-2)) / 2e-2;
+    assert!((fd - f64::from(g[i])).abs() <= 0.03 * f64::from(g[i]).abs() + 2e-4, "finite difference {fd} vs {}", g[i]);
+    // a step moves the adapted projections of the plain model and nothing else
+    let before = hf_tensors(&split.policy.model).unwrap();
+    let frozen = split.top.clone();
+    let mut opt = adam(1e-2);
+    optimize(&mut split, &mut opt, &eps, &settings(0.05)).unwrap();
+    let after = hf_tensors(&split.policy.model).unwrap();
+    for (k, (v, _)) in &before {
+        let trained = (k.starts_with("model.layers.1.") || k.starts_with("model.layers.2.")) && k.contains("_proj");
+        assert_eq!(v != &after[k].0, trained, "{k}");
+    }
+    let same = |a: &Top, b: &Top| {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        let flat =
+            |t: &mut Top| t.params_mut(1).into_iter().map(|(_, p)| to_vec(p.flat()).unwrap()).collect::<Vec<_>>();
+        flat(&mut a) == flat(&mut b)
+    };
+    assert!(same(&split.top, &frozen), "the frozen top did not move");
+    // a new stage: the adapters go into the weights and start again; the model does not change
+    split.rebase(3, &mut opt);
+    assert_eq!(opt.t, 0);
+    assert_eq!(hf_tensors(&split.policy.model).unwrap(), after);
+    assert!(
+        same(&split.trained().valid(), &split.plain_top())
+            && same(split.reference.as_ref().unwrap(), &split.plain_top())
+    );
+    assert!(!same(&split.top, &frozen));
+}
+
 /// A flat MiniLM index over 60 real passages in `dir`.
 fn small_index(dir: &Path) -> PathBuf {
-    use r1s_core::{Cancel, NoProgress};
     let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    small_index_of(dir, passages.lines().take(60).map(|l| format!("{l}\n")).collect())
+}
+
+/// A flat index over `jsonl` (a corpus file in any format ingest reads) in `dir/index`.
+fn small_index_of(dir: &Path, jsonl: String) -> PathBuf {
+    use r1s_core::{Cancel, NoProgress};
     let src = dir.join("p.jsonl");
-    std::fs::write(&src, passages.lines().take(60).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    std::fs::write(&src, jsonl).unwrap();
     let corpus = dir.join("corpus");
     r1s_corpus::ingest(&[src], &corpus, &Default::default(), &NoProgress, &Cancel::new()).unwrap();
     let e = r1s_embed::OnnxEmbedder::load(&r1s_embed::EmbedderConfig { threads: 2, ..Default::default() }).unwrap();
@@ -502,6 +608,113 @@ fn the_title_task_blanks_titles_and_builds_keyword_queries() {
         "Which Wikipedia article is described as: \"___ is the capital and most populous city of France\"?"
     );
     assert_eq!(qs[0].title, "Paris");
+}
+
+#[test]
+fn a_lora_run_crosses_a_stage_boundary_and_resumes_exactly() {
+    use r1s_core::{Cancel, NoProgress};
+    let tmp = tempfile::tempdir().unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
+    let model = tmp.path().join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    r1s_train::checkpoint::save_model(&tiny_policy(2, 12), &model).unwrap();
+    let stage = |name: &str, reward: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\ndata = \"{}\"\nreward = \"{reward}\"\nsteps = 1\nprompts_per_step = 2\n\
+             rollouts_per_prompt = 2\nmax_new_tokens = 10\nmax_retrievals = 1\n",
+            shared("r1searcher/training_set/stage_1.jsonl").display()
+        )
+    };
+    let run_a = tmp.path().join("a");
+    let toml = format!(
+        "[model]\ninit = \"{}\"\n[retriever]\nindex = \"unused\"\n[train]\nout = \"{}\"\ntrain_blocks = 0\nlr = 1e-2\n\
+         kl_beta = 0.01\nmicro_batch = 2\nsave_every = 1\nkeep_checkpoints = 0\nprompt = \"base\"\n\
+         [train.lora]\nrank = 2\nalpha = 4\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n{}{}",
+        model.display(),
+        run_a.display(),
+        stage("stage1", "stage1"),
+        stage("stage2", "stage2")
+    );
+    let cfg_path = tmp.path().join("train.toml");
+    std::fs::write(&cfg_path, &toml).unwrap();
+    let cfg = r1s_train::TrainConfig::read(&cfg_path).unwrap();
+    let cancel = Cancel::new();
+    let mut t = r1s_train::trainer::Trainer::new(cfg.clone(), false, &retriever, &NoProgress, &cancel).unwrap();
+    assert_eq!(r1s_train::model::count_params(&mut t.split), 2 * 2 * ((32 + 32) + (32 + 16) + (48 + 32)));
+    t.run(&mut |_| {}).unwrap();
+    let ck = |run: &Path, s: usize| r1s_train::checkpoint::dir_for(run, s);
+    for f in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "reference.safetensors",
+        "model.safetensors",
+    ] {
+        assert!(ck(&run_a, 1).join(f).exists() && ck(&run_a, 2).join(f).exists(), "{f}");
+    }
+    // stopped at the stage boundary: the resumed run merges the adapters and starts stage 2 alike
+    let run_b = tmp.path().join("b");
+    copy_dir(&run_a, &run_b);
+    std::fs::remove_dir_all(ck(&run_b, 2)).unwrap();
+    let mut cfg_b = cfg.clone();
+    cfg_b.train.out = run_b.clone();
+    let mut t = r1s_train::trainer::Trainer::new(cfg_b.clone(), true, &retriever, &NoProgress, &cancel).unwrap();
+    assert_eq!((t.state.stage, t.state.stage_step), (1, 0));
+    t.run(&mut |_| {}).unwrap();
+    for f in
+        ["model.safetensors", "optimizer.safetensors", "reference.safetensors", "adapter/adapter_model.safetensors"]
+    {
+        assert_eq!(std::fs::read(ck(&run_a, 2).join(f)).unwrap(), std::fs::read(ck(&run_b, 2).join(f)).unwrap(), "{f}");
+    }
+    // stage 2 starts with fresh adapters (seeded by the stage; the unit test above checks the merge)
+    let adapters = |s: usize| std::fs::read(ck(&run_a, s).join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(adapters(1) != adapters(2));
+    // a different rank does not resume silently
+    cfg_b.train.lora.as_mut().unwrap().rank = 3;
+    let err = r1s_train::trainer::Trainer::new(cfg_b, true, &retriever, &NoProgress, &cancel).err().unwrap();
+    assert!(err.to_string().contains("lora"), "{err}");
+}
+
+#[test]
+fn cold_start_trajectories_search_with_description_words_and_name_the_title_they_copy() {
+    use r1s_train::task::{QUERY_WORDS, keywords, sft_lines, title_questions};
+    let tmp = tempfile::tempdir().unwrap();
+    // R1-Searcher's passages run "Title   text"; as Search-R1 records ("\"Title\"\ntext") they have titles.
+    let titled: String = std::fs::read_to_string(shared("r1searcher/passages.jsonl"))
+        .unwrap()
+        .lines()
+        .take(200)
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let (title, text) = v["contents"].as_str()?.split_once("   ")?;
+            Some(format!(
+                "{}\n",
+                serde_json::json!({"id": v["id"], "contents": format!("\"{title}\"\n{}", text.trim())})
+            ))
+        })
+        .collect();
+    let index = small_index_of(tmp.path(), titled);
+    let store = r1s_corpus::Docstore::open(&tmp.path().join("corpus")).unwrap();
+    let qs = title_questions(store.iter().map(|p| p.unwrap().to_passage()), 6);
+    assert!(qs.len() >= 5, "{} questions", qs.len());
+    let retriever = r1s_retrieve::DenseRetriever::open(&index, &Default::default()).unwrap();
+    let lines = sft_lines(&qs, &retriever, 2, 1.0, 7).unwrap();
+    assert!(lines.len() * 2 >= qs.len(), "{} of {} questions kept", lines.len(), qs.len());
+    for l in &lines {
+        let (title, sol) = (l["answer"].as_str().unwrap(), l["sol"].as_str().unwrap());
+        let q = qs.iter().find(|q| q.question == l["question"].as_str().unwrap()).unwrap();
+        let query = keywords(&q.description, QUERY_WORDS);
+        assert!(sol.contains(&format!("<|begin_of_query|> {query}<|end_of_query|>")), "{sol}");
+        assert!(sol.contains(&format!("<|begin_of_documents|>\n(1)\"{title}\"\n")), "{sol}");
+        assert!(
+            sol.ends_with(&format!(
+                "The first document, \"{title}\", is the article described. </think>\n\n<answer> {title} </answer>"
+            )),
+            "{sol}"
+        );
+    }
+    let direct = sft_lines(&qs, &retriever, 2, 0.0, 7).unwrap();
+    assert_eq!(direct.len(), qs.len());
+    assert!(direct.iter().all(|l| l["search"] == false && !l["sol"].as_str().unwrap().contains("<|begin_of_query|>")));
 }
 
 #[test]
