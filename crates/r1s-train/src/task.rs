@@ -22,11 +22,6 @@ pub struct TitleQuestion {
     pub description: String,
 }
 
-const STOP: &[&str] = &[
-    "a", "an", "the", "is", "was", "are", "were", "of", "in", "on", "and", "or", "to", "for", "by", "with", "as", "at",
-    "from", "that", "which", "it", "its", "be", "been", "has", "had", "have", "this", "___",
-];
-
 /// The opening sentence of `text` (at most `max_words` words), with `title` blanked out.
 pub fn describe(title: &str, text: &str, max_words: usize) -> Option<String> {
     let mut words = Vec::new();
@@ -83,15 +78,11 @@ pub fn title_questions(passages: impl IntoIterator<Item = Passage>, max_title_wo
     out
 }
 
-/// A keyword query for a description (the first `n` content words).
-pub fn keywords(description: &str, n: usize) -> String {
-    description
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-        .filter(|w| !w.is_empty() && !STOP.contains(&w.to_ascii_lowercase().as_str()))
-        .take(n)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The cold-start query for a description: its own words without the blank. On the sample corpus
+/// this puts the described article first for ~81% of questions (its first 6 content words: ~68%),
+/// and copying a span of the question is what a small model learns fastest.
+pub fn description_query(description: &str) -> String {
+    description.replace("___", " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A seeded shuffle.
@@ -108,19 +99,15 @@ pub fn question_line(q: &TitleQuestion) -> serde_json::Value {
     json!({ "idx": q.id, "question": q.question, "answer": q.title })
 }
 
-/// Content words per cold-start query: on the sample corpus the first 12 content words of a
-/// description put its article first for ~80% of questions (6 words: ~68%).
-pub const QUERY_WORDS: usize = 12;
-
-/// Cold-start trajectories for `qs`: a share `search_share` search (query = the first
-/// [`QUERY_WORDS`] content words of the description, documents from `retriever`, then the first
-/// document's title named and answered; kept only when that is the gold title), the others answer
-/// directly. Lines `{"question", "sol", "answer", "search"}`.
+/// Cold-start trajectories for `qs`: a share `search_share` search (the query is
+/// [`description_query`], documents come from `retriever`, then the first document's title is named
+/// and answered; kept only when that is the gold title), the others answer directly. Lines
+/// `{"question", "sol", "answer", "search"}`.
 ///
-/// The thinking before the query says where the query comes from and the text after the documents
-/// names the title it copies: a first version ("I need to find the article this describes." then
-/// six keywords; "The first document is the article described.") taught neither, and RL later
-/// turned that fixed sentence itself into the query.
+/// A search starts with the query itself and the text after the documents names the title it
+/// copies. A first version ("I need to find the article this describes." then six keywords, "The
+/// first document is the article described.") taught neither the query nor the copy, and RL turned
+/// that sentence itself into the query.
 pub fn sft_lines<R: Retriever>(
     qs: &[TitleQuestion],
     retriever: &R,
@@ -133,7 +120,7 @@ pub fn sft_lines<R: Retriever>(
         let u = (mix(seed, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
         let answer = format!("</think>\n\n<answer> {} </answer>", q.title);
         if u < search_share {
-            let query = keywords(&q.description, QUERY_WORDS);
+            let query = description_query(&q.description);
             let hits = retriever
                 .retrieve(&[query.as_str()], topk)
                 .map_err(|e| TrainError::Options(format!("retrieving {query:?}: {e}")))?;
@@ -142,10 +129,8 @@ pub fn sft_lines<R: Retriever>(
                 continue;
             }
             let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
-            let turn = format!(" I will search for the key words of the description. {BEGIN_QUERY} {query}");
-            let (mine, retrieved) = splice(&turn, &format_docs(&docs));
-            let sol =
-                format!("{mine}{retrieved} The first document, \"{}\", is the article described. {answer}", q.title);
+            let (mine, retrieved) = splice(&format!("{BEGIN_QUERY} {query}"), &format_docs(&docs));
+            let sol = format!("{mine}{retrieved} The first document is \"{}\". {answer}", q.title);
             out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": true }));
         } else {
             let sol = format!(" The description matches the article {}. {answer}", q.title);

@@ -581,12 +581,13 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn the_title_task_blanks_titles_and_builds_keyword_queries() {
-    use r1s_train::task::{describe, keywords, title_questions};
+fn the_title_task_blanks_titles_and_builds_description_queries() {
+    use r1s_train::task::{describe, description_query, title_questions};
     let d = describe("Paris", "Paris is the capital and most populous city of France. It has 2 million people.", 30)
         .unwrap();
     assert_eq!(d, "___ is the capital and most populous city of France");
-    assert_eq!(keywords(&d, 4), "capital most populous city");
+    assert_eq!(description_query(&d), "is the capital and most populous city of France");
+    assert_eq!(description_query("the ___'s  river (___)"), "the 's river ( )");
     let p = |id: &str, title: &str, text: &str| r1s_core::Passage {
         row: 0,
         id: id.into(),
@@ -675,8 +676,8 @@ fn a_lora_run_crosses_a_stage_boundary_and_resumes_exactly() {
 }
 
 #[test]
-fn cold_start_trajectories_search_with_description_words_and_name_the_title_they_copy() {
-    use r1s_train::task::{QUERY_WORDS, keywords, sft_lines, title_questions};
+fn cold_start_trajectories_search_with_the_description_and_name_the_title_they_copy() {
+    use r1s_train::task::{description_query, sft_lines, title_questions};
     let tmp = tempfile::tempdir().unwrap();
     // R1-Searcher's passages run "Title   text"; as Search-R1 records ("\"Title\"\ntext") they have titles.
     let titled: String = std::fs::read_to_string(shared("r1searcher/passages.jsonl"))
@@ -702,13 +703,11 @@ fn cold_start_trajectories_search_with_description_words_and_name_the_title_they
     for l in &lines {
         let (title, sol) = (l["answer"].as_str().unwrap(), l["sol"].as_str().unwrap());
         let q = qs.iter().find(|q| q.question == l["question"].as_str().unwrap()).unwrap();
-        let query = keywords(&q.description, QUERY_WORDS);
-        assert!(sol.contains(&format!("<|begin_of_query|> {query}<|end_of_query|>")), "{sol}");
+        let query = description_query(&q.description);
+        assert!(sol.starts_with(&format!("<|begin_of_query|> {query}<|end_of_query|>")), "{sol}");
         assert!(sol.contains(&format!("<|begin_of_documents|>\n(1)\"{title}\"\n")), "{sol}");
         assert!(
-            sol.ends_with(&format!(
-                "The first document, \"{title}\", is the article described. </think>\n\n<answer> {title} </answer>"
-            )),
+            sol.ends_with(&format!("The first document is \"{title}\". </think>\n\n<answer> {title} </answer>")),
             "{sol}"
         );
     }
