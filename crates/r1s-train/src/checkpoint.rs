@@ -44,6 +44,16 @@ pub struct TrainerState {
     pub config: serde_json::Value,
 }
 
+impl TrainerState {
+    /// Whether checkpoint `dir` (whose state this is) was trained with the same split as asked now.
+    pub fn check_split(&self, dir: &Path, train_blocks: usize, lora: Option<&LoraConfig>) -> Result<()> {
+        if self.train_blocks != train_blocks || self.lora.as_ref() != lora {
+            return Err(ck_err(dir, "train_blocks or lora differ from the run's settings"));
+        }
+        Ok(())
+    }
+}
+
 fn ck_err(path: &Path, reason: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.to_string() }
 }
@@ -78,6 +88,10 @@ fn vec1(v: Vec<f32>, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
+fn write_json(p: &Path, v: &serde_json::Value) -> Result<()> {
+    std::fs::write(p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(p, e))?).map_err(|e| TrainError::io(p, e))
+}
+
 /// Writes the model files of `policy` into `dir` (a loadable Hugging Face directory).
 pub fn save_model(policy: &Policy, dir: &Path) -> Result<()> {
     r1s_policy::load::save_safetensors(&policy.model, &dir.join("model.safetensors"))?;
@@ -90,14 +104,13 @@ pub fn save_model(policy: &Policy, dir: &Path) -> Result<()> {
     let name = |id: Option<u32>| id.and_then(|i| tok.inner.id_to_token(i));
     cfg["bos_token_id"] = serde_json::json!(tok.bos);
     cfg["eos_token_id"] = serde_json::json!(tok.eos);
-    let write_json = |file: &str, v: &serde_json::Value| -> Result<()> {
-        let p = dir.join(file);
-        std::fs::write(&p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(&p, e))?).map_err(|e| TrainError::io(&p, e))
-    };
-    write_json("config.json", &cfg)?;
-    write_json("generation_config.json", &serde_json::json!({ "eos_token_id": tok.eos, "bos_token_id": tok.bos }))?;
+    write_json(&dir.join("config.json"), &cfg)?;
     write_json(
-        "tokenizer_config.json",
+        &dir.join("generation_config.json"),
+        &serde_json::json!({ "eos_token_id": tok.eos, "bos_token_id": tok.bos }),
+    )?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
         &serde_json::json!({
             "bos_token": name(tok.bos),
             "eos_token": name(tok.eos.first().copied()),
@@ -134,10 +147,6 @@ fn adapter_tensors(lora: &mut Lora, first: usize) -> Result<Named> {
             Ok((name, v, vec![b, a]))
         })
         .collect()
-}
-
-fn write_json(p: &Path, v: &serde_json::Value) -> Result<()> {
-    std::fs::write(p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(p, e))?).map_err(|e| TrainError::io(p, e))
 }
 
 /// Saves a checkpoint of `split` in `dir` (atomically: `dir.part` renamed).

@@ -126,12 +126,7 @@ pub fn sft(
             checkpoint::load_optimizer(dir, &mut opt, &device)?;
             // a resumed run replays the steps after the checkpoint
             crate::trainer::truncate_after(&metrics, state.global_step)?;
-            if state.train_blocks != o.train_blocks || state.lora != o.lora {
-                return Err(TrainError::Checkpoint {
-                    path: dir.clone(),
-                    reason: "train_blocks or lora differ from the options".into(),
-                });
-            }
+            state.check_split(dir, o.train_blocks, o.lora.as_ref())?;
             let seed = crate::trainer::lora_seed(o.seed, 0);
             (checkpoint::load_split(dir, &device, o.train_blocks, false, o.lora.as_ref(), seed)?, state)
         }

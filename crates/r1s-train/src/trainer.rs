@@ -171,11 +171,11 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let (split, opt, state) = match &from {
             Some(dir) => {
                 let state = checkpoint::read_state(dir)?;
-                if state.train_blocks != cfg.train.train_blocks || state.seed != cfg.train.seed || state.lora != t.lora
-                {
+                state.check_split(dir, t.train_blocks, t.lora.as_ref())?;
+                if state.seed != t.seed {
                     return Err(TrainError::Checkpoint {
                         path: dir.clone(),
-                        reason: "train_blocks, lora or seed differ from the configuration".into(),
+                        reason: "the seed differs from the configuration".into(),
                     });
                 }
                 let split = checkpoint::load_split(
