@@ -88,7 +88,7 @@ fn vec1(v: Vec<f32>, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-fn write_json(p: &Path, v: &serde_json::Value) -> Result<()> {
+fn write_json<T: Serialize + ?Sized>(p: &Path, v: &T) -> Result<()> {
     std::fs::write(p, serde_json::to_vec_pretty(v).map_err(|e| ck_err(p, e))?).map_err(|e| TrainError::io(p, e))
 }
 
@@ -189,9 +189,7 @@ pub fn save(dir: &Path, split: &Split, opt: &AdamW, state: &TrainerState) -> Res
         let tensors = adapter_tensors(&mut l.clone(), split.first)?;
         write_tensors(&adapter.join("adapter_model.safetensors"), tensors, BTreeMap::new())?;
     }
-    let sp = part.join("trainer.json");
-    std::fs::write(&sp, serde_json::to_vec_pretty(state).map_err(|e| ck_err(&sp, e))?)
-        .map_err(|e| TrainError::io(&sp, e))?;
+    write_json(&part.join("trainer.json"), state)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }

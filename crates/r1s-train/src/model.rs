@@ -181,8 +181,7 @@ impl Lora {
                             let a: Vec<f32> = (0..i * r)
                                 .map(|_| {
                                     stream += 1;
-                                    let u = (crate::trainer::mix(seed, stream) >> 11) as f64 / (1u64 << 53) as f64;
-                                    ((2.0 * u - 1.0) * bound) as f32
+                                    ((2.0 * crate::trainer::unit(seed, stream) - 1.0) * bound) as f32
                                 })
                                 .collect();
                             let leaf = |v: Vec<f32>, dims: [usize; 2]| {

@@ -128,22 +128,22 @@ pub fn plot(rows: &[serde_json::Value], out: &Path, title: &str) -> Result<usize
                 .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
             chart.configure_mesh().x_desc("step").light_line_style(WHITE.mix(0.0)).draw()?;
             let starts: Vec<(f64, &String)> = stages.iter().map(|(s, n)| (*s as f64, n)).collect();
-            for (i, (s, name)) in starts.iter().enumerate() {
+            for (i, &(s, name)) in starts.iter().enumerate() {
                 // a panel of another run's steps (SFT before RL) shows only the stages it overlaps
                 let end = starts.get(i + 1).map_or(x1, |n| n.0).min(x1);
-                if *s >= x1 || end <= x0 {
+                if s >= x1 || end <= x0 {
                     continue;
                 }
-                let s = &s.max(x0);
+                let s = s.max(x0);
                 if i % 2 == 1 {
                     chart.draw_series(std::iter::once(Rectangle::new(
-                        [(*s, y0 - pad), (end, y1 + pad)],
+                        [(s, y0 - pad), (end, y1 + pad)],
                         RGBColor(0, 0, 0).mix(0.06).filled(),
                     )))?;
                 }
                 chart.draw_series(std::iter::once(Text::new(
-                    (*name).clone(),
-                    (*s, y1 + pad * 0.2),
+                    name.clone(),
+                    (s, y1 + pad * 0.2),
                     ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90)),
                 )))?;
             }

@@ -10,7 +10,7 @@ use r1s_core::{Passage, Retriever};
 use serde_json::json;
 
 use crate::error::{Result, TrainError};
-use crate::trainer::mix;
+use crate::trainer::{mix, unit};
 
 /// One question of the task.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +117,7 @@ pub fn sft_lines<R: Retriever>(
 ) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for (i, q) in qs.iter().enumerate() {
-        let u = (mix(seed, i as u64) >> 11) as f64 / (1u64 << 53) as f64;
+        let u = unit(seed, i as u64);
         let answer = format!("</think>\n\n<answer> {} </answer>", q.title);
         if u < search_share {
             let query = description_query(&q.description);

@@ -32,6 +32,11 @@ pub fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A uniform draw in `[0, 1)` from [`mix`]`(a, b)` (its top 53 bits).
+pub fn unit(a: u64, b: u64) -> f64 {
+    (mix(a, b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The seed of the LoRA adapters that stage `stage` starts with.
 pub fn lora_seed(seed: u64, stage: usize) -> u64 {
     mix(seed ^ 0x4C6F_5241, stage as u64)
