@@ -281,9 +281,13 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum IndexCmd {
-    /// Build an index: INPUT is a corpus directory, or a dump / JSONL / TSV to ingest first. Every
-    /// stage (ingest, embed, index) is skipped when already done and embedding resumes.
+    /// Build an index: INPUT is a corpus directory, or a dump / JSONL / TSV to ingest first (omit it
+    /// to index the embeddings already in --out). Every stage (ingest, embed, index) is skipped when
+    /// already done; embedding and the HNSW graph build resume where an interrupted run stopped.
     Build(IndexBuildArgs),
+    /// RAM, disk and build time of an index before building it, and which configurations fit a RAM
+    /// budget (sizes from the file layouts, times from tools/bench-scale's measured scaling).
+    Plan(IndexPlanArgs),
     /// Print an index's manifest.
     Info {
         /// Index directory.
@@ -295,8 +299,11 @@ enum IndexCmd {
         #[arg(long)]
         index: PathBuf,
         /// Queries: JSONL with a "question" (or "query"/"text") field, or one query per line.
-        #[arg(long)]
-        queries: PathBuf,
+        #[arg(long, required_unless_present = "query_vectors")]
+        queries: Option<PathBuf>,
+        /// Query vectors instead of texts: a [n, dim] f32 .npy (e.g. from --save-queries).
+        #[arg(long, conflicts_with_all = ["queries", "save_queries"])]
+        query_vectors: Option<PathBuf>,
         /// Hits per query.
         #[arg(long, short, default_value_t = 10)]
         k: usize,
@@ -314,8 +321,9 @@ enum IndexCmd {
 
 #[derive(Debug, Args)]
 struct IndexBuildArgs {
-    /// A corpus directory, or input files for `corpus ingest`.
-    input: PathBuf,
+    /// A corpus directory, or input files for `corpus ingest`; omitted: --out already holds
+    /// embeddings.npy + embeddings.json (from `r1s embed`, or written by another tool).
+    input: Option<PathBuf>,
     /// Index directory (embeddings.npy, index files, manifest.json).
     #[arg(long, short)]
     out: PathBuf,
@@ -335,6 +343,22 @@ struct IndexBuildArgs {
     /// HNSW: default candidates while searching (recall@10 >= 0.95 on MiniLM vectors at 64).
     #[arg(long, default_value_t = 64)]
     ef_search: usize,
+    /// flat and hnsw: none, or sq8 (8-bit codes per dimension in codes.sq8, searched instead of the
+    /// vectors; the final candidates are re-ranked exactly from embeddings.npy).
+    #[arg(long, default_value = "none")]
+    quantize: r1s_index::Quantize,
+    /// sq8: return the codes' approximate scores, without exact re-ranking.
+    #[arg(long)]
+    no_rerank: bool,
+    /// flat sq8: candidates re-ranked per query, as a multiple of k.
+    #[arg(long, default_value_t = 4)]
+    rerank_factor: usize,
+    /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
+    #[arg(long, default_value_t = 1_000_000)]
+    checkpoint_every: u64,
+    /// hnsw: start the graph over even when a checkpoint of an interrupted build is there.
+    #[arg(long)]
+    no_resume: bool,
     /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out>).
     #[arg(long)]
     corpus_out: Option<PathBuf>,
@@ -354,6 +378,63 @@ struct IndexBuildArgs {
 
 fn parse_kind(s: &str) -> Result<r1s_index::Kind, String> {
     s.parse()
+}
+
+#[derive(Debug, Args)]
+struct IndexPlanArgs {
+    /// Passages (vectors).
+    #[arg(long)]
+    rows: u64,
+    /// Dimensions (MiniLM 384, e5-base/bge-base 768, bge-large 1024).
+    #[arg(long)]
+    dim: usize,
+    /// Show one configuration only: flat or hnsw (default: flat and hnsw over f32, f16 and sq8).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<r1s_index::Kind>,
+    /// With --kind: none or sq8.
+    #[arg(long, default_value = "none")]
+    quantize: r1s_index::Quantize,
+    /// With --kind: storage of embeddings.npy.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: r1s_embed::Dtype,
+    /// HNSW links per node.
+    #[arg(long, default_value_t = 32)]
+    m: usize,
+    /// HNSW candidates while building.
+    #[arg(long, default_value_t = 100)]
+    ef_construction: usize,
+    /// Mean bytes of a passage's text and title (100-word Wikipedia passages: about 600).
+    #[arg(long, default_value_t = 600)]
+    passage_bytes: u64,
+    /// Threads of the build.
+    #[arg(long, short = 'j', default_value_t = 16)]
+    threads: usize,
+    /// RAM budget (e.g. 64G, 512M): marks the configurations whose serving and build fit.
+    #[arg(long, value_parser = parse_bytes)]
+    ram: Option<u64>,
+}
+
+/// `64G`, `512M`, `1.5T`, `1000000` (bytes; K/M/G/T are powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (K, M, G, T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size such as 64G"))?;
+    if !(v.is_finite() && v >= 0.0) || v * mult as f64 >= u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok((v * mult as f64) as u64)
 }
 
 #[derive(Debug, Args)]
@@ -980,43 +1061,71 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     match cmd {
         IndexCmd::Build(a) => {
             let bars = progress::Bars::new(g.quiet);
-            let corpus = if is_corpus_dir(&a.input) {
-                a.input.clone()
-            } else {
-                let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
-                let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
-                if is_corpus_dir(&corpus) {
-                    eprintln!("corpus {} exists: not ingesting again", corpus.display());
-                } else {
-                    let opts = IngestOptions { threads: a.threads, ..IngestOptions::default() };
-                    r1s_corpus::ingest(std::slice::from_ref(&a.input), &corpus, &opts, &bars, cancel)?;
+            let corpus = match &a.input {
+                None => None,
+                Some(input) if is_corpus_dir(input) => Some(input.clone()),
+                Some(input) => {
+                    let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
+                    let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
+                    if is_corpus_dir(&corpus) {
+                        eprintln!("corpus {} exists: not ingesting again", corpus.display());
+                    } else {
+                        let opts = IngestOptions { threads: a.threads, ..IngestOptions::default() };
+                        r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
+                    }
+                    Some(corpus)
                 }
-                corpus
             };
-            let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
-            let cfg =
-                r1s_embed::EmbedderConfig { model: a.model.clone(), preset, threads: a.threads, ..Default::default() };
-            let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
-            let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(&corpus, &a.out) };
-            r1s_embed::embed_corpus(&embedder, &job, &bars, cancel)?;
+            if let Some(corpus) = &corpus {
+                let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
+                let cfg = r1s_embed::EmbedderConfig {
+                    model: a.model.clone(),
+                    preset,
+                    threads: a.threads,
+                    ..Default::default()
+                };
+                let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
+                let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(corpus, &a.out) };
+                r1s_embed::embed_corpus(&embedder, &job, &bars, cancel)?;
+            } else if !a.out.join(r1s_index::EMBEDDINGS_FILE).is_file() {
+                anyhow::bail!(
+                    "{}: no embeddings.npy to index; give INPUT (a corpus, dump or passages file) or run `r1s embed` first",
+                    a.out.display()
+                );
+            }
             let params = r1s_index::BuildParams {
                 hnsw: r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search },
                 faiss_factory: a.factory.clone(),
                 faiss_ef_search: a.ef_search,
+                quant: r1s_index::QuantParams {
+                    quantize: a.quantize,
+                    rerank: !a.no_rerank,
+                    rerank_factor: a.rerank_factor.max(1),
+                },
+                checkpoint_every: a.checkpoint_every.max(1),
+                resume: !a.no_resume,
             };
             let pool = rayon_pool(a.threads)?;
             let m = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel))?;
             if !g.quiet {
+                let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
                 println!(
-                    "{}: {:?} index of {} x {} vectors (corpus {}) built in {:.1} s",
+                    "{}: {:?}{q} index of {} x {} vectors (corpus {}) built in {:.1} s",
                     a.out.display(),
                     m.kind,
                     m.rows,
                     m.dim,
-                    corpus.display(),
+                    if m.corpus.is_empty() { "-" } else { m.corpus.as_str() },
                     m.build_seconds
                 );
+                if let Some(peak) = r1s_core::mem::peak_rss_bytes() {
+                    println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
+                }
             }
+            Ok(())
+        }
+        IndexCmd::Plan(a) => {
+            index_plan(&a);
             Ok(())
         }
         IndexCmd::Info { dir } => {
@@ -1024,7 +1133,12 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&idx.manifest)?);
             Ok(())
         }
-        IndexCmd::Eval { index, queries, k, limit, ef, save_queries } => {
+        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries } => {
+            let queries = match (queries, query_vectors) {
+                (_, Some(v)) => EvalQueries::Vectors(v),
+                (Some(q), None) => EvalQueries::Texts(q),
+                (None, None) => anyhow::bail!("--queries or --query-vectors is required"),
+            };
             index_eval(&index, &queries, k, limit, &ef, save_queries.as_deref())
         }
     }
@@ -1066,58 +1180,84 @@ fn read_queries(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<String>
     Ok(out)
 }
 
+/// Where `index eval` takes its queries from.
+enum EvalQueries {
+    /// Texts, embedded with the index's model.
+    Texts(PathBuf),
+    /// A [n, dim] f32 .npy of query vectors.
+    Vectors(PathBuf),
+}
+
+/// Recall@k against the exact scan and queries/s. The approximate searches run first, then the
+/// process's resident memory is read (what a search run touched: graph, codes, re-ranked rows), then
+/// the exact scan.
 fn index_eval(
     dir: &Path,
-    queries: &Path,
+    queries: &EvalQueries,
     k: usize,
     limit: Option<usize>,
     efs: &[usize],
     save: Option<&Path>,
 ) -> anyhow::Result<()> {
     use r1s_core::{Embedder, VectorIndex};
-    let idx = r1s_index::OpenIndex::open(dir)?;
-    let embedder = r1s_retrieve::query_embedder(&idx.manifest, &Default::default())?;
-    let qs = read_queries(queries, limit)?;
-    let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
     let t = std::time::Instant::now();
-    let qv = embedder.embed(&refs, r1s_core::Side::Query)?;
-    let embed_s = t.elapsed().as_secs_f64();
-    if let Some(path) = save {
-        let h = r1s_core::npy::NpyHeader::new(r1s_core::npy::Dtype::F32, qs.len() as u64, embedder.dim() as u64);
-        let mut bytes = h.to_bytes();
-        bytes.extend(qv.iter().flat_map(|x| x.to_le_bytes()));
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    }
+    let idx = r1s_index::OpenIndex::open(dir)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let dim = idx.manifest.dim;
+    let (qv, nq, embed_note) = match queries {
+        EvalQueries::Texts(path) => {
+            let embedder = r1s_retrieve::query_embedder(&idx.manifest, &Default::default())?;
+            let qs = read_queries(path, limit)?;
+            let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
+            let t = std::time::Instant::now();
+            let qv = embedder.embed(&refs, r1s_core::Side::Query)?;
+            let note = format!("{} queries embedded in {:.2} s", qs.len(), t.elapsed().as_secs_f64());
+            if let Some(path) = save {
+                let h = r1s_core::npy::NpyHeader::new(r1s_core::npy::Dtype::F32, qs.len() as u64, dim as u64);
+                let mut bytes = h.to_bytes();
+                bytes.extend(qv.iter().flat_map(|x| x.to_le_bytes()));
+                std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+            (qv, qs.len(), note)
+        }
+        EvalQueries::Vectors(path) => {
+            let m = r1s_index::Matrix::open(path)?;
+            anyhow::ensure!(m.dim() == dim, "{}: {}-dim vectors, the index holds {dim}", path.display(), m.dim());
+            let n = limit.map_or(m.rows(), |l| (l as u64).min(m.rows()));
+            let mut buf = Vec::new();
+            let qv = m.block(0, n, &mut buf).to_vec();
+            (qv, n as usize, format!("{n} query vectors from {}", path.display()))
+        }
+    };
+    // one query alone, on whatever the page cache holds now (cold after a drop)
+    let t = std::time::Instant::now();
+    idx.search(&qv[..dim.min(qv.len())], k)?;
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
     let timed = |f: &dyn Fn() -> Result<Vec<Vec<r1s_core::Scored>>, r1s_index::IndexError>| -> anyhow::Result<(Vec<Vec<r1s_core::Scored>>, f64)> {
         let t = std::time::Instant::now();
         let r = f()?;
-        Ok((r, qs.len() as f64 / t.elapsed().as_secs_f64().max(1e-9)))
+        Ok((r, nq as f64 / t.elapsed().as_secs_f64().max(1e-9)))
     };
-    let (exact, flat_qps) = timed(&|| idx.flat().search(&qv, k))?;
-    println!(
-        "{} queries embedded in {embed_s:.2} s; {} x {} vectors; k = {k}",
-        qs.len(),
-        idx.manifest.rows,
-        idx.manifest.dim
-    );
-    println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
-    println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
-    type Run<'a> = dyn Fn(usize) -> anyhow::Result<(Vec<Vec<r1s_core::Scored>>, f64)> + 'a;
-    let hnsw_rows = |name: &str, default_ef: usize, run: &Run<'_>| -> anyhow::Result<()> {
-        let efs = if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
-        for ef in efs {
-            let (approx, qps) = run(ef)?;
-            let r = r1s_index::recall_at_k(&exact, &approx, k);
-            println!("{:<24} {:>10.4} {:>12.0}", format!("{name} ef={ef}"), r, qps);
-        }
-        Ok(())
-    };
+    let mut rows: Vec<(String, Vec<Vec<r1s_core::Scored>>, f64)> = Vec::new();
+    let ef_list = |default_ef: usize| if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
+    let sq8 = |q: &r1s_index::QuantParams| if q.quantize == r1s_index::Quantize::Sq8 { "-sq8" } else { "" };
     match &idx.index {
         r1s_index::Index::Hnsw { graph, .. } => {
-            hnsw_rows("hnsw", graph.params.ef_search, &|ef| timed(&|| graph.search_ef(&qv, k, ef)))?;
+            let name = format!("hnsw{}", sq8(&graph.quant));
+            for ef in ef_list(graph.params.ef_search) {
+                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
+                rows.push((format!("{name} ef={ef}"), approx, qps));
+            }
         }
         r1s_index::Index::HnswRs { graph, .. } => {
-            hnsw_rows("hnsw-rs", graph.params.ef_search, &|ef| timed(&|| graph.search_ef(&qv, k, ef)))?;
+            for ef in ef_list(graph.params.ef_search) {
+                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
+                rows.push((format!("hnsw-rs ef={ef}"), approx, qps));
+            }
+        }
+        r1s_index::Index::FlatSq8 { index, .. } => {
+            let (approx, qps) = timed(&|| index.search(&qv, k))?;
+            rows.push((format!("flat-sq8 x{}", index.quant.rerank_factor), approx, qps));
         }
         r1s_index::Index::Faiss { index, .. } => {
             let factory = idx.manifest.params["factory"].as_str().unwrap_or("?").to_owned();
@@ -1131,14 +1271,91 @@ fn index_eval(
                     index.set_parameter("efSearch", ef as f64)?;
                 }
                 let (approx, qps) = timed(&|| index.search(&qv, k))?;
-                let r = r1s_index::recall_at_k(&exact, &approx, k);
                 let name = ef.map_or_else(|| format!("faiss {factory}"), |ef| format!("faiss {factory} ef={ef}"));
-                println!("{name:<24} {r:>10.4} {qps:>12.0}");
+                rows.push((name, approx, qps));
             }
         }
         r1s_index::Index::Flat(_) => {}
     }
+    let resident = r1s_core::mem::rss_bytes();
+    let (exact, flat_qps) = timed(&|| idx.flat().search(&qv, k))?;
+    println!("{embed_note}; {} x {} vectors; k = {k}", idx.manifest.rows, idx.manifest.dim);
+    println!("open {open_ms:.1} ms");
+    println!("first query {first_ms:.1} ms");
+    if let Some(r) = resident.filter(|_| !rows.is_empty()) {
+        println!("resident after approximate searches {:.0} MiB", r as f64 / 1048576.0);
+    }
+    println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
+    println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
+    for (name, approx, qps) in rows {
+        let r = r1s_index::recall_at_k(&exact, &approx, k);
+        println!("{name:<24} {r:>10.4} {qps:>12.0}");
+    }
     Ok(())
+}
+
+/// Prints `index plan`'s table: one configuration, or all of them against the RAM budget.
+fn index_plan(a: &IndexPlanArgs) {
+    use r1s_index::plan::{PlanInput, candidates, plan};
+    let base = PlanInput {
+        rows: a.rows,
+        dim: a.dim,
+        dtype: a.dtype,
+        kind: a.kind.unwrap_or(r1s_index::Kind::Hnsw),
+        quantize: a.quantize,
+        m: a.m,
+        ef_construction: a.ef_construction,
+        passage_bytes: a.passage_bytes,
+        threads: a.threads.max(1),
+    };
+    let configs = match a.kind {
+        Some(kind) => {
+            let dt = match (a.quantize, a.dtype) {
+                (r1s_index::Quantize::Sq8, _) => "sq8",
+                (_, r1s_embed::Dtype::F16) => "f16",
+                _ => "f32",
+            };
+            vec![(format!("{} {dt}", if kind == r1s_index::Kind::Hnsw { "hnsw" } else { "flat" }), base)]
+        }
+        None => candidates(&base),
+    };
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    println!(
+        "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage",
+        a.rows, a.dim, a.m, a.ef_construction, a.threads, a.passage_bytes
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}{}",
+        "config",
+        "vectors",
+        "codes",
+        "graph",
+        "passages",
+        "disk",
+        "serve RAM",
+        "build RAM",
+        "build",
+        if a.ram.is_some() { "  fits" } else { "" }
+    );
+    for (name, p) in configs {
+        let e = plan(&p);
+        let fits = a.ram.map(|ram| if e.serve_ram_bytes <= ram && e.build_ram_bytes <= ram { "  yes" } else { "  no" });
+        let build = if e.build_seconds > 0.0 { format!("{:.1} h", e.build_seconds / 3600.0) } else { "-".into() };
+        println!(
+            "{name:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {build:>9}{}",
+            gb(e.vectors_bytes),
+            gb(e.codes_bytes),
+            gb(e.graph_bytes),
+            gb(e.docstore_bytes),
+            gb(e.disk_bytes),
+            gb(e.serve_ram_bytes),
+            gb(e.build_ram_bytes),
+            fits.unwrap_or("")
+        );
+    }
+    println!(
+        "serve RAM: what stays resident to search at full speed (graph + vectors or codes); passages and re-ranked rows come from the page cache per hit"
+    );
 }
 
 fn embed(a: EmbedArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {

@@ -184,16 +184,140 @@ fn index_build_from_jsonl_with_faiss_opens_in_python() {
     assert_eq!(got.trim(), "40 384");
 }
 
+/// `r1s serve --index INDEX` on an ephemeral port: the process, its URL and its standard error.
+fn spawn_server(index: &Path) -> (std::process::Child, String, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead;
+    let mut server = r1s()
+        .args(["serve", "--port", "0", "--threads", "2", "--index"])
+        .arg(index)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "r1s serve exited before listening");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (server, url, stderr)
+}
+
+/// A Search-R1 JSONL of the first `n` R1-Searcher passages in `dir`.
+fn some_passages(dir: &Path, n: usize) -> PathBuf {
+    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
+    let src = dir.join("p.jsonl");
+    std::fs::write(&src, passages.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    src
+}
+
+/// SQ8 indexes through the binary: build (and rebuild without INPUT), eval from query vectors with
+/// the start-up and memory lines, `/health`'s mapped and resident bytes, and `index plan`.
+#[test]
+fn sq8_index_build_eval_serve_and_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 300);
+    let index = dir.path().join("idx");
+    let corpus = dir.path().join("corpus");
+    let summary = ok(r1s()
+        .args(["index", "build"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&index)
+        .arg("--corpus-out")
+        .arg(&corpus)
+        .args(["--kind", "hnsw", "--quantize", "sq8", "--threads", "2"]));
+    assert!(summary.contains("Hnsw sq8 index of 300 x 384"), "{summary}");
+    assert!(summary.contains("peak RSS"), "{summary}");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&index))).unwrap();
+    assert_eq!(info["params"]["quantize"], "sq8");
+    assert_eq!(info["params"]["rerank"], true);
+    assert!(index.join("codes.sq8").exists());
+
+    let queries = dir.path().join("queries.txt");
+    let questions = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl")).unwrap();
+    let qs: Vec<String> = questions
+        .lines()
+        .take(20)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
+        .collect();
+    std::fs::write(&queries, qs.join("\n")).unwrap();
+    let qnpy = dir.path().join("q.npy");
+    ok(r1s()
+        .args(["index", "eval", "--index"])
+        .arg(&index)
+        .arg("--queries")
+        .arg(&queries)
+        .arg("--save-queries")
+        .arg(&qnpy));
+    let eval = ok(r1s()
+        .args(["index", "eval", "--index"])
+        .arg(&index)
+        .arg("--query-vectors")
+        .arg(&qnpy)
+        .args(["--ef", "16,64"]));
+    for want in ["20 query vectors", "open ", "first query ", "resident after approximate searches", "hnsw-sq8 ef=64"] {
+        assert!(eval.contains(want), "{want:?} missing: {eval}");
+    }
+    let recall: f64 = eval
+        .lines()
+        .find(|l| l.starts_with("hnsw-sq8 ef=64"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(recall >= 0.95, "{eval}");
+
+    // the embeddings are there: a flat sq8 index over them without INPUT
+    let summary = ok(r1s().args(["index", "build", "--out"]).arg(&index).args(["--kind", "flat", "--quantize", "sq8"]));
+    assert!(summary.contains("Flat sq8 index of 300 x 384"), "{summary}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = r1s().args(["index", "build", "--out"]).arg(&empty).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no embeddings.npy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // /health shows the index files mapped into the server, with their resident bytes
+    ok(r1s().args(["-q", "index", "build", "--out"]).arg(&index).args(["--kind", "hnsw", "--quantize", "sq8"]));
+    let (mut server, url, _stderr) = spawn_server(&index);
+    let c = reqwest::blocking::Client::new();
+    let body = serde_json::json!({"queries": qs, "topk": 3}).to_string();
+    let hits: serde_json::Value = c.post(format!("{url}/retrieve")).body(body).send().unwrap().json().unwrap();
+    assert_eq!(hits["result"].as_array().unwrap().len(), qs.len());
+    let health: serde_json::Value = c.get(format!("{url}/health")).send().unwrap().json().unwrap();
+    let files = health["memory"]["index"]["files"].as_array().unwrap();
+    let codes = files.iter().find(|f| f["path"].as_str().unwrap().ends_with("codes.sq8")).expect("codes.sq8 mapped");
+    assert!(codes["resident_bytes"].as_u64().unwrap() > 0, "{health}");
+    assert!(health["memory"]["process_resident_bytes"].as_u64().unwrap() > 0);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // the plan for the case users ask about: 21M e5 passages
+    let plan = ok(r1s().args(["index", "plan", "--rows", "21015324", "--dim", "768", "--ram", "64G"]));
+    let sq8 = plan.lines().find(|l| l.starts_with("hnsw M32 sq8")).expect(&plan);
+    assert!(sq8.ends_with("yes"), "{plan}");
+    let f32 = plan.lines().find(|l| l.starts_with("hnsw M32 f32")).unwrap();
+    assert!(f32.ends_with("no") && f32.contains("64.6 GB"), "{plan}");
+    let bad = r1s().args(["index", "plan", "--rows", "10", "--dim", "4", "--ram", "lots"]).output().unwrap();
+    assert!(!bad.status.success());
+}
+
 /// `r1s serve` (a real process on an ephemeral port) answers what `r1s retrieve` answers, its bytes
 /// are what Python's json module (FastAPI's and Flask's settings) writes for the same data, and
 /// SIGTERM stops it cleanly.
 #[test]
 fn serve_answers_like_retrieve_and_python_writes_the_same_bytes() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
-    let src = dir.path().join("p.jsonl");
-    std::fs::write(&src, passages.lines().take(150).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let src = some_passages(dir.path(), 150);
     let index = dir.path().join("idx");
     ok(r1s()
         .args(["-q", "index", "build"])
@@ -225,21 +349,7 @@ fn serve_answers_like_retrieve_and_python_writes_the_same_bytes() {
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(looked_up.len(), qs.len());
 
-    let mut server = r1s()
-        .args(["serve", "--port", "0", "--threads", "2", "--index"])
-        .arg(&index)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "r1s serve exited before listening");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut server, url, mut stderr) = spawn_server(&index);
     let c = reqwest::blocking::Client::new();
     let body = serde_json::json!({"queries": qs, "topk": 3, "return_scores": true}).to_string();
     let retrieve = c.post(format!("{url}/retrieve")).body(body).send().unwrap().bytes().unwrap().to_vec();

@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod fsutil;
+pub mod mem;
 pub mod npy;
 pub mod paths;
 pub mod progress;

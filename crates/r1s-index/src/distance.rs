@@ -39,11 +39,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
             i += 8;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-        let mut acc = _mm_cvtss_f32(h);
+        let mut acc = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
         while i < n {
             acc += *pa.add(i) * *pb.add(i);
             i += 1;
@@ -92,11 +88,7 @@ fn dot4_avx2(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
         }
         let mut out = [0f32; 4];
         for j in 0..4 {
-            let s = _mm256_add_ps(a[j], b[j]);
-            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-            out[j] = _mm_cvtss_f32(h);
+            out[j] = hsum(_mm256_add_ps(a[j], b[j]));
             for t in i..n {
                 out[j] += *pq.add(t) * *p[j].add(t);
             }
@@ -130,6 +122,124 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
     acc
 }
 
+/// `⟨q, c⟩` of an f32 vector with a row of 8-bit codes (each code taken as the float 0..=255): the
+/// SQ8 kernel. `q` is the query already multiplied by the per-dimension step (see [`crate::sq8`]).
+#[inline(always)]
+fn dot_u8_portable(q: &[f32], c: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cq, cc) = (q.chunks_exact(8), c.chunks_exact(8));
+    let (rq, rc) = (cq.remainder(), cc.remainder());
+    for (x, y) in cq.zip(cc) {
+        for i in 0..8 {
+            acc[i] += x[i] * f32::from(y[i]);
+        }
+    }
+    let tail: f32 = rq.iter().zip(rc).map(|(x, &y)| x * f32::from(y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Eight codes at `p` widened to eight f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load_u8x8(p: *const u8) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees 8 readable bytes at p.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))) }
+}
+
+/// Horizontal sum of eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum(s: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    _mm_cvtss_f32(h)
+}
+
+/// AVX2 + FMA SQ8 kernel: codes widened u8 → i32 → f32 eight at a time, two accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_u8_avx2(q: &[f32], c: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(c.len());
+    let (pq, pc) = (q.as_ptr(), c.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 elements at offsets i..i+8 <= n of both slices.
+    unsafe {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), load_u8x8(pc.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i + 8)), load_u8x8(pc.add(i + 8)), s1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), load_u8x8(pc.add(i)), s0);
+            i += 8;
+        }
+        let mut acc = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            acc += *pq.add(i) * f32::from(*pc.add(i));
+            i += 1;
+        }
+        acc
+    }
+}
+
+/// Four code rows at once: the query is loaded once per step for all four.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot4_u8_avx2(q: &[f32], r: [&[u8]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = r.iter().fold(q.len(), |n, v| n.min(v.len()));
+    let (pq, p) = (q.as_ptr(), r.map(<[u8]>::as_ptr));
+    let mut i = 0;
+    // SAFETY: every load reads 8 elements at offsets below n, the shortest of the five slices.
+    unsafe {
+        let mut a = [_mm256_setzero_ps(); 4];
+        while i + 8 <= n {
+            let qv = _mm256_loadu_ps(pq.add(i));
+            for j in 0..4 {
+                a[j] = _mm256_fmadd_ps(qv, load_u8x8(p[j].add(i)), a[j]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for j in 0..4 {
+            out[j] = hsum(a[j]);
+            for t in i..n {
+                out[j] += *pq.add(t) * f32::from(*p[j].add(t));
+            }
+        }
+        out
+    }
+}
+
+/// `Σ q[i]·c[i]` of an f32 vector and a row of 8-bit codes.
+#[inline]
+pub fn dot_u8(q: &[f32], c: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { dot_u8_avx2(q, c) };
+    }
+    dot_u8_portable(q, c)
+}
+
+/// [`dot_u8`] of one query with four code rows.
+#[inline]
+pub fn dot4_u8(q: &[f32], r: [&[u8]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { dot4_u8_avx2(q, r) };
+    }
+    r.map(|c| dot_u8_portable(q, c))
+}
+
 /// Asks the CPU to start loading the cache line at `p` (a hint; no effect elsewhere).
 #[inline(always)]
 pub fn prefetch<T>(p: *const T) {
@@ -160,5 +270,14 @@ mod tests {
         let bits: Vec<u16> = b.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
         let rounded: f32 = a.iter().zip(&bits).map(|(x, &y)| x * half::f16::from_bits(y).to_f32()).sum();
         assert!((dot_f16(&a, &bits) - rounded).abs() < 1e-4);
+        let codes: Vec<u8> = (0..131).map(|i| (i * 37 % 256) as u8).collect();
+        let want: f32 = a.iter().zip(&codes).map(|(x, &c)| x * f32::from(c)).sum();
+        assert!((dot_u8(&a, &codes) - want).abs() < 1e-2, "{} vs {want}", dot_u8(&a, &codes));
+        assert!((dot_u8_portable(&a, &codes) - want).abs() < 1e-2);
+        let rev: Vec<u8> = codes.iter().rev().copied().collect();
+        let wr: f32 = a.iter().zip(&rev).map(|(x, &c)| x * f32::from(c)).sum();
+        for (got, want) in dot4_u8(&a, [&codes, &rev, &codes, &rev]).iter().zip([want, wr, want, wr]) {
+            assert!((got - want).abs() < 1e-2, "{got} vs {want}");
+        }
     }
 }

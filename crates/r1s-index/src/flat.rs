@@ -66,6 +66,11 @@ impl Matrix {
         &self.path
     }
 
+    /// The `.npy` header (shape, dtype, data offset).
+    pub fn header(&self) -> &NpyHeader {
+        &self.header
+    }
+
     fn data(&self) -> &[u8] {
         &self.map[self.header.data_offset as usize..]
     }
@@ -202,70 +207,96 @@ impl VectorIndex for FlatIndex {
     }
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
-        let d = self.dim();
-        let nq = crate::error::query_rows(queries, d)?;
-        let rows = self.len();
-        if nq == 0 || rows == 0 {
-            return Ok(vec![Vec::new(); nq]);
-        }
-        let block_rows = (BLOCK_FLOATS / nq.max(1)).clamp(256, 65_536) as u64;
-        let blocks: Vec<u64> = (0..rows.div_ceil(block_rows)).collect();
-        let partial: Vec<Vec<TopK>> = blocks
-            .par_iter()
-            .map_init(
-                || (Vec::<f32>::new(), Vec::<f32>::new()),
-                |(conv, scores), &b| {
-                    let start = b * block_rows;
-                    let end = (start + block_rows).min(rows);
-                    let n = (end - start) as usize;
-                    let block = self.matrix.block(start, end, conv);
-                    scores.clear();
-                    scores.resize(nq * n, 0.0);
-                    // scores[nq, n] = queries[nq, d] · block[n, d]ᵀ
-                    // SAFETY: the pointers and strides describe the live slices above exactly:
-                    // queries is nq×d row-major, block is n×d row-major (read as d×n via strides),
-                    // scores is nq×n row-major.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            nq,
-                            d,
-                            n,
-                            1.0,
-                            queries.as_ptr(),
-                            d as isize,
-                            1,
-                            block.as_ptr(),
-                            1,
-                            d as isize,
-                            0.0,
-                            scores.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        );
-                    }
-                    scores
-                        .chunks_exact(n)
-                        .map(|row_scores| {
-                            let mut top = TopK::new(k);
-                            for (j, &s) in row_scores.iter().enumerate() {
-                                if s >= top.threshold() {
-                                    top.push(s, start + j as u64);
-                                }
-                            }
-                            top
-                        })
-                        .collect()
-                },
-            )
-            .collect();
-        let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
-        for block in partial {
-            for (q, top) in block.into_iter().enumerate() {
-                merged[q].merge(top);
-            }
-        }
-        Ok(merged.into_iter().map(TopK::into_sorted).collect())
+        scan(&self.matrix, queries, k)
     }
+}
+
+/// Row blocks as f32, for the exact scan: the matrix itself, or SQ8 codes decoded.
+pub(crate) trait Blocks: Sync {
+    fn rows(&self) -> u64;
+    fn dim(&self) -> usize;
+    /// Rows `start..end` as f32, row-major (borrowed, or converted into `buf`).
+    fn block<'a>(&'a self, start: u64, end: u64, buf: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+impl Blocks for Matrix {
+    fn rows(&self) -> u64 {
+        Matrix::rows(self)
+    }
+    fn dim(&self) -> usize {
+        Matrix::dim(self)
+    }
+    fn block<'a>(&'a self, start: u64, end: u64, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        Matrix::block(self, start, end, buf)
+    }
+}
+
+/// The top `k` rows of `blocks` by inner product for each query of row-major `queries`, best first.
+/// Blocks are scanned in parallel; each block's scores for all queries come from one matrix product.
+pub(crate) fn scan<B: Blocks>(blocks: &B, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
+    let d = blocks.dim();
+    let nq = crate::error::query_rows(queries, d)?;
+    let rows = blocks.rows();
+    if nq == 0 || rows == 0 {
+        return Ok(vec![Vec::new(); nq]);
+    }
+    let block_rows = (BLOCK_FLOATS / nq.max(1)).clamp(256, 65_536) as u64;
+    let ids: Vec<u64> = (0..rows.div_ceil(block_rows)).collect();
+    let partial: Vec<Vec<TopK>> = ids
+        .par_iter()
+        .map_init(
+            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            |(conv, scores), &b| {
+                let start = b * block_rows;
+                let end = (start + block_rows).min(rows);
+                let n = (end - start) as usize;
+                let block = blocks.block(start, end, conv);
+                scores.clear();
+                scores.resize(nq * n, 0.0);
+                // scores[nq, n] = queries[nq, d] · block[n, d]ᵀ
+                // SAFETY: the pointers and strides describe the live slices above exactly:
+                // queries is nq×d row-major, block is n×d row-major (read as d×n via strides),
+                // scores is nq×n row-major.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        nq,
+                        d,
+                        n,
+                        1.0,
+                        queries.as_ptr(),
+                        d as isize,
+                        1,
+                        block.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        scores.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+                scores
+                    .chunks_exact(n)
+                    .map(|row_scores| {
+                        let mut top = TopK::new(k);
+                        for (j, &s) in row_scores.iter().enumerate() {
+                            if s >= top.threshold() {
+                                top.push(s, start + j as u64);
+                            }
+                        }
+                        top
+                    })
+                    .collect()
+            },
+        )
+        .collect();
+    let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+    for block in partial {
+        for (q, top) in block.into_iter().enumerate() {
+            merged[q].merge(top);
+        }
+    }
+    Ok(merged.into_iter().map(TopK::into_sorted).collect())
 }
 
 /// Brute force, one dot product at a time: the reference the optimised search is tested against.

@@ -28,9 +28,10 @@ use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot, dot_f16, dot4, prefetch};
+use crate::distance::{dot, dot_f16, dot_u8, dot4, dot4_u8, prefetch};
 use crate::error::{IndexError, Result};
 use crate::flat::{Matrix, Raw};
+use crate::sq8::{QuantParams, Quantize, Sq8};
 
 /// HNSW parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,36 +102,67 @@ impl Ord for Near {
     }
 }
 
-/// The rows of the embedding matrix, f32 or f16, borrowed from the map.
+/// The vectors a graph is walked over, borrowed from their maps: the embedding matrix (f32 or f16)
+/// or its SQ8 codes.
 #[derive(Clone, Copy)]
 enum Vectors<'a> {
     F32(&'a [f32], usize),
     F16(&'a [u16], usize),
+    Sq8(&'a Sq8),
+}
+
+/// A query prepared for one kind of [`Vectors`]: the f32 query itself (`bias` 0), or for SQ8 the
+/// query scaled by the steps and `⟨q, min⟩` (see [`crate::sq8`]).
+struct Query<'a> {
+    q: Cow<'a, [f32]>,
+    bias: f32,
 }
 
 impl<'a> Vectors<'a> {
-    fn of(m: &'a Matrix) -> Vectors<'a> {
+    fn of(m: &'a Matrix, codes: Option<&'a Sq8>) -> Vectors<'a> {
+        if let Some(c) = codes {
+            return Vectors::Sq8(c);
+        }
         match m.raw() {
             Raw::F32(v) => Vectors::F32(v, m.dim()),
             Raw::F16(v) => Vectors::F16(v, m.dim()),
         }
     }
 
-    /// `−⟨q, row id⟩`.
+    fn prepare<'q>(&self, q: &'q [f32]) -> Query<'q> {
+        match *self {
+            Vectors::Sq8(c) => {
+                let mut scaled = Vec::with_capacity(q.len());
+                let bias = c.prepare(q, &mut scaled);
+                Query { q: Cow::Owned(scaled), bias }
+            }
+            _ => Query { q: Cow::Borrowed(q), bias: 0.0 },
+        }
+    }
+
     #[inline]
-    fn dist(&self, q: &[f32], id: u32) -> f32 {
+    fn codes(c: &Sq8, i: u32) -> &[u8] {
+        let d = c.dim();
+        &c.codes()[i as usize * d..(i as usize + 1) * d]
+    }
+
+    /// `−⟨q, row id⟩` (for SQ8, of the decoded row).
+    #[inline]
+    fn dist(&self, q: &Query<'_>, id: u32) -> f32 {
         let i = id as usize;
         match *self {
-            Vectors::F32(v, d) => -dot(q, &v[i * d..(i + 1) * d]),
-            Vectors::F16(v, d) => -dot_f16(q, &v[i * d..(i + 1) * d]),
+            Vectors::F32(v, d) => -dot(&q.q, &v[i * d..(i + 1) * d]),
+            Vectors::F16(v, d) => -dot_f16(&q.q, &v[i * d..(i + 1) * d]),
+            Vectors::Sq8(c) => -(q.bias + dot_u8(&q.q, Self::codes(c, id))),
         }
     }
 
     /// `−⟨q, row⟩` for four rows.
     #[inline]
-    fn dist4(&self, q: &[f32], ids: [u32; 4]) -> [f32; 4] {
+    fn dist4(&self, q: &Query<'_>, ids: [u32; 4]) -> [f32; 4] {
         match *self {
-            Vectors::F32(v, d) => dot4(q, ids.map(|i| &v[i as usize * d..(i as usize + 1) * d])).map(|x| -x),
+            Vectors::F32(v, d) => dot4(&q.q, ids.map(|i| &v[i as usize * d..(i as usize + 1) * d])).map(|x| -x),
+            Vectors::Sq8(c) => dot4_u8(&q.q, ids.map(|i| Self::codes(c, i))).map(|x| -(q.bias + x)),
             Vectors::F16(..) => ids.map(|i| self.dist(q, i)),
         }
     }
@@ -149,15 +181,29 @@ impl<'a> Vectors<'a> {
                     prefetch(x);
                 }
             }
+            Vectors::Sq8(c) => {
+                if let Some(x) = c.codes().get(i * c.dim()) {
+                    prefetch(x);
+                }
+            }
         }
     }
 
-    fn row(&self, id: u32) -> Cow<'a, [f32]> {
+    /// Row `id` as a prepared query (while building: the node being linked).
+    fn query_of(&self, id: u32) -> Query<'a> {
         let i = id as usize;
         match *self {
-            Vectors::F32(v, d) => Cow::Borrowed(&v[i * d..(i + 1) * d]),
-            Vectors::F16(v, d) => {
-                Cow::Owned(v[i * d..(i + 1) * d].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect())
+            Vectors::F32(v, d) => Query { q: Cow::Borrowed(&v[i * d..(i + 1) * d]), bias: 0.0 },
+            Vectors::F16(v, d) => Query {
+                q: Cow::Owned(v[i * d..(i + 1) * d].iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()),
+                bias: 0.0,
+            },
+            Vectors::Sq8(c) => {
+                let mut row = Vec::with_capacity(c.dim());
+                c.decode(u64::from(id), &mut row);
+                let mut scaled = Vec::with_capacity(c.dim());
+                let bias = c.prepare(&row, &mut scaled);
+                Query { q: Cow::Owned(scaled), bias }
             }
         }
     }
@@ -408,7 +454,7 @@ impl Pool {
 }
 
 /// Greedy descent at `level`: moves to a nearer neighbour until none is nearer.
-fn greedy<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], mut cur: Near, level: usize, buf: &mut Vec<u32>) -> Near {
+fn greedy<L: Links>(g: &L, v: Vectors<'_>, q: &Query<'_>, mut cur: Near, level: usize, buf: &mut Vec<u32>) -> Near {
     loop {
         let mut moved = false;
         g.read(cur.id, level, buf);
@@ -432,7 +478,7 @@ fn greedy<L: Links>(g: &L, v: Vectors<'_>, q: &[f32], mut cur: Near, level: usiz
 fn search_layer<L: Links>(
     g: &L,
     v: Vectors<'_>,
-    q: &[f32],
+    q: &Query<'_>,
     entry: &[Near],
     ef: usize,
     level: usize,
@@ -507,12 +553,12 @@ fn search_layer<L: Links>(
 /// The diversity heuristic: walking the candidates nearest first, keep one unless it is nearer to a
 /// neighbour already kept than to the base; at most `max`.
 fn select(v: Vectors<'_>, sorted: &[Near], max: usize) -> Vec<Near> {
-    let mut kept: Vec<(Near, Cow<'_, [f32]>)> = Vec::with_capacity(max);
+    let mut kept: Vec<(Near, Query<'_>)> = Vec::with_capacity(max);
     for &c in sorted {
         if kept.len() >= max {
             break;
         }
-        let cv = v.row(c.id);
+        let cv = v.query_of(c.id);
         if kept.iter().all(|(r, _)| v.dist(&cv, r.id) > c.d) {
             kept.push((c, cv));
         }
@@ -546,8 +592,8 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn insert(&self, id: u32) {
         let level = self.g.level(id);
-        let q = self.v.row(id);
-        let q: &[f32] = &q;
+        let q = self.v.query_of(id);
+        let q = &q;
         // a node above the current top holds the top lock for its whole insertion (rare)
         let mut guard = Some(self.top.lock().unwrap_or_else(|p| p.into_inner()));
         let (entry, top_level) = guard.as_ref().map(|t| (t.entry, t.level)).unwrap_or_default();
@@ -594,7 +640,7 @@ impl Builder<'_> {
         if buf.len() < self.g.at.cap(level) {
             buf.push(new.id);
         } else {
-            let base = self.v.row(node);
+            let base = self.v.query_of(node);
             let mut cands: Vec<Near> = buf.iter().map(|&x| Near { d: self.v.dist(&base, x), id: x }).collect();
             cands.push(new);
             cands.sort_unstable();
@@ -604,12 +650,14 @@ impl Builder<'_> {
     }
 }
 
-/// An HNSW graph over the rows of a matrix.
+/// An HNSW graph over the rows of a matrix, walked over the matrix itself or over its SQ8 codes.
 pub struct HnswIndex {
     graph: Frozen,
     matrix: Matrix,
+    codes: Option<Sq8>,
     pool: Pool,
     pub params: HnswParams,
+    pub quant: QuantParams,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -618,74 +666,288 @@ impl std::fmt::Debug for HnswIndex {
             .field("rows", &self.graph.at.n)
             .field("top_level", &self.graph.max_level)
             .field("params", &self.params)
+            .field("quant", &self.quant)
             .finish_non_exhaustive()
     }
 }
 
+/// Checkpointing of a graph build: where, and how often.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    /// The checkpoint file (`hnsw.r1s.ckpt` in the index directory); `None`: no checkpoints.
+    pub path: Option<PathBuf>,
+    /// Inserts between two checkpoints (rounded up to the build's chunk of inserts).
+    pub every: u64,
+}
+
+/// The checkpoint file of a graph build in progress.
+pub const CHECKPOINT_FILE: &str = "hnsw.r1s.ckpt";
+const CKPT_MARK: u32 = u32::from_le_bytes(*b"CKPT");
+
+/// Levels `floor(−ln U / ln M)` of `n` nodes, drawn in row order from a fixed seed, and the words
+/// their upper-layer lists take.
+fn draw_levels(n: usize, m: usize) -> Result<(Vec<u32>, usize)> {
+    let mut rng = LEVEL_SEED;
+    let mult = 1.0 / (m as f64).ln();
+    let levels: Vec<u32> = (0..n)
+        .map(|_| {
+            let u = ((splitmix(&mut rng) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            ((-u.ln() * mult) as u32).min(MAX_LEVEL)
+        })
+        .collect();
+    let upper_len: usize = levels.iter().map(|&l| l as usize * (m + 1)).sum();
+    if upper_len >= u32::MAX as usize {
+        return Err(IndexError::Options(format!("{n} rows at M {m}: the upper levels overflow")));
+    }
+    Ok((levels, upper_len))
+}
+
+/// The words of an empty graph of `n` nodes: levels and upper-list offsets filled in, no links.
+fn empty_graph(n: usize, m: usize) -> Result<(Layout, Vec<u32>)> {
+    let (levels, upper_len) = draw_levels(n, m)?;
+    let at = Layout::new(n, m, upper_len);
+    let mut words = vec![0u32; at.end];
+    words[at.levels_at..at.upper_off_at].copy_from_slice(&levels);
+    let mut off = 0u32;
+    for (slot, &l) in words[at.upper_off_at..at.level0_at].iter_mut().zip(&levels) {
+        *slot = if l == 0 { u32::MAX } else { off };
+        off += l * (m as u32 + 1);
+    }
+    words.iter_mut().for_each(|x| *x = x.to_le());
+    Ok((at, words))
+}
+
+/// What a checkpoint must agree with to be resumed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Resumable {
+    n: usize,
+    dim: usize,
+    m: usize,
+    ef_construction: usize,
+    sq8: bool,
+    source: u64,
+}
+
+/// Writes the build's words, the top, the count of nodes inserted and the source fingerprint to
+/// `path` (a temporary file, synced, renamed into place, the directory synced): a crash at any
+/// moment leaves the previous checkpoint or this one.
+fn write_checkpoint(path: &Path, g: &Building, top: (u32, usize), inserted: usize, r: &Resumable) -> Result<()> {
+    let tmp = path.with_extension("ckpt.part");
+    let at = g.at;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let (n, upper, ins) = (at.n as u64, at.upper_len as u64, inserted as u64);
+        let header: [u32; HEADER_WORDS] = [
+            MAGIC[0],
+            MAGIC[1],
+            n as u32,
+            (n >> 32) as u32,
+            r.dim as u32,
+            at.m as u32,
+            at.m0 as u32,
+            top.1 as u32,
+            top.0,
+            upper as u32,
+            (upper >> 32) as u32,
+            r.ef_construction as u32,
+            ins as u32,
+            (ins >> 32) as u32,
+            u32::from(r.sq8),
+            CKPT_MARK,
+        ];
+        let mut buf: Vec<u32> = header.map(u32::to_le).to_vec();
+        for chunk in g.words[HEADER_WORDS..].chunks(1 << 16) {
+            buf.extend(chunk.iter().map(|w| w.load(Relaxed)));
+            f.write_all(bytemuck::cast_slice(&buf))?;
+            buf.clear();
+        }
+        f.write_all(&r.source.to_le_bytes())?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().map_err(|e| IndexError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // the rename itself is durable once the directory is
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint written by [`write_checkpoint`]: `(layout, words, top, inserted)`, or
+/// `None` (with the reason) when it is for another build or does not hold together. Every word is
+/// checked (levels against the seeded generator, link counts and targets in range) before use.
+type Checkpoint = (Layout, Vec<u32>, Top, usize);
+
+fn read_checkpoint(path: &Path, r: &Resumable) -> Result<std::result::Result<Checkpoint, String>> {
+    let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
+    if bytes.len() < HEADER_WORDS * 4 + 8 || bytes.len() % 4 != 0 {
+        return Ok(Err(format!("{} bytes: truncated", bytes.len())));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 8);
+    let source = u64::from_le_bytes(tail.try_into().unwrap_or_default());
+    let mut words: Vec<u32> = body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    drop(bytes);
+    let h = &words[..HEADER_WORDS];
+    let n = u64::from(h[2]) | (u64::from(h[3]) << 32);
+    let inserted = u64::from(h[12]) | (u64::from(h[13]) << 32);
+    if h[0] != MAGIC[0] || h[1] != MAGIC[1] || h[15] != CKPT_MARK {
+        return Ok(Err("not an r1s graph checkpoint".into()));
+    }
+    let found = Resumable {
+        n: n as usize,
+        dim: h[4] as usize,
+        m: h[5] as usize,
+        ef_construction: h[11] as usize,
+        sq8: h[14] == 1,
+        source,
+    };
+    if found != *r || n != r.n as u64 {
+        return Ok(Err(format!("it is for another build ({found:?}; this one: {r:?})")));
+    }
+    let (levels, upper_len) = draw_levels(r.n, r.m)?;
+    let at = Layout::new(r.n, r.m, upper_len);
+    let upper = u64::from(h[9]) | (u64::from(h[10]) << 32);
+    if upper != upper_len as u64 || words.len() != at.end || inserted > n || inserted == 0 && n > 0 {
+        return Ok(Err("its sizes do not match the graph's".into()));
+    }
+    let (entry, level) = (h[8], h[7] as usize);
+    if (n > 0 && u64::from(entry) >= n) || level > MAX_LEVEL as usize {
+        return Ok(Err("corrupt top".into()));
+    }
+    if words[at.levels_at..at.upper_off_at] != levels[..] {
+        return Ok(Err("its levels are not this build's".into()));
+    }
+    let mut off = 0u32;
+    for (&slot, &l) in words[at.upper_off_at..at.level0_at].iter().zip(&levels) {
+        if slot != if l == 0 { u32::MAX } else { off } {
+            return Ok(Err("corrupt upper-list offsets".into()));
+        }
+        off += l * (r.m as u32 + 1);
+    }
+    let lists = |from: usize, to: usize, cap: usize| {
+        words[from..to]
+            .chunks_exact(cap + 1)
+            .all(|l| l[0] as usize <= cap && l[1..=l[0] as usize].iter().all(|&x| (x as usize) < r.n))
+    };
+    if !lists(at.level0_at, at.upper_at, at.m0) || !lists(at.upper_at, at.end, at.m) {
+        return Ok(Err("corrupt adjacency lists".into()));
+    }
+    // the words in memory are little-endian like the file's; the checkpoint fields are cleared
+    words[12..HEADER_WORDS].fill(0);
+    words.iter_mut().for_each(|x| *x = x.to_le());
+    Ok(Ok((at, words, Top { entry, level }, inserted as usize)))
+}
+
 impl HnswIndex {
     /// Builds the graph over every row of `matrix` (mapped again from its file), inserting in
-    /// parallel on the current rayon pool.
+    /// parallel on the current rayon pool; no quantization, no checkpoints.
     pub fn build(matrix: &Matrix, params: HnswParams, progress: &dyn Progress, cancel: &Cancel) -> Result<HnswIndex> {
+        Self::build_with(matrix, params, None, QuantParams::default(), &Checkpoints::default(), progress, cancel)
+    }
+
+    /// Builds the graph over `matrix`, walked over `codes` when given (the f32/f16 rows are then
+    /// never read while building: memory is the graph + the codes). With `ckpt.path`, the build
+    /// writes a checkpoint every `ckpt.every` inserts and on cancellation, and resumes from one that
+    /// matches this build (rows, dim, M, efConstruction, quantization, the embeddings' fingerprint);
+    /// one that does not is ignored (logged) and overwritten. Inserts run in chunks in row order, so
+    /// a one-thread build resumed at any checkpoint is byte-identical to an uninterrupted one.
+    ///
+    /// Errors: bad parameters, more than 2^32 − 1 rows, I/O on the checkpoint, [`IndexError::Cancelled`].
+    pub fn build_with(
+        matrix: &Matrix,
+        params: HnswParams,
+        codes: Option<Sq8>,
+        quant: QuantParams,
+        ckpt: &Checkpoints,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<HnswIndex> {
         params.check()?;
         let matrix = Matrix::open(matrix.path())?;
         let n = usize::try_from(matrix.rows()).ok().filter(|&n| n < u32::MAX as usize).ok_or_else(|| {
             IndexError::Options(format!("{} rows: an r1s HNSW graph holds fewer than 2^32", matrix.rows()))
         })?;
-        // levels: floor(−ln U / ln M), drawn in row order from a fixed seed
-        let mut rng = LEVEL_SEED;
-        let mult = 1.0 / (params.m as f64).ln();
-        let levels: Vec<u32> = (0..n)
-            .map(|_| {
-                let u = ((splitmix(&mut rng) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                ((-u.ln() * mult) as u32).min(MAX_LEVEL)
-            })
-            .collect();
-        let upper_len: usize = levels.iter().map(|&l| l as usize * (params.m + 1)).sum();
-        if upper_len >= u32::MAX as usize {
-            return Err(IndexError::Options(format!("{n} rows at M {}: the upper levels overflow", params.m)));
+        if codes.as_ref().is_some_and(|c| c.rows() != n as u64 || c.dim() != matrix.dim()) {
+            return Err(IndexError::Mismatch("the SQ8 codes are not over the embeddings' shape".into()));
         }
+        let quant = QuantParams { quantize: if codes.is_some() { Quantize::Sq8 } else { Quantize::None }, ..quant };
+        let resumable = match &ckpt.path {
+            Some(_) => Some(Resumable {
+                n,
+                dim: matrix.dim(),
+                m: params.m,
+                ef_construction: params.ef_construction,
+                sq8: codes.is_some(),
+                source: crate::sq8::fingerprint(&matrix)?,
+            }),
+            None => None,
+        };
+        let mut resumed = None;
+        if let (Some(path), Some(r)) = (&ckpt.path, &resumable)
+            && path.exists()
+        {
+            match read_checkpoint(path, r)? {
+                Ok(state) => resumed = Some(state),
+                Err(why) => log::warn!("{}: not resuming from it: {why}", path.display()),
+            }
+        }
+        let max_level0 = |at: &Layout, w: &[u32]| if n == 0 { 0 } else { u32::from_le(w[at.levels_at]) as usize };
         // the file's words, built in place: the graph never exists twice in memory
-        let at = Layout::new(n, params.m, upper_len);
-        let mut words = vec![0u32; at.end];
-        words[at.levels_at..at.upper_off_at].copy_from_slice(&levels);
-        let mut off = 0u32;
-        for (slot, &l) in words[at.upper_off_at..at.level0_at].iter_mut().zip(&levels) {
-            *slot = if l == 0 { u32::MAX } else { off };
-            off += l * (params.m as u32 + 1);
-        }
-        drop(levels);
-        words.iter_mut().for_each(|x| *x = x.to_le());
+        let (at, words, top, mut start) = match resumed {
+            Some((at, words, top, inserted)) => {
+                log::info!("resuming the graph build at node {inserted} of {n}");
+                (at, words, top, inserted)
+            }
+            None => {
+                let (at, words) = empty_graph(n, params.m)?;
+                let level = max_level0(&at, &words);
+                (at, words, Top { entry: 0, level }, 1.min(n))
+            }
+        };
         let g = Building {
             at,
             words: words.into_iter().map(AtomicU32::new).collect(),
             locks: (0..LOCK_STRIPES.min(n.max(1))).map(|_| Mutex::new(())).collect(),
         };
         progress.start("hnsw build", Some(n as u64), Unit::Items);
-        let max_level = if n == 0 { 0 } else { g.level(0) };
         let b = Builder {
             g: &g,
-            v: Vectors::of(&matrix),
-            top: Mutex::new(Top { entry: 0, level: max_level }),
+            v: Vectors::of(&matrix, codes.as_ref()),
+            top: Mutex::new(top),
             pool: Pool::default(),
             ef_construction: params.ef_construction.max(params.m),
         };
         let chunk = (n / 200).clamp(1024, 65_536);
-        let mut start = 1.min(n);
         progress.advance(start as u64);
+        let mut saved = start;
+        let save = |inserted: usize| -> Result<()> {
+            if let (Some(path), Some(r)) = (&ckpt.path, &resumable) {
+                let t = b.top.lock().unwrap_or_else(|p| p.into_inner());
+                write_checkpoint(path, &g, (t.entry, t.level), inserted, r)?;
+            }
+            Ok(())
+        };
         while start < n {
             if cancel.is_cancelled() {
+                if start > saved {
+                    save(start)?;
+                }
                 return Err(IndexError::Cancelled);
             }
             let end = (start + chunk).min(n);
             (start as u32..end as u32).into_par_iter().for_each(|id| b.insert(id));
             progress.advance((end - start) as u64);
             start = end;
+            if start < n && (start - saved) as u64 >= ckpt.every.max(1) {
+                save(start)?;
+                saved = start;
+            }
         }
         let top = b.top.into_inner().unwrap_or_else(|p| p.into_inner());
         progress.finish(&format!("{n} vectors linked (M {}, efC {})", params.m, params.ef_construction));
         let words = freeze(g, matrix.dim(), top, params.ef_construction);
         let graph = Frozen::parse(Words::Owned(words), Path::new(GRAPH_FILE), matrix.dim(), n as u64)?;
-        Ok(HnswIndex { graph, matrix, pool: Pool::default(), params })
+        Ok(HnswIndex { graph, matrix, codes, pool: Pool::default(), params, quant })
     }
 
     /// Writes the graph to `dir/hnsw.r1s` (through a temporary file renamed into place).
@@ -705,6 +967,19 @@ impl HnswIndex {
 
     /// Maps `dir/hnsw.r1s` and the embeddings, checking the graph against the expected size.
     pub fn load(dir: &Path, embeddings: &Path, dim: usize, rows: u64, params: HnswParams) -> Result<HnswIndex> {
+        Self::load_with(dir, embeddings, dim, rows, params, None, QuantParams::default())
+    }
+
+    /// [`HnswIndex::load`] of a graph walked over SQ8 `codes` when given.
+    pub fn load_with(
+        dir: &Path,
+        embeddings: &Path,
+        dim: usize,
+        rows: u64,
+        params: HnswParams,
+        codes: Option<Sq8>,
+        quant: QuantParams,
+    ) -> Result<HnswIndex> {
         let path: PathBuf = dir.join(GRAPH_FILE);
         let file = std::fs::File::open(&path).map_err(|e| IndexError::io(&path, e))?;
         let len = file.metadata().map_err(|e| IndexError::io(&path, e))?.len();
@@ -716,7 +991,11 @@ impl HnswIndex {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(&path, e))?;
         let graph = Frozen::parse(Words::Mapped(map), &path, dim, rows)?;
         let matrix = Matrix::open(embeddings)?;
-        Ok(HnswIndex { graph, matrix, pool: Pool::default(), params })
+        if codes.as_ref().is_some_and(|c| c.rows() != rows || c.dim() != dim) {
+            return Err(IndexError::Mismatch(format!("{}: the SQ8 codes are not over [{rows}, {dim}]", dir.display())));
+        }
+        let quant = QuantParams { quantize: if codes.is_some() { Quantize::Sq8 } else { Quantize::None }, ..quant };
+        Ok(HnswIndex { graph, matrix, codes, pool: Pool::default(), params, quant })
     }
 
     /// The highest level of the graph.
@@ -724,17 +1003,26 @@ impl HnswIndex {
         self.graph.max_level
     }
 
+    /// The SQ8 codes the graph is walked over, if any.
+    pub fn codes(&self) -> Option<&Sq8> {
+        self.codes.as_ref()
+    }
+
     fn search_one(&self, q: &[f32], k: usize, ef: usize, s: &mut Scratch) -> Vec<Scored> {
         let g = &self.graph;
         if g.at.n == 0 || k == 0 {
             return Vec::new();
         }
-        let v = Vectors::of(&self.matrix);
-        let mut ep = Near { d: v.dist(q, g.entry), id: g.entry };
+        let v = Vectors::of(&self.matrix, self.codes.as_ref());
+        let pq = v.prepare(q);
+        let mut ep = Near { d: v.dist(&pq, g.entry), id: g.entry };
         for l in (1..=g.max_level).rev() {
-            ep = greedy(g, v, q, ep, l, &mut s.links);
+            ep = greedy(g, v, &pq, ep, l, &mut s.links);
         }
-        let found = search_layer(g, v, q, &[ep], ef.max(k), 0, s);
+        let found = search_layer(g, v, &pq, &[ep], ef.max(k), 0, s);
+        if self.codes.is_some() && self.quant.rerank {
+            return crate::sq8::rerank(&self.matrix, q, found.iter().map(|c| u64::from(c.id)), k);
+        }
         found.into_iter().take(k).map(|c| (u64::from(c.id), -c.d)).collect()
     }
 
@@ -746,12 +1034,12 @@ impl HnswIndex {
     }
 }
 
-/// The file words of a built graph: its header filled in, the atomics turned into plain words in
-/// place (same size and alignment: no copy).
+/// The file words of a built graph: its header filled in (the reserved words zero), the atomics
+/// turned into plain words in place (same size and alignment: no copy).
 fn freeze(g: Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32> {
     let at = g.at;
     let (n, upper) = (at.n as u64, at.upper_len as u64);
-    let header = [
+    let header: [u32; HEADER_WORDS] = [
         MAGIC[0],
         MAGIC[1],
         n as u32,
@@ -764,6 +1052,10 @@ fn freeze(g: Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32>
         upper as u32,
         (upper >> 32) as u32,
         ef_construction as u32,
+        0,
+        0,
+        0,
+        0,
     ];
     for (w, h) in g.words.iter().zip(header) {
         w.store(h.to_le(), Relaxed);

@@ -5,6 +5,10 @@
 //! - [`HnswRsIndex`] (`hnsw-rs`): the hnsw_rs crate's graph, for comparison;
 //! - [`FaissIndex`] (`faiss`, cargo feature): any FAISS `index_factory` string.
 //!
+//! `flat` and `hnsw` also come quantized (`--quantize sq8`, [`sq8`]): 8-bit codes per dimension in
+//! `codes.sq8`, scanned or walked instead of the vectors, the final candidates re-ranked exactly from
+//! the mapped `embeddings.npy`. An `hnsw` build checkpoints to `hnsw.r1s.ckpt` and resumes from it.
+//!
 //! An index directory holds `embeddings.npy` + `embeddings.json` (from `r1s embed`), the index files
 //! and `manifest.json`, written last and atomically: a directory without it is not an index.
 //! [`Index::open`] checks the manifest against the files (dims, rows, sizes) before mapping anything.
@@ -21,6 +25,8 @@ pub mod faiss_index;
 pub mod flat;
 pub mod hnsw;
 pub mod hnsw_rs_index;
+pub mod plan;
+pub mod sq8;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,8 +37,9 @@ use serde::{Deserialize, Serialize};
 pub use error::{IndexError, Result};
 pub use faiss_index::FaissIndex;
 pub use flat::{FlatIndex, Matrix, TopK, naive_search};
-pub use hnsw::{HnswIndex, HnswParams};
+pub use hnsw::{CHECKPOINT_FILE, Checkpoints, HnswIndex, HnswParams};
 pub use hnsw_rs_index::HnswRsIndex;
+pub use sq8::{CODES_FILE, QuantParams, Quantize, Sq8, Sq8FlatIndex};
 
 /// File names in an index directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -99,9 +106,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug)]
 pub enum Index {
     Flat(FlatIndex),
-    Hnsw { graph: HnswIndex, flat: FlatIndex },
-    HnswRs { graph: HnswRsIndex, flat: FlatIndex },
-    Faiss { index: FaissIndex, flat: FlatIndex },
+    /// Flat over SQ8 codes, re-ranked from `flat`'s vectors.
+    FlatSq8 {
+        index: Sq8FlatIndex,
+        flat: FlatIndex,
+    },
+    Hnsw {
+        graph: HnswIndex,
+        flat: FlatIndex,
+    },
+    HnswRs {
+        graph: HnswRsIndex,
+        flat: FlatIndex,
+    },
+    Faiss {
+        index: FaissIndex,
+        flat: FlatIndex,
+    },
 }
 
 /// Parameters of `build`.
@@ -112,12 +133,41 @@ pub struct BuildParams {
     pub faiss_factory: String,
     /// FAISS HNSW `efSearch` (set when the factory has HNSW).
     pub faiss_ef_search: usize,
+    /// Quantization of `flat` and `hnsw` (others: none only).
+    pub quant: QuantParams,
+    /// `hnsw`: inserts between two durable checkpoints of the graph build.
+    pub checkpoint_every: u64,
+    /// `hnsw`: continue from a checkpoint of an interrupted build with the same settings (else
+    /// start over).
+    pub resume: bool,
 }
 
 impl Default for BuildParams {
     fn default() -> Self {
-        BuildParams { hnsw: HnswParams::default(), faiss_factory: "HNSW32".into(), faiss_ef_search: 64 }
+        BuildParams {
+            hnsw: HnswParams::default(),
+            faiss_factory: "HNSW32".into(),
+            faiss_ef_search: 64,
+            quant: QuantParams::default(),
+            checkpoint_every: 1_000_000,
+            resume: true,
+        }
     }
+}
+
+/// The manifest `params` of a kind that takes quantization: its own fields and the [`QuantParams`]
+/// side by side (`{}` plus nothing for an unquantized flat index, as before SQ8).
+fn with_quant(own: serde_json::Value, q: &QuantParams) -> serde_json::Value {
+    let mut v = match own {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    if q.quantize != Quantize::None
+        && let Ok(serde_json::Value::Object(qm)) = serde_json::to_value(q)
+    {
+        v.extend(qm);
+    }
+    serde_json::Value::Object(v)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,8 +212,20 @@ impl OpenIndex {
                 manifest.dim
             )));
         }
+        let quant: QuantParams = serde_json::from_value(manifest.params.clone())
+            .map_err(|e| IndexError::bad(&mpath, format!("bad quantization params: {e}")))?;
+        let codes = match quant.quantize {
+            Quantize::Sq8 => Some(Sq8::open(&dir.join(CODES_FILE), manifest.rows, manifest.dim)?),
+            Quantize::None => None,
+        };
         let index = match manifest.kind {
-            Kind::Flat => Index::Flat(flat),
+            Kind::Flat => match codes {
+                Some(codes) => {
+                    let index = Sq8FlatIndex::new(codes, Matrix::open(&dir.join(EMBEDDINGS_FILE))?, quant)?;
+                    Index::FlatSq8 { index, flat }
+                }
+                None => Index::Flat(flat),
+            },
             Kind::Hnsw | Kind::HnswRs => {
                 let params: HnswParams = serde_json::from_value(manifest.params.clone())
                     .map_err(|e| IndexError::bad(&mpath, format!("bad hnsw params: {e}")))?;
@@ -172,7 +234,15 @@ impl OpenIndex {
                 if manifest.kind == Kind::HnswRs || legacy {
                     Index::HnswRs { graph: HnswRsIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
                 } else {
-                    let graph = HnswIndex::load(dir, &dir.join(EMBEDDINGS_FILE), manifest.dim, manifest.rows, params)?;
+                    let graph = HnswIndex::load_with(
+                        dir,
+                        &dir.join(EMBEDDINGS_FILE),
+                        manifest.dim,
+                        manifest.rows,
+                        params,
+                        codes,
+                        quant,
+                    )?;
                     Index::Hnsw { graph, flat }
                 }
             }
@@ -216,16 +286,34 @@ impl OpenIndex {
                     index.set_parameter("efSearch", ef as f64)?;
                 }
             }
-            Index::Flat(_) => {}
+            Index::Flat(_) | Index::FlatSq8 { .. } => {}
         }
         Ok(())
+    }
+
+    /// Turns exact re-ranking of an SQ8 index on or off (other kinds ignore it).
+    pub fn set_rerank(&mut self, on: bool) {
+        match &mut self.index {
+            Index::Hnsw { graph, .. } => graph.quant.rerank = on,
+            Index::FlatSq8 { index, .. } => index.quant.rerank = on,
+            _ => {}
+        }
+    }
+
+    /// The files of this index mapped into the process, with their mapped and resident bytes
+    /// (Linux; `None` elsewhere).
+    pub fn memory(&self) -> Option<Vec<r1s_core::mem::MappedFile>> {
+        r1s_core::mem::mapped_under(&self.dir)
     }
 
     /// The exact index over the same vectors (for recall measurements).
     pub fn flat(&self) -> &FlatIndex {
         match &self.index {
             Index::Flat(f) => f,
-            Index::Hnsw { flat, .. } | Index::HnswRs { flat, .. } | Index::Faiss { flat, .. } => flat,
+            Index::Hnsw { flat, .. }
+            | Index::HnswRs { flat, .. }
+            | Index::Faiss { flat, .. }
+            | Index::FlatSq8 { flat, .. } => flat,
         }
     }
 }
@@ -241,6 +329,7 @@ impl VectorIndex for OpenIndex {
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Scored>>> {
         match &self.index {
             Index::Flat(f) => f.search(queries, k),
+            Index::FlatSq8 { index, .. } => index.search(queries, k),
             Index::Hnsw { graph, .. } => graph.search(queries, k),
             Index::HnswRs { graph, .. } => graph.search(queries, k),
             Index::Faiss { index, .. } => index.search(queries, k),
@@ -270,25 +359,60 @@ pub fn build(
     if mpath.exists() {
         std::fs::remove_file(&mpath).map_err(|e| IndexError::io(&mpath, e))?;
     }
+    let sq8 = p.quant.quantize == Quantize::Sq8;
+    if sq8 && !matches!(kind, Kind::Flat | Kind::Hnsw) {
+        return Err(IndexError::Options(format!("--quantize sq8 is for the flat and hnsw kinds, not {kind:?}")));
+    }
     // index files of the other kinds would be stale: they go too
-    let own: &[&str] = match kind {
-        Kind::Flat => &[],
-        Kind::Hnsw => &[hnsw::GRAPH_FILE],
-        Kind::HnswRs => &hnsw_rs_index::FILES,
-        Kind::Faiss => &[faiss_index::FILE],
+    let mut own: Vec<&str> = match kind {
+        Kind::Flat => vec![],
+        Kind::Hnsw => vec![hnsw::GRAPH_FILE, CHECKPOINT_FILE],
+        Kind::HnswRs => hnsw_rs_index::FILES.to_vec(),
+        Kind::Faiss => vec![faiss_index::FILE],
     };
-    for name in [hnsw::GRAPH_FILE, faiss_index::FILE].iter().chain(&hnsw_rs_index::FILES) {
+    if sq8 {
+        own.push(CODES_FILE);
+    }
+    if !p.resume {
+        own.retain(|f| *f != CHECKPOINT_FILE);
+    }
+    for name in [hnsw::GRAPH_FILE, faiss_index::FILE, CODES_FILE, CHECKPOINT_FILE].iter().chain(&hnsw_rs_index::FILES) {
         let path = dir.join(name);
         if !own.contains(name) && path.exists() {
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
         }
     }
+    // SQ8 codes: kept from an interrupted build when they were made from these embeddings
+    let codes = if sq8 {
+        let path = dir.join(CODES_FILE);
+        let kept = match Sq8::open(&path, matrix.rows(), matrix.dim()) {
+            Ok(c) if c.made_from(&matrix)? => Some(c),
+            _ => None,
+        };
+        match kept {
+            Some(c) => {
+                log::info!("{}: made from these embeddings, kept", path.display());
+                Some(c)
+            }
+            None => {
+                sq8::encode_file(&matrix, &path, progress, cancel)?;
+                Some(Sq8::open(&path, matrix.rows(), matrix.dim())?)
+            }
+        }
+    } else {
+        None
+    };
     let params = match kind {
-        Kind::Flat => serde_json::json!({}),
+        Kind::Flat => with_quant(serde_json::json!({}), &p.quant),
         Kind::Hnsw => {
-            let graph = HnswIndex::build(&matrix, p.hnsw, progress, cancel)?;
+            let ckpt = Checkpoints { path: Some(dir.join(CHECKPOINT_FILE)), every: p.checkpoint_every };
+            let graph = HnswIndex::build_with(&matrix, p.hnsw, codes, p.quant, &ckpt, progress, cancel)?;
             graph.dump(dir)?;
-            serde_json::to_value(p.hnsw).unwrap_or_default()
+            let path = dir.join(CHECKPOINT_FILE);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+            }
+            with_quant(serde_json::to_value(p.hnsw).unwrap_or_default(), &p.quant)
         }
         Kind::HnswRs => {
             let graph = HnswRsIndex::build(&matrix, p.hnsw, progress, cancel)?;

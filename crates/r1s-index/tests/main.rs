@@ -208,3 +208,351 @@ fn hnsw_rs_dumps_name_the_distance_old_indexes_were_written_with() {
     // before r1s had its own graph recorded this one
     assert_eq!(std::any::type_name::<r1s_index::hnsw::DistIp>(), "r1s_index::hnsw::DistIp");
 }
+
+/// An index directory `dir` holding `data` as embeddings.npy + a minimal embeddings.json.
+fn vectors_dir(dir: &Path, dtype: Dtype, rows: usize, dim: usize, data: &[f32]) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_npy(&dir.join("embeddings.npy"), dtype, rows, dim, data);
+    let meta = serde_json::json!({"rows": rows, "dim": dim, "model": "test", "corpus": "", "corpus_id": "test"});
+    std::fs::write(dir.join("embeddings.json"), meta.to_string()).unwrap();
+}
+
+#[test]
+fn sq8_codes_round_trip_within_half_a_step() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{Matrix, Sq8, sq8};
+    let (rows, dim) = (3000, 37);
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = matrix(rows, dim, 11);
+    data[5] = 0.0; // a dimension need not be centred
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let npy = dir.path().join("e.npy");
+        write_npy(&npy, dtype, rows, dim, &data);
+        let m = Matrix::open(&npy).unwrap();
+        let path = dir.path().join(sq8::CODES_FILE);
+        sq8::encode_file(&m, &path, &NoProgress, &Cancel::new()).unwrap();
+        let codes = Sq8::open(&path, rows as u64, dim).unwrap();
+        assert!(codes.made_from(&m).unwrap());
+        let (min, step) = codes.ranges();
+        let mut row = Vec::new();
+        for r in 0..rows {
+            codes.decode(r as u64, &mut row);
+            let want = m.row(r as u64);
+            for j in 0..dim {
+                assert!((row[j] - want[j]).abs() <= step[j] / 2.0 + 1e-6, "row {r} dim {j}: {} vs {}", row[j], want[j]);
+                assert!(row[j] >= min[j] - 1e-6);
+            }
+        }
+        // the prepared inner product equals the inner product with the decoded row
+        let q = matrix(1, dim, 5);
+        let mut scaled = Vec::new();
+        let bias = codes.prepare(&q, &mut scaled);
+        codes.decode(7, &mut row);
+        let c = &codes.codes()[7 * dim..8 * dim];
+        let fast = bias + r1s_index::distance::dot_u8(&scaled, c);
+        let slow: f32 = row.iter().zip(&q).map(|(a, b)| a * b).sum();
+        assert!((fast - slow).abs() < 1e-4, "{fast} vs {slow}");
+        // a constant dimension and values outside the trained range still encode
+        assert_eq!(sq8::encode_value(3.0, 3.0, 0.0), 0);
+        assert_eq!(sq8::encode_value(9.0, 0.0, 0.01), 255);
+        assert_eq!(sq8::encode_value(-9.0, 0.0, 0.01), 0);
+        assert_eq!(sq8::encode_value(f32::NAN, 0.0, 0.01), 0);
+    }
+}
+
+#[test]
+fn sq8_codes_files_that_are_truncated_or_corrupt_are_errors() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{Matrix, Sq8, sq8};
+    let (rows, dim) = (500, 16);
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("e.npy");
+    write_npy(&npy, Dtype::F32, rows, dim, &matrix(rows, dim, 2));
+    let path = dir.path().join(sq8::CODES_FILE);
+    sq8::encode_file(&Matrix::open(&npy).unwrap(), &path, &NoProgress, &Cancel::new()).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let open = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        Sq8::open(&path, rows as u64, dim).map(|_| ())
+    };
+    open(&good).unwrap();
+    // every truncation, and a file one byte too long
+    for cut in [0, 10, 63, 64, 100, good.len() - 1] {
+        let err = open(&good[..cut]).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "cut {cut}: {err}");
+    }
+    let mut long = good.clone();
+    long.push(0);
+    assert!(open(&long).is_err());
+    // header fields mutated: rows, dim, data offset (huge values included), magic, ranges
+    for (at, value) in [(8usize, u64::MAX), (8, 1 << 62), (16, u64::from(u32::MAX)), (24, u64::MAX), (24, 0), (0, 7)] {
+        let mut bad = good.clone();
+        let width = if at == 16 { 4 } else { 8 };
+        bad[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        assert!(open(&bad).is_err(), "field at {at} = {value}");
+    }
+    let mut nan = good.clone();
+    nan[64..68].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(open(&nan).unwrap_err().to_string().contains("ranges"));
+    let mut neg = good.clone();
+    neg[64 + 4 * dim..68 + 4 * dim].copy_from_slice(&(-1.0f32).to_le_bytes());
+    assert!(open(&neg).is_err());
+    // seeded random byte flips never panic
+    let mut s = 0x1234_5678u64;
+    for _ in 0..300 {
+        let mut bad = good.clone();
+        for _ in 0..4 {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let i = (s >> 33) as usize % 200.min(bad.len());
+            bad[i] ^= (s >> 17) as u8 | 1;
+        }
+        let _ = open(&bad);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Flat SQ8 + re-rank returns the exact top-k whenever the re-ranked depth covers every row whose
+    /// exact score is within twice the quantization error bound of the k-th best.
+    #[test]
+    fn flat_sq8_with_rerank_equals_exact(rows in 1usize..1500, dim in 1usize..33, k in 1usize..10, seed in any::<u64>()) {
+        use r1s_core::{Cancel, NoProgress};
+        use r1s_index::{Matrix, QuantParams, Quantize, Sq8, Sq8FlatIndex, sq8};
+        let dir = tempfile::tempdir().unwrap();
+        let data = matrix(rows, dim, seed);
+        let npy = dir.path().join("e.npy");
+        write_npy(&npy, Dtype::F32, rows, dim, &data);
+        let m = Matrix::open(&npy).unwrap();
+        let path = dir.path().join(sq8::CODES_FILE);
+        sq8::encode_file(&m, &path, &NoProgress, &Cancel::new()).unwrap();
+        let codes = Sq8::open(&path, rows as u64, dim).unwrap();
+        let step = codes.ranges().1.to_vec();
+        let q = matrix(4, dim, seed ^ 0x77);
+        let exact = naive_search(&data, dim, &q, rows);
+        // the depth: rows within 2ε of the k-th exact score, ε = Σ|q_j|·step_j/2 (+ rounding slack)
+        let mut depth = k;
+        for (qv, all) in q.chunks_exact(dim).zip(&exact) {
+            let eps: f32 = qv.iter().zip(&step).map(|(a, s)| a.abs() * s / 2.0).sum::<f32>() + 1e-4;
+            let kth = all[k.min(rows) - 1].1;
+            depth = depth.max(all.iter().filter(|h| h.1 >= kth - 2.0 * eps).count());
+        }
+        let quant = QuantParams { quantize: Quantize::Sq8, rerank: true, rerank_factor: depth.div_ceil(k) };
+        let idx = Sq8FlatIndex::new(codes, Matrix::open(&npy).unwrap(), quant).unwrap();
+        let got = idx.search(&q, k).unwrap();
+        let want: Vec<Vec<(u64, f32)>> = exact.iter().map(|h| h[..k.min(rows)].to_vec()).collect();
+        same(&got, &want);
+        for hits in &got {
+            prop_assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+    }
+}
+
+#[test]
+fn hnsw_sq8_walks_codes_and_reranks_exactly() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{BuildParams, HnswParams, Index, Kind, OpenIndex, QuantParams, Quantize, recall_at_k};
+    let (rows, dim) = (6000, 48);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = clustered(rows, dim, 3);
+    let q = clustered(300, dim, 99);
+    let dir = tmp.path().join("sq8");
+    vectors_dir(&dir, Dtype::F32, rows, dim, &data);
+    let exact = FlatIndex::open(&dir.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
+    let p = BuildParams {
+        hnsw: HnswParams { m: 16, ef_construction: 100, ef_search: 64 },
+        quant: QuantParams { quantize: Quantize::Sq8, ..QuantParams::default() },
+        ..BuildParams::default()
+    };
+    let m = r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(m.params["quantize"], "sq8");
+    assert!(dir.join(r1s_index::CODES_FILE).exists() && !dir.join(r1s_index::CHECKPOINT_FILE).exists());
+    let mut idx = OpenIndex::open(&dir).unwrap();
+    assert!(matches!(&idx.index, Index::Hnsw { graph, .. } if graph.codes().is_some()));
+    let got = idx.search(&q, 10).unwrap();
+    let recall = recall_at_k(&exact, &got, 10);
+    eprintln!("hnsw sq8 + re-rank recall@10 {recall:.4}");
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    // re-ranked scores are the exact inner products, best first
+    for (hits, qv) in got.iter().zip(q.chunks_exact(dim)) {
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1));
+        for &(r, s) in hits {
+            let want: f32 = data[r as usize * dim..][..dim].iter().zip(qv).map(|(a, b)| a * b).sum();
+            assert!((s - want).abs() < 1e-4, "row {r}: {s} vs {want}");
+        }
+    }
+    // without re-ranking: code scores, close to the exact ones
+    idx.set_rerank(false);
+    let coarse = idx.search(&q, 10).unwrap();
+    assert!(recall_at_k(&exact, &coarse, 10) > 0.8);
+    // flat sq8 in the same directory: the HNSW graph goes, the codes stay
+    let pf = BuildParams {
+        quant: QuantParams { quantize: Quantize::Sq8, ..QuantParams::default() },
+        ..BuildParams::default()
+    };
+    r1s_index::build(&dir, Kind::Flat, &pf, &NoProgress, &Cancel::new()).unwrap();
+    assert!(!dir.join(r1s_index::hnsw::GRAPH_FILE).exists());
+    let flat = OpenIndex::open(&dir).unwrap();
+    assert!(matches!(flat.index, Index::FlatSq8 { .. }));
+    assert!(recall_at_k(&exact, &flat.search(&q, 10).unwrap(), 10) >= 0.99);
+    // an unquantized rebuild drops the codes; quantization is refused for other kinds
+    r1s_index::build(&dir, Kind::Flat, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
+    assert!(!dir.join(r1s_index::CODES_FILE).exists());
+    let err = r1s_index::build(&dir, Kind::HnswRs, &pf, &NoProgress, &Cancel::new()).unwrap_err();
+    assert!(matches!(err, IndexError::Options(_)), "{err}");
+    // mapped and resident bytes of the index's files are visible
+    let mem = flat.memory().unwrap();
+    assert!(mem.iter().any(|f| f.path.ends_with("embeddings.npy") && f.mapped_bytes > 0), "{mem:?}");
+}
+
+/// Cancels its job once `after` items of the graph build have been reported.
+struct CancelAfter<'a> {
+    cancel: &'a r1s_core::Cancel,
+    after: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl r1s_core::Progress for CancelAfter<'_> {
+    fn start(&self, stage: &str, _: Option<u64>, _: r1s_core::Unit) {
+        // other stages (the SQ8 encoding) do not count
+        let from = if stage == "hnsw build" { 0 } else { u64::MAX / 2 };
+        self.seen.store(from, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn advance(&self, delta: u64) {
+        let before = self.seen.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        if before < u64::MAX / 2 && before + delta >= self.after {
+            self.cancel.cancel();
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_graph_build_resumes_to_the_same_graph() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{BuildParams, HnswParams, Kind, OpenIndex, QuantParams, Quantize, recall_at_k};
+    let (rows, dim) = (5000, 24);
+    let data = clustered(rows, dim, 8);
+    let q = clustered(200, dim, 42);
+    let tmp = tempfile::tempdir().unwrap();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for quantize in [Quantize::None, Quantize::Sq8] {
+        let p = BuildParams {
+            hnsw: HnswParams { m: 12, ef_construction: 60, ef_search: 64 },
+            quant: QuantParams { quantize, ..QuantParams::default() },
+            checkpoint_every: 1500,
+            ..BuildParams::default()
+        };
+        let whole = tmp.path().join(format!("whole-{quantize:?}"));
+        vectors_dir(&whole, Dtype::F32, rows, dim, &data);
+        one.install(|| r1s_index::build(&whole, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+        // cancelled after the second chunk: a checkpoint and no manifest are left
+        let cut = tmp.path().join(format!("cut-{quantize:?}"));
+        vectors_dir(&cut, Dtype::F32, rows, dim, &data);
+        let cancel = Cancel::new();
+        let stop = CancelAfter { cancel: &cancel, after: 2500, seen: Default::default() };
+        let err = one.install(|| r1s_index::build(&cut, Kind::Hnsw, &p, &stop, &cancel)).unwrap_err();
+        assert!(matches!(err, IndexError::Cancelled), "{err}");
+        assert!(cut.join(r1s_index::CHECKPOINT_FILE).exists());
+        assert!(!cut.join("manifest.json").exists() && !cut.join(r1s_index::hnsw::GRAPH_FILE).exists());
+        // the rerun continues from it, to the very same graph
+        one.install(|| r1s_index::build(&cut, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+        assert!(!cut.join(r1s_index::CHECKPOINT_FILE).exists());
+        let graph = |d: &Path| std::fs::read(d.join(r1s_index::hnsw::GRAPH_FILE)).unwrap();
+        assert!(graph(&whole) == graph(&cut), "{quantize:?}: the resumed graph differs");
+        let exact = FlatIndex::open(&cut.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
+        let recall = recall_at_k(&exact, &OpenIndex::open(&cut).unwrap().search(&q, 10).unwrap(), 10);
+        assert!(recall >= 0.95, "{quantize:?}: recall@10 {recall}");
+    }
+    // a checkpoint for other settings, or a corrupt one, is not resumed: the build starts over
+    let dir = tmp.path().join("stale");
+    vectors_dir(&dir, Dtype::F32, rows, dim, &data);
+    let p = BuildParams {
+        hnsw: HnswParams { m: 12, ef_construction: 60, ef_search: 64 },
+        checkpoint_every: 1500,
+        ..BuildParams::default()
+    };
+    let cancel = Cancel::new();
+    let stop = CancelAfter { cancel: &cancel, after: 2500, seen: Default::default() };
+    assert!(one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &stop, &cancel)).is_err());
+    let ckpt = dir.join(r1s_index::CHECKPOINT_FILE);
+    let saved = std::fs::read(&ckpt).unwrap();
+    let other = BuildParams { hnsw: HnswParams { m: 10, ..p.hnsw }, ..p.clone() };
+    one.install(|| r1s_index::build(&dir, Kind::Hnsw, &other, &NoProgress, &Cancel::new())).unwrap();
+    for (at, byte) in [(200usize, 0xffu8), (saved.len() - 3, 1), (20, 0x7f)] {
+        let mut bad = saved.clone();
+        bad[at] ^= byte;
+        std::fs::write(&ckpt, &bad).unwrap();
+        one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+        let exact = FlatIndex::open(&dir.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
+        let recall = recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10);
+        assert!(recall >= 0.95, "after a corrupt checkpoint (byte {at}): recall@10 {recall}");
+    }
+    std::fs::write(&ckpt, &saved[..saved.len() / 2]).unwrap();
+    one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+}
+
+/// The child side of [`a_graph_build_killed_mid_way_resumes`]: builds the index in the directory
+/// named by R1S_KILL_TEST_DIR, slowly enough to be killed (does nothing in a normal run).
+#[test]
+fn child_build_for_the_kill_test() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{BuildParams, HnswParams, Kind};
+    let Some(dir) = std::env::var_os("R1S_KILL_TEST_DIR") else { return };
+    let p = BuildParams {
+        hnsw: HnswParams { m: 16, ef_construction: 400, ef_search: 64 },
+        checkpoint_every: 2000,
+        ..BuildParams::default()
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    one.install(|| r1s_index::build(Path::new(&dir), Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+}
+
+#[test]
+fn a_graph_build_killed_mid_way_resumes() {
+    use r1s_core::Cancel;
+    use r1s_index::{BuildParams, HnswParams, Kind, OpenIndex, recall_at_k};
+    let (rows, dim) = (20_000, 32);
+    let data = clustered(rows, dim, 21);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("killed");
+    vectors_dir(&dir, Dtype::F32, rows, dim, &data);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_build_for_the_kill_test", "--nocapture", "--test-threads", "1"])
+        .env("R1S_KILL_TEST_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = dir.join(r1s_index::CHECKPOINT_FILE);
+    let started = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the child build ended before its first checkpoint");
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!dir.join("manifest.json").exists(), "a killed build must not look finished");
+    let p = BuildParams {
+        hnsw: HnswParams { m: 16, ef_construction: 400, ef_search: 64 },
+        checkpoint_every: 2000,
+        ..BuildParams::default()
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    struct Count<'a>(&'a std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64);
+    impl r1s_core::Progress for Count<'_> {
+        fn advance(&self, d: u64) {
+            // the first report is where the build starts
+            if self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                self.0.store(d, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &Count(&seen, Default::default()), &Cancel::new())).unwrap();
+    let resumed_at = seen.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(resumed_at >= 2000, "the rerun started at node {resumed_at}, not from the checkpoint");
+    let q = clustered(200, dim, 5);
+    let exact = FlatIndex::open(&dir.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
+    let recall = recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10);
+    assert!(recall >= 0.95, "recall@10 {recall} after a resumed build");
+}

@@ -308,8 +308,31 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     });
     if let (Some(obj), Some(info)) = (v.as_object_mut(), app.info.as_object()) {
         obj.extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
+        obj.insert("memory".into(), memory(info));
     }
     json(StatusCode::OK, to_fastapi(&v))
+}
+
+/// The process's resident bytes, and for the `index` and `corpus` directories of `info` the bytes
+/// of their files mapped into the process and how many of those are resident (Linux's
+/// `/proc/self/smaps`; `null` elsewhere). An SQ8 index shows its codes and graph resident and the
+/// f32 vectors mapped but touched only where re-ranked.
+fn memory(info: &serde_json::Map<String, Value>) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("process_resident_bytes".into(), r1s_core::mem::rss_bytes().into());
+    for key in ["index", "corpus"] {
+        let Some(files) = info.get(key).and_then(Value::as_str).and_then(|d| r1s_core::mem::mapped_under(d.as_ref()))
+        else {
+            continue;
+        };
+        let (mapped, resident) =
+            files.iter().fold((0u64, 0u64), |(m, r), f| (m + f.mapped_bytes, r + f.resident_bytes));
+        out.insert(
+            key.into(),
+            serde_json::json!({ "mapped_bytes": mapped, "resident_bytes": resident, "files": files }),
+        );
+    }
+    Value::Object(out)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
