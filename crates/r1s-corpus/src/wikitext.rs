@@ -448,9 +448,12 @@ impl AngleReader {
         let Some((class, key)) = classify_tag(name) else {
             return Angle::Text;
         };
+        // the tag ends at the next `>`, and no `<` may come first: MediaWiki never lets a tag's
+        // attributes cross a `<` (prose such as `p<q does not … << and >>` stays text)
         let limit = (j + MAX_TAG_LEN).min(src.len());
-        let Some(gt) = memchr::memchr(b'>', &src[j..limit]).map(|p| p + j) else {
-            return Angle::Text;
+        let gt = match memchr::memchr2(b'>', b'<', &src[j..limit]).map(|p| p + j) {
+            Some(p) if src[p] == b'>' => p,
+            _ => return Angle::Text,
         };
         let tag_end = gt + 1;
         let self_closing = gt > 0 && src[gt - 1] == b'/';
@@ -459,9 +462,13 @@ impl AngleReader {
             TagClass::Drop | TagClass::Raw if closing || self_closing => Angle::Drop { end: tag_end },
             TagClass::Drop | TagClass::Raw => match self.cache.find(src, tag_end, key, name) {
                 Some(close) => {
-                    let limit = (close + MAX_TAG_LEN).min(src.len());
-                    let end =
-                        memchr::memchr(b'>', &src[close..limit]).map_or(close + 2 + name.len(), |p| close + p + 1);
+                    // `</name` ends at its `>`, unless a `<` comes first (then right after the name)
+                    let limit = (close + 2 + MAX_TAG_LEN).min(src.len());
+                    let after = close + 2 + name.len();
+                    let end = match memchr::memchr2(b'>', b'<', &src[after.min(limit)..limit]) {
+                        Some(p) if src[after + p] == b'>' => after + p + 1,
+                        _ => after,
+                    };
                     if class == TagClass::Drop {
                         Angle::Drop { end }
                     } else {
@@ -1053,6 +1060,19 @@ mod tests {
             "A unclosed template and unclosed link\nNext paragraph."
         );
         assert_eq!(clean("x <ref>never closed\ny"), "x never closed\ny");
+    }
+
+    #[test]
+    fn prose_less_than_is_not_a_tag() {
+        // issue #16: `<q` (a known tag name) used to open a tag running across `<<` to the `>>`
+        let prose = "The relation a ≤ b allows equality, while p<q does not. The pair << and >> denotes much less and much greater.";
+        assert_eq!(clean(prose), prose);
+        for text in ["3<5 and 7>2", "a <-> b", "p<q <b>"] {
+            assert!(clean(text).starts_with(&text[..text.find('<').unwrap_or(0) + 2]), "{text:?} → {:?}", clean(text));
+        }
+        // real tags still go, and a closing tag cut short by a `<` ends right after its name
+        assert_eq!(clean("a <b>bold</b> and <span class=\"x\">kept</span> text"), "a bold and kept text");
+        assert_eq!(clean("a <ref>note</ref <b>x</b> tail"), "a x tail");
     }
 
     #[test]
