@@ -240,6 +240,22 @@ pub fn dot4_u8(q: &[f32], r: [&[u8]; 4]) -> [f32; 4] {
     r.map(|c| dot_u8_portable(q, c))
 }
 
+/// Asks the CPU to start loading every cache line of the `len` elements at the start of `s` (a row
+/// or an adjacency list about to be read): at a million rows the graph walk waits on memory, and a
+/// 384-dim f32 row spans 24 lines, of which a single prefetch brings one. Measured on a 300k × 384
+/// build (2 threads): whole rows 38 s, the first 8 lines 46 s, one line 48 s.
+#[inline(always)]
+pub fn prefetch_slice<T>(s: &[T], len: usize) {
+    let bytes = len.min(s.len()) * std::mem::size_of::<T>();
+    let p = s.as_ptr().cast::<u8>();
+    let mut off = 0;
+    while off < bytes {
+        // a pointer inside (or one past) the slice: never dereferenced, only hinted
+        prefetch(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
 /// Asks the CPU to start loading the cache line at `p` (a hint; no effect elsewhere).
 #[inline(always)]
 pub fn prefetch<T>(p: *const T) {

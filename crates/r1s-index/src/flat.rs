@@ -66,6 +66,14 @@ impl Matrix {
         &self.path
     }
 
+    /// Tells the kernel that rows will be read at random (`madvise(MADV_RANDOM)`): no read-ahead and
+    /// no fault-around, so that re-ranking a few rows maps (and keeps resident) those rows' pages
+    /// only, not the 64 KiB around each. A hint: errors are ignored.
+    pub fn advise_random(&self) {
+        #[cfg(unix)]
+        let _ = self.map.advise(memmap2::Advice::Random);
+    }
+
     /// The `.npy` header (shape, dtype, data offset).
     pub fn header(&self) -> &NpyHeader {
         &self.header

@@ -28,7 +28,7 @@ use r1s_core::{Cancel, Progress, Scored, Unit, VectorIndex};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot, dot_f16, dot_u8, dot4, dot4_u8, prefetch};
+use crate::distance::{dot, dot_f16, dot_u8, dot4, dot4_u8, prefetch_slice};
 use crate::error::{IndexError, Result};
 use crate::flat::{Matrix, Raw};
 use crate::sq8::{QuantParams, Quantize, Sq8};
@@ -167,25 +167,14 @@ impl<'a> Vectors<'a> {
         }
     }
 
+    /// Starts loading row `id` (all its cache lines).
     #[inline]
     fn prefetch(&self, id: u32) {
         let i = id as usize;
         match *self {
-            Vectors::F32(v, d) => {
-                if let Some(x) = v.get(i * d) {
-                    prefetch(x);
-                }
-            }
-            Vectors::F16(v, d) => {
-                if let Some(x) = v.get(i * d) {
-                    prefetch(x);
-                }
-            }
-            Vectors::Sq8(c) => {
-                if let Some(x) = c.codes().get(i * c.dim()) {
-                    prefetch(x);
-                }
-            }
+            Vectors::F32(v, d) => prefetch_slice(v.get(i * d..).unwrap_or_default(), d),
+            Vectors::F16(v, d) => prefetch_slice(v.get(i * d..).unwrap_or_default(), d),
+            Vectors::Sq8(c) => prefetch_slice(c.codes().get(i * c.dim()..).unwrap_or_default(), c.dim()),
         }
     }
 
@@ -289,9 +278,7 @@ impl Layout {
 
     #[inline]
     fn prefetch0<W: Word>(&self, w: &[W], id: u32) {
-        if let Some(x) = w.get(self.level0_at + id as usize * (self.m0 + 1)) {
-            prefetch(x);
-        }
+        prefetch_slice(w.get(self.level0_at + id as usize * (self.m0 + 1)..).unwrap_or_default(), self.m0 + 1);
     }
 }
 
@@ -553,17 +540,49 @@ fn search_layer<L: Links>(
 /// The diversity heuristic: walking the candidates nearest first, keep one unless it is nearer to a
 /// neighbour already kept than to the base; at most `max`.
 fn select(v: Vectors<'_>, sorted: &[Near], max: usize) -> Vec<Near> {
-    let mut kept: Vec<(Near, Query<'_>)> = Vec::with_capacity(max);
-    for &c in sorted {
+    let mut kept: Vec<Near> = Vec::with_capacity(max);
+    let mut ids: Vec<u32> = Vec::with_capacity(max);
+    for (i, &c) in sorted.iter().enumerate() {
         if kept.len() >= max {
             break;
         }
-        let cv = v.query_of(c.id);
-        if kept.iter().all(|(r, _)| v.dist(&cv, r.id) > c.d) {
-            kept.push((c, cv));
+        if let Some(next) = sorted.get(i + 1) {
+            v.prefetch(next.id);
+        }
+        if all_farther(v, &v.query_of(c.id), &ids, c.d) {
+            kept.push(c);
+            ids.push(c.id);
         }
     }
-    kept.into_iter().map(|(c, _)| c).collect()
+    kept
+}
+
+/// Whether every row of `ids` is farther from `q` than `d` (four rows at a time).
+fn all_farther(v: Vectors<'_>, q: &Query<'_>, ids: &[u32], d: f32) -> bool {
+    let mut four = ids.chunks_exact(4);
+    for c in &mut four {
+        if v.dist4(q, [c[0], c[1], c[2], c[3]]).iter().any(|&x| x <= d) {
+            return false;
+        }
+    }
+    four.remainder().iter().all(|&id| v.dist(q, id) > d)
+}
+
+/// The distances of `ids` to `q` (four rows at a time, the next four prefetched), appended to `out`.
+fn distances(v: Vectors<'_>, q: &Query<'_>, ids: &[u32], out: &mut Vec<Near>) {
+    for &id in ids.iter().take(4) {
+        v.prefetch(id);
+    }
+    let mut ahead = ids.iter().skip(4);
+    let mut four = ids.chunks_exact(4);
+    for c in &mut four {
+        for &id in ahead.by_ref().take(4) {
+            v.prefetch(id);
+        }
+        let c = [c[0], c[1], c[2], c[3]];
+        out.extend(v.dist4(q, c).into_iter().zip(c).map(|(d, id)| Near { d, id }));
+    }
+    out.extend(four.remainder().iter().map(|&id| Near { d: v.dist(q, id), id }));
 }
 
 /// splitmix64: the level generator (deterministic, no dependency).
@@ -641,7 +660,8 @@ impl Builder<'_> {
             buf.push(new.id);
         } else {
             let base = self.v.query_of(node);
-            let mut cands: Vec<Near> = buf.iter().map(|&x| Near { d: self.v.dist(&base, x), id: x }).collect();
+            let mut cands: Vec<Near> = Vec::with_capacity(buf.len() + 1);
+            distances(self.v, &base, buf, &mut cands);
             cands.push(new);
             cands.sort_unstable();
             *buf = select(self.v, &cands, self.g.at.cap(level)).into_iter().map(|c| c.id).collect();
@@ -991,6 +1011,10 @@ impl HnswIndex {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(&path, e))?;
         let graph = Frozen::parse(Words::Mapped(map), &path, dim, rows)?;
         let matrix = Matrix::open(embeddings)?;
+        if codes.is_some() {
+            // the vectors serve only the re-ranking of a few rows per query
+            matrix.advise_random();
+        }
         if codes.as_ref().is_some_and(|c| c.rows() != rows || c.dim() != dim) {
             return Err(IndexError::Mismatch(format!("{}: the SQ8 codes are not over [{rows}, {dim}]", dir.display())));
         }

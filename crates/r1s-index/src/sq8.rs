@@ -418,6 +418,7 @@ impl Sq8FlatIndex {
                 matrix.dim()
             )));
         }
+        matrix.advise_random();
         Ok(Sq8FlatIndex { codes, matrix, quant })
     }
 
