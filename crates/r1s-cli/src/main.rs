@@ -400,8 +400,8 @@ struct IndexPlanArgs {
     /// HNSW links per node.
     #[arg(long, default_value_t = 32)]
     m: usize,
-    /// HNSW candidates while building.
-    #[arg(long, default_value_t = 100)]
+    /// HNSW candidates while building (index build's default).
+    #[arg(long, default_value_t = 200)]
     ef_construction: usize,
     /// Mean bytes of a passage's text and title (100-word Wikipedia passages: about 600).
     #[arg(long, default_value_t = 600)]
@@ -431,6 +431,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         _ => (t, 1),
     };
     let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size such as 64G"))?;
+    if mult == 1 && v < 1048576.0 {
+        return Err(format!("{s:?} bytes is less than 1 MiB: give a unit, as in 64G"));
+    }
     if !(v.is_finite() && v >= 0.0) || v * mult as f64 >= u64::MAX as f64 {
         return Err(format!("{s:?} is out of range"));
     }
@@ -1106,7 +1109,15 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
                 resume: !a.no_resume,
             };
             let pool = rayon_pool(a.threads)?;
-            let m = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel))?;
+            let built = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel));
+            if matches!(built, Err(r1s_index::IndexError::Cancelled)) && a.out.join(r1s_index::CHECKPOINT_FILE).exists()
+            {
+                eprintln!(
+                    "the graph build was checkpointed in {}: rerun the same command to resume it",
+                    a.out.join(r1s_index::CHECKPOINT_FILE).display()
+                );
+            }
+            let m = built?;
             if !g.quiet {
                 let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
                 println!(
@@ -1124,10 +1135,7 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        IndexCmd::Plan(a) => {
-            index_plan(&a);
-            Ok(())
-        }
+        IndexCmd::Plan(a) => index_plan(&a),
         IndexCmd::Info { dir } => {
             let idx = r1s_index::OpenIndex::open(&dir)?;
             println!("{}", serde_json::to_string_pretty(&idx.manifest)?);
@@ -1307,8 +1315,25 @@ fn index_eval(
 }
 
 /// Prints `index plan`'s table: one configuration, or all of them against the RAM budget.
-fn index_plan(a: &IndexPlanArgs) {
+fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     use r1s_index::plan::{PlanInput, candidates, plan};
+    use std::io::Write;
+    anyhow::ensure!(a.rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1");
+    anyhow::ensure!((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)");
+    anyhow::ensure!(a.ef_construction >= 1 && a.threads >= 1, "--ef-construction and --threads must be at least 1");
+    anyhow::ensure!(
+        matches!(a.kind, None | Some(r1s_index::Kind::Flat | r1s_index::Kind::Hnsw)),
+        "index plan sizes the flat and hnsw kinds"
+    );
+    anyhow::ensure!(
+        a.kind.is_some() || (a.quantize == r1s_index::Quantize::None && a.dtype == r1s_embed::Dtype::F32),
+        "--quantize and --dtype choose one configuration: give --kind too (without it every configuration is shown)"
+    );
+    anyhow::ensure!(
+        a.kind != Some(r1s_index::Kind::Hnsw) || a.rows < u64::from(u32::MAX),
+        "an r1s HNSW graph holds fewer than 2^32 rows: shard the corpus"
+    );
+    let mut out = std::io::stdout().lock();
     let base = PlanInput {
         rows: a.rows,
         dim: a.dim,
@@ -1333,7 +1358,8 @@ fn index_plan(a: &IndexPlanArgs) {
         None => candidates(&base),
     };
     let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
-    println!(
+    writeln!(
+        out,
         "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{}",
         a.rows,
         a.dim,
@@ -1342,8 +1368,9 @@ fn index_plan(a: &IndexPlanArgs) {
         a.threads,
         a.passage_bytes,
         a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}{}",
         "config",
         "vectors",
@@ -1355,16 +1382,18 @@ fn index_plan(a: &IndexPlanArgs) {
         "build RAM",
         "build",
         if a.ram.is_some() { "  fits" } else { "" }
-    );
+    )?;
     for (name, p) in configs {
         let e = plan(&p);
         let fits = a.ram.map(|ram| if e.serve_ram_bytes <= ram && e.build_ram_bytes <= ram { "  yes" } else { "  no" });
         let build = match e.build_seconds {
             s if s <= 0.0 => "-".into(),
-            s if s < 3600.0 => format!("{:.0} min", (s / 60.0).max(1.0)),
+            s if s < 60.0 => format!("{s:.0} s"),
+            s if s < 3600.0 => format!("{:.0} min", s / 60.0),
             s => format!("{:.1} h", s / 3600.0),
         };
-        println!(
+        writeln!(
+            out,
             "{name:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {build:>9}{}",
             gb(e.vectors_bytes),
             gb(e.codes_bytes),
@@ -1374,14 +1403,17 @@ fn index_plan(a: &IndexPlanArgs) {
             gb(e.serve_ram_bytes),
             gb(e.build_ram_bytes),
             fits.unwrap_or("")
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "serve RAM: what stays resident to search at full speed (graph + vectors or codes); passages and re-ranked rows come from the page cache per hit"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "build: the graph alone (embedding not included), from tools/bench-scale's 2-thread builds at 100k-1M rows, assuming linear scaling with threads"
-    );
+    )?;
+    Ok(())
 }
 
 fn embed(a: EmbedArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {

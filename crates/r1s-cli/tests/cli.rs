@@ -306,8 +306,18 @@ fn sq8_index_build_eval_serve_and_plan() {
     assert!(sq8.ends_with("yes"), "{plan}");
     let f32 = plan.lines().find(|l| l.starts_with("hnsw M32 f32")).unwrap();
     assert!(f32.ends_with("no") && f32.contains("64.6 GB"), "{plan}");
-    let bad = r1s().args(["index", "plan", "--rows", "10", "--dim", "4", "--ram", "lots"]).output().unwrap();
-    assert!(!bad.status.success());
+    for args in [
+        &["--rows", "10", "--dim", "4", "--ram", "lots"][..],
+        &["--rows", "10", "--dim", "4", "--ram", "64"],
+        &["--rows", "0", "--dim", "4"],
+        &["--rows", "10", "--dim", "4", "--m", "1"],
+        &["--rows", "10", "--dim", "4", "--kind", "faiss"],
+        &["--rows", "10", "--dim", "4", "--quantize", "sq8"],
+        &["--rows", "5000000000", "--dim", "4", "--kind", "hnsw"],
+    ] {
+        let bad = r1s().args(["index", "plan"]).args(args).output().unwrap();
+        assert!(!bad.status.success() && bad.status.code() != Some(101), "{args:?}: {:?}", bad.status);
+    }
 }
 
 /// `r1s serve` (a real process on an ephemeral port) answers what `r1s retrieve` answers, its bytes

@@ -248,6 +248,8 @@ pub(crate) fn scan<B: Blocks>(blocks: &B, queries: &[f32], k: usize) -> Result<V
     if nq == 0 || rows == 0 {
         return Ok(vec![Vec::new(); nq]);
     }
+    // never more hits than rows (a huge k must not size the heaps)
+    let k = k.min(usize::try_from(rows).unwrap_or(usize::MAX));
     let block_rows = (BLOCK_FLOATS / nq.max(1)).clamp(256, 65_536) as u64;
     let ids: Vec<u64> = (0..rows.div_ceil(block_rows)).collect();
     let partial: Vec<Vec<TopK>> = ids

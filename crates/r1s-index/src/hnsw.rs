@@ -822,7 +822,20 @@ fn read_checkpoint(path: &Path, r: &Resumable) -> Result<std::result::Result<Che
         source,
     };
     if found != *r || n != r.n as u64 {
-        return Ok(Err(format!("it is for another build ({found:?}; this one: {r:?})")));
+        return Ok(Err(format!(
+            "it is for another build: {} rows × {} dims, M {}, efConstruction {}, {}{}; this build: {} rows × {} dims, M {}, efConstruction {}, {} (the rerun must repeat the interrupted command's settings)",
+            found.n,
+            found.dim,
+            found.m,
+            found.ef_construction,
+            if found.sq8 { "sq8" } else { "unquantized" },
+            if found.source != r.source { ", other embeddings" } else { "" },
+            r.n,
+            r.dim,
+            r.m,
+            r.ef_construction,
+            if r.sq8 { "sq8" } else { "unquantized" },
+        )));
     }
     let (levels, upper_len) = draw_levels(r.n, r.m)?;
     let at = Layout::new(r.n, r.m, upper_len);
@@ -851,6 +864,19 @@ fn read_checkpoint(path: &Path, r: &Resumable) -> Result<std::result::Result<Che
     };
     if !lists(at.level0_at, at.upper_at, at.m0) || !lists(at.upper_at, at.end, at.m) {
         return Ok(Err("corrupt adjacency lists".into()));
+    }
+    // checkpoints fall between chunks: nodes from `inserted` on are not linked yet, and no list
+    // names them
+    let ins = inserted as usize;
+    let level0 = &words[at.level0_at..at.upper_at];
+    let unlinked = level0.chunks_exact(at.m0 + 1).skip(ins).all(|l| l[0] == 0);
+    // (and once two nodes are in, every inserted node has a link)
+    let untouched = level0
+        .chunks_exact(at.m0 + 1)
+        .take(ins)
+        .all(|l| (ins < 2 || l[0] > 0) && l[1..=l[0] as usize].iter().all(|&x| (x as usize) < ins));
+    if !unlinked || !untouched {
+        return Ok(Err(format!("its count of inserted nodes ({ins}) does not match its lists")));
     }
     // the words in memory are little-endian like the file's; the checkpoint fields are cleared
     words[12..HEADER_WORDS].fill(0);

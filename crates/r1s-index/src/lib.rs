@@ -58,6 +58,18 @@ pub enum Kind {
     Faiss,
 }
 
+impl Kind {
+    /// The name on the command line and in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Flat => "flat",
+            Kind::Hnsw => "hnsw",
+            Kind::HnswRs => "hnsw-rs",
+            Kind::Faiss => "faiss",
+        }
+    }
+}
+
 impl std::str::FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -361,7 +373,7 @@ pub fn build(
     }
     let sq8 = p.quant.quantize == Quantize::Sq8;
     if sq8 && !matches!(kind, Kind::Flat | Kind::Hnsw) {
-        return Err(IndexError::Options(format!("--quantize sq8 is for the flat and hnsw kinds, not {kind:?}")));
+        return Err(IndexError::Options(format!("--quantize sq8 is for the flat and hnsw kinds, not {}", kind.name())));
     }
     // index files of the other kinds would be stale: they go too
     let mut own: Vec<&str> = match kind {
@@ -385,8 +397,9 @@ pub fn build(
     // SQ8 codes: kept from an interrupted build when they were made from these embeddings
     let codes = if sq8 {
         let path = dir.join(CODES_FILE);
+        // (kept only when resuming: `--no-resume` re-encodes, which also repairs a damaged file)
         let kept = match Sq8::open(&path, matrix.rows(), matrix.dim()) {
-            Ok(c) if c.made_from(&matrix)? => Some(c),
+            Ok(c) if p.resume && c.made_from(&matrix)? => Some(c),
             _ => None,
         };
         match kept {

@@ -439,7 +439,9 @@ impl r1s_core::VectorIndex for Sq8FlatIndex {
         if !self.quant.rerank {
             return crate::flat::scan(&self.codes, queries, k);
         }
-        let wide = k.saturating_mul(self.quant.rerank_factor.max(1));
+        let rows = usize::try_from(self.codes.rows()).unwrap_or(usize::MAX);
+        let k = k.min(rows);
+        let wide = k.saturating_mul(self.quant.rerank_factor.max(1)).min(rows);
         let coarse = crate::flat::scan(&self.codes, queries, wide)?;
         let d = self.dim();
         Ok(coarse

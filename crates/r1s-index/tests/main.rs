@@ -394,14 +394,25 @@ fn hnsw_sq8_walks_codes_and_reranks_exactly() {
     let flat = OpenIndex::open(&dir).unwrap();
     assert!(matches!(flat.index, Index::FlatSq8 { .. }));
     assert!(recall_at_k(&exact, &flat.search(&q, 10).unwrap(), 10) >= 0.99);
+    // a k far beyond the rows (times the re-rank factor) returns every row, sized by the rows
+    assert_eq!(flat.search(&q[..dim], 1_000_000_000).unwrap()[0].len(), rows);
+    // mapped and resident bytes of the index's files are visible
+    let mem = flat.memory().unwrap();
+    assert!(mem.iter().any(|f| f.path.ends_with("embeddings.npy") && f.mapped_bytes > 0), "{mem:?}");
+    // damaged codes are kept by a resuming rebuild (same embeddings) but re-encoded by --no-resume
+    drop(flat);
+    let codes_path = dir.join(r1s_index::CODES_FILE);
+    let mut bytes = std::fs::read(&codes_path).unwrap();
+    bytes[64 + 4 * dim..64 + 8 * dim].fill(0); // every step 0: all rows decode to the minimum
+    std::fs::write(&codes_path, &bytes).unwrap();
+    let fresh = BuildParams { resume: false, ..pf.clone() };
+    r1s_index::build(&dir, Kind::Flat, &fresh, &NoProgress, &Cancel::new()).unwrap();
+    assert!(recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10) >= 0.99);
     // an unquantized rebuild drops the codes; quantization is refused for other kinds
     r1s_index::build(&dir, Kind::Flat, &BuildParams::default(), &NoProgress, &Cancel::new()).unwrap();
     assert!(!dir.join(r1s_index::CODES_FILE).exists());
     let err = r1s_index::build(&dir, Kind::HnswRs, &pf, &NoProgress, &Cancel::new()).unwrap_err();
     assert!(matches!(err, IndexError::Options(_)), "{err}");
-    // mapped and resident bytes of the index's files are visible
-    let mem = flat.memory().unwrap();
-    assert!(mem.iter().any(|f| f.path.ends_with("embeddings.npy") && f.mapped_bytes > 0), "{mem:?}");
 }
 
 /// Cancels its job once `after` items of the graph build have been reported.
@@ -486,6 +497,14 @@ fn an_interrupted_graph_build_resumes_to_the_same_graph() {
         let recall = recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10);
         assert!(recall >= 0.95, "after a corrupt checkpoint (byte {at}): recall@10 {recall}");
     }
+    // a count of inserted nodes that the lists contradict (all rows "inserted" half-way through)
+    let mut bad = saved.clone();
+    bad[48..52].copy_from_slice(&(rows as u32).to_le_bytes());
+    std::fs::write(&ckpt, &bad).unwrap();
+    one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
+    let exact = FlatIndex::open(&dir.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
+    let recall = recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10);
+    assert!(recall >= 0.95, "after a checkpoint claiming every node: recall@10 {recall}");
     std::fs::write(&ckpt, &saved[..saved.len() / 2]).unwrap();
     one.install(|| r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new())).unwrap();
 }
