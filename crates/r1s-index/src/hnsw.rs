@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::distance::{dot, dot_f16, dot_u8, dot4, dot4_u8, prefetch_slice};
 use crate::error::{IndexError, Result};
 use crate::flat::{Matrix, Raw};
-use crate::sq8::{QuantParams, Quantize, Sq8};
+use crate::sq8::{QuantParams, Sq8};
 
 /// HNSW parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,12 +140,6 @@ impl<'a> Vectors<'a> {
         }
     }
 
-    #[inline]
-    fn codes(c: &Sq8, i: u32) -> &[u8] {
-        let d = c.dim();
-        &c.codes()[i as usize * d..(i as usize + 1) * d]
-    }
-
     /// `−⟨q, row id⟩` (for SQ8, of the decoded row).
     #[inline]
     fn dist(&self, q: &Query<'_>, id: u32) -> f32 {
@@ -153,7 +147,7 @@ impl<'a> Vectors<'a> {
         match *self {
             Vectors::F32(v, d) => -dot(&q.q, &v[i * d..(i + 1) * d]),
             Vectors::F16(v, d) => -dot_f16(&q.q, &v[i * d..(i + 1) * d]),
-            Vectors::Sq8(c) => -(q.bias + dot_u8(&q.q, Self::codes(c, id))),
+            Vectors::Sq8(c) => -(q.bias + dot_u8(&q.q, c.row(u64::from(id)))),
         }
     }
 
@@ -162,7 +156,7 @@ impl<'a> Vectors<'a> {
     fn dist4(&self, q: &Query<'_>, ids: [u32; 4]) -> [f32; 4] {
         match *self {
             Vectors::F32(v, d) => dot4(&q.q, ids.map(|i| &v[i as usize * d..(i as usize + 1) * d])).map(|x| -x),
-            Vectors::Sq8(c) => dot4_u8(&q.q, ids.map(|i| Self::codes(c, i))).map(|x| -(q.bias + x)),
+            Vectors::Sq8(c) => dot4_u8(&q.q, ids.map(|i| c.row(u64::from(i)))).map(|x| -(q.bias + x)),
             Vectors::F16(..) => ids.map(|i| self.dist(q, i)),
         }
     }
@@ -188,10 +182,7 @@ impl<'a> Vectors<'a> {
                 bias: 0.0,
             },
             Vectors::Sq8(c) => {
-                let mut row = Vec::with_capacity(c.dim());
-                c.decode(u64::from(id), &mut row);
-                let mut scaled = Vec::with_capacity(c.dim());
-                let bias = c.prepare(&row, &mut scaled);
+                let (scaled, bias) = c.prepared_row(u64::from(id));
                 Query { q: Cow::Owned(scaled), bias }
             }
         }
@@ -704,6 +695,37 @@ pub struct Checkpoints {
 pub const CHECKPOINT_FILE: &str = "hnsw.r1s.ckpt";
 const CKPT_MARK: u32 = u32::from_le_bytes(*b"CKPT");
 
+/// The 16 header words of a graph file (see the module docs), little-endian; `tail` fills the four
+/// reserved words (zero in a finished graph; the checkpoint's fields in `hnsw.r1s.ckpt`).
+fn header_words(
+    at: &Layout,
+    dim: usize,
+    top: (u32, usize),
+    ef_construction: usize,
+    tail: [u32; 4],
+) -> [u32; HEADER_WORDS] {
+    let (n, upper) = (at.n as u64, at.upper_len as u64);
+    [
+        MAGIC[0],
+        MAGIC[1],
+        n as u32,
+        (n >> 32) as u32,
+        dim as u32,
+        at.m as u32,
+        at.m0 as u32,
+        top.1 as u32,
+        top.0,
+        upper as u32,
+        (upper >> 32) as u32,
+        ef_construction as u32,
+        tail[0],
+        tail[1],
+        tail[2],
+        tail[3],
+    ]
+    .map(u32::to_le)
+}
+
 /// Levels `floor(−ln U / ln M)` of `n` nodes, drawn in row order from a fixed seed, and the words
 /// their upper-layer lists take.
 fn draw_levels(n: usize, m: usize) -> Result<(Vec<u32>, usize)> {
@@ -722,16 +744,24 @@ fn draw_levels(n: usize, m: usize) -> Result<(Vec<u32>, usize)> {
     Ok((levels, upper_len))
 }
 
+/// Where each node's upper-layer lists start in the upper section (`u32::MAX` for a level-0 node):
+/// the running sum of `level × (M + 1)`.
+fn upper_offsets(levels: &[u32], m: usize) -> impl Iterator<Item = u32> + '_ {
+    levels.iter().scan(0u32, move |off, &l| {
+        let here = if l == 0 { u32::MAX } else { *off };
+        *off += l * (m as u32 + 1);
+        Some(here)
+    })
+}
+
 /// The words of an empty graph of `n` nodes: levels and upper-list offsets filled in, no links.
 fn empty_graph(n: usize, m: usize) -> Result<(Layout, Vec<u32>)> {
     let (levels, upper_len) = draw_levels(n, m)?;
     let at = Layout::new(n, m, upper_len);
     let mut words = vec![0u32; at.end];
     words[at.levels_at..at.upper_off_at].copy_from_slice(&levels);
-    let mut off = 0u32;
-    for (slot, &l) in words[at.upper_off_at..at.level0_at].iter_mut().zip(&levels) {
-        *slot = if l == 0 { u32::MAX } else { off };
-        off += l * (m as u32 + 1);
+    for (slot, off) in words[at.upper_off_at..at.level0_at].iter_mut().zip(upper_offsets(&levels, m)) {
+        *slot = off;
     }
     words.iter_mut().for_each(|x| *x = x.to_le());
     Ok((at, words))
@@ -756,26 +786,9 @@ fn write_checkpoint(path: &Path, g: &Building, top: (u32, usize), inserted: usiz
     let at = g.at;
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        let (n, upper, ins) = (at.n as u64, at.upper_len as u64, inserted as u64);
-        let header: [u32; HEADER_WORDS] = [
-            MAGIC[0],
-            MAGIC[1],
-            n as u32,
-            (n >> 32) as u32,
-            r.dim as u32,
-            at.m as u32,
-            at.m0 as u32,
-            top.1 as u32,
-            top.0,
-            upper as u32,
-            (upper >> 32) as u32,
-            r.ef_construction as u32,
-            ins as u32,
-            (ins >> 32) as u32,
-            u32::from(r.sq8),
-            CKPT_MARK,
-        ];
-        let mut buf: Vec<u32> = header.map(u32::to_le).to_vec();
+        let ins = inserted as u64;
+        let tail = [ins as u32, (ins >> 32) as u32, u32::from(r.sq8), CKPT_MARK];
+        let mut buf: Vec<u32> = header_words(&at, r.dim, top, r.ef_construction, tail).to_vec();
         for chunk in g.words[HEADER_WORDS..].chunks(1 << 16) {
             buf.extend(chunk.iter().map(|w| w.load(Relaxed)));
             f.write_all(bytemuck::cast_slice(&buf))?;
@@ -850,12 +863,8 @@ fn read_checkpoint(path: &Path, r: &Resumable) -> Result<std::result::Result<Che
     if words[at.levels_at..at.upper_off_at] != levels[..] {
         return Ok(Err("its levels are not this build's".into()));
     }
-    let mut off = 0u32;
-    for (&slot, &l) in words[at.upper_off_at..at.level0_at].iter().zip(&levels) {
-        if slot != if l == 0 { u32::MAX } else { off } {
-            return Ok(Err("corrupt upper-list offsets".into()));
-        }
-        off += l * (r.m as u32 + 1);
+    if !words[at.upper_off_at..at.level0_at].iter().copied().eq(upper_offsets(&levels, r.m)) {
+        return Ok(Err("corrupt upper-list offsets".into()));
     }
     let lists = |from: usize, to: usize, cap: usize| {
         words[from..to]
@@ -913,10 +922,10 @@ impl HnswIndex {
         let n = usize::try_from(matrix.rows()).ok().filter(|&n| n < u32::MAX as usize).ok_or_else(|| {
             IndexError::Options(format!("{} rows: an r1s HNSW graph holds fewer than 2^32", matrix.rows()))
         })?;
-        if codes.as_ref().is_some_and(|c| c.rows() != n as u64 || c.dim() != matrix.dim()) {
-            return Err(IndexError::Mismatch("the SQ8 codes are not over the embeddings' shape".into()));
+        if let Some(c) = &codes {
+            c.check_shape(n as u64, matrix.dim())?;
         }
-        let quant = QuantParams { quantize: if codes.is_some() { Quantize::Sq8 } else { Quantize::None }, ..quant };
+        let quant = quant.over(codes.as_ref());
         let resumable = match &ckpt.path {
             Some(_) => Some(Resumable {
                 n,
@@ -937,7 +946,6 @@ impl HnswIndex {
                 Err(why) => log::warn!("{}: not resuming from it: {why}", path.display()),
             }
         }
-        let max_level0 = |at: &Layout, w: &[u32]| if n == 0 { 0 } else { u32::from_le(w[at.levels_at]) as usize };
         // the file's words, built in place: the graph never exists twice in memory
         let (at, words, top, mut start) = match resumed {
             Some((at, words, top, inserted)) => {
@@ -946,7 +954,8 @@ impl HnswIndex {
             }
             None => {
                 let (at, words) = empty_graph(n, params.m)?;
-                let level = max_level0(&at, &words);
+                // node 0 is inserted first: the top starts at its level
+                let level = words.get(at.levels_at).map_or(0, |&w| u32::from_le(w) as usize);
                 (at, words, Top { entry: 0, level }, 1.min(n))
             }
         };
@@ -1041,10 +1050,10 @@ impl HnswIndex {
             // the vectors serve only the re-ranking of a few rows per query
             matrix.advise_random();
         }
-        if codes.as_ref().is_some_and(|c| c.rows() != rows || c.dim() != dim) {
-            return Err(IndexError::Mismatch(format!("{}: the SQ8 codes are not over [{rows}, {dim}]", dir.display())));
+        if let Some(c) = &codes {
+            c.check_shape(rows, dim)?;
         }
-        let quant = QuantParams { quantize: if codes.is_some() { Quantize::Sq8 } else { Quantize::None }, ..quant };
+        let quant = quant.over(codes.as_ref());
         Ok(HnswIndex { graph, matrix, codes, pool: Pool::default(), params, quant })
     }
 
@@ -1087,28 +1096,9 @@ impl HnswIndex {
 /// The file words of a built graph: its header filled in (the reserved words zero), the atomics
 /// turned into plain words in place (same size and alignment: no copy).
 fn freeze(g: Building, dim: usize, top: Top, ef_construction: usize) -> Vec<u32> {
-    let at = g.at;
-    let (n, upper) = (at.n as u64, at.upper_len as u64);
-    let header: [u32; HEADER_WORDS] = [
-        MAGIC[0],
-        MAGIC[1],
-        n as u32,
-        (n >> 32) as u32,
-        dim as u32,
-        at.m as u32,
-        at.m0 as u32,
-        top.level as u32,
-        top.entry,
-        upper as u32,
-        (upper >> 32) as u32,
-        ef_construction as u32,
-        0,
-        0,
-        0,
-        0,
-    ];
+    let header = header_words(&g.at, dim, (top.entry, top.level), ef_construction, [0; 4]);
     for (w, h) in g.words.iter().zip(header) {
-        w.store(h.to_le(), Relaxed);
+        w.store(h, Relaxed);
     }
     g.words.into_iter().map(AtomicU32::into_inner).collect()
 }

@@ -81,6 +81,13 @@ fn four() -> usize {
     4
 }
 
+impl QuantParams {
+    /// These settings for an index walked over `codes` (SQ8) or over the vectors (none).
+    pub fn over(self, codes: Option<&Sq8>) -> QuantParams {
+        QuantParams { quantize: if codes.is_some() { Quantize::Sq8 } else { Quantize::None }, ..self }
+    }
+}
+
 impl Default for QuantParams {
     fn default() -> Self {
         QuantParams { quantize: Quantize::None, rerank: true, rerank_factor: 4 }
@@ -347,6 +354,26 @@ impl Sq8 {
         (&self.min, &self.step)
     }
 
+    /// The codes of row `i`.
+    #[inline]
+    pub fn row(&self, i: u64) -> &[u8] {
+        let d = self.dim;
+        &self.codes()[i as usize * d..(i as usize + 1) * d]
+    }
+
+    /// Fails unless these codes are over `[rows, dim]`.
+    pub fn check_shape(&self, rows: u64, dim: usize) -> Result<()> {
+        if self.rows != rows || self.dim != dim {
+            return Err(IndexError::Mismatch(format!(
+                "{}: codes for [{}, {}], the vectors are [{rows}, {dim}]",
+                self.path.display(),
+                self.rows,
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
     /// `q ⊙ step` into `out`, and `⟨q, min⟩`: with them, `⟨q, decode(c)⟩ = bias + dot_u8(out, c)`.
     pub fn prepare(&self, q: &[f32], out: &mut Vec<f32>) -> f32 {
         out.clear();
@@ -354,12 +381,25 @@ impl Sq8 {
         dot(q, &self.min)
     }
 
+    /// The decoded values of a row of codes, appended to `out`: `min + c · step` per dimension.
+    fn decode_into(&self, codes: &[u8], out: &mut Vec<f32>) {
+        out.extend(codes.iter().zip(self.min.iter().zip(&self.step)).map(|(&c, (m, s))| m + f32::from(c) * s));
+    }
+
     /// Row `i` decoded into `out`.
     pub fn decode(&self, i: u64, out: &mut Vec<f32>) {
-        let d = self.dim;
-        let c = &self.codes()[i as usize * d..(i as usize + 1) * d];
         out.clear();
-        out.extend(c.iter().zip(self.min.iter().zip(&self.step)).map(|(&c, (m, s))| m + f32::from(c) * s));
+        self.decode_into(self.row(i), out);
+    }
+
+    /// Row `i` decoded and prepared as a query ([`Sq8::prepare`] of [`Sq8::decode`], the same
+    /// arithmetic) in one allocation: the scaled row and its bias.
+    pub fn prepared_row(&self, i: u64) -> (Vec<f32>, f32) {
+        let mut x = Vec::with_capacity(self.dim);
+        self.decode_into(self.row(i), &mut x);
+        let bias = dot(&x, &self.min);
+        x.iter_mut().zip(&self.step).for_each(|(v, s)| *v *= s);
+        (x, bias)
     }
 }
 
@@ -389,7 +429,7 @@ impl crate::flat::Blocks for Sq8 {
         buf.clear();
         buf.reserve(codes.len());
         for row in codes.chunks_exact(d.max(1)) {
-            buf.extend(row.iter().zip(self.min.iter().zip(&self.step)).map(|(&c, (m, s))| m + f32::from(c) * s));
+            self.decode_into(row, buf);
         }
         buf
     }
@@ -408,16 +448,7 @@ pub struct Sq8FlatIndex {
 impl Sq8FlatIndex {
     /// Maps `codes` over the rows of `matrix`.
     pub fn new(codes: Sq8, matrix: Matrix, quant: QuantParams) -> Result<Sq8FlatIndex> {
-        if codes.rows() != matrix.rows() || codes.dim() != matrix.dim() {
-            return Err(IndexError::Mismatch(format!(
-                "{}: codes for [{}, {}], the embeddings are [{}, {}]",
-                codes.path().display(),
-                codes.rows(),
-                codes.dim(),
-                matrix.rows(),
-                matrix.dim()
-            )));
-        }
+        codes.check_shape(matrix.rows(), matrix.dim())?;
         matrix.advise_random();
         Ok(Sq8FlatIndex { codes, matrix, quant })
     }
