@@ -1250,25 +1250,24 @@ fn index_eval(
         Ok((r, nq as f64 / t.elapsed().as_secs_f64().max(1e-9)))
     };
     let mut rows: Vec<(String, Vec<Vec<r1s_core::Scored>>, f64)> = Vec::new();
-    let ef_list = |default_ef: usize| if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
-    let sq8 = |q: &r1s_index::QuantParams| if q.quantize == r1s_index::Quantize::Sq8 { "-sq8" } else { "" };
+    type Run<'a> = dyn Fn(usize) -> Result<Vec<Vec<r1s_core::Scored>>, r1s_index::IndexError> + 'a;
+    // an HNSW graph at each ef (its default without --ef), after one warm-up pass at the largest
+    let mut hnsw_rows = |name: &str, default_ef: usize, run: &Run<'_>| -> anyhow::Result<()> {
+        let list = if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
+        run(list.iter().copied().max().unwrap_or(default_ef))?;
+        for ef in list {
+            let (approx, qps) = timed(&|| run(ef))?;
+            rows.push((format!("{name} ef={ef}"), approx, qps));
+        }
+        Ok(())
+    };
     match &idx.index {
         r1s_index::Index::Hnsw { graph, .. } => {
-            let name = format!("hnsw{}", sq8(&graph.quant));
-            let list = ef_list(graph.params.ef_search);
-            graph.search_ef(&qv, k, list.iter().copied().max().unwrap_or(1))?;
-            for ef in list {
-                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
-                rows.push((format!("{name} ef={ef}"), approx, qps));
-            }
+            let name = if graph.quant.quantize == r1s_index::Quantize::Sq8 { "hnsw-sq8" } else { "hnsw" };
+            hnsw_rows(name, graph.params.ef_search, &|ef| graph.search_ef(&qv, k, ef))?;
         }
         r1s_index::Index::HnswRs { graph, .. } => {
-            let list = ef_list(graph.params.ef_search);
-            graph.search_ef(&qv, k, list.iter().copied().max().unwrap_or(1))?;
-            for ef in list {
-                let (approx, qps) = timed(&|| graph.search_ef(&qv, k, ef))?;
-                rows.push((format!("hnsw-rs ef={ef}"), approx, qps));
-            }
+            hnsw_rows("hnsw-rs", graph.params.ef_search, &|ef| graph.search_ef(&qv, k, ef))?;
         }
         r1s_index::Index::FlatSq8 { index, .. } => {
             index.search(&qv, k)?;

@@ -159,14 +159,7 @@ fn index_build_from_jsonl_with_faiss_opens_in_python() {
     let src = dir.path().join("q.jsonl");
     std::fs::write(&src, jsonl).unwrap();
     let out = dir.path().join("idx");
-    let summary = ok(r1s()
-        .args(["index", "build"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&out)
-        .arg("--corpus-out")
-        .arg(dir.path().join("corpus"))
-        .args(["--kind", "faiss", "--factory", "Flat", "--threads", "2"]));
+    let summary = build_index(&src, &out, &["--kind", "faiss", "--factory", "Flat", "--threads", "2"]);
     assert!(summary.contains("Faiss index of 40 x 384"), "{summary}");
     let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&out))).unwrap();
     assert_eq!(info["kind"], "faiss");
@@ -205,6 +198,13 @@ fn spawn_server(index: &Path) -> (std::process::Child, String, std::io::BufReade
     (server, url, stderr)
 }
 
+/// `r1s index build SRC --out OUT` with the corpus ingested beside OUT (`corpus`), and `args`; its
+/// standard output.
+fn build_index(src: &Path, out: &Path, args: &[&str]) -> String {
+    let corpus = out.parent().expect("an output inside a directory").join("corpus");
+    ok(r1s().args(["index", "build"]).arg(src).arg("--out").arg(out).arg("--corpus-out").arg(corpus).args(args))
+}
+
 /// A Search-R1 JSONL of the first `n` R1-Searcher passages in `dir`.
 fn some_passages(dir: &Path, n: usize) -> PathBuf {
     let passages = std::fs::read_to_string(shared("r1searcher/passages.jsonl")).unwrap();
@@ -220,15 +220,7 @@ fn sq8_index_build_eval_serve_and_plan() {
     let dir = tempfile::tempdir().unwrap();
     let src = some_passages(dir.path(), 300);
     let index = dir.path().join("idx");
-    let corpus = dir.path().join("corpus");
-    let summary = ok(r1s()
-        .args(["index", "build"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&index)
-        .arg("--corpus-out")
-        .arg(&corpus)
-        .args(["--kind", "hnsw", "--quantize", "sq8", "--threads", "2"]));
+    let summary = build_index(&src, &index, &["--kind", "hnsw", "--quantize", "sq8", "--threads", "2"]);
     assert!(summary.contains("Hnsw sq8 index of 300 x 384"), "{summary}");
     assert!(summary.contains("peak RSS"), "{summary}");
     let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&index))).unwrap();
@@ -329,14 +321,7 @@ fn serve_answers_like_retrieve_and_python_writes_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let src = some_passages(dir.path(), 150);
     let index = dir.path().join("idx");
-    ok(r1s()
-        .args(["-q", "index", "build"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&index)
-        .arg("--corpus-out")
-        .arg(dir.path().join("corpus"))
-        .args(["--kind", "flat", "--threads", "2"]));
+    build_index(&src, &index, &["-q", "--kind", "flat", "--threads", "2"]);
     let questions = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl")).unwrap();
     let qs: Vec<String> = questions
         .lines()

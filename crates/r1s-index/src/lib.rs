@@ -59,6 +59,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 4] = [Kind::Flat, Kind::Hnsw, Kind::HnswRs, Kind::Faiss];
+
     /// The name on the command line and in manifests.
     pub fn name(self) -> &'static str {
         match self {
@@ -73,13 +75,10 @@ impl Kind {
 impl std::str::FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "flat" => Ok(Kind::Flat),
-            "hnsw" => Ok(Kind::Hnsw),
-            "hnsw-rs" => Ok(Kind::HnswRs),
-            "faiss" => Ok(Kind::Faiss),
-            _ => Err(format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss)")),
-        }
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss)"))
     }
 }
 

@@ -124,6 +124,21 @@ pub fn candidates(base: &PlanInput) -> Vec<(String, PlanInput)> {
 mod tests {
     use super::*;
 
+    /// HNSW M 32 / efConstruction 100 over f32 vectors (the configuration tools/bench-scale measured).
+    fn hnsw_f32(rows: u64, dim: usize, threads: usize) -> PlanInput {
+        PlanInput {
+            rows,
+            dim,
+            dtype: Dtype::F32,
+            kind: Kind::Hnsw,
+            quantize: Quantize::None,
+            m: 32,
+            ef_construction: 100,
+            passage_bytes: 600,
+            threads,
+        }
+    }
+
     #[test]
     fn graph_words_match_a_built_layout_on_average() {
         // 1M rows at M 32: 16 + 2n + 65n + 33n/31 words
@@ -133,17 +148,7 @@ mod tests {
 
     #[test]
     fn build_times_reproduce_the_measured_million_row_builds() {
-        let base = PlanInput {
-            rows: 1_000_000,
-            dim: 384,
-            dtype: Dtype::F32,
-            kind: Kind::Hnsw,
-            quantize: Quantize::None,
-            m: 32,
-            ef_construction: 100,
-            passage_bytes: 600,
-            threads: 2,
-        };
+        let base = hnsw_f32(1_000_000, 384, 2);
         for (quantize, measured) in [(Quantize::None, 123.5), (Quantize::Sq8, 80.8)] {
             let got = plan(&PlanInput { quantize, ..base }).build_seconds;
             assert!((got / measured - 1.0).abs() < 0.05, "{quantize:?}: {got:.1} s vs {measured} s measured");
@@ -153,17 +158,7 @@ mod tests {
 
     #[test]
     fn sq8_serves_in_about_a_quarter_of_the_f32_vectors() {
-        let base = PlanInput {
-            rows: 21_015_324,
-            dim: 768,
-            dtype: Dtype::F32,
-            kind: Kind::Hnsw,
-            quantize: Quantize::None,
-            m: 32,
-            ef_construction: 100,
-            passage_bytes: 600,
-            threads: 16,
-        };
+        let base = hnsw_f32(21_015_324, 768, 16);
         let f32 = plan(&base);
         let sq8 = plan(&PlanInput { quantize: Quantize::Sq8, ..base });
         assert_eq!(f32.vectors_bytes / 1_000_000_000, 64); // the 64.6 GB users report
