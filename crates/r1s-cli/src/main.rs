@@ -196,9 +196,12 @@ struct RetrieverArgs {
     /// The corpus directory (default: the one recorded in the index).
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// HNSW search candidates (default: the index's).
+    /// HNSW search candidates, or a Milvus IVF index's nprobe (default: the index's).
     #[arg(long)]
     ef: Option<usize>,
+    /// Milvus index: another endpoint of the same cluster than the one recorded at build time.
+    #[arg(long, env = "R1S_MILVUS_URI")]
+    milvus_uri: Option<String>,
     /// Threads for the query embedder (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
@@ -214,6 +217,7 @@ impl RetrieverArgs {
             threads: self.threads,
             device: Some(self.device),
             ef_search: self.ef,
+            milvus_uri: self.milvus_uri.clone(),
             ..Default::default()
         };
         Ok(r1s_retrieve::DenseRetriever::open(&self.index, &opts)?)
@@ -327,8 +331,9 @@ struct IndexBuildArgs {
     /// Index directory (embeddings.npy, index files, manifest.json).
     #[arg(long, short)]
     out: PathBuf,
-    /// flat (exact), hnsw (r1s's graph over the mapped vectors), hnsw-rs (the hnsw_rs crate) or faiss
-    /// (any FAISS index_factory string, see --factory).
+    /// flat (exact), hnsw (r1s's graph over the mapped vectors), hnsw-rs (the hnsw_rs crate), faiss
+    /// (any FAISS index_factory string, see --factory) or milvus (a collection in a Milvus server or
+    /// cluster, see --milvus-uri; the directory keeps only the manifest's reference to it).
     #[arg(long, default_value = "hnsw", value_parser = parse_kind)]
     kind: r1s_index::Kind,
     /// FAISS index_factory string for --kind faiss (Flat, HNSW32, IVF4096,PQ64, ...).
@@ -356,9 +361,32 @@ struct IndexBuildArgs {
     /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
     #[arg(long, default_value_t = 1_000_000)]
     checkpoint_every: u64,
-    /// hnsw: start the graph over even when a checkpoint of an interrupted build is there.
+    /// hnsw: start the graph over even when a checkpoint of an interrupted build is there; milvus:
+    /// insert every row again.
     #[arg(long)]
     no_resume: bool,
+    /// milvus: the gRPC endpoint of the Milvus server or cluster proxy.
+    #[arg(long, env = "R1S_MILVUS_URI", default_value = "http://127.0.0.1:19530")]
+    milvus_uri: String,
+    /// milvus: the collection (default: r1s_ and the name of --out).
+    #[arg(long)]
+    collection: Option<String>,
+    /// milvus: the index Milvus builds: HNSW (--m, --ef-construction, --ef-search), IVF_FLAT or
+    /// IVF_SQ8 (--nlist, --nprobe), FLAT (exact).
+    #[arg(long, default_value = "HNSW")]
+    milvus_index: r1s_index::MilvusIndexType,
+    /// milvus IVF: clusters.
+    #[arg(long, default_value_t = 1024)]
+    nlist: usize,
+    /// milvus IVF: clusters searched per query.
+    #[arg(long, default_value_t = 16)]
+    nprobe: usize,
+    /// milvus: drop an existing collection of that name holding other vectors (else refused).
+    #[arg(long)]
+    replace: bool,
+    /// milvus: deadline of one call to the server, retries included, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    milvus_timeout_ms: u64,
     /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out>).
     #[arg(long)]
     corpus_out: Option<PathBuf>,
@@ -686,7 +714,8 @@ fn index_exit_code(c: &r1s_index::IndexError) -> u8 {
         E::Cancelled => exit::CANCELLED,
         E::Io { .. } => exit::IO,
         E::BadFile { .. } | E::Mismatch(_) | E::WrongDimension { .. } => exit::DATA,
-        E::Options(_) => exit::FAILURE,
+        E::Options(_) | E::Backend(_) => exit::FAILURE,
+        E::Unavailable(_) => exit::UNAVAILABLE,
     }
 }
 
@@ -1056,6 +1085,14 @@ fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `r1s_` and the index directory's name, with every character Milvus does not take as `_`.
+fn default_collection(out: &Path) -> String {
+    let name = std::path::absolute(out).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let clean: String =
+        name.unwrap_or_default().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("r1s_{clean}")
+}
+
 fn is_corpus_dir(p: &Path) -> bool {
     p.is_dir() && p.join("manifest.json").is_file() && p.join("docstore.idx").is_file()
 }
@@ -1107,6 +1144,23 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
                 },
                 checkpoint_every: a.checkpoint_every.max(1),
                 resume: !a.no_resume,
+                milvus: r1s_index::MilvusBuild {
+                    params: r1s_index::MilvusParams {
+                        uri: a.milvus_uri.clone(),
+                        collection: a.collection.clone().unwrap_or_else(|| default_collection(&a.out)),
+                        index_type: a.milvus_index,
+                        m: a.m,
+                        ef_construction: a.ef_construction,
+                        ef_search: a.ef_search,
+                        nlist: a.nlist,
+                        nprobe: a.nprobe,
+                        timeout_ms: a.milvus_timeout_ms,
+                        ..Default::default()
+                    },
+                    replace: a.replace,
+                    batch_rows: 0,
+                    fresh: false,
+                },
             };
             let pool = rayon_pool(a.threads)?;
             let built = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel));
@@ -1129,6 +1183,14 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
                     if m.corpus.is_empty() { "-" } else { m.corpus.as_str() },
                     m.build_seconds
                 );
+                if m.kind == r1s_index::Kind::Milvus {
+                    println!(
+                        "Milvus collection {} at {}: serving nodes need only {} (with the corpus and the model)",
+                        m.params["collection"].as_str().unwrap_or_default(),
+                        m.params["uri"].as_str().unwrap_or_default(),
+                        a.out.join(r1s_index::MANIFEST_FILE).display()
+                    );
+                }
                 if let Some(peak) = r1s_core::mem::peak_rss_bytes() {
                     println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
                 }
@@ -1294,10 +1356,35 @@ fn index_eval(
                 rows.push((name, approx, qps));
             }
         }
+        r1s_index::Index::Milvus(index) => {
+            let name = format!("milvus {}", index.params.index_type.name());
+            let default = match index.params.index_type {
+                r1s_index::MilvusIndexType::IvfFlat | r1s_index::MilvusIndexType::IvfSq8 => index.params.nprobe,
+                _ => index.params.ef_search,
+            };
+            if index.params.index_type == r1s_index::MilvusIndexType::Flat {
+                index.search(&qv, k)?;
+                let (approx, qps) = timed(&|| index.search(&qv, k))?;
+                rows.push((name, approx, qps));
+            } else {
+                hnsw_rows(&name, default, &|ef| index.search_ef(&qv, k, ef))?;
+            }
+        }
         r1s_index::Index::Flat(_) => {}
     }
     let resident = r1s_core::mem::rss_bytes();
-    let (exact, flat_qps) = timed(&|| idx.flat().search(&qv, k))?;
+    // a Milvus index's reference is the embeddings.npy it was built from, when it is still there
+    let own;
+    let flat = match idx.flat() {
+        Some(f) => f,
+        None => {
+            own = r1s_index::FlatIndex::open(&idx.dir.join(r1s_index::EMBEDDINGS_FILE)).with_context(|| {
+                format!("{}: recall needs the exact reference, embeddings.npy (kept by index build)", idx.dir.display())
+            })?;
+            &own
+        }
+    };
+    let (exact, flat_qps) = timed(&|| flat.search(&qv, k))?;
     println!("{embed_note}; {} x {} vectors; k = {k}", idx.manifest.rows, idx.manifest.dim);
     println!("open {open_ms:.1} ms");
     println!("first query {first_ms:.1} ms");

@@ -130,6 +130,30 @@ pub trait Retriever: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
     /// The top-`k` passages for each query.
     fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, Self::Error>;
+    /// Whether `err` means that a backend the retriever depends on (a remote index) is unavailable
+    /// for now, so that the same request may succeed later: servers answer it with 503 and
+    /// `Retry-After` instead of 500. Default: never.
+    fn is_unavailable(_err: &Self::Error) -> bool {
+        false
+    }
+    /// The state of the remote backend, asked now (may block up to about `timeout`); `None` when
+    /// the retriever has no remote part.
+    fn backend(&self, _timeout: std::time::Duration) -> Option<BackendHealth> {
+        None
+    }
+}
+
+/// What a health check of a retriever's remote backend (e.g. a Milvus cluster) found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendHealth {
+    /// Which backend (`milvus`).
+    pub kind: String,
+    /// Where it is (its URI and collection).
+    pub target: String,
+    /// Whether it answered and is ready to search.
+    pub up: bool,
+    /// Why not, when it is not.
+    pub error: Option<String>,
 }
 
 /// Sampling settings of one [`Policy::complete`] call.

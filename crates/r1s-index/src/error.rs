@@ -20,6 +20,12 @@ pub enum IndexError {
     Options(String),
     #[error("cancelled")]
     Cancelled,
+    /// A remote index (Milvus) did not answer in time or is not ready: a later attempt may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A remote index refused a request.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl IndexError {

@@ -3,7 +3,9 @@
 //! - [`HnswIndex`] (`hnsw`): r1s's own HNSW graph, links only, memory-mapped; the vectors are read
 //!   from the same mapped `embeddings.npy` as the flat index (parallel build, `ef_search` per query);
 //! - [`HnswRsIndex`] (`hnsw-rs`): the hnsw_rs crate's graph, for comparison;
-//! - [`FaissIndex`] (`faiss`, cargo feature): any FAISS `index_factory` string.
+//! - [`FaissIndex`] (`faiss`, cargo feature): any FAISS `index_factory` string;
+//! - [`MilvusIndex`] (`milvus`, cargo feature): a collection in a Milvus server or cluster; the
+//!   directory holds only the manifest ([`milvus`]).
 //!
 //! `flat` and `hnsw` also come quantized (`--quantize sq8`, [`sq8`]): 8-bit codes per dimension in
 //! `codes.sq8`, scanned or walked instead of the vectors, the final candidates re-ranked exactly from
@@ -25,6 +27,7 @@ pub mod faiss_index;
 pub mod flat;
 pub mod hnsw;
 pub mod hnsw_rs_index;
+pub mod milvus;
 pub mod plan;
 pub mod sq8;
 
@@ -39,6 +42,7 @@ pub use faiss_index::FaissIndex;
 pub use flat::{FlatIndex, Matrix, TopK, naive_search};
 pub use hnsw::{CHECKPOINT_FILE, Checkpoints, HnswIndex, HnswParams};
 pub use hnsw_rs_index::HnswRsIndex;
+pub use milvus::{MilvusBuild, MilvusIndex, MilvusIndexType, MilvusParams};
 pub use sq8::{CODES_FILE, QuantParams, Quantize, Sq8, Sq8FlatIndex};
 
 /// File names in an index directory.
@@ -56,10 +60,11 @@ pub enum Kind {
     #[serde(rename = "hnsw-rs")]
     HnswRs,
     Faiss,
+    Milvus,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Flat, Kind::Hnsw, Kind::HnswRs, Kind::Faiss];
+    const ALL: [Kind; 5] = [Kind::Flat, Kind::Hnsw, Kind::HnswRs, Kind::Faiss, Kind::Milvus];
 
     /// The name on the command line and in manifests.
     pub fn name(self) -> &'static str {
@@ -68,6 +73,7 @@ impl Kind {
             Kind::Hnsw => "hnsw",
             Kind::HnswRs => "hnsw-rs",
             Kind::Faiss => "faiss",
+            Kind::Milvus => "milvus",
         }
     }
 }
@@ -78,7 +84,7 @@ impl std::str::FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss)"))
+            .ok_or_else(|| format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss, milvus)"))
     }
 }
 
@@ -134,6 +140,8 @@ pub enum Index {
         index: FaissIndex,
         flat: FlatIndex,
     },
+    /// A Milvus collection (no local vectors).
+    Milvus(Box<MilvusIndex>),
 }
 
 /// Parameters of `build`.
@@ -151,6 +159,8 @@ pub struct BuildParams {
     /// `hnsw`: continue from a checkpoint of an interrupted build with the same settings (else
     /// start over).
     pub resume: bool,
+    /// `milvus`: the server, collection and index.
+    pub milvus: MilvusBuild,
 }
 
 impl Default for BuildParams {
@@ -162,6 +172,7 @@ impl Default for BuildParams {
             quant: QuantParams::default(),
             checkpoint_every: 1_000_000,
             resume: true,
+            milvus: MilvusBuild::default(),
         }
     }
 }
@@ -195,9 +206,23 @@ pub struct OpenIndex {
     pub index: Index,
 }
 
+/// How to open an index directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// `milvus`: another endpoint of the same cluster than the manifest's `uri` (e.g. a load
+    /// balancer in front of several proxies).
+    pub milvus_uri: Option<String>,
+}
+
 impl OpenIndex {
     /// Opens index directory `dir`, checking files against the manifest.
     pub fn open(dir: &Path) -> Result<OpenIndex> {
+        OpenIndex::open_with(dir, &OpenOptions::default())
+    }
+
+    /// [`OpenIndex::open`] with options. A `milvus` index connects to its server here and checks
+    /// the collection: [`IndexError::Unavailable`] when it does not answer.
+    pub fn open_with(dir: &Path, o: &OpenOptions) -> Result<OpenIndex> {
         let mpath = dir.join(MANIFEST_FILE);
         if !mpath.exists() {
             return Err(IndexError::bad(dir, "no manifest.json: not a finished index (run `r1s index build`)"));
@@ -211,6 +236,16 @@ impl OpenIndex {
                     manifest.format, manifest.format_version
                 ),
             ));
+        }
+        if manifest.kind == Kind::Milvus {
+            let mut params: MilvusParams = serde_json::from_value(manifest.params.clone())
+                .map_err(|e| IndexError::bad(&mpath, format!("bad milvus params: {e}")))?;
+            if let Some(uri) = &o.milvus_uri {
+                params.uri = uri.clone();
+            }
+            let identity = milvus::Identity::of_manifest(&manifest);
+            let index = MilvusIndex::open(params, manifest.dim, manifest.rows, identity.as_ref())?;
+            return Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index: Index::Milvus(Box::new(index)) });
         }
         let flat = FlatIndex::open(&dir.join(EMBEDDINGS_FILE))?;
         if flat.dim() != manifest.dim || flat.len() != manifest.rows {
@@ -266,6 +301,7 @@ impl OpenIndex {
                 }
                 Index::Faiss { index, flat }
             }
+            Kind::Milvus => unreachable!("opened above"),
         };
         Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index })
     }
@@ -284,7 +320,8 @@ impl OpenIndex {
         Ok(())
     }
 
-    /// Sets the search-time `ef` of an HNSW or FAISS HNSW index (other kinds ignore it).
+    /// Sets the search-time `ef` of an HNSW or FAISS HNSW index, `ef` or `nprobe` of a Milvus one
+    /// (other kinds ignore it).
     pub fn set_ef_search(&mut self, ef: usize) -> Result<()> {
         if ef == 0 {
             return Err(IndexError::Options("ef_search must be at least 1".into()));
@@ -297,6 +334,7 @@ impl OpenIndex {
                     index.set_parameter("efSearch", ef as f64)?;
                 }
             }
+            Index::Milvus(index) => index.set_ef_search(ef),
             Index::Flat(_) | Index::FlatSq8 { .. } => {}
         }
         Ok(())
@@ -317,14 +355,33 @@ impl OpenIndex {
         r1s_core::mem::mapped_under(&self.dir)
     }
 
-    /// The exact index over the same vectors (for recall measurements).
-    pub fn flat(&self) -> &FlatIndex {
+    /// The exact index over the same vectors (for recall measurements); `None` for a Milvus
+    /// index, whose vectors are not here.
+    pub fn flat(&self) -> Option<&FlatIndex> {
         match &self.index {
-            Index::Flat(f) => f,
+            Index::Flat(f) => Some(f),
             Index::Hnsw { flat, .. }
             | Index::HnswRs { flat, .. }
             | Index::Faiss { flat, .. }
-            | Index::FlatSq8 { flat, .. } => flat,
+            | Index::FlatSq8 { flat, .. } => Some(flat),
+            Index::Milvus(_) => None,
+        }
+    }
+
+    /// The Milvus endpoint in use (the manifest's or the one given at open), for a Milvus index.
+    pub fn milvus_uri(&self) -> Option<&str> {
+        match &self.index {
+            Index::Milvus(m) => Some(&m.params.uri),
+            _ => None,
+        }
+    }
+
+    /// Whether the remote part of the index (Milvus) answers within `timeout`: `None` for a local
+    /// index, else `Ok` or why not.
+    pub fn backend_health(&self, timeout: std::time::Duration) -> Option<Result<()>> {
+        match &self.index {
+            Index::Milvus(m) => Some(m.health(timeout).map(|_| ())),
+            _ => None,
         }
     }
 }
@@ -344,6 +401,7 @@ impl VectorIndex for OpenIndex {
             Index::Hnsw { graph, .. } => graph.search(queries, k),
             Index::HnswRs { graph, .. } => graph.search(queries, k),
             Index::Faiss { index, .. } => index.search(queries, k),
+            Index::Milvus(index) => index.search(queries, k),
         }
     }
 }
@@ -380,14 +438,16 @@ pub fn build(
         Kind::Hnsw => vec![hnsw::GRAPH_FILE, CHECKPOINT_FILE],
         Kind::HnswRs => hnsw_rs_index::FILES.to_vec(),
         Kind::Faiss => vec![faiss_index::FILE],
+        Kind::Milvus => vec![milvus::STATE_FILE],
     };
     if sq8 {
         own.push(CODES_FILE);
     }
     if !p.resume {
-        own.retain(|f| *f != CHECKPOINT_FILE);
+        own.retain(|f| *f != CHECKPOINT_FILE && *f != milvus::STATE_FILE);
     }
-    for name in [hnsw::GRAPH_FILE, faiss_index::FILE, CODES_FILE, CHECKPOINT_FILE].iter().chain(&hnsw_rs_index::FILES) {
+    let files = [hnsw::GRAPH_FILE, faiss_index::FILE, CODES_FILE, CHECKPOINT_FILE, milvus::STATE_FILE];
+    for name in files.iter().chain(&hnsw_rs_index::FILES) {
         let path = dir.join(name);
         if !own.contains(name) && path.exists() {
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
@@ -436,6 +496,18 @@ pub fn build(
             index.write(dir)?;
             serde_json::to_value(FaissParams { factory: p.faiss_factory.clone(), ef_search: p.faiss_ef_search })
                 .unwrap_or_default()
+        }
+        Kind::Milvus => {
+            let identity = milvus::Identity {
+                r1s: "r1s-index".into(),
+                corpus_id: meta["corpus_id"].as_str().unwrap_or_default().to_owned(),
+                model_sha256: meta["model_sha256"].as_str().unwrap_or_default().to_owned(),
+                rows: matrix.rows(),
+                dim: matrix.dim(),
+                embeddings: format!("{:016x}", sq8::fingerprint(&matrix)?),
+            };
+            let b = MilvusBuild { fresh: p.milvus.fresh || !p.resume, ..p.milvus.clone() };
+            milvus::build(dir, &matrix, identity, &b, progress, cancel)?
         }
     };
     let manifest = IndexManifest {

@@ -118,7 +118,14 @@ pub fn fingerprint(m: &Matrix) -> Result<u64> {
 
 /// Reads rows `start..end` of `m` as f32 through plain reads (not the map: a pass over a matrix
 /// larger than RAM must not grow the process's resident set).
-fn read_rows(m: &Matrix, file: &File, start: u64, end: u64, bytes: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+pub(crate) fn read_rows(
+    m: &Matrix,
+    file: &File,
+    start: u64,
+    end: u64,
+    bytes: &mut Vec<u8>,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let h = m.header();
     let row = h.row_bytes();
     let len = ((end - start) * row) as usize;

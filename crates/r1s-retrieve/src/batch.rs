@@ -46,8 +46,17 @@ impl Default for BatchConfig {
     }
 }
 
-/// The answer to one request: hits per query, or the error message of its batch.
-pub type Reply = Result<Vec<Vec<Hit>>, String>;
+/// The answer to one request: hits per query, or why its batch failed.
+pub type Reply = Result<Vec<Vec<Hit>>, Failed>;
+
+/// Why a batch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub message: String,
+    /// A backend of the retriever is unavailable for now ([`Retriever::is_unavailable`]): the
+    /// request may succeed when retried.
+    pub unavailable: bool,
+}
 
 /// Why a request was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,11 +251,11 @@ fn worker<R: Retriever>(shared: &Shared, retriever: &R) {
         let mut hits = match result {
             Ok(Ok(hits)) => hits.into_iter(),
             Ok(Err(e)) => {
-                fail(shared, batch, &e.to_string());
+                fail(shared, batch, &e.to_string(), R::is_unavailable(&e));
                 continue;
             }
             Err(_) => {
-                fail(shared, batch, "the retriever panicked");
+                fail(shared, batch, "the retriever panicked", false);
                 continue;
             }
         };
@@ -257,7 +266,10 @@ fn worker<R: Retriever>(shared: &Shared, retriever: &R) {
                 Ok(mine)
             } else {
                 stats.failed.fetch_add(1, Relaxed);
-                Err("the retriever returned fewer result lists than queries".to_owned())
+                Err(Failed {
+                    message: "the retriever returned fewer result lists than queries".to_owned(),
+                    unavailable: false,
+                })
             };
             let _ = job.reply.send(reply);
         }
@@ -265,11 +277,15 @@ fn worker<R: Retriever>(shared: &Shared, retriever: &R) {
 }
 
 /// Answers every job of a failed batch with `message`.
-fn fail(shared: &Shared, batch: Vec<Job>, message: &str) {
-    log::error!("retrieval failed for a batch of {} requests: {message}", batch.len());
+fn fail(shared: &Shared, batch: Vec<Job>, message: &str, unavailable: bool) {
+    if unavailable {
+        log::warn!("retrieval unavailable for a batch of {} requests: {message}", batch.len());
+    } else {
+        log::error!("retrieval failed for a batch of {} requests: {message}", batch.len());
+    }
     for job in batch {
         shared.stats.failed.fetch_add(1, Relaxed);
         shared.stats.latency.record(job.at.elapsed());
-        let _ = job.reply.send(Err(message.to_owned()));
+        let _ = job.reply.send(Err(Failed { message: message.to_owned(), unavailable }));
     }
 }

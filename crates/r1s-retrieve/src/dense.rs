@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use r1s_core::{Embedder, Hit, Retriever, Scored, Side, VectorIndex};
 use r1s_corpus::Corpus;
 use r1s_embed::{Device, EmbedderConfig, OnnxEmbedder, Preset};
-use r1s_index::{IndexManifest, OpenIndex};
+use r1s_index::{IndexError, IndexManifest, OpenIndex, OpenOptions};
 
 use crate::error::{Result, RetrieveError};
 
@@ -24,8 +24,10 @@ pub struct DenseOptions {
     pub batch: Option<usize>,
     /// Where the query embedder runs.
     pub device: Option<Device>,
-    /// HNSW / FAISS-HNSW `ef_search` (default: the manifest's).
+    /// HNSW / FAISS-HNSW `ef_search`, Milvus `ef` or `nprobe` (default: the manifest's).
     pub ef_search: Option<usize>,
+    /// Milvus: another endpoint of the cluster than the manifest's URI.
+    pub milvus_uri: Option<String>,
 }
 
 /// The query-side embedder the index was built with: model, preset and max length from the
@@ -83,7 +85,7 @@ impl DenseRetriever {
     /// Opens the index in `index_dir`, its corpus and its query embedder, and checks that they belong
     /// together (corpus content id, rows, dimension).
     pub fn open(index_dir: &Path, o: &DenseOptions) -> Result<DenseRetriever> {
-        let mut index = OpenIndex::open(index_dir)?;
+        let mut index = OpenIndex::open_with(index_dir, &OpenOptions { milvus_uri: o.milvus_uri.clone() })?;
         if let Some(ef) = o.ef_search {
             index.set_ef_search(ef)?;
         }
@@ -159,6 +161,25 @@ impl DenseRetriever {
 
 impl Retriever for DenseRetriever {
     type Error = RetrieveError;
+
+    fn is_unavailable(err: &RetrieveError) -> bool {
+        matches!(err, RetrieveError::Index(IndexError::Unavailable(_)))
+    }
+
+    fn backend(&self, timeout: std::time::Duration) -> Option<r1s_core::BackendHealth> {
+        let checked = self.index.backend_health(timeout)?;
+        let p = &self.index.manifest.params;
+        Some(r1s_core::BackendHealth {
+            kind: self.index.manifest.kind.name().into(),
+            target: format!(
+                "{} collection {}",
+                self.index.milvus_uri().unwrap_or_default(),
+                p["collection"].as_str().unwrap_or_default()
+            ),
+            up: checked.is_ok(),
+            error: checked.err().map(|e| e.to_string()),
+        })
+    }
 
     fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
         if queries.is_empty() {

@@ -16,7 +16,7 @@ pub mod json;
 pub mod metrics;
 pub mod server;
 
-pub use batch::{BatchConfig, Batcher, SubmitError};
+pub use batch::{BatchConfig, Batcher, Failed, SubmitError};
 pub use dense::{DenseOptions, DenseRetriever, query_embedder, resolve_corpus};
 pub use error::{Result, RetrieveError};
 pub use r1s_core::{Hit, Retriever};

@@ -7,12 +7,15 @@
 //!   the server default. Written as FastAPI writes it (compact, UTF-8, Python float repr).
 //! - `POST /queries` `{"queries": [str], "k": int?}` → `{"answers": [[contents, ...]], "queries": [...]}`,
 //!   written as Flask's `jsonify` writes it (sorted keys, ASCII-escaped, trailing newline).
-//! - `GET /health`: status, index and corpus facts, queue depth. `GET /metrics`: Prometheus text.
+//! - `GET /health`: status, index and corpus facts, queue depth, memory, and for a remote index
+//!   (Milvus) its state, asked at each call: 503 with `"status": "unavailable"` while it is down.
+//!   `GET /metrics`: Prometheus text.
 //!
 //! Errors: 422 `{"detail": message}` for a body that is not valid (not JSON, `queries` not a non-empty
 //! list of strings, `topk` not a non-negative integer or above the limit, too many queries, body too
-//! large); 429 with `Retry-After` when the queue is full; 503 while shutting down; 500 when retrieval
-//! itself fails. Handlers never block the async runtime: embedding and search run on the batcher's
+//! large); 429 with `Retry-After` when the queue is full; 503 while shutting down, and 503 with
+//! `Retry-After` while a remote index is unavailable ([`Retriever::is_unavailable`]); 500 when
+//! retrieval itself fails. Handlers never block the async runtime: embedding and search run on the batcher's
 //! threads.
 
 use std::future::Future;
@@ -26,7 +29,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use r1s_core::{Hit, Retriever};
+use r1s_core::{BackendHealth, Hit, Retriever};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -70,8 +73,11 @@ struct HttpCounters {
     invalid: AtomicU64,
 }
 
+type BackendProbe = Box<dyn Fn(Duration) -> Option<BackendHealth> + Send + Sync>;
+
 struct App {
     batcher: Batcher,
+    backend: Arc<BackendProbe>,
     cfg: ServeConfig,
     info: Value,
     started: Instant,
@@ -91,8 +97,10 @@ where
     R: Retriever + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let probe = retriever.clone();
+    let backend: Arc<BackendProbe> = Arc::new(Box::new(move |t| probe.backend(t)));
     let batcher = Batcher::start(retriever, cfg.batch.clone())?;
-    let app = Arc::new(App { batcher, cfg, info, started: Instant::now(), http: HttpCounters::default() });
+    let app = Arc::new(App { batcher, backend, cfg, info, started: Instant::now(), http: HttpCounters::default() });
     let router = Router::new()
         .route("/retrieve", post(search_r1))
         .route("/queries", post(r1_searcher))
@@ -150,7 +158,7 @@ impl App {
         }
         log::debug!("{}: {}", r.status, r.message);
         let mut resp = detail(r.status, &r.message);
-        if r.status == StatusCode::TOO_MANY_REQUESTS {
+        if r.status == StatusCode::TOO_MANY_REQUESTS || r.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
@@ -219,9 +227,13 @@ impl App {
                 self.http.ok.fetch_add(1, Relaxed);
                 Ok(hits)
             }
-            Ok(Err(message)) => Err(Reject {
+            Ok(Err(f)) if f.unavailable => Err(Reject {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("retrieval unavailable, retry later: {}", f.message),
+            }),
+            Ok(Err(f)) => Err(Reject {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("retrieval failed: {message}"),
+                message: format!("retrieval failed: {}", f.message),
             }),
             Err(_) => {
                 Err(Reject { status: StatusCode::SERVICE_UNAVAILABLE, message: "the retrieval worker stopped".into() })
@@ -300,17 +312,42 @@ async fn r1_searcher(State(app): State<Arc<App>>, body: Body) -> Response {
     json(StatusCode::OK, to_flask(&R1SearcherResponse { answers, queries: &queries }))
 }
 
+/// How long `/health` waits for a remote backend's answer.
+const BACKEND_PROBE: Duration = Duration::from_secs(3);
+
 async fn health(State(app): State<Arc<App>>) -> Response {
+    // the probe blocks (a gRPC call): off the async threads, and never longer than the deadline
+    let probe = app.backend.clone();
+    let asked = tokio::task::spawn_blocking(move || probe(BACKEND_PROBE));
+    let backend = match tokio::time::timeout(BACKEND_PROBE + Duration::from_secs(1), asked).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => Some(BackendHealth {
+            kind: "remote".into(),
+            target: String::new(),
+            up: false,
+            error: Some("the health probe panicked".into()),
+        }),
+        Err(_) => Some(BackendHealth {
+            kind: "remote".into(),
+            target: String::new(),
+            up: false,
+            error: Some(format!("no answer within {} s", BACKEND_PROBE.as_secs())),
+        }),
+    };
+    let up = backend.as_ref().is_none_or(|b| b.up);
     let mut v = serde_json::json!({
-        "status": "ok",
+        "status": if up { "ok" } else { "unavailable" },
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "queued_queries": app.batcher.queued(),
     });
     if let (Some(obj), Some(info)) = (v.as_object_mut(), app.info.as_object()) {
         obj.extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
         obj.insert("memory".into(), memory(info));
+        if let Some(b) = backend {
+            obj.insert("backend".into(), serde_json::to_value(b).unwrap_or_default());
+        }
     }
-    json(StatusCode::OK, to_fastapi(&v))
+    json(if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, to_fastapi(&v))
 }
 
 /// The process's resident bytes, and for the `index` and `corpus` directories of `info` the bytes
