@@ -48,12 +48,16 @@ fn collection(name: &str) -> String {
     format!("r1s_test_{name}_{}", std::process::id())
 }
 
-fn build(dir: &Path, p: &MilvusParams) -> Result<r1s_index::IndexManifest, IndexError> {
-    let bp = BuildParams {
-        milvus: r1s_index::MilvusBuild { params: p.clone(), replace: false, batch_rows: 2000, fresh: false },
+/// Build settings of a Milvus index into `p`'s collection.
+fn settings(p: &MilvusParams, replace: bool, batch_rows: usize) -> BuildParams {
+    BuildParams {
+        milvus: r1s_index::MilvusBuild { params: p.clone(), replace, batch_rows, fresh: false },
         ..BuildParams::default()
-    };
-    r1s_index::build(dir, Kind::Milvus, &bp, &NoProgress, &Cancel::new())
+    }
+}
+
+fn build(dir: &Path, p: &MilvusParams) -> Result<r1s_index::IndexManifest, IndexError> {
+    r1s_index::build(dir, Kind::Milvus, &settings(p, false, 2000), &NoProgress, &Cancel::new())
 }
 
 /// Drops the collection when the test ends, passed or failed.
@@ -150,10 +154,7 @@ fn interrupted_insert_resumes_without_duplicates_and_mismatches_are_refused() {
     let p = params(&uri, &collection("resume"), MilvusIndexType::Hnsw);
     let _drop = Dropped(p.clone());
     let dir = index_dir(tmp.path(), "resume", &embeddings);
-    let bp = BuildParams {
-        milvus: r1s_index::MilvusBuild { params: p.clone(), replace: false, batch_rows: 1000, fresh: false },
-        ..BuildParams::default()
-    };
+    let bp = settings(&p, false, 1000);
     let cancel = Arc::new(Cancel::new());
     let progress = CancelAfter { done: AtomicU64::new(0), after: 6000, cancel: cancel.clone() };
     let r = r1s_index::build(&dir, Kind::Milvus, &bp, &progress, &cancel);
@@ -195,10 +196,7 @@ fn interrupted_insert_resumes_without_duplicates_and_mismatches_are_refused() {
     let err = build(&half, &p).unwrap_err();
     assert!(matches!(err, IndexError::Mismatch(_)), "{err:?}");
     assert!(err.to_string().contains("--replace"), "{err}");
-    let replace = BuildParams {
-        milvus: r1s_index::MilvusBuild { params: p.clone(), replace: true, batch_rows: 0, fresh: false },
-        ..BuildParams::default()
-    };
+    let replace = settings(&p, true, 0);
     assert_eq!(r1s_index::build(&half, Kind::Milvus, &replace, &NoProgress, &Cancel::new()).unwrap().rows, rows);
     // the first directory's manifest now points at a collection of other vectors: opening it says so
     let err = OpenIndex::open(&dir).unwrap_err();

@@ -319,20 +319,12 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     // the probe blocks (a gRPC call): off the async threads, and never longer than the deadline
     let probe = app.backend.clone();
     let asked = tokio::task::spawn_blocking(move || probe(BACKEND_PROBE));
+    let down =
+        |error: String| BackendHealth { kind: "remote".into(), target: String::new(), up: false, error: Some(error) };
     let backend = match tokio::time::timeout(BACKEND_PROBE + Duration::from_secs(1), asked).await {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => Some(BackendHealth {
-            kind: "remote".into(),
-            target: String::new(),
-            up: false,
-            error: Some("the health probe panicked".into()),
-        }),
-        Err(_) => Some(BackendHealth {
-            kind: "remote".into(),
-            target: String::new(),
-            up: false,
-            error: Some(format!("no answer within {} s", BACKEND_PROBE.as_secs())),
-        }),
+        Ok(Err(_)) => Some(down("the health probe panicked".into())),
+        Err(_) => Some(down(format!("no answer within {} s", BACKEND_PROBE.as_secs()))),
     };
     let up = backend.as_ref().is_none_or(|b| b.up);
     let mut v = serde_json::json!({

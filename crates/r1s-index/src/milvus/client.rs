@@ -403,7 +403,7 @@ pub fn build(
     let bridge = Bridge::new()?;
     bridge.run(async {
         let client = connect(p).await?;
-        let mut inserted = 0u64;
+        let mut start = Resume { next: 0, unrecorded: 0 };
         let exists = with_retries("has_collection", p, || client.has_collection(p.collection.clone())).await?;
         if exists {
             let found = describe(&client, p).await;
@@ -429,7 +429,7 @@ pub fn build(
                 )));
             }
             if same && !b.fresh {
-                inserted = resume_point(&client, p, &state_path, &identity).await?;
+                start = resume_point(&client, p, &state_path, &identity).await?;
             } else {
                 log::warn!("dropping Milvus collection {:?} ({})", p.collection, if same { "--no-resume" } else { "--replace" });
                 with_retries("drop_collection", p, || client.drop_collection(p.collection.clone())).await?;
@@ -439,7 +439,7 @@ pub fn build(
             create(&client, p, &identity).await?;
             write_state(&state_path, p, &identity, 0, 0)?;
         }
-        insert_all(&client, p, matrix, &identity, &state_path, inserted, b.batch_rows, progress, cancel).await?;
+        insert_all(&client, p, matrix, &identity, &state_path, start, b.batch_rows, progress, cancel).await?;
         finish(&client, p, matrix.rows(), progress).await?;
         let _ = std::fs::remove_file(&state_path);
         let mut params = serde_json::to_value(p).unwrap_or_default();
@@ -450,13 +450,22 @@ pub fn build(
     })
 }
 
+/// Where an insert starts.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// The first row to insert.
+    next: u64,
+    /// Rows from `next` on that may have reached the server unrecorded (the recording run's
+    /// batch; 0 when starting afresh).
+    unrecorded: u64,
+}
+
 /// Where to continue inserting into an existing collection with our identity.
-async fn resume_point(client: &Client, p: &MilvusParams, state_path: &Path, identity: &Identity) -> Result<u64> {
-    let state = read_state(state_path);
-    match state {
+async fn resume_point(client: &Client, p: &MilvusParams, state_path: &Path, identity: &Identity) -> Result<Resume> {
+    match read_state(state_path) {
         Some(s) if s.identity == *identity && s.collection == p.collection && s.inserted <= identity.rows => {
             log::info!("resuming the insert into Milvus collection {:?} at row {}", p.collection, s.inserted);
-            Ok(s.inserted)
+            Ok(Resume { next: s.inserted, unrecorded: s.batch })
         }
         _ => {
             // no record of ours (built from another machine, or the record is gone): trust the
@@ -465,7 +474,7 @@ async fn resume_point(client: &Client, p: &MilvusParams, state_path: &Path, iden
             let count = count(client, p).await.unwrap_or(0);
             if count == identity.rows {
                 log::info!("Milvus collection {:?} already holds all {count} rows", p.collection);
-                Ok(identity.rows)
+                Ok(Resume { next: identity.rows, unrecorded: 0 })
             } else {
                 log::warn!(
                     "Milvus collection {:?} holds {count} of {} rows (or is not loaded) and no insert record is here: inserting again",
@@ -473,7 +482,7 @@ async fn resume_point(client: &Client, p: &MilvusParams, state_path: &Path, iden
                     identity.rows
                 );
                 with_retries("drop_collection", p, || client.drop_collection(p.collection.clone())).await?;
-                Ok(0)
+                Ok(Resume { next: 0, unrecorded: 0 })
             }
         }
     }
@@ -513,7 +522,7 @@ async fn insert_all(
     matrix: &Matrix,
     identity: &Identity,
     state_path: &Path,
-    mut next: u64,
+    start: Resume,
     batch_rows: usize,
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -524,25 +533,24 @@ async fn insert_all(
     let file = File::open(matrix.path()).map_err(|e| IndexError::io(matrix.path(), e))?;
     let pk_field = FieldSchema::new_primary_int64(PK, "", false);
     let vec_field = FieldSchema::new_float_vector(VECTOR, "", dim as i64);
+    let mut next = start.next;
+    if next > 0 && next < rows {
+        // a batch that reached the server after the last record: take it out before inserting
+        // (by ids: Milvus 2.3 deletes by expression only in loaded collections)
+        let span = start.unrecorded.max(batch);
+        let ids: Vec<i64> = (next as i64..(next + span).min(rows) as i64).collect();
+        let unrecorded = milvus::mutate::DeleteOptions::with_ids(ids.into());
+        with_retries("delete", p, || client.delete(p.collection.clone(), &unrecorded)).await?;
+    }
     progress.start("inserting into Milvus", Some(rows), Unit::Items);
     progress.advance(next);
     let (mut bytes, mut v) = (Vec::new(), Vec::new());
-    let mut first = true;
     while next < rows {
         if cancel.is_cancelled() {
             progress.finish("cancelled");
             return Err(IndexError::Cancelled);
         }
         let end = (next + batch).min(rows);
-        if first && next > 0 {
-            // a batch that reached the server after the last record: take it out before inserting
-            // (by ids: Milvus 2.3 deletes by expression only in loaded collections)
-            let span = read_state(state_path).map_or(0, |s| s.batch).max(batch);
-            let ids: Vec<i64> = (next as i64..(next + span).min(rows) as i64).collect();
-            let unrecorded = milvus::mutate::DeleteOptions::with_ids(ids.into());
-            with_retries("delete", p, || client.delete(p.collection.clone(), &unrecorded)).await?;
-        }
-        first = false;
         crate::sq8::read_rows(matrix, &file, next, end, &mut bytes, &mut v)?;
         let ids: Vec<i64> = (next as i64..end as i64).collect();
         with_retries("insert", p, || {
