@@ -198,7 +198,10 @@ fn interrupted_insert_resumes_without_duplicates_and_mismatches_are_refused() {
     assert!(err.to_string().contains("--replace"), "{err}");
     let replace = settings(&p, true, 0);
     assert_eq!(r1s_index::build(&half, Kind::Milvus, &replace, &NoProgress, &Cancel::new()).unwrap().rows, rows);
-    // the first directory's manifest now points at a collection of other vectors: opening it says so
+    // the first directory's manifest now points at a collection of other vectors: the index opened
+    // before says so at its next check (each /health, every 10 s of searches), opening it again too
+    let checked = idx.backend_health(Duration::from_secs(10)).unwrap();
+    assert!(matches!(&checked, Err(IndexError::Mismatch(m)) if m.contains("another")), "{checked:?}");
     let err = OpenIndex::open(&dir).unwrap_err();
     assert!(matches!(err, IndexError::Mismatch(_)) && err.to_string().contains("another"), "{err}");
 }

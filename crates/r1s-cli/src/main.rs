@@ -202,6 +202,10 @@ struct RetrieverArgs {
     /// Milvus index: another endpoint of the same cluster than the one recorded at build time.
     #[arg(long, env = "R1S_MILVUS_URI")]
     milvus_uri: Option<String>,
+    /// Milvus index: deadline of one search, retries included, in milliseconds (default: the
+    /// build's, 10000); past it `serve` answers 503.
+    #[arg(long)]
+    milvus_timeout_ms: Option<u64>,
     /// Threads for the query embedder (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
@@ -218,6 +222,7 @@ impl RetrieverArgs {
             device: Some(self.device),
             ef_search: self.ef,
             milvus_uri: self.milvus_uri.clone(),
+            milvus_timeout_ms: self.milvus_timeout_ms,
             ..Default::default()
         };
         Ok(r1s_retrieve::DenseRetriever::open(&self.index, &opts)?)

@@ -212,6 +212,8 @@ pub struct OpenOptions {
     /// `milvus`: another endpoint of the same cluster than the manifest's `uri` (e.g. a load
     /// balancer in front of several proxies).
     pub milvus_uri: Option<String>,
+    /// `milvus`: the deadline of one call in milliseconds, instead of the manifest's.
+    pub milvus_timeout_ms: Option<u64>,
 }
 
 impl OpenIndex {
@@ -243,6 +245,10 @@ impl OpenIndex {
             if let Some(uri) = &o.milvus_uri {
                 params.uri = uri.clone();
             }
+            if let Some(t) = o.milvus_timeout_ms {
+                params.timeout_ms = t;
+            }
+            params.validate()?;
             let identity = milvus::Identity::of_manifest(&manifest);
             let index = MilvusIndex::open(params, manifest.dim, manifest.rows, identity.as_ref())?;
             return Ok(OpenIndex { dir: dir.to_path_buf(), manifest, index: Index::Milvus(Box::new(index)) });

@@ -126,6 +126,48 @@ impl Default for MilvusParams {
     }
 }
 
+impl MilvusParams {
+    /// Refuses values Milvus would reject only after a build had released the collection and
+    /// dropped its index (ranges of Milvus 2.3: HNSW `M` 2..=2048, IVF `nlist` 1..=65536), and
+    /// URIs the gRPC client cannot use.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::IndexError::Options(m));
+        let host = self.uri.strip_prefix("http://").or_else(|| self.uri.strip_prefix("https://"));
+        match host {
+            Some(h) if !h.is_empty() && !h.starts_with('/') && !h.trim_end_matches('/').contains('/') => {}
+            _ => {
+                return bad(format!(
+                    "--milvus-uri {:?}: expected http://HOST:PORT (e.g. http://127.0.0.1:19530)",
+                    self.uri
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            return bad("--milvus-timeout-ms must be at least 1".into());
+        }
+        match self.index_type {
+            MilvusIndexType::Hnsw => {
+                if !(2..=2048).contains(&self.m) {
+                    return bad(format!("--m {}: Milvus's HNSW takes 2..=2048", self.m));
+                }
+                if self.ef_construction == 0 || self.ef_search == 0 {
+                    return bad("--ef-construction and --ef-search must be at least 1".into());
+                }
+            }
+            MilvusIndexType::IvfFlat | MilvusIndexType::IvfSq8 => {
+                if !(1..=65536).contains(&self.nlist) {
+                    return bad(format!("--nlist {}: Milvus's IVF indexes take 1..=65536", self.nlist));
+                }
+                if self.nprobe == 0 || self.nprobe > self.nlist {
+                    return bad(format!("--nprobe {}: 1..=nlist ({})", self.nprobe, self.nlist));
+                }
+            }
+            MilvusIndexType::Flat => {}
+        }
+        Ok(())
+    }
+}
+
 /// Settings of a build that are not recorded in the manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilvusBuild {
@@ -154,5 +196,36 @@ impl Identity {
     /// The identity recorded in a `milvus` manifest's `params.identity` (`None` when absent).
     pub fn of_manifest(m: &crate::IndexManifest) -> Option<Identity> {
         serde_json::from_value(m.params.get("identity")?.clone()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_milvus_would_reject_late_are_refused_first() {
+        let ok = MilvusParams::default();
+        assert!(ok.validate().is_ok());
+        let ivf = MilvusParams { index_type: MilvusIndexType::IvfFlat, ..MilvusParams::default() };
+        assert!(ivf.validate().is_ok());
+        for bad in [
+            MilvusParams { nlist: 0, ..ivf.clone() },
+            MilvusParams { nlist: 65537, ..ivf.clone() },
+            MilvusParams { nprobe: 0, ..ivf.clone() },
+            MilvusParams { nprobe: 2000, ..ivf.clone() },
+            MilvusParams { m: 0, ..ok.clone() },
+            MilvusParams { m: 4096, ..ok.clone() },
+            MilvusParams { ef_search: 0, ..ok.clone() },
+            MilvusParams { timeout_ms: 0, ..ok.clone() },
+            MilvusParams { uri: "127.0.0.1:19530".into(), ..ok.clone() },
+            MilvusParams { uri: String::new(), ..ok.clone() },
+            MilvusParams { uri: "http://".into(), ..ok.clone() },
+            MilvusParams { uri: "http://127.0.0.1:19530/some/path".into(), ..ok.clone() },
+        ] {
+            assert!(matches!(bad.validate(), Err(crate::IndexError::Options(_))), "{bad:?}");
+        }
+        // a FLAT index has no parameters to check
+        assert!(MilvusParams { index_type: MilvusIndexType::Flat, nlist: 0, m: 0, ..ok }.validate().is_ok());
     }
 }

@@ -28,6 +28,8 @@ pub struct DenseOptions {
     pub ef_search: Option<usize>,
     /// Milvus: another endpoint of the cluster than the manifest's URI.
     pub milvus_uri: Option<String>,
+    /// Milvus: the deadline of one search in milliseconds, instead of the manifest's.
+    pub milvus_timeout_ms: Option<u64>,
 }
 
 /// The query-side embedder the index was built with: model, preset and max length from the
@@ -85,7 +87,10 @@ impl DenseRetriever {
     /// Opens the index in `index_dir`, its corpus and its query embedder, and checks that they belong
     /// together (corpus content id, rows, dimension).
     pub fn open(index_dir: &Path, o: &DenseOptions) -> Result<DenseRetriever> {
-        let mut index = OpenIndex::open_with(index_dir, &OpenOptions { milvus_uri: o.milvus_uri.clone() })?;
+        let mut index = OpenIndex::open_with(
+            index_dir,
+            &OpenOptions { milvus_uri: o.milvus_uri.clone(), milvus_timeout_ms: o.milvus_timeout_ms },
+        )?;
         if let Some(ef) = o.ef_search {
             index.set_ef_search(ef)?;
         }

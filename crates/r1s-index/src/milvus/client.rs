@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use milvus::client::Client;
@@ -77,6 +78,9 @@ fn transient(e: &milvus::error::Error) -> bool {
             matches!(code, ErrorCode::NotReadyServe | ErrorCode::RateLimit | ErrorCode::ForceDeny)
                 || reason.contains("not ready")
                 || reason.contains("service unavailable")
+                // a node of the server stopping or not yet up
+                || reason.contains("failed to connect")
+                || reason.contains("empty grpc client")
         }
         _ => false,
     }
@@ -156,6 +160,36 @@ pub struct MilvusIndex {
     pub params: MilvusParams,
     dim: usize,
     rows: u64,
+    identity: Option<Identity>,
+    /// When the collection's vectors were last checked against `identity`.
+    checked: Mutex<Instant>,
+}
+
+/// How often a serving index checks that its collection still holds its vectors.
+const RECHECK: Duration = Duration::from_secs(10);
+
+/// Fails unless collection `p.collection` holds `dim`-dimensional vectors made as `identity` says.
+async fn check_vectors(client: &Client, p: &MilvusParams, dim: usize, identity: Option<&Identity>) -> Result<()> {
+    let found = describe(client, p).await?;
+    if found.dim != dim {
+        return Err(IndexError::Mismatch(format!(
+            "Milvus collection {:?} holds {}-dimensional vectors, the manifest says {dim}",
+            p.collection, found.dim
+        )));
+    }
+    if let (Some(want), Some(have)) = (identity, &found.identity)
+        && want != have
+    {
+        return Err(IndexError::Mismatch(format!(
+            "Milvus collection {:?} holds vectors of corpus {} (embeddings {}), the manifest's are of corpus {} (embeddings {}): rebuild it, or point the manifest at the right collection",
+            p.collection,
+            short(&have.corpus_id),
+            have.embeddings,
+            short(&want.corpus_id),
+            want.embeddings
+        )));
+    }
+    Ok(())
 }
 
 impl MilvusIndex {
@@ -177,30 +211,27 @@ impl MilvusIndex {
                     p.uri, p.collection
                 )));
             }
-            let found = describe(&client, p).await?;
-            if found.dim != dim {
-                return Err(IndexError::Mismatch(format!(
-                    "Milvus collection {:?} holds {}-dimensional vectors, the manifest says {dim}",
-                    p.collection, found.dim
-                )));
-            }
-            if let (Some(want), Some(have)) = (identity, &found.identity)
-                && want != have
-            {
-                return Err(IndexError::Mismatch(format!(
-                    "Milvus collection {:?} holds vectors of corpus {} (embeddings {}), the manifest's are of corpus {} (embeddings {}): rebuild it, or point the manifest at the right collection",
-                    p.collection,
-                    short(&have.corpus_id),
-                    have.embeddings,
-                    short(&want.corpus_id),
-                    want.embeddings
-                )));
-            }
+            check_vectors(&client, p, dim, identity).await?;
             // a collection released since the build (or after a cluster restart) is loaded again
             with_retries("load", p, || client.load_collection(p.collection.clone(), Some(LoadOptions::new()))).await?;
             Ok(client)
         })?;
-        Ok(MilvusIndex { bridge, client, params, dim, rows })
+        let identity = identity.cloned();
+        Ok(MilvusIndex { bridge, client, params, dim, rows, identity, checked: Mutex::new(Instant::now()) })
+    }
+
+    /// Checks again, at most every [`RECHECK`], that the collection still holds the manifest's
+    /// vectors: a collection rebuilt under a running server from other embeddings (`--replace`)
+    /// must not go on answering with other passages' rows.
+    async fn recheck(&self, force: bool) -> Result<()> {
+        {
+            let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && last.elapsed() < RECHECK {
+                return Ok(());
+            }
+            *last = Instant::now();
+        }
+        check_vectors(&self.client, &self.params, self.dim, self.identity.as_ref()).await
     }
 
     /// Sets the search-time `ef` (HNSW) or `nprobe` (IVF kinds).
@@ -219,6 +250,7 @@ impl MilvusIndex {
         self.bridge.run(async {
             let state =
                 with_retries("get_load_state", &p, || self.client.get_load_state(p.collection.clone(), None)).await?;
+            self.recheck(true).await?;
             if state != milvus::proto::common::LoadState::Loaded {
                 // (a restarted server does not always load it again by itself: ask, within the
                 // deadline; the load goes on on the server after it)
@@ -290,6 +322,7 @@ impl MilvusIndex {
         }
         let p = &self.params;
         self.bridge.run(async {
+            self.recheck(false).await?;
             let mut out = Vec::with_capacity(n);
             for chunk in queries.chunks(MAX_NQ * self.dim) {
                 let search = || {
@@ -387,6 +420,7 @@ pub fn build(
     cancel: &Cancel,
 ) -> Result<serde_json::Value> {
     let p = &b.params;
+    p.validate()?;
     if p.collection.is_empty()
         || !p.collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         || p.collection.starts_with(|c: char| c.is_ascii_digit())
@@ -440,7 +474,7 @@ pub fn build(
             write_state(&state_path, p, &identity, 0, 0)?;
         }
         insert_all(&client, p, matrix, &identity, &state_path, start, b.batch_rows, progress, cancel).await?;
-        finish(&client, p, matrix.rows(), progress).await?;
+        finish(&client, p, matrix.rows(), progress, cancel).await?;
         let _ = std::fs::remove_file(&state_path);
         let mut params = serde_json::to_value(p).unwrap_or_default();
         if let Some(obj) = params.as_object_mut() {
@@ -572,11 +606,25 @@ async fn count(client: &Client, p: &MilvusParams) -> Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// `fut`, or [`IndexError::Cancelled`] as soon as `cancel` is set (checked every 100 ms; what the
+/// server was asked to do goes on there).
+async fn or_cancel<T>(cancel: &Cancel, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    let cancelled = async {
+        while !cancel.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        r = fut => r,
+        () = cancelled => Err(IndexError::Cancelled),
+    }
+}
+
 /// Flush, (re)create the index, load, and check that every row is there once.
-async fn finish(client: &Client, p: &MilvusParams, rows: u64, progress: &dyn Progress) -> Result<()> {
+async fn finish(client: &Client, p: &MilvusParams, rows: u64, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
     let slow = MilvusParams { timeout_ms: p.timeout_ms.max(600_000), ..p.clone() };
     progress.start("Milvus: flush, build the index, load", None, Unit::Items);
-    with_retries("flush", &slow, || client.flush(p.collection.clone())).await?;
+    or_cancel(cancel, with_retries("flush", &slow, || client.flush(p.collection.clone()))).await?;
     let mut params = std::collections::HashMap::new();
     match p.index_type {
         MilvusIndexType::Hnsw => {
@@ -605,9 +653,12 @@ async fn finish(client: &Client, p: &MilvusParams, rows: u64, progress: &dyn Pro
                 with_retries("drop_index", p, || client.drop_index(p.collection.clone(), name.clone())).await?;
             }
         }
-        with_retries("create_index", &slow, || client.create_index(p.collection.clone(), VECTOR, want.clone())).await?;
+        let create =
+            with_retries("create_index", &slow, || client.create_index(p.collection.clone(), VECTOR, want.clone()));
+        or_cancel(cancel, create).await?;
     }
-    with_retries("load", &slow, || client.load_collection(p.collection.clone(), Some(LoadOptions::new()))).await?;
+    let load = with_retries("load", &slow, || client.load_collection(p.collection.clone(), Some(LoadOptions::new())));
+    or_cancel(cancel, load).await?;
     // "loaded" comes while new rows are still served from growing segments, searched through
     // Milvus's temporary index (which ignores ef and nprobe: recall@10 0.92 instead of 0.99 on
     // MiniLM vectors): wait until sealed segments hold every row
@@ -623,6 +674,9 @@ async fn finish(client: &Client, p: &MilvusParams, rows: u64, progress: &dyn Pro
         if sealed.max(0) as u64 >= rows {
             break;
         }
+        if cancel.is_cancelled() {
+            return Err(IndexError::Cancelled);
+        }
         if Instant::now() >= deadline {
             return Err(IndexError::Backend(format!(
                 "Milvus collection {:?}: {sealed} of {rows} rows in sealed segments after {} s",
@@ -636,7 +690,7 @@ async fn finish(client: &Client, p: &MilvusParams, rows: u64, progress: &dyn Pro
     let n = count(client, p).await?;
     if n != rows {
         return Err(IndexError::Backend(format!(
-            "Milvus collection {:?} counts {n} rows after the insert, expected {rows}",
+            "Milvus collection {:?} counts {n} rows after the insert, expected {rows} (another build inserting into it at the same time?): rerun with --no-resume to insert every row again",
             p.collection
         )));
     }
