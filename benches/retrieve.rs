@@ -1,14 +1,15 @@
-//! Criterion benches of `DenseRetriever` alone (no HTTP) on R1-Searcher's 14,372 passages (the
+//! Criterion benches of the retrievers alone (no HTTP) on R1-Searcher's 14,372 passages (the
 //! fixture built by `cargo test --test pipeline` or tools/bench-index), with real HotpotQA questions:
 //! embed + search + docstore reads for 1 and 32 queries per call, flat and HNSW, and the search +
-//! docstore part alone. `cargo bench --bench retrieve`.
+//! docstore part alone; BM25 (analysis + MaxScore + docstore) and hybrid (HNSW + BM25, RRF) for 1
+//! and 32 queries per call. `cargo bench --bench retrieve`.
 
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use r1s_core::{Cancel, NoProgress, Retriever};
 use r1s_index::{BuildParams, Kind};
-use r1s_retrieve::{DenseOptions, DenseRetriever};
+use r1s_retrieve::{AnyRetriever, DenseOptions, DenseRetriever, Fusion, RetrieverOptions};
 
 fn index(tmp: &Path, fixture: &Path, kind: Kind) -> DenseRetriever {
     let dir = tmp.join(format!("{kind:?}"));
@@ -53,6 +54,26 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("{kind:?}_search_and_docstore_32"), |b| {
             b.iter(|| r.search_vectors(&vectors, 3).expect("search").len())
         });
+    }
+    // lexical and hybrid over the same corpus: the HNSW index above and a BM25 index of the corpus
+    let bm25 = tmp.path().join("bm25");
+    r1s_bm25::build(&fixture.join("corpus"), &bm25, &Default::default(), &NoProgress, &Cancel::new())
+        .expect("bm25 build");
+    let hybrid = tmp.path().join("hybrid");
+    r1s_retrieve::hybrid::write_manifest(&hybrid, &tmp.path().join("Hnsw"), &bm25, Fusion::default(), 4)
+        .expect("hybrid manifest");
+    for (name, dir) in [("bm25", &bm25), ("hybrid_rrf", &hybrid)] {
+        let o = RetrieverOptions {
+            dense: DenseOptions { corpus: Some(fixture.join("corpus")), ..Default::default() },
+            ..Default::default()
+        };
+        let r = AnyRetriever::open(dir, &o).expect("retriever");
+        for n in [1usize, 32] {
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_with_input(BenchmarkId::new(format!("{name}_k10"), n), &n, |b, &n| {
+                b.iter(|| r.retrieve(&refs[..n], 10).expect("retrieve").len())
+            });
+        }
     }
     g.finish();
 }

@@ -212,21 +212,43 @@ struct RetrieverArgs {
     /// cpu, cuda, cuda:N, or auto, for the query embedder.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: r1s_embed::Device,
+    #[command(flatten)]
+    lexical: LexicalArgs,
 }
 
 impl RetrieverArgs {
-    fn open(&self) -> anyhow::Result<r1s_retrieve::DenseRetriever> {
-        let opts = r1s_retrieve::DenseOptions {
-            corpus: self.corpus.clone(),
-            threads: self.threads,
-            device: Some(self.device),
-            ef_search: self.ef,
-            milvus_uri: self.milvus_uri.clone(),
-            milvus_timeout_ms: self.milvus_timeout_ms,
-            ..Default::default()
+    fn open(&self) -> anyhow::Result<r1s_retrieve::AnyRetriever> {
+        let opts = r1s_retrieve::RetrieverOptions {
+            dense: r1s_retrieve::DenseOptions {
+                corpus: self.corpus.clone(),
+                threads: self.threads,
+                device: Some(self.device),
+                ef_search: self.ef,
+                milvus_uri: self.milvus_uri.clone(),
+                milvus_timeout_ms: self.milvus_timeout_ms,
+                ..Default::default()
+            },
+            bm25: self.lexical.bm25(bm25_defaults(&self.index)),
+            hybrid: self.lexical.hybrid()?,
         };
-        Ok(r1s_retrieve::DenseRetriever::open(&self.index, &opts)?)
+        use_threads(self.threads);
+        Ok(r1s_retrieve::AnyRetriever::open(&self.index, &opts)?)
     }
+}
+
+/// The k1 / b recorded in a bm25 index (or a hybrid's bm25 part), else pyserini's defaults: the
+/// base that a lone --k1 or --b changes.
+fn bm25_defaults(dir: &Path) -> r1s_bm25::Bm25Params {
+    let bm25_dir = match r1s_retrieve::index_kind(dir).as_deref() {
+        Some("hybrid") => r1s_retrieve::HybridManifest::read(dir)
+            .map(|m| r1s_retrieve::HybridManifest::part(dir, &m.bm25))
+            .unwrap_or_else(|_| dir.to_path_buf()),
+        _ => dir.to_path_buf(),
+    };
+    std::fs::read(bm25_dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<r1s_bm25::Bm25Manifest>(&b).ok())
+        .map_or_else(r1s_bm25::Bm25Params::default, |m| m.params)
 }
 
 #[derive(Debug, Args)]
@@ -308,8 +330,23 @@ enum IndexCmd {
         #[arg(long)]
         index: PathBuf,
         /// Queries: JSONL with a "question" (or "query"/"text") field, or one query per line.
-        #[arg(long, required_unless_present = "query_vectors")]
+        #[arg(long, required_unless_present_any = ["query_vectors", "answers"])]
         queries: Option<PathBuf>,
+        /// Answer recall instead, for any index kind (dense, bm25, hybrid): the share of questions
+        /// with a gold answer in the top-k passages (FlashRAG's normalised containment), at k = 1, 3,
+        /// 5, 10 (and --k when larger), plus queries/s. Questions: R1-Searcher {"question","answer"}
+        /// or FlashRAG {"question","golden_answers"} JSONL. A hybrid index also reports its dense and
+        /// bm25 parts alone and both fusions.
+        #[arg(long, conflicts_with_all = ["queries", "query_vectors", "save_queries", "ef"])]
+        answers: Option<PathBuf>,
+        /// --answers: queries per retrieval call (1: one at a time, as an agent asks).
+        #[arg(long, default_value_t = 64, requires = "answers")]
+        batch: usize,
+        /// --answers: threads (0 = all cores).
+        #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+        threads: usize,
+        #[command(flatten)]
+        lexical: LexicalArgs,
         /// Query vectors instead of texts: a [n, dim] f32 .npy (e.g. from --save-queries).
         #[arg(long, conflicts_with_all = ["queries", "save_queries"])]
         query_vectors: Option<PathBuf>,
@@ -337,10 +374,23 @@ struct IndexBuildArgs {
     #[arg(long, short)]
     out: PathBuf,
     /// flat (exact), hnsw (r1s's graph over the mapped vectors), hnsw-rs (the hnsw_rs crate), faiss
-    /// (any FAISS index_factory string, see --factory) or milvus (a collection in a Milvus server or
-    /// cluster, see --milvus-uri; the directory keeps only the manifest's reference to it).
+    /// (any FAISS index_factory string, see --factory), milvus (a collection in a Milvus server or
+    /// cluster, see --milvus-uri; the directory keeps only the manifest's reference to it), bm25 (a
+    /// lexical index on tantivy, see --k1, --b; no embedding) or hybrid (a dense index in OUT/dense,
+    /// of --dense-kind, and a bm25 index in OUT/bm25, fused per query: see --fusion).
+    #[arg(long, default_value = "hnsw", value_parser = parse_build_kind)]
+    kind: BuildKind,
+    /// hybrid: the kind of its dense part (flat, hnsw, hnsw-rs, faiss, milvus).
     #[arg(long, default_value = "hnsw", value_parser = parse_kind)]
-    kind: r1s_index::Kind,
+    dense_kind: r1s_index::Kind,
+    /// hybrid: use this finished dense index instead of building OUT/dense.
+    #[arg(long, requires = "bm25")]
+    dense: Option<PathBuf>,
+    /// hybrid: use this finished bm25 index instead of building OUT/bm25.
+    #[arg(long, requires = "dense")]
+    bm25: Option<PathBuf>,
+    #[command(flatten)]
+    lexical: LexicalArgs,
     /// FAISS index_factory string for --kind faiss (Flat, HNSW32, IVF4096,PQ64, ...).
     #[arg(long, default_value = "HNSW32")]
     factory: String,
@@ -411,6 +461,91 @@ struct IndexBuildArgs {
 
 fn parse_kind(s: &str) -> Result<r1s_index::Kind, String> {
     s.parse()
+}
+
+/// What `index build --kind` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BuildKind {
+    Dense(r1s_index::Kind),
+    Bm25,
+    Hybrid,
+}
+
+fn parse_build_kind(s: &str) -> Result<BuildKind, String> {
+    match s {
+        "bm25" => Ok(BuildKind::Bm25),
+        "hybrid" => Ok(BuildKind::Hybrid),
+        _ => s
+            .parse()
+            .map(BuildKind::Dense)
+            .map_err(|_| format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss, milvus, bm25, hybrid)")),
+    }
+}
+
+fn parse_fusion(s: &str) -> Result<String, String> {
+    match s {
+        "rrf" | "linear" => Ok(s.to_owned()),
+        _ => Err(format!("unknown fusion {s:?} (rrf, linear)")),
+    }
+}
+
+/// BM25 and fusion settings: recorded as defaults by `index build`, overridden at query time by
+/// `retrieve`, `serve` and `index eval`.
+#[derive(Debug, Args, Clone, Default)]
+struct LexicalArgs {
+    /// bm25: term-frequency saturation (pyserini's default 0.9; BM25's textbook 1.2).
+    #[arg(long)]
+    k1: Option<f32>,
+    /// bm25: length normalisation in [0, 1] (pyserini's default 0.4; textbook 0.75).
+    #[arg(long)]
+    b: Option<f32>,
+    /// hybrid: rrf (reciprocal rank fusion, default) or linear (weighted sum of min-max normalised
+    /// scores).
+    #[arg(long, value_parser = parse_fusion)]
+    fusion: Option<String>,
+    /// hybrid rrf: the k in 1 / (k + rank) (default 60).
+    #[arg(long)]
+    rrf_k: Option<f32>,
+    /// hybrid linear: the dense side's weight in [0, 1]; BM25 gets 1 - weight (default 0.5).
+    #[arg(long)]
+    weight: Option<f32>,
+    /// hybrid: candidates each side fetches before fusing, as a multiple of k (default 4).
+    #[arg(long)]
+    depth: Option<usize>,
+}
+
+impl LexicalArgs {
+    /// k1 / b when either is given (the other from `base`).
+    fn bm25(&self, base: r1s_bm25::Bm25Params) -> Option<r1s_bm25::Bm25Params> {
+        (self.k1.is_some() || self.b.is_some())
+            .then(|| r1s_bm25::Bm25Params { k1: self.k1.unwrap_or(base.k1), b: self.b.unwrap_or(base.b) })
+    }
+
+    /// The fusion when any fusion flag is given; a parameter of the other method is an error.
+    fn fusion(&self) -> anyhow::Result<Option<r1s_retrieve::Fusion>> {
+        use r1s_retrieve::Fusion;
+        let method = match (&self.fusion, self.rrf_k, self.weight) {
+            (Some(m), _, _) => m.as_str(),
+            (None, Some(_), None) => "rrf",
+            (None, None, Some(_)) => "linear",
+            (None, None, None) => return Ok(None),
+            (None, Some(_), Some(_)) => anyhow::bail!("--rrf-k is for --fusion rrf, --weight for --fusion linear"),
+        };
+        Ok(Some(match method {
+            "rrf" => {
+                anyhow::ensure!(self.weight.is_none(), "--weight is a setting of --fusion linear");
+                Fusion::Rrf { k: self.rrf_k.unwrap_or(60.0) }
+            }
+            _ => {
+                anyhow::ensure!(self.rrf_k.is_none(), "--rrf-k is a setting of --fusion rrf");
+                Fusion::Linear { weight: self.weight.unwrap_or(0.5) }
+            }
+        }))
+    }
+
+    fn hybrid(&self) -> anyhow::Result<r1s_retrieve::HybridOptions> {
+        Ok(r1s_retrieve::HybridOptions { fusion: self.fusion()?, depth: self.depth, bm25: None })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -670,6 +805,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 E::Index(inner) => index_exit_code(inner),
                 E::Embed(inner) => embed_exit_code(inner),
                 E::Corpus(inner) => corpus_exit_code(inner),
+                E::Bm25(inner) => bm25_exit_code(inner),
                 E::CorpusNotFound { .. } => exit::NO_INPUT,
                 E::Mismatch(_) => exit::DATA,
                 E::Options(_) => exit::FAILURE,
@@ -677,6 +813,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(c) = cause.downcast_ref::<r1s_index::IndexError>() {
             return index_exit_code(c);
+        }
+        if let Some(c) = cause.downcast_ref::<r1s_bm25::Bm25Error>() {
+            return bm25_exit_code(c);
         }
         if let Some(c) = cause.downcast_ref::<r1s_agent::eval::DataError>() {
             return match c {
@@ -721,6 +860,17 @@ fn index_exit_code(c: &r1s_index::IndexError) -> u8 {
         E::BadFile { .. } | E::Mismatch(_) | E::WrongDimension { .. } => exit::DATA,
         E::Options(_) | E::Backend(_) => exit::FAILURE,
         E::Unavailable(_) => exit::UNAVAILABLE,
+    }
+}
+
+fn bm25_exit_code(c: &r1s_bm25::Bm25Error) -> u8 {
+    use r1s_bm25::Bm25Error as E;
+    match c {
+        E::Cancelled => exit::CANCELLED,
+        E::Io { .. } => exit::IO,
+        E::BadIndex { .. } | E::Tantivy { .. } => exit::DATA,
+        E::Corpus(inner) => corpus_exit_code(inner),
+        E::Options(_) => exit::FAILURE,
     }
 }
 
@@ -852,9 +1002,12 @@ fn open_retriever(index: Option<&Path>, url: Option<&str>, threads: usize) -> an
             Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
         }
         (Some(index), None) => {
-            let r = r1s_retrieve::DenseRetriever::open(
+            let r = r1s_retrieve::AnyRetriever::open(
                 index,
-                &r1s_retrieve::DenseOptions { threads, ..Default::default() },
+                &r1s_retrieve::RetrieverOptions {
+                    dense: r1s_retrieve::DenseOptions { threads, ..Default::default() },
+                    ..Default::default()
+                },
             )?;
             Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
         }
@@ -1029,16 +1182,8 @@ fn clip(s: &str, n: usize) -> String {
 fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let r = Arc::new(a.retriever.open()?);
-    let m = &r.index().manifest;
-    let info = serde_json::json!({
-        "index": r.index().dir.display().to_string(),
-        "kind": m.kind,
-        "rows": m.rows,
-        "dim": m.dim,
-        "corpus": r.corpus().dir.display().to_string(),
-        "model": r.embedder().model_path().display().to_string(),
-        "preset": r.embedder().preset().name,
-    });
+    let info = r.describe();
+    let rows = r.corpus().docstore.len();
     let cfg = r1s_retrieve::ServeConfig {
         default_topk: a.topk,
         max_topk: a.max_topk,
@@ -1066,10 +1211,8 @@ fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         if !g.quiet {
             eprintln!(
-                "r1s serve: listening on http://{addr} ({:?} index of {} x {}, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
-                m.kind,
-                m.rows,
-                m.dim,
+                "r1s serve: listening on http://{addr} ({} index of {rows} passages, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
+                r.kind(),
                 t.elapsed().as_secs_f64()
             );
         }
@@ -1104,111 +1247,29 @@ fn is_corpus_dir(p: &Path) -> bool {
 
 fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     match cmd {
-        IndexCmd::Build(a) => {
-            let bars = progress::Bars::new(g.quiet);
-            let corpus = match &a.input {
-                None => None,
-                Some(input) if is_corpus_dir(input) => Some(input.clone()),
-                Some(input) => {
-                    let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
-                    let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
-                    if is_corpus_dir(&corpus) {
-                        eprintln!("corpus {} exists: not ingesting again", corpus.display());
-                    } else {
-                        let opts = IngestOptions { threads: a.threads, ..IngestOptions::default() };
-                        r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
-                    }
-                    Some(corpus)
-                }
-            };
-            if let Some(corpus) = &corpus {
-                let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
-                let cfg = r1s_embed::EmbedderConfig {
-                    model: a.model.clone(),
-                    preset,
-                    threads: a.threads,
-                    ..Default::default()
-                };
-                let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
-                let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(corpus, &a.out) };
-                r1s_embed::embed_corpus(&embedder, &job, &bars, cancel)?;
-            } else if !a.out.join(r1s_index::EMBEDDINGS_FILE).is_file() {
-                anyhow::bail!(
-                    "{}: no embeddings.npy to index; give INPUT (a corpus, dump or passages file) or run `r1s embed` first",
-                    a.out.display()
-                );
-            }
-            let params = r1s_index::BuildParams {
-                hnsw: r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search },
-                faiss_factory: a.factory.clone(),
-                faiss_ef_search: a.ef_search,
-                quant: r1s_index::QuantParams {
-                    quantize: a.quantize,
-                    rerank: !a.no_rerank,
-                    rerank_factor: a.rerank_factor.max(1),
-                },
-                checkpoint_every: a.checkpoint_every.max(1),
-                resume: !a.no_resume,
-                milvus: r1s_index::MilvusBuild {
-                    params: r1s_index::MilvusParams {
-                        uri: a.milvus_uri.clone(),
-                        collection: a.collection.clone().unwrap_or_else(|| default_collection(&a.out)),
-                        index_type: a.milvus_index,
-                        m: a.m,
-                        ef_construction: a.ef_construction,
-                        ef_search: a.ef_search,
-                        nlist: a.nlist,
-                        nprobe: a.nprobe,
-                        timeout_ms: a.milvus_timeout_ms,
-                        ..Default::default()
-                    },
-                    replace: a.replace,
-                    batch_rows: 0,
-                    fresh: false,
-                },
-            };
-            let pool = rayon_pool(a.threads)?;
-            let built = pool.install(|| r1s_index::build(&a.out, a.kind, &params, &bars, cancel));
-            if matches!(built, Err(r1s_index::IndexError::Cancelled)) && a.out.join(r1s_index::CHECKPOINT_FILE).exists()
-            {
-                eprintln!(
-                    "the graph build was checkpointed in {}: rerun the same command to resume it",
-                    a.out.join(r1s_index::CHECKPOINT_FILE).display()
-                );
-            }
-            let m = built?;
-            if !g.quiet {
-                let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
-                println!(
-                    "{}: {:?}{q} index of {} x {} vectors (corpus {}) built in {:.1} s",
-                    a.out.display(),
-                    m.kind,
-                    m.rows,
-                    m.dim,
-                    if m.corpus.is_empty() { "-" } else { m.corpus.as_str() },
-                    m.build_seconds
-                );
-                if m.kind == r1s_index::Kind::Milvus {
-                    println!(
-                        "Milvus collection {} at {}: serving nodes need only {} (with the corpus and the model)",
-                        m.params["collection"].as_str().unwrap_or_default(),
-                        m.params["uri"].as_str().unwrap_or_default(),
-                        a.out.join(r1s_index::MANIFEST_FILE).display()
-                    );
-                }
-                if let Some(peak) = r1s_core::mem::peak_rss_bytes() {
-                    println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
-                }
-            }
-            Ok(())
-        }
+        IndexCmd::Build(a) => index_build(a, g, cancel),
         IndexCmd::Plan(a) => index_plan(&a),
         IndexCmd::Info { dir } => {
-            let idx = r1s_index::OpenIndex::open(&dir)?;
-            println!("{}", serde_json::to_string_pretty(&idx.manifest)?);
+            // each kind is opened (its files checked against the manifest) before it is shown
+            let manifest = match r1s_retrieve::index_kind(&dir).as_deref() {
+                Some(r1s_bm25::KIND) => serde_json::to_value(r1s_bm25::Bm25Index::open(&dir)?.manifest)?,
+                Some(r1s_retrieve::hybrid::KIND) => {
+                    let m = r1s_retrieve::HybridManifest::read(&dir)?;
+                    let dense = r1s_index::OpenIndex::open(&r1s_retrieve::HybridManifest::part(&dir, &m.dense))?;
+                    let bm25 = r1s_bm25::Bm25Index::open(&r1s_retrieve::HybridManifest::part(&dir, &m.bm25))?;
+                    let mut v = serde_json::to_value(&m)?;
+                    v["parts"] = serde_json::json!({"dense": dense.manifest, "bm25": bm25.manifest});
+                    v
+                }
+                _ => serde_json::to_value(r1s_index::OpenIndex::open(&dir)?.manifest)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
-        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries } => {
+        IndexCmd::Eval { index, answers: Some(answers), k, limit, batch, threads, lexical, .. } => {
+            answer_recall(&index, &answers, k, limit, batch, threads, &lexical, g)
+        }
+        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries, .. } => {
             let queries = match (queries, query_vectors) {
                 (_, Some(v)) => EvalQueries::Vectors(v),
                 (Some(q), None) => EvalQueries::Texts(q),
@@ -1217,6 +1278,343 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             index_eval(&index, &queries, k, limit, &ef, save_queries.as_deref())
         }
     }
+}
+
+/// `index build`: ingest when INPUT is not a corpus, then the dense, bm25 or hybrid build.
+fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    let bars = progress::Bars::new(g.quiet);
+    let lexical_flags = a.lexical.k1.is_some() || a.lexical.b.is_some();
+    let fusion_flags = a.lexical.fusion.is_some()
+        || a.lexical.rrf_k.is_some()
+        || a.lexical.weight.is_some()
+        || a.lexical.depth.is_some();
+    match a.kind {
+        BuildKind::Dense(_) => anyhow::ensure!(
+            !lexical_flags && !fusion_flags && a.dense.is_none(),
+            "--k1, --b, --fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind bm25 and hybrid"
+        ),
+        BuildKind::Bm25 => anyhow::ensure!(
+            !fusion_flags && a.dense.is_none(),
+            "--fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind hybrid"
+        ),
+        BuildKind::Hybrid => anyhow::ensure!(
+            a.dense.is_none() || (a.input.is_none() && !lexical_flags),
+            "with --dense and --bm25 nothing is built: INPUT, --k1 and --b do not apply"
+        ),
+    }
+    let corpus = match &a.input {
+        None => None,
+        Some(input) if is_corpus_dir(input) => Some(input.clone()),
+        Some(input) => {
+            let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
+            let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
+            if is_corpus_dir(&corpus) {
+                eprintln!("corpus {} exists: not ingesting again", corpus.display());
+            } else {
+                let opts = IngestOptions { threads: a.threads, ..IngestOptions::default() };
+                r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
+            }
+            Some(corpus)
+        }
+    };
+    let needs_corpus = |what: &str| {
+        corpus.clone().with_context(|| {
+            format!("--kind {what} needs INPUT: a corpus directory, or a dump / JSONL / TSV file to ingest first")
+        })
+    };
+    match a.kind {
+        BuildKind::Dense(kind) => {
+            build_dense(&a, kind, corpus.as_deref(), &a.out, default_collection(&a.out), &bars, g, cancel)
+        }
+        BuildKind::Bm25 => build_bm25(&a, &needs_corpus("bm25")?, &a.out, &bars, g, cancel),
+        BuildKind::Hybrid => {
+            let hybrid_manifest = a.out.join(r1s_index::MANIFEST_FILE);
+            let (dense, bm25) = match (&a.dense, &a.bm25) {
+                (Some(d), Some(b)) => (d.clone(), b.clone()),
+                _ => {
+                    let corpus = needs_corpus("hybrid")?;
+                    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+                    // not a finished hybrid index until its parts are
+                    match std::fs::remove_file(&hybrid_manifest) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e).with_context(|| format!("removing {}", hybrid_manifest.display()));
+                        }
+                        _ => {}
+                    }
+                    let (d, b) = (a.out.join("dense"), a.out.join("bm25"));
+                    let collection = format!("{}_dense", default_collection(&a.out));
+                    build_dense(&a, a.dense_kind, Some(&corpus), &d, collection, &bars, g, cancel)?;
+                    build_bm25(&a, &corpus, &b, &bars, g, cancel)?;
+                    (d, b)
+                }
+            };
+            let fusion = a.lexical.fusion()?.unwrap_or_default();
+            let depth = a.lexical.depth.unwrap_or(r1s_retrieve::hybrid::DEFAULT_DEPTH);
+            let m = r1s_retrieve::hybrid::write_manifest(&a.out, &dense, &bm25, fusion, depth)?;
+            if !g.quiet {
+                println!(
+                    "{}: hybrid index of {} passages (dense {}, bm25 {}; {} fusion of {depth} x k candidates per side)",
+                    a.out.display(),
+                    m.rows,
+                    m.dense,
+                    m.bm25,
+                    fusion.name()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds a bm25 index of `corpus` into `out`.
+fn build_bm25(
+    a: &IndexBuildArgs,
+    corpus: &Path,
+    out: &Path,
+    bars: &progress::Bars,
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    let o = r1s_bm25::BuildOptions {
+        params: a.lexical.bm25(r1s_bm25::Bm25Params::default()).unwrap_or_default(),
+        threads: a.threads,
+        checkpoint_every: a.checkpoint_every.max(1),
+        resume: !a.no_resume,
+        ..Default::default()
+    };
+    let built = r1s_bm25::build(corpus, out, &o, bars, cancel);
+    if matches!(built, Err(r1s_bm25::Bm25Error::Cancelled)) {
+        eprintln!(
+            "the BM25 build committed its progress in {}: rerun the same command to resume it",
+            out.join(r1s_bm25::PART_DIR).display()
+        );
+    }
+    let m = built?;
+    if !g.quiet {
+        println!(
+            "{}: bm25 index of {} passages, {} terms, {:.1} terms per passage (k1 {}, b {}; corpus {}) built in {:.1} s",
+            out.display(),
+            m.rows,
+            m.terms,
+            m.tokens as f64 / m.rows.max(1) as f64,
+            m.params.k1,
+            m.params.b,
+            m.corpus,
+            m.build_seconds
+        );
+    }
+    Ok(())
+}
+
+/// Embeds `corpus` (when given) into `out` and builds the dense index of `kind` there.
+#[allow(clippy::too_many_arguments)]
+fn build_dense(
+    a: &IndexBuildArgs,
+    kind: r1s_index::Kind,
+    corpus: Option<&Path>,
+    out: &Path,
+    collection: String,
+    bars: &progress::Bars,
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    if let Some(corpus) = corpus {
+        let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
+        let cfg =
+            r1s_embed::EmbedderConfig { model: a.model.clone(), preset, threads: a.threads, ..Default::default() };
+        let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
+        let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(corpus, out) };
+        r1s_embed::embed_corpus(&embedder, &job, bars, cancel)?;
+    } else if !out.join(r1s_index::EMBEDDINGS_FILE).is_file() {
+        anyhow::bail!(
+            "{}: no embeddings.npy to index; give INPUT (a corpus, dump or passages file) or run `r1s embed` first",
+            out.display()
+        );
+    }
+    let params = r1s_index::BuildParams {
+        hnsw: r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search },
+        faiss_factory: a.factory.clone(),
+        faiss_ef_search: a.ef_search,
+        quant: r1s_index::QuantParams {
+            quantize: a.quantize,
+            rerank: !a.no_rerank,
+            rerank_factor: a.rerank_factor.max(1),
+        },
+        checkpoint_every: a.checkpoint_every.max(1),
+        resume: !a.no_resume,
+        milvus: r1s_index::MilvusBuild {
+            params: r1s_index::MilvusParams {
+                uri: a.milvus_uri.clone(),
+                collection: a.collection.clone().unwrap_or(collection),
+                index_type: a.milvus_index,
+                m: a.m,
+                ef_construction: a.ef_construction,
+                ef_search: a.ef_search,
+                nlist: a.nlist,
+                nprobe: a.nprobe,
+                timeout_ms: a.milvus_timeout_ms,
+                ..Default::default()
+            },
+            replace: a.replace,
+            batch_rows: 0,
+            fresh: false,
+        },
+    };
+    let pool = rayon_pool(a.threads)?;
+    let built = pool.install(|| r1s_index::build(out, kind, &params, bars, cancel));
+    if matches!(built, Err(r1s_index::IndexError::Cancelled)) && out.join(r1s_index::CHECKPOINT_FILE).exists() {
+        eprintln!(
+            "the graph build was checkpointed in {}: rerun the same command to resume it",
+            out.join(r1s_index::CHECKPOINT_FILE).display()
+        );
+    }
+    let m = built?;
+    if !g.quiet {
+        let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
+        println!(
+            "{}: {:?}{q} index of {} x {} vectors (corpus {}) built in {:.1} s",
+            out.display(),
+            m.kind,
+            m.rows,
+            m.dim,
+            if m.corpus.is_empty() { "-" } else { m.corpus.as_str() },
+            m.build_seconds
+        );
+        if m.kind == r1s_index::Kind::Milvus {
+            println!(
+                "Milvus collection {} at {}: serving nodes need only {} (with the corpus and the model)",
+                m.params["collection"].as_str().unwrap_or_default(),
+                m.params["uri"].as_str().unwrap_or_default(),
+                out.join(r1s_index::MANIFEST_FILE).display()
+            );
+        }
+        if let Some(peak) = r1s_core::mem::peak_rss_bytes() {
+            println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
+        }
+    }
+    Ok(())
+}
+
+/// `index eval --answers`: answer recall@k of the index's retriever (and, for a hybrid index, of
+/// its parts and both fusions) on a question set, with queries/s.
+#[allow(clippy::too_many_arguments)]
+fn answer_recall(
+    dir: &Path,
+    path: &Path,
+    k: usize,
+    limit: Option<usize>,
+    batch: usize,
+    threads: usize,
+    lexical: &LexicalArgs,
+    g: &Globals,
+) -> anyhow::Result<()> {
+    use r1s_core::{Hit, Progress, Retriever};
+    use r1s_retrieve::{AnyRetriever, Fusion};
+    anyhow::ensure!(k >= 1 && batch >= 1, "--k and --batch must be at least 1");
+    use_threads(threads);
+    let questions = r1s_agent::read_questions(path, limit)?;
+    anyhow::ensure!(!questions.is_empty(), "{}: no questions", path.display());
+    let opts = r1s_retrieve::RetrieverOptions {
+        dense: r1s_retrieve::DenseOptions { threads, ..Default::default() },
+        bm25: lexical.bm25(bm25_defaults(dir)),
+        hybrid: lexical.hybrid()?,
+    };
+    let r = AnyRetriever::open(dir, &opts)?;
+    let mut ks: Vec<usize> = vec![1, 3, 5, 10, k];
+    ks.sort_unstable();
+    ks.dedup();
+    ks.retain(|&x| x <= k.max(10));
+    let depth = *ks.last().unwrap_or(&10);
+    type Run<'a> = Box<dyn Fn(&[&str], usize) -> Result<Vec<Vec<Hit>>, r1s_retrieve::RetrieveError> + 'a>;
+    let mut runs: Vec<(String, Run<'_>)> = Vec::new();
+    match &r {
+        AnyRetriever::Hybrid(h) => {
+            let dense_kind = h.dense().index().manifest.kind.name();
+            runs.push((format!("dense ({dense_kind})"), Box::new(|q, k| h.dense().retrieve(q, k))));
+            runs.push((
+                "bm25".into(),
+                Box::new(|q, k| h.bm25().search(q, k)?.iter().map(|s| r1s_retrieve::to_hits(h.corpus(), s)).collect()),
+            ));
+            let rrf = match h.fusion() {
+                f @ Fusion::Rrf { .. } => f,
+                _ => Fusion::default(),
+            };
+            let linear = match h.fusion() {
+                f @ Fusion::Linear { .. } => f,
+                _ => Fusion::Linear { weight: 0.5 },
+            };
+            for f in [rrf, linear] {
+                let name = match f {
+                    Fusion::Rrf { k } => format!("hybrid rrf k={k}"),
+                    Fusion::Linear { weight } => format!("hybrid linear w={weight}"),
+                };
+                runs.push((
+                    name,
+                    Box::new(move |q, k| {
+                        h.search_scored_with(q, k, f)?.iter().map(|s| r1s_retrieve::to_hits(h.corpus(), s)).collect()
+                    }),
+                ));
+            }
+        }
+        other => runs.push((other.kind(), Box::new(|q, k| other.retrieve(q, k)))),
+    }
+    let golds: Vec<Vec<String>> = questions
+        .iter()
+        .map(|q| q.answers.iter().map(|a| r1s_agent::metrics::normalize(a)).filter(|a| !a.is_empty()).collect())
+        .collect();
+    let texts: Vec<&str> = questions.iter().map(|q| q.question.as_str()).collect();
+    let mut normalized: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let bars = progress::Bars::new(g.quiet);
+    let mut table = Vec::new();
+    for (name, run) in &runs {
+        run(&texts[..1], depth)?; // first-call set-up (sessions, page faults) is not timed
+        bars.start(name, Some(texts.len() as u64), r1s_core::Unit::Items);
+        let t = std::time::Instant::now();
+        let mut lists = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch) {
+            lists.extend(run(chunk, depth)?);
+            bars.advance(chunk.len() as u64);
+        }
+        let qps = texts.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        bars.finish("");
+        // the rank of the first passage holding a gold answer, per question
+        let first: Vec<Option<usize>> = lists
+            .iter()
+            .zip(&golds)
+            .map(|(hits, gold)| {
+                hits.iter().position(|h| {
+                    let text = normalized.entry(h.row).or_insert_with(|| r1s_agent::metrics::normalize(&h.contents));
+                    gold.iter().any(|a| text.contains(a.as_str()))
+                })
+            })
+            .collect();
+        let recall: Vec<f64> = ks
+            .iter()
+            .map(|&k| first.iter().filter(|f| f.is_some_and(|r| r < k)).count() as f64 / first.len() as f64)
+            .collect();
+        table.push((name.clone(), recall, qps));
+    }
+    println!(
+        "{} questions from {}; {} index {} ({} passages); batches of {batch}",
+        texts.len(),
+        path.display(),
+        r.kind(),
+        dir.display(),
+        r.corpus().docstore.len()
+    );
+    print!("{:<24}", "retriever");
+    for k in &ks {
+        print!(" {:>7}", format!("R@{k}"));
+    }
+    println!(" {:>10}", "queries/s");
+    for (name, recall, qps) in table {
+        print!("{name:<24}");
+        for r in recall {
+            print!(" {r:>7.4}");
+        }
+        println!(" {qps:>10.0}");
+    }
+    Ok(())
 }
 
 /// Sizes rayon's global pool (burn's CPU backend and the retriever run on it); 0 keeps all cores.

@@ -411,3 +411,64 @@ fn eval_score_reproduces_released_figures_and_names_bad_lines() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.jsonl: line 2"), "{err}");
 }
+
+/// BM25 and hybrid indexes through the binary: one command builds a hybrid index (dense part,
+/// bm25 part, manifest), every command that takes an index uses it, `index eval --answers` reports
+/// each side and both fusions, and misplaced settings are refused.
+#[test]
+fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 200);
+    let hybrid = dir.path().join("hyb");
+    let summary = build_index(&src, &hybrid, &["--kind", "hybrid", "--dense-kind", "flat", "--threads", "2"]);
+    assert!(summary.contains("bm25 index of 200 passages"), "{summary}");
+    assert!(summary.contains("hybrid index of 200 passages (dense dense, bm25 bm25; rrf fusion"), "{summary}");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&hybrid))).unwrap();
+    assert_eq!(info["kind"], "hybrid");
+    assert_eq!(info["parts"]["bm25"]["params"]["k1"].as_f64().unwrap() as f32, 0.9);
+    assert_eq!(info["parts"]["dense"]["kind"], "flat");
+    let bm25 = hybrid.join("bm25");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&bm25))).unwrap();
+    assert_eq!(info["rows"], 200);
+
+    let q = "Who was the first president of the Cleveland Indians?";
+    for (index, extra) in [(&hybrid, vec!["--fusion", "linear", "--weight", "0.3"]), (&bm25, vec!["--k1", "1.2"])] {
+        let out =
+            ok(r1s().args(["retrieve", "--json", "-k", "3", "-j", "2", "--index"]).arg(index).args(&extra).arg(q));
+        let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(v["hits"].as_array().unwrap().len(), 3, "{out}");
+    }
+    let eval = ok(r1s()
+        .args(["-q", "index", "eval", "-j", "2", "--limit", "20", "--index"])
+        .arg(&hybrid)
+        .arg("--answers")
+        .arg(shared("r1searcher/eval_set/bamboogle.jsonl")));
+    for row in ["R@1", "R@10", "queries/s", "dense (flat)", "\nbm25 ", "hybrid rrf k=60", "hybrid linear w=0.5"] {
+        assert!(eval.contains(row), "{row:?} missing in\n{eval}");
+    }
+
+    let (mut server, url, _stderr) = spawn_server(&hybrid);
+    let c = reqwest::blocking::Client::new();
+    let body = serde_json::json!({"queries": [q, "", "(a OR b) AND c*"], "topk": 2}).to_string();
+    let reply = c.post(format!("{url}/retrieve")).body(body).send().unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let v: serde_json::Value = reply.json().unwrap();
+    assert_eq!(v["result"][0].as_array().unwrap().len(), 2);
+    server.kill().unwrap();
+    let _ = server.wait();
+
+    let refused = |args: &[&str], needle: &str| {
+        let out = r1s().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    };
+    let (hybrid_s, dense_s, bm25_s) =
+        (hybrid.to_str().unwrap(), hybrid.join("dense").display().to_string(), bm25.to_str().unwrap());
+    refused(&["index", "build", "--kind", "bm25", "--out", bm25_s], "needs INPUT");
+    refused(&["index", "build", src.to_str().unwrap(), "--kind", "flat", "--k1", "1", "--out", bm25_s], "settings of");
+    refused(&["retrieve", "--index", &dense_s, "--fusion", "rrf", "x"], "apply to bm25 and hybrid");
+    refused(&["retrieve", "--index", bm25_s, "--ef", "10", "x"], "--ef is a setting of dense");
+    refused(&["retrieve", "--index", hybrid_s, "--b", "2", "x"], "b must be in [0, 1]");
+    refused(&["retrieve", "--index", hybrid_s, "--fusion", "rrf", "--weight", "0.3", "x"], "--weight is a setting of");
+    refused(&["index", "build", "--kind", "wand", "--out", bm25_s], "unknown index kind");
+}

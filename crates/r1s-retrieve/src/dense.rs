@@ -59,7 +59,13 @@ pub fn query_embedder(m: &IndexManifest, o: &DenseOptions) -> Result<OnnxEmbedde
 /// directory), else that relative path under each ancestor of the index directory (so
 /// `corpora/x` recorded when building from a checkout is found from anywhere).
 pub fn resolve_corpus(index_dir: &Path, m: &IndexManifest) -> Result<PathBuf> {
-    let recorded = Path::new(&m.corpus);
+    find_corpus(index_dir, &m.corpus)
+}
+
+/// [`resolve_corpus`] for any index kind: `recorded` is the corpus path its manifest holds.
+pub fn find_corpus(index_dir: &Path, recorded: &str) -> Result<PathBuf> {
+    let recorded_str = recorded;
+    let recorded = Path::new(recorded_str);
     let mut tried = vec![recorded.to_path_buf()];
     if recorded.is_relative() {
         let abs = std::path::absolute(index_dir).unwrap_or_else(|_| index_dir.to_path_buf());
@@ -68,7 +74,7 @@ pub fn resolve_corpus(index_dir: &Path, m: &IndexManifest) -> Result<PathBuf> {
     tried.iter().find(|p| p.join(r1s_corpus::store::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
         RetrieveError::CorpusNotFound {
             index: index_dir.to_path_buf(),
-            corpus: m.corpus.clone(),
+            corpus: recorded_str.to_owned(),
             tried: tried.iter().take(4).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         }
     })
@@ -150,18 +156,30 @@ impl DenseRetriever {
     /// The top-`k` passages for each row of `vectors` (`[n, dim]` query vectors).
     pub fn search_vectors(&self, vectors: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let scored = self.index.search(vectors, k)?;
-        scored.iter().map(|hits| self.hits(hits)).collect()
+        scored.iter().map(|hits| to_hits(&self.corpus, hits)).collect()
     }
 
-    fn hits(&self, scored: &[Scored]) -> Result<Vec<Hit>> {
-        scored
-            .iter()
-            .map(|&(row, score)| {
-                let p = self.corpus.docstore.get(row)?;
-                Ok(Hit { row, id: p.id.to_owned(), score, title: p.title.to_owned(), contents: p.contents() })
-            })
-            .collect()
+    /// The top-`k` `(row, inner product)` for each query, without reading the passages.
+    pub fn search_scored(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Scored>>> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        Ok(self.index.search(&self.embed_queries(queries)?, k)?)
     }
+}
+
+/// The passages of `scored` hits, read from the corpus docstore.
+pub fn to_hits(corpus: &Corpus, scored: &[Scored]) -> Result<Vec<Hit>> {
+    scored
+        .iter()
+        .map(|&(row, score)| {
+            let p = corpus.docstore.get(row)?;
+            Ok(Hit { row, id: p.id.to_owned(), score, title: p.title.to_owned(), contents: p.contents() })
+        })
+        .collect()
 }
 
 impl Retriever for DenseRetriever {

@@ -11,6 +11,8 @@ pub enum RetrieveError {
     Embed(#[from] r1s_embed::EmbedError),
     #[error(transparent)]
     Corpus(#[from] r1s_corpus::CorpusError),
+    #[error(transparent)]
+    Bm25(#[from] r1s_bm25::Bm25Error),
     /// The corpus an index was built from cannot be found.
     #[error("{}: the corpus {corpus:?} it was built from is not found (tried {tried}); pass its directory with --corpus", index.display())]
     CorpusNotFound { index: PathBuf, corpus: String, tried: String },

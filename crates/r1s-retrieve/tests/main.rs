@@ -11,6 +11,7 @@ use r1s_core::{Cancel, Hit, NoProgress, Retriever};
 use r1s_retrieve::{BatchConfig, DenseOptions, DenseRetriever, ServeConfig};
 
 mod batcher;
+mod lexical;
 
 fn shared(rel: &str) -> PathBuf {
     Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
@@ -33,6 +34,7 @@ const HANDMADE: [(&str, &str); 4] = [
 struct Fixture {
     _dir: tempfile::TempDir,
     corpus_file: PathBuf,
+    corpus: PathBuf,
     flat: PathBuf,
     hnsw: PathBuf,
 }
@@ -78,7 +80,7 @@ fn fixture() -> &'static Fixture {
         let p = r1s_index::BuildParams::default();
         r1s_index::build(&flat, r1s_index::Kind::Flat, &p, &NoProgress, &Cancel::new()).unwrap();
         r1s_index::build(&hnsw, r1s_index::Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
-        Fixture { _dir: dir, corpus_file, flat, hnsw }
+        Fixture { _dir: dir, corpus_file, corpus, flat, hnsw }
     })
 }
 
@@ -102,7 +104,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(r: Arc<DenseRetriever>, cfg: ServeConfig) -> Server {
+    fn start<R: Retriever + 'static>(r: Arc<R>, cfg: ServeConfig) -> Server {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let done = std::thread::spawn(move || {
@@ -214,6 +216,9 @@ fn another_corpus_or_a_missing_one_is_refused() {
     assert!(err.to_string().contains("corpora/nowhere"), "{err}");
 }
 
+/// Search-R1's example row as its FastAPI server sends it in `/retrieve`'s `result`.
+const EVAN_MORRIS_DOC: &str = "{\"id\":\"0\",\"contents\":\"\\\"Evan Morris\\\"\\nEvan Morris Evan L. Morris (January 26, 1977 – July 9, 2015) was a lobbyist for Genentech and its parent corporation Roche in Washington.\"}";
+
 /// The exact bytes FastAPI would send for Search-R1's example row, both shapes, and Flask's for
 /// R1-Searcher's /queries; topk missing or 0 means the server default.
 #[test]
@@ -227,7 +232,7 @@ fn both_apis_answer_byte_for_byte() {
     let c = client();
     runtime().block_on(async {
         let url = format!("{}/retrieve", server.url);
-        let doc = "{\"id\":\"0\",\"contents\":\"\\\"Evan Morris\\\"\\nEvan Morris Evan L. Morris (January 26, 1977 – July 9, 2015) was a lobbyist for Genentech and its parent corporation Roche in Washington.\"}";
+        let doc = EVAN_MORRIS_DOC;
         let (status, headers, body) = post(&c, &url, format!("{{\"queries\": [\"{q}\"], \"topk\": 1}}")).await;
         assert_eq!(status, 200);
         assert_eq!(headers["content-type"], "application/json");
