@@ -7,7 +7,8 @@
 //!    `StandardTokenizer` follows UAX #29 word breaks, which also splits on punctuation but keeps
 //!    `U.S.`-style and apostrophe words together);
 //! 2. drop the `s` of an English possessive (`Obama's` → `obama`, as Lucene's
-//!    `EnglishPossessiveFilter`; also after `’`);
+//!    `EnglishPossessiveFilter`; also after `’`), and make each Han ideograph and Hiragana character
+//!    a token of its own (as UAX #29 and Lucene's `StandardTokenizer` do: `北京是` → `北`, `京`, `是`);
 //! 3. drop tokens longer than 40 bytes (no useful word is; they are base64, URLs, DNA);
 //! 4. lower-case;
 //! 5. drop Lucene's 33 English stop words (`a`, `an`, `and`, … `with`: `ENGLISH_STOP_WORDS_SET`,
@@ -70,6 +71,10 @@ impl std::fmt::Debug for PossessiveTokenizer {
 pub struct PossessiveStream<'a> {
     inner: SimpleTokenStream<'a>,
     text: &'a str,
+    /// Pieces of a split CJK token still to give, last first.
+    pending: Vec<Token>,
+    /// The piece given now, when not the inner stream's own token.
+    piece: Option<Token>,
 }
 
 impl std::fmt::Debug for PossessiveStream<'_> {
@@ -81,8 +86,14 @@ impl std::fmt::Debug for PossessiveStream<'_> {
 impl Tokenizer for PossessiveTokenizer {
     type TokenStream<'a> = PossessiveStream<'a>;
     fn token_stream<'a>(&'a mut self, text: &'a str) -> PossessiveStream<'a> {
-        PossessiveStream { inner: self.inner.token_stream(text), text }
+        PossessiveStream { inner: self.inner.token_stream(text), text, pending: Vec::new(), piece: None }
     }
+}
+
+/// A character UAX #29 makes a word of its own: Han ideographs (with the extensions and the
+/// compatibility block) and Hiragana.
+fn is_lone_word(c: char) -> bool {
+    matches!(u32::from(c), 0x3040..=0x309F | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x3134F)
 }
 
 impl PossessiveStream<'_> {
@@ -95,21 +106,65 @@ impl PossessiveStream<'_> {
                 .and_then(|before| before.chars().next_back())
                 .is_some_and(|c| matches!(c, '\'' | '\u{2019}' | '\u{FF07}'))
     }
+
+    /// Splits the inner token into runs of ordinary characters and single CJK characters.
+    fn split(&mut self) {
+        let t = self.inner.token();
+        let mut pieces = Vec::new();
+        let mut run_start: Option<usize> = None;
+        let piece = |from: usize, to: usize| Token {
+            offset_from: t.offset_from + from,
+            offset_to: t.offset_from + to,
+            position: t.position,
+            text: t.text[from..to].to_owned(),
+            position_length: 1,
+        };
+        for (i, c) in t.text.char_indices() {
+            if is_lone_word(c) {
+                if let Some(s) = run_start.take() {
+                    pieces.push(piece(s, i));
+                }
+                pieces.push(piece(i, i + c.len_utf8()));
+            } else if run_start.is_none() {
+                run_start = Some(i);
+            }
+        }
+        if let Some(s) = run_start {
+            pieces.push(piece(s, t.text.len()));
+        }
+        pieces.reverse();
+        self.pending = pieces;
+    }
 }
 
 impl TokenStream for PossessiveStream<'_> {
     fn advance(&mut self) -> bool {
-        while self.inner.advance() {
-            if !self.is_possessive_s() {
+        loop {
+            if let Some(p) = self.pending.pop() {
+                self.piece = Some(p);
                 return true;
             }
+            self.piece = None;
+            if !self.inner.advance() {
+                return false;
+            }
+            if self.is_possessive_s() {
+                continue;
+            }
+            if self.inner.token().text.chars().any(is_lone_word) {
+                self.split();
+                continue;
+            }
+            return true;
         }
-        false
     }
     fn token(&self) -> &Token {
-        self.inner.token()
+        self.piece.as_ref().unwrap_or_else(|| self.inner.token())
     }
     fn token_mut(&mut self) -> &mut Token {
-        self.inner.token_mut()
+        match &mut self.piece {
+            Some(p) => p,
+            None => self.inner.token_mut(),
+        }
     }
 }

@@ -348,6 +348,7 @@ impl Bm25Index {
                 ),
             ));
         }
+        manifest.params.validate().map_err(|e| Bm25Error::bad(&mpath, e))?;
         let tdir = dir.join(TANTIVY_DIR);
         let (_, reader) = Bm25Index::open_tantivy(&tdir)?;
         let searcher = reader.searcher();

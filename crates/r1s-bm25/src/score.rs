@@ -16,8 +16,9 @@
 //! document's length as stored in one byte (the same lossy encoding as Lucene's norms).
 //!
 //! Pruning: MaxScore (Turtle & Flood, 1995). A term contributes at most `qtf · idf` (the tf factor is
-//! below 1); terms whose bounds together cannot lift a document above the current k-th score are
-//! only looked up (`seek`) for documents the other terms found. Results equal exhaustive scoring.
+//! at most 1); terms whose bounds together cannot lift a document above the current k-th score are
+//! only looked up (`seek`) for documents the other terms found. Every score sums its terms in one
+//! fixed order, so results equal exhaustive scoring bit for bit, whatever the segment layout.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -33,9 +34,17 @@ use r1s_core::Scored;
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bm25Params {
     /// Term-frequency saturation (≥ 0; 0 makes a term count once whatever its frequency).
+    #[serde(serialize_with = "short_f32")]
     pub k1: f32,
     /// Length normalisation, in [0, 1] (0: none; 1: full).
+    #[serde(serialize_with = "short_f32")]
     pub b: f32,
+}
+
+/// Serialises an f32 as the f64 of its shortest decimal (`0.9`, not `0.8999999761581421`), also
+/// through `serde_json::Value`.
+pub fn short_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(format!("{x}").parse::<f64>().unwrap_or(f64::from(*x)))
 }
 
 impl Default for Bm25Params {
@@ -163,6 +172,19 @@ struct Cursor {
     weight: f32,
 }
 
+/// The terms in the order every score sums them: ascending weight, then query order. A fixed order
+/// makes a document's score the same float whatever the segment layout (a rebuild, a resumed build,
+/// another thread count) and whatever MaxScore skipped.
+fn ordered(terms: &[WeightedTerm]) -> Vec<&WeightedTerm> {
+    let mut v: Vec<&WeightedTerm> = terms.iter().collect();
+    v.sort_by(|a, b| a.weight.total_cmp(&b.weight));
+    v
+}
+
+/// Room left for float rounding when pruning: a document is skipped only when its bound is below
+/// the threshold by more than this share of it.
+const SLACK: f32 = 1e-5;
+
 /// Scores one segment into `top` (MaxScore over the weighted terms).
 pub(crate) fn score_segment(
     segment: &tantivy::SegmentReader,
@@ -176,7 +198,7 @@ pub(crate) fn score_segment(
     let fieldnorms = segment.get_fieldnorms_reader(field)?;
     let alive = segment.alive_bitset();
     let mut cursors = Vec::with_capacity(terms.len());
-    for t in terms {
+    for t in ordered(terms) {
         if let Some(postings) = inverted.read_postings(&t.term, IndexRecordOption::WithFreqs)? {
             cursors.push(Cursor { postings, weight: t.weight });
         }
@@ -184,8 +206,7 @@ pub(crate) fn score_segment(
     if cursors.is_empty() {
         return Ok(());
     }
-    // ascending upper bounds; bound_sum[i] = Σ_{j ≤ i} weight_j
-    cursors.sort_by(|a, b| a.weight.total_cmp(&b.weight));
+    // bound_sum[i] = Σ_{j ≤ i} weight_j: what terms 0..=i can add at most
     let bound_sum: Vec<f32> = cursors
         .iter()
         .scan(0f32, |acc, c| {
@@ -194,41 +215,52 @@ pub(crate) fn score_segment(
         })
         .collect();
     let top = &mut top.0;
+    let below = |x: f32, threshold: f32| x < threshold - threshold.abs() * SLACK;
     // terms [0, first_essential) cannot make a document enter on their own
     let mut first_essential = 0;
     let advance_essential = |first: &mut usize, threshold: f32| {
-        while *first < bound_sum.len() && bound_sum[*first] < threshold {
+        while *first < bound_sum.len() && below(bound_sum[*first], threshold) {
             *first += 1;
         }
     };
     advance_essential(&mut first_essential, top.threshold());
+    let mut contrib = vec![0f32; cursors.len()];
     while first_essential < cursors.len() {
         let doc = cursors[first_essential..].iter().map(|c| c.postings.doc()).min().unwrap_or(TERMINATED);
         if doc == TERMINATED {
             break;
         }
         let norm = norms[fieldnorms.fieldnorm_id(doc) as usize];
-        let mut score = 0f32;
-        for c in &mut cursors[first_essential..] {
+        contrib.fill(0.0);
+        let mut partial = 0f32;
+        for (i, c) in cursors.iter_mut().enumerate().skip(first_essential) {
             if c.postings.doc() == doc {
                 let tf = c.postings.term_freq() as f32;
-                score += c.weight * tf / (tf + norm);
+                contrib[i] = c.weight * tf / (tf + norm);
+                partial += contrib[i];
                 c.postings.advance();
             }
         }
         let threshold = top.threshold();
+        let mut pruned = false;
         for i in (0..first_essential).rev() {
-            if score + bound_sum[i] < threshold {
+            if below(partial + bound_sum[i], threshold) {
+                pruned = true;
                 break;
             }
             let c = &mut cursors[i];
             let at = if c.postings.doc() < doc { c.postings.seek(doc) } else { c.postings.doc() };
             if at == doc {
                 let tf = c.postings.term_freq() as f32;
-                score += c.weight * tf / (tf + norm);
+                contrib[i] = c.weight * tf / (tf + norm);
+                partial += contrib[i];
             }
         }
-        if score >= threshold && alive.is_none_or(|a| a.is_alive(doc)) {
+        if pruned || !alive.is_none_or(|a| a.is_alive(doc)) {
+            continue;
+        }
+        let score: f32 = contrib.iter().sum();
+        if score >= threshold {
             let row = row_of(doc)
                 .ok_or_else(|| tantivy::TantivyError::InternalError(format!("document {doc} has no row value")))?;
             top.push(row, score);
@@ -261,7 +293,7 @@ pub(crate) fn score_all(
     let inverted = segment.inverted_index(field)?;
     let fieldnorms = segment.get_fieldnorms_reader(field)?;
     let mut scores = std::collections::HashMap::<DocId, f32>::new();
-    for t in terms {
+    for t in ordered(terms) {
         if let Some(mut p) = inverted.read_postings(&t.term, IndexRecordOption::WithFreqs)? {
             while p.doc() != TERMINATED {
                 let tf = p.term_freq() as f32;

@@ -218,6 +218,7 @@ struct RetrieverArgs {
 
 impl RetrieverArgs {
     fn open(&self) -> anyhow::Result<r1s_retrieve::AnyRetriever> {
+        must_exist(&self.index, "index directory")?;
         let opts = r1s_retrieve::RetrieverOptions {
             dense: r1s_retrieve::DenseOptions {
                 corpus: self.corpus.clone(),
@@ -445,6 +446,12 @@ struct IndexBuildArgs {
     /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out>).
     #[arg(long)]
     corpus_out: Option<PathBuf>,
+    /// Format of a non-corpus INPUT (auto: from the file name and first bytes; see `corpus ingest`).
+    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    format: Format,
+    /// Skip malformed JSONL/TSV/JSON records of INPUT (counted in the corpus manifest).
+    #[arg(long)]
+    skip_bad: bool,
     /// Embedding model (see `r1s embed --model`).
     #[arg(long, default_value = "minilm", env = "R1S_MODEL")]
     model: PathBuf,
@@ -482,6 +489,22 @@ fn parse_build_kind(s: &str) -> Result<BuildKind, String> {
     }
 }
 
+/// A finite number >= 0 (BM25 k1, RRF k).
+fn parse_k1(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a finite number >= 0")),
+    }
+}
+
+/// A number in [0, 1] (BM25 b, a fusion weight).
+fn parse_unit(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a number in [0, 1]")),
+    }
+}
+
 fn parse_fusion(s: &str) -> Result<String, String> {
     match s {
         "rrf" | "linear" => Ok(s.to_owned()),
@@ -493,25 +516,26 @@ fn parse_fusion(s: &str) -> Result<String, String> {
 /// `retrieve`, `serve` and `index eval`.
 #[derive(Debug, Args, Clone, Default)]
 struct LexicalArgs {
-    /// bm25: term-frequency saturation (pyserini's default 0.9; BM25's textbook 1.2).
-    #[arg(long)]
+    /// bm25: term-frequency saturation, >= 0 (pyserini's default 0.9; BM25's textbook 1.2).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
     k1: Option<f32>,
     /// bm25: length normalisation in [0, 1] (pyserini's default 0.4; textbook 0.75).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]
     b: Option<f32>,
     /// hybrid: rrf (reciprocal rank fusion, default) or linear (weighted sum of min-max normalised
     /// scores).
     #[arg(long, value_parser = parse_fusion)]
     fusion: Option<String>,
-    /// hybrid rrf: the k in 1 / (k + rank) (default 60).
-    #[arg(long)]
+    /// hybrid rrf: the k in 1 / (k + rank), >= 0 (default 60).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
     rrf_k: Option<f32>,
     /// hybrid linear: the dense side's weight in [0, 1]; BM25 gets 1 - weight (default 0.5).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]
     weight: Option<f32>,
-    /// hybrid: candidates each side fetches before fusing, as a multiple of k (default 4).
-    #[arg(long)]
-    depth: Option<usize>,
+    /// hybrid: candidates each side fetches before fusing, as a multiple of k (default 4; recall
+    /// at a given k can change with it, and so with --k in `index eval`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    depth: Option<u64>,
 }
 
 impl LexicalArgs {
@@ -544,7 +568,7 @@ impl LexicalArgs {
     }
 
     fn hybrid(&self) -> anyhow::Result<r1s_retrieve::HybridOptions> {
-        Ok(r1s_retrieve::HybridOptions { fusion: self.fusion()?, depth: self.depth, bm25: None })
+        Ok(r1s_retrieve::HybridOptions { fusion: self.fusion()?, depth: self.depth.map(|d| d as usize), bm25: None })
     }
 }
 
@@ -791,13 +815,43 @@ fn main() -> ExitCode {
     match run(cli, &cancel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(exit_code(&e))
         }
     }
 }
 
+/// The error and its causes on one line, each cause once: library errors already print their
+/// source (`path: No such file…`), which anyhow's chain would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+/// An error if `path` does not exist (exit 66, as other missing inputs).
+fn must_exist(path: &Path, what: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{}: no such {what}", path.display()),
+    )))
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
+    // a missing file or directory, whichever layer noticed it
+    if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound))
+    {
+        return exit::NO_INPUT;
+    }
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<r1s_retrieve::RetrieveError>() {
             use r1s_retrieve::RetrieveError as E;
@@ -1104,8 +1158,13 @@ fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut answer = |queries: &[String]| -> anyhow::Result<()> {
-        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
-        let hits = r.retrieve(&refs, a.k)?;
+        // a blank query gets no hits from every kind, without asking the retriever
+        let refs: Vec<&str> = queries.iter().map(String::as_str).filter(|q| !q.trim().is_empty()).collect();
+        let mut found = r.retrieve(&refs, a.k)?.into_iter();
+        let hits: Vec<Vec<r1s_core::Hit>> = queries
+            .iter()
+            .map(|q| if q.trim().is_empty() { Vec::new() } else { found.next().unwrap_or_default() })
+            .collect();
         for (q, hits) in queries.iter().zip(hits) {
             if a.json {
                 #[derive(serde::Serialize)]
@@ -1125,7 +1184,7 @@ fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {
                 writeln!(out, "{q}")?;
                 for (i, h) in hits.iter().enumerate() {
                     let (title, body) = title_and_body(h);
-                    writeln!(out, "{:>4}  {:.4}  {:<28}  {}", i + 1, h.score, clip(title, 28), clip(body, 90))?;
+                    writeln!(out, "{:>4}  {:>8.4}  {:<28}  {}", i + 1, h.score, clip(title, 28), clip(body, 90))?;
                 }
                 writeln!(out)?;
             }
@@ -1140,7 +1199,8 @@ fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {
     let mut chunk = Vec::new();
     for line in std::io::stdin().lines() {
         let line = line.context("reading queries from standard input")?;
-        if line.trim().is_empty() {
+        // JSON lines answer every input line in order (a blank one with no hits); the table skips them
+        if line.trim().is_empty() && !a.json {
             continue;
         }
         chunk.push(line);
@@ -1250,6 +1310,7 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         IndexCmd::Build(a) => index_build(a, g, cancel),
         IndexCmd::Plan(a) => index_plan(&a),
         IndexCmd::Info { dir } => {
+            must_exist(&dir, "index directory")?;
             // each kind is opened (its files checked against the manifest) before it is shown
             let manifest = match r1s_retrieve::index_kind(&dir).as_deref() {
                 Some(r1s_bm25::KIND) => serde_json::to_value(r1s_bm25::Bm25Index::open(&dir)?.manifest)?,
@@ -1270,6 +1331,12 @@ fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             answer_recall(&index, &answers, k, limit, batch, threads, &lexical, g)
         }
         IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries, .. } => {
+            if let Some(kind @ ("bm25" | "hybrid")) = r1s_retrieve::index_kind(&index).as_deref() {
+                anyhow::bail!(
+                    "{}: --queries / --query-vectors measure a dense index against exact search; this is a {kind} index: use --answers QUESTIONS.jsonl",
+                    index.display()
+                );
+            }
             let queries = match (queries, query_vectors) {
                 (_, Some(v)) => EvalQueries::Vectors(v),
                 (Some(q), None) => EvalQueries::Texts(q),
@@ -1302,6 +1369,12 @@ fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
             "with --dense and --bm25 nothing is built: INPUT, --k1 and --b do not apply"
         ),
     }
+    if let Some(input) = &a.input {
+        must_exist(input, "input")?;
+    }
+    for part in [&a.dense, &a.bm25].into_iter().flatten() {
+        must_exist(part, "index directory")?;
+    }
     let corpus = match &a.input {
         None => None,
         Some(input) if is_corpus_dir(input) => Some(input.clone()),
@@ -1309,14 +1382,40 @@ fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
             let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
             let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
             if is_corpus_dir(&corpus) {
-                eprintln!("corpus {} exists: not ingesting again", corpus.display());
+                same_input(&corpus, input)?;
+                eprintln!(
+                    "corpus {} exists (ingested from {}): not ingesting again",
+                    corpus.display(),
+                    input.display()
+                );
             } else {
-                let opts = IngestOptions { threads: a.threads, ..IngestOptions::default() };
+                let opts = IngestOptions {
+                    threads: a.threads,
+                    format: a.format,
+                    skip_bad: a.skip_bad,
+                    ..IngestOptions::default()
+                };
                 r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
             }
             Some(corpus)
         }
     };
+    // another kind's index in --out is replaced, but its files are not ours to delete
+    let building = match a.kind {
+        BuildKind::Dense(k) => k.name(),
+        BuildKind::Bm25 => "bm25",
+        BuildKind::Hybrid => "hybrid",
+    };
+    let dense_kinds = ["flat", "hnsw", "hnsw-rs", "faiss", "milvus"];
+    if let Some(old) = r1s_retrieve::index_kind(&a.out)
+        && old != building
+        && !(dense_kinds.contains(&old.as_str()) && dense_kinds.contains(&building))
+    {
+        eprintln!(
+            "warning: {} holds a {old} index; it becomes a {building} index, and the {old} index's files stay beside it (remove them to free the space)",
+            a.out.display()
+        );
+    }
     let needs_corpus = |what: &str| {
         corpus.clone().with_context(|| {
             format!("--kind {what} needs INPUT: a corpus directory, or a dump / JSONL / TSV file to ingest first")
@@ -1349,7 +1448,7 @@ fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
                 }
             };
             let fusion = a.lexical.fusion()?.unwrap_or_default();
-            let depth = a.lexical.depth.unwrap_or(r1s_retrieve::hybrid::DEFAULT_DEPTH);
+            let depth = a.lexical.depth.map_or(r1s_retrieve::hybrid::DEFAULT_DEPTH, |d| d as usize);
             let m = r1s_retrieve::hybrid::write_manifest(&a.out, &dense, &bm25, fusion, depth)?;
             if !g.quiet {
                 println!(
@@ -1363,6 +1462,41 @@ fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
             }
             Ok(())
         }
+    }
+}
+
+/// Checks that the existing corpus `corpus` was ingested from `input` as it is now (path, size, and
+/// sha256 when recorded and the file is under 256 MiB), so that `index build` never indexes a stale
+/// corpus in silence.
+fn same_input(corpus: &Path, input: &Path) -> anyhow::Result<()> {
+    let m = r1s_corpus::store::Manifest::read(corpus)?;
+    let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let found = m.inputs.iter().find(|i| canon(Path::new(&i.path)) == canon(input));
+    let why = match found {
+        None => Some(format!(
+            "it was ingested from {}",
+            m.inputs.iter().map(|i| i.path.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        Some(i) if i.bytes != meta.len() => {
+            Some(format!("{} had {} bytes when ingested and has {} now", input.display(), i.bytes, meta.len()))
+        }
+        Some(i) => match &i.sha256 {
+            Some(sha) if meta.len() <= 256 << 20 => {
+                let now =
+                    r1s_core::fsutil::sha256_file(input).with_context(|| format!("reading {}", input.display()))?;
+                (&now != sha).then(|| format!("{} changed since it was ingested (sha256)", input.display()))
+            }
+            _ => None,
+        },
+    };
+    match why {
+        Some(why) => anyhow::bail!(
+            "corpus {} exists and does not hold {}: {why}; remove it, or give another directory with --corpus-out",
+            corpus.display(),
+            input.display()
+        ),
+        None => Ok(()),
     }
 }
 
@@ -1511,6 +1645,7 @@ fn answer_recall(
     use r1s_core::{Hit, Progress, Retriever};
     use r1s_retrieve::{AnyRetriever, Fusion};
     anyhow::ensure!(k >= 1 && batch >= 1, "--k and --batch must be at least 1");
+    must_exist(dir, "index directory")?;
     use_threads(threads);
     let questions = r1s_agent::read_questions(path, limit)?;
     anyhow::ensure!(!questions.is_empty(), "{}: no questions", path.display());
@@ -1576,7 +1711,7 @@ fn answer_recall(
             bars.advance(chunk.len() as u64);
         }
         let qps = texts.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
-        bars.finish("");
+        bars.finish(&format!("{} questions, {qps:.0} queries/s", texts.len()));
         // the rank of the first passage holding a gold answer, per question
         let first: Vec<Option<usize>> = lists
             .iter()

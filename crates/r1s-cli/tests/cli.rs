@@ -468,7 +468,45 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     refused(&["index", "build", src.to_str().unwrap(), "--kind", "flat", "--k1", "1", "--out", bm25_s], "settings of");
     refused(&["retrieve", "--index", &dense_s, "--fusion", "rrf", "x"], "apply to bm25 and hybrid");
     refused(&["retrieve", "--index", bm25_s, "--ef", "10", "x"], "--ef is a setting of dense");
-    refused(&["retrieve", "--index", hybrid_s, "--b", "2", "x"], "b must be in [0, 1]");
+    refused(&["retrieve", "--index", hybrid_s, "--b", "2", "x"], "invalid value '2' for '--b <B>'");
+    refused(&["retrieve", "--index", hybrid_s, "--k1", "-1", "x"], "invalid value '-1' for '--k1 <K1>'");
+    refused(&["retrieve", "--index", bm25_s, "--fusion", "linear", "x"], "apply to hybrid indexes");
+    refused(&["index", "eval", "--index", bm25_s, "--queries", src.to_str().unwrap()], "use --answers");
+    // a missing index is a missing input (66), named once
+    let out = r1s().args(["retrieve", "--index", "/nonexistent/idx", "x"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "{err}");
+    assert_eq!(err.matches("/nonexistent/idx").count(), 1, "{err}");
+    // another INPUT than the corpus beside --out was ingested from: refused, not indexed in silence
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, std::fs::read_to_string(&src).unwrap().lines().take(5).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    let out = r1s()
+        .args(["index", "build"])
+        .arg(&other)
+        .args(["--kind", "bm25", "--out"])
+        .arg(dir.path().join("b2"))
+        .arg("--corpus-out")
+        .arg(dir.path().join("corpus"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not hold") && err.contains("--corpus-out"), "{err}");
+    // JSON lines answer every input line, blank ones with no hits
+    use std::io::Write;
+    let mut child = r1s()
+        .args(["retrieve", "--json", "-k", "2", "--index", bm25_s])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Cleveland Indians\n\n  \nthe of\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["hits"].as_array().unwrap().len(), 2);
+    assert!(lines[1..].iter().all(|l| l["hits"].as_array().unwrap().is_empty()));
     refused(&["retrieve", "--index", hybrid_s, "--fusion", "rrf", "--weight", "0.3", "x"], "--weight is a setting of");
     refused(&["index", "build", "--kind", "wand", "--out", bm25_s], "unknown index kind");
 }

@@ -302,11 +302,17 @@ impl Gguf {
             }
             let mut shape = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
-                shape.push(r.u64()? as usize);
+                let d = r.u64()?;
+                shape.push(
+                    usize::try_from(d)
+                        .map_err(|_| r.bad(format!("tensor {name:?}: dimension {d} exceeds the address space")))?,
+                );
             }
             shape.reverse();
             let id = r.u32()?;
-            let offset = r.u64()? as usize;
+            let offset = r.u64()?;
+            let offset = usize::try_from(offset)
+                .map_err(|_| r.bad(format!("tensor {name:?}: offset {offset} exceeds the address space")))?;
             let Some(dtype) = GgmlType::from_id(id) else {
                 r.pos = at;
                 return Err(r.bad(format!(
@@ -319,13 +325,19 @@ impl Gguf {
         let data_start = r.pos.div_ceil(align) * align;
         let mut tensors = BTreeMap::new();
         for (name, shape, dtype, offset, at) in infos {
-            let n: usize = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
             let (per, size) = dtype.block();
             let bad = |reason: String| PolicyError::BadFile { path: path.into(), offset: Some(at as u64), reason };
+            // sizes come from the file: every product is checked, and checked against the file length
+            // before anything is allocated from it
+            let Some(n) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+                return Err(bad(format!("tensor {name:?}: dimensions {shape:?} multiply past 2^64 values")));
+            };
             if !n.is_multiple_of(per) {
                 return Err(bad(format!("tensor {name:?}: {n} values is not a multiple of the {per}-value block")));
             }
-            let bytes = n / per * size;
+            let Some(bytes) = (n / per).checked_mul(size) else {
+                return Err(bad(format!("tensor {name:?}: {n} values of {size} bytes per {per} overflow 2^64 bytes")));
+            };
             let start = data_start.checked_add(offset);
             let fits = start.and_then(|s| s.checked_add(bytes)).is_some_and(|e| e <= map.len());
             if !fits {

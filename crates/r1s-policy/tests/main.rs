@@ -265,3 +265,53 @@ fn bad_model_files_are_clear_errors() {
     let err = build_llama(&cfg, &GgufWeights { gguf: &gg, cfg: &cfg }, &device).unwrap_err();
     assert!(matches!(err, PolicyError::Shape { .. }), "{err}");
 }
+
+/// A GGUF v3 with no metadata and one tensor `name` of `dims` (GGUF order, innermost first) and
+/// type id `ty` at data offset 0, followed by `data` bytes of zeros.
+fn one_tensor_gguf(name: &str, dims: &[u64], ty: u32, data: usize) -> Vec<u8> {
+    let mut g = Vec::new();
+    g.extend(b"GGUF");
+    g.extend(3u32.to_le_bytes());
+    g.extend(1u64.to_le_bytes());
+    g.extend(0u64.to_le_bytes());
+    g.extend((name.len() as u64).to_le_bytes());
+    g.extend(name.as_bytes());
+    g.extend((dims.len() as u32).to_le_bytes());
+    for d in dims {
+        g.extend(d.to_le_bytes());
+    }
+    g.extend(ty.to_le_bytes());
+    g.extend(0u64.to_le_bytes());
+    g.resize(g.len().div_ceil(32) * 32 + data, 0);
+    g
+}
+
+/// Tensor dimensions whose product (or byte size) passes 2^64 once made `r1s policy generate` panic
+/// with "capacity overflow" (the byte size wrapped, passed the bounds check, and 2^62 floats were
+/// allocated): now a `BadFile` naming the file, the tensor and its offset, before any allocation.
+#[test]
+fn gguf_dims_multiplying_past_u64_are_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&[u64], &str); 4] = [
+        (&[1 << 62], "overflow 2^64 bytes"),               // 2^62 F32 values = 2^64 bytes
+        (&[1 << 31, 1 << 31], "overflow 2^64 bytes"),      // the same as a matrix
+        (&[1 << 33, 1 << 33], "multiply past 2^64"),       // the value count itself overflows
+        (&[1 << 20, 1 << 20], "past the end of the file"), // fits in u64, not in the file
+    ];
+    for (i, (dims, needle)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("huge{i}.gguf"));
+        std::fs::write(&path, one_tensor_gguf("token_embd.weight", dims, 0, 64)).unwrap();
+        let err = r1s_policy::gguf::Gguf::open(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PolicyError::BadFile { offset: Some(24), .. }), "{dims:?}: {err:?}");
+        assert!(
+            text.contains(needle) && text.contains("token_embd.weight") && text.contains(&format!("huge{i}.gguf")),
+            "{dims:?}: {text}"
+        );
+    }
+    // a well-formed one opens: 16 F32 values in 64 bytes
+    let ok = tmp.path().join("ok.gguf");
+    std::fs::write(&ok, one_tensor_gguf("token_embd.weight", &[4, 4], 0, 64)).unwrap();
+    let g = r1s_policy::gguf::Gguf::open(&ok).unwrap();
+    assert_eq!(g.tensor_f32("token_embd.weight").unwrap().0.len(), 16);
+}

@@ -49,6 +49,12 @@ impl AnyRetriever {
                         dir.display()
                     )));
                 }
+                if o.hybrid != HybridOptions::default() {
+                    return Err(RetrieveError::Options(format!(
+                        "{}: fusion settings (--fusion, --rrf-k, --weight, --depth) apply to hybrid indexes, this is a BM25 index",
+                        dir.display()
+                    )));
+                }
                 Ok(AnyRetriever::Bm25(Box::new(Bm25Retriever::open(dir, o.dense.corpus.as_deref(), o.bm25)?)))
             }
             Some(crate::hybrid::KIND) => {

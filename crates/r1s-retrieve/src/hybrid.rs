@@ -33,12 +33,18 @@ pub enum Fusion {
     /// Reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009):
     /// `score(d) = Σ_lists 1 / (k + rank(d))`, ranks from 1, nothing for a list that misses `d`.
     /// `k = 60` in the paper.
-    Rrf { k: f32 },
+    Rrf {
+        #[serde(serialize_with = "r1s_bm25::score::short_f32")]
+        k: f32,
+    },
     /// A weighted sum of per-query min-max normalised scores:
     /// `score(d) = weight · norm_dense(d) + (1 − weight) · norm_bm25(d)`, where
     /// `norm(s) = (s − min) / (max − min)` over that list's candidates (1 when they all tie) and 0
     /// for a list that misses `d`.
-    Linear { weight: f32 },
+    Linear {
+        #[serde(serialize_with = "r1s_bm25::score::short_f32")]
+        weight: f32,
+    },
 }
 
 impl Default for Fusion {
@@ -315,8 +321,14 @@ impl HybridRetriever {
         if k == 0 || queries.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
         }
-        let (dense, bm25) = self.candidates(queries, k.saturating_mul(self.depth))?;
-        Ok(dense.iter().zip(&bm25).map(|(d, b)| fuse(fusion, d, b, k)).collect())
+        // a blank query has no hits (as on the BM25 side), not the dense side's guesses
+        let asked: Vec<&str> = queries.iter().copied().filter(|q| !q.trim().is_empty()).collect();
+        let (dense, bm25) = self.candidates(&asked, k.saturating_mul(self.depth))?;
+        let mut fused = dense.iter().zip(&bm25).map(|(d, b)| fuse(fusion, d, b, k));
+        Ok(queries
+            .iter()
+            .map(|q| if q.trim().is_empty() { Vec::new() } else { fused.next().unwrap_or_default() })
+            .collect())
     }
 }
 
