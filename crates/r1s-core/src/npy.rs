@@ -59,14 +59,14 @@ impl NpyHeader {
         NpyHeader { dtype, rows, cols, data_offset: (10 + len) as u64 }
     }
 
-    /// Bytes of one row.
+    /// Bytes of one row (saturating: [`parse`](Self::parse) refuses shapes whose sizes overflow).
     pub fn row_bytes(&self) -> u64 {
-        self.cols * self.dtype.size() as u64
+        self.cols.saturating_mul(self.dtype.size() as u64)
     }
 
-    /// Size of the whole file.
+    /// Size of the whole file (saturating, as `row_bytes`: a saturated size never matches a file).
     pub fn file_len(&self) -> u64 {
-        self.data_offset + self.rows * self.row_bytes()
+        self.data_offset.saturating_add(self.rows.saturating_mul(self.row_bytes()))
     }
 
     fn encode_dict(dtype: Dtype, rows: u64, cols: u64) -> Vec<u8> {
@@ -126,7 +126,16 @@ impl NpyHeader {
             .collect::<Result<_, _>>()
             .map_err(|_| "malformed shape")?;
         let [rows, cols] = dims[..] else { return Err(format!("expected a 2-D array, shape is {inner:?}")) };
-        Ok(NpyHeader { dtype, rows, cols, data_offset: (start + len) as u64 })
+        let data_offset = (start + len) as u64;
+        // the shape comes from the file: its byte size must fit in u64 before anyone compares it
+        let fits = cols
+            .checked_mul(dtype.size() as u64)
+            .and_then(|row| rows.checked_mul(row))
+            .and_then(|data| data.checked_add(data_offset));
+        if fits.is_none() {
+            return Err(format!("shape ({rows}, {cols}) is more than 2^64 bytes"));
+        }
+        Ok(NpyHeader { dtype, rows, cols, data_offset })
     }
 
     /// Reads the header of the file at `path`.
@@ -151,5 +160,18 @@ mod tests {
             assert_eq!(NpyHeader::parse(&bytes).unwrap(), h);
         }
         assert!(NpyHeader::parse(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'}").is_err());
+    }
+
+    /// Found by tests/fuzz.rs: a shape whose byte size passes 2^64 overflowed `file_len` (a panic in
+    /// debug builds, a wrapped size that could match a short file in release builds).
+    #[test]
+    fn shapes_past_2_pow_64_bytes_are_refused() {
+        for (r, c) in [(1u64 << 62, 8u64), (8, 1 << 62), (u64::MAX, 1), (1 << 32, 1 << 32)] {
+            let bytes = NpyHeader { dtype: Dtype::F32, rows: r, cols: c, data_offset: 0 }.to_bytes();
+            let err = NpyHeader::parse(&bytes).unwrap_err();
+            assert!(err.contains("more than 2^64 bytes"), "({r}, {c}): {err}");
+        }
+        let h = NpyHeader { dtype: Dtype::F32, rows: u64::MAX, cols: u64::MAX, data_offset: 128 };
+        assert_eq!(h.file_len(), u64::MAX);
     }
 }

@@ -437,9 +437,15 @@ impl Docstore {
             return Err(bad(format!("docstore version {version}, expected {FORMAT_VERSION}")));
         }
         let rows = u64::from_le_bytes(idx[16..24].try_into().unwrap_or_default());
-        let expect = DOCSTORE_HEADER as u64 + 8 * (rows + 1);
-        if idx.len() as u64 != expect {
-            return Err(bad(format!("index has {} bytes, expected {expect} for {rows} rows", idx.len())));
+        // the row count comes from the file: its index size is computed checked
+        let expect =
+            rows.checked_add(1).and_then(|r| r.checked_mul(8)).and_then(|b| b.checked_add(DOCSTORE_HEADER as u64));
+        if expect != Some(idx.len() as u64) {
+            return Err(bad(format!(
+                "index has {} bytes, expected {} for {rows} rows",
+                idx.len(),
+                expect.map_or_else(|| "more than 2^64".to_owned(), |e| e.to_string())
+            )));
         }
         let ds = Docstore { idx, bin, rows, path: dir.to_path_buf() };
         if ds.offset(rows) != ds.bin.len() as u64 {

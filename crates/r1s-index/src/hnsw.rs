@@ -358,14 +358,20 @@ impl Frozen {
         if m < 2 || m0 != 2 * m || max_level > MAX_LEVEL as usize || (n > 0 && u64::from(entry) >= n) {
             return Err(bad(format!("corrupt header (M {m}, M0 {m0}, top level {max_level}, entry {entry})")));
         }
-        let at = Layout::new(n as usize, m, (h[9] | (h[10] << 32)) as usize);
-        if w.len() != at.end {
+        // sizes from the header: the layout's end is computed checked and must be the file's
+        let upper_len = h[9] | (h[10] << 32);
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(m0.checked_add(1)?)?.checked_add(HEADER_WORDS + 2 * n))
+            .and_then(|e| e.checked_add(usize::try_from(upper_len).ok()?));
+        if end != Some(w.len()) {
             return Err(bad(format!(
-                "{} bytes, the header describes {}: truncated or corrupt",
+                "{} bytes, the header (n {n}, M {m}, {upper_len} upper-level words) describes {}: truncated or corrupt",
                 w.len() * 4,
-                at.end * 4
+                end.map_or_else(|| "more than 2^64".to_owned(), |e| (e as u128 * 4).to_string())
             )));
         }
+        let at = Layout::new(n as usize, m, upper_len as usize);
         Ok(Frozen { words, at, max_level, entry })
     }
 }
