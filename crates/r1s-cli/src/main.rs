@@ -452,6 +452,9 @@ struct IndexBuildArgs {
     /// Skip malformed JSONL/TSV/JSON records of INPUT (counted in the corpus manifest).
     #[arg(long)]
     skip_bad: bool,
+    /// How a non-corpus INPUT's documents are cut into passages (see `corpus ingest --chunking`).
+    #[arg(long, default_value = "balanced")]
+    chunking: r1s_corpus::Chunking,
     /// Embedding model (see `r1s embed --model`).
     #[arg(long, default_value = "minilm", env = "R1S_MODEL")]
     model: PathBuf,
@@ -756,6 +759,10 @@ struct IngestArgs {
     /// Words per passage.
     #[arg(long, default_value_t = 100)]
     words: usize,
+    /// How documents (dumps, KILT, summaries) are cut: balanced (equal windows of at most --words,
+    /// none shorter than half unless the document is) or dpr (DPR's exact windows, a short tail).
+    #[arg(long, default_value = "balanced")]
+    chunking: r1s_corpus::Chunking,
     /// Worker threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
@@ -1393,6 +1400,7 @@ fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
                     threads: a.threads,
                     format: a.format,
                     skip_bad: a.skip_bad,
+                    chunking: a.chunking,
                     ..IngestOptions::default()
                 };
                 r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
@@ -2131,6 +2139,7 @@ fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
             let opts = IngestOptions {
                 format: a.format,
                 words: a.words,
+                chunking: a.chunking,
                 threads: a.threads,
                 multistream_index: a.multistream_index,
                 keep_redirects: a.keep_redirects,

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 /// Where in an input something went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// 1-based line of a line-oriented file (JSONL, TSV).
+    /// 1-based line of a line-oriented file (JSONL).
     Line(u64),
+    /// A record of a TSV file: the 1-based line it starts on and its byte offset (a quoted field
+    /// may span lines).
+    Record { line: u64, byte: u64 },
     /// Byte offset in the file as stored.
     Byte(u64),
     /// Byte offset in the decompressed stream (for `.bz2` input).
@@ -23,6 +26,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Line(l) => write!(f, "line {l}"),
+            Location::Record { line, byte } => write!(f, "line {line} (byte {byte})"),
             Location::Byte(b) => write!(f, "byte {b}"),
             Location::DecompressedByte(b) => write!(f, "byte {b} of the decompressed stream"),
             Location::Stream { stream_offset, byte } => {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `search-r1-jsonl` | `{"id","contents":"\"Title\"\ntext"}` | kept as given (round-trips byte for byte) |
 //! | `flashrag-jsonl` | `{"id","title","text"}` (or `contents`) | kept as given |
-//! | `dpr-tsv` | `id\ttext\ttitle`, header line, CSV-style quotes | kept as given |
+//! | `dpr-tsv` | `id\ttext\ttitle`, header line, read as Python's `csv.reader(f, delimiter="\t")` (quoted tabs, newlines, doubled quotes) | kept as given |
 //! | `kilt` | `{"wikipedia_id","wikipedia_title","text":[paragraphs]}` | re-chunked |
 //! | `wiki-summaries` | `{"key": {"title","extract","description"}, ...}` | re-chunked |
 
@@ -219,6 +219,9 @@ pub fn kilt_text(title: &str, paragraphs: &[String]) -> String {
 /// Reads a line-oriented input (JSONL or TSV) record by record.
 pub struct LineSource {
     reader: Box<dyn BufRead + Send>,
+    /// DPR TSV: the csv crate's reader over the file (records may span lines).
+    tsv: Option<csv::Reader<Box<dyn BufRead + Send>>>,
+    record: csv::ByteRecord,
     path: PathBuf,
     format: Format,
     line_no: u64,
@@ -238,7 +241,24 @@ impl LineSource {
     /// Opens `path` as `format` (one of the JSONL/TSV formats).
     pub fn open(path: &Path, format: Format) -> Result<Self> {
         let file = std::fs::File::open(path).at(path)?;
+        let tsv = (format == Format::DprTsv).then(|| {
+            let file = std::fs::File::open(path).at(path)?;
+            let reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(1 << 20, file));
+            // Python's csv "excel" dialect with a tab: `"` quotes, `""` inside quotes is `"`, a `"`
+            // inside an unquoted field is a character, rows may differ in length
+            Ok::<_, CorpusError>(
+                csv::ReaderBuilder::new()
+                    .delimiter(b'\t')
+                    .has_headers(false)
+                    .flexible(true)
+                    .quoting(true)
+                    .double_quote(true)
+                    .from_reader(reader),
+            )
+        });
         Ok(LineSource {
+            tsv: tsv.transpose()?,
+            record: csv::ByteRecord::new(),
             reader: Box::new(BufReader::with_capacity(1 << 20, file)),
             path: path.to_path_buf(),
             format,
@@ -256,7 +276,58 @@ impl LineSource {
     }
 
     fn bad(&self, message: impl Into<String>) -> Unit {
-        Unit::Bad(CorpusError::bad(&self.path, Location::Line(self.line_no), message))
+        let at = match self.record.position() {
+            Some(p) if self.tsv.is_some() => Location::Record { line: p.line(), byte: p.byte() },
+            _ => Location::Line(self.line_no),
+        };
+        Unit::Bad(CorpusError::bad(&self.path, at, message))
+    }
+
+    /// The next TSV record, as Python's csv module reads it: the header and blank lines skipped,
+    /// fields decoded as UTF-8, at least three (id, text, title; more are ignored, as DPR's reader does).
+    fn next_tsv(&mut self) -> Option<Unit> {
+        loop {
+            let rdr = self.tsv.as_mut()?;
+            match rdr.read_byte_record(&mut self.record) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.tsv = None;
+                    let e = match e.into_kind() {
+                        csv::ErrorKind::Io(io) => io,
+                        other => std::io::Error::other(format!("{other:?}")),
+                    };
+                    return Some(Unit::Bad(CorpusError::io(&self.path, e)));
+                }
+            }
+            self.bytes.store(rdr.position().byte(), std::sync::atomic::Ordering::Relaxed);
+            let line = self.record.position().map_or(0, |p| p.line());
+            self.line_no = line;
+            let r = &self.record;
+            if r.len() <= 1 && r.get(0).is_none_or(|f| f.iter().all(u8::is_ascii_whitespace)) {
+                continue;
+            }
+            if line == 1 && r.get(0) == Some(b"id") {
+                continue;
+            }
+            if r.len() < 3 {
+                return Some(self.bad(format!("expected 3 tab-separated fields (id, text, title), found {}", r.len())));
+            }
+            let mut fields = Vec::with_capacity(3);
+            for (k, f) in r.iter().take(3).enumerate() {
+                match std::str::from_utf8(f) {
+                    Ok(s) => fields.push(s.to_owned()),
+                    Err(e) => {
+                        return Some(self.bad(format!("invalid UTF-8 at byte {} of field {}", e.valid_up_to(), k + 1)));
+                    }
+                }
+            }
+            let title = fields.pop().unwrap_or_default();
+            let text = fields.pop().unwrap_or_default();
+            let id = fields.pop().unwrap_or_default();
+            self.seq += 1;
+            return Some(Unit::Passage(PassageIn { id, doc_id: String::new(), title, text, chunk: 0, contents: None }));
+        }
     }
 
     fn next_id(&mut self, given: Option<Id>) -> String {
@@ -301,18 +372,6 @@ impl LineSource {
                 }
                 Err(e) => self.bad(format!("not a KILT record {{\"wikipedia_title\",\"text\":[...]}}: {e}")),
             },
-            Format::DprTsv => {
-                let fields = split_tsv(line);
-                if fields.len() < 3 {
-                    return self
-                        .bad(format!("expected 3 tab-separated fields (id, text, title), found {}", fields.len()));
-                }
-                let mut it = fields.into_iter();
-                let (id, text, title) =
-                    (it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default());
-                self.seq += 1;
-                Unit::Passage(PassageIn { id, doc_id: String::new(), title, text, chunk: 0, contents: None })
-            }
             other => self.bad(format!("{other} is not a line format")),
         }
     }
@@ -321,6 +380,9 @@ impl LineSource {
 impl Iterator for LineSource {
     type Item = Unit;
     fn next(&mut self) -> Option<Unit> {
+        if self.format == Format::DprTsv {
+            return self.next_tsv();
+        }
         loop {
             if self.done {
                 return None;
@@ -346,7 +408,6 @@ impl Iterator for LineSource {
             let unit = match std::str::from_utf8(&raw) {
                 Err(e) => Some(self.bad(format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))),
                 Ok(line) if line.trim().is_empty() => None,
-                Ok(line) if self.format == Format::DprTsv && self.line_no == 1 && line.starts_with("id\t") => None,
                 Ok(line) => Some(self.parse(line)),
             };
             self.buf = raw;
@@ -355,60 +416,6 @@ impl Iterator for LineSource {
             }
         }
     }
-}
-
-/// Splits a TSV line with CSV-style quoting (a field that starts with `"` ends at a lone `"`,
-/// and `""` inside stands for `"`), as Python's csv module writes DPR's files.
-pub fn split_tsv(line: &str) -> Vec<String> {
-    let mut fields = Vec::with_capacity(3);
-    let b = line.as_bytes();
-    let mut i = 0;
-    loop {
-        if b.get(i) == Some(&b'"') {
-            let mut f = String::new();
-            let mut j = i + 1;
-            let mut start = j;
-            loop {
-                match memchr::memchr(b'"', &b[j..]) {
-                    Some(p) => {
-                        let q = j + p;
-                        if b.get(q + 1) == Some(&b'"') {
-                            f.push_str(&line[start..=q]);
-                            j = q + 2;
-                            start = j;
-                        } else {
-                            f.push_str(&line[start..q]);
-                            j = q + 1;
-                            break;
-                        }
-                    }
-                    None => {
-                        f.push_str(&line[start..]);
-                        j = b.len();
-                        break;
-                    }
-                }
-            }
-            fields.push(f);
-            // skip to the next tab
-            match memchr::memchr(b'\t', &b[j.min(b.len())..]) {
-                Some(p) => i = j + p + 1,
-                None => break,
-            }
-        } else {
-            match memchr::memchr(b'\t', &b[i..]) {
-                Some(p) => {
-                    fields.push(line[i..i + p].to_owned());
-                    i += p + 1;
-                }
-                None => {
-                    fields.push(line[i..].to_owned());
-                    break;
-                }
-            }
-        }
-    }
-    fields
 }
 
 #[derive(Debug, Deserialize)]
@@ -449,13 +456,6 @@ mod tests {
             assert_eq!(back, c);
         }
         assert_eq!(split_contents("\"T\"\nbody"), ("T".into(), "body".into(), None));
-    }
-
-    #[test]
-    fn tsv_quotes() {
-        assert_eq!(split_tsv("1\t\"a \"\"b\"\" c\"\tT"), vec!["1", "a \"b\" c", "T"]);
-        assert_eq!(split_tsv("1\tplain\tT"), vec!["1", "plain", "T"]);
-        assert_eq!(split_tsv("1\tonly"), vec!["1", "only"]);
     }
 
     #[test]

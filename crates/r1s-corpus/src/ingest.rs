@@ -29,6 +29,8 @@ pub struct IngestOptions {
     pub format: Format,
     /// Words per passage.
     pub words: usize,
+    /// How documents are cut into windows of about `words` words.
+    pub chunking: crate::chunk::Chunking,
     /// Worker threads (0 = all cores).
     pub threads: usize,
     /// `-multistream-index.txt.bz2` of a multistream dump.
@@ -52,6 +54,7 @@ impl Default for IngestOptions {
         IngestOptions {
             format: Format::Auto,
             words: 100,
+            chunking: crate::chunk::Chunking::Balanced,
             threads: 0,
             multistream_index: None,
             keep_redirects: false,
@@ -272,14 +275,14 @@ const UNIT_BATCH: usize = 2048;
 
 fn process(unit: Unit, opts: &IngestOptions) -> Processed {
     match unit {
-        Unit::Doc { doc_id, title, text } => chunked(&doc_id, &title, &text, opts.words, false),
+        Unit::Doc { doc_id, title, text } => chunked(&doc_id, &title, &text, opts, false),
         Unit::Passage(p) => Processed::Passages { passages: vec![p], page: false },
         Unit::Bad(e) => Processed::Bad(e),
     }
 }
 
-fn chunked(doc_id: &str, title: &str, text: &str, words: usize, page: bool) -> Processed {
-    passages(doc_id, title, crate::chunk::chunk_words(text, words), page)
+fn chunked(doc_id: &str, title: &str, text: &str, opts: &IngestOptions, page: bool) -> Processed {
+    passages(doc_id, title, crate::chunk::chunk_words_in(text, opts.words, opts.chunking), page)
 }
 
 fn passages(doc_id: &str, title: &str, chunks: Vec<String>, page: bool) -> Processed {
@@ -323,7 +326,7 @@ fn process_page(page: WikiPage, opts: &IngestOptions) -> Processed {
     }
     let text = crate::wikitext::clean(&page.text);
     // clean() normalises whitespace, so the separator-counting chunker applies
-    let chunks = crate::chunk::chunk_normalized(&text, opts.words);
+    let chunks = crate::chunk::chunk_normalized_in(&text, opts.words, opts.chunking);
     passages(&page.id.to_string(), &page.title, chunks, true)
 }
 

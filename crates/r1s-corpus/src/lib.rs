@@ -18,6 +18,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod chunk;
+pub use chunk::Chunking;
 pub mod dump;
 pub mod error;
 pub mod formats;

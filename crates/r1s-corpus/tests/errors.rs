@@ -113,8 +113,46 @@ fn tsv_row_with_missing_fields() {
     let path = dir.path().join("p.tsv");
     std::fs::write(&path, "id\ttext\ttitle\n1\tok\tT\n2\tmissing title\n").unwrap();
     let err = run(&[path], &dir.path().join("out"), &opts()).unwrap_err();
-    assert!(matches!(err, CorpusError::BadInput { at: Location::Line(3), .. }), "{err}");
-    assert!(err.to_string().contains("p.tsv: line 3"), "{err}");
+    assert!(matches!(err, CorpusError::BadInput { at: Location::Record { line: 3, byte: 21 }, .. }), "{err}");
+    assert!(err.to_string().contains("p.tsv: line 3 (byte 21)"), "{err}");
+}
+
+/// A DPR TSV whose quoted text field held a newline aborted ingest ("line 6: expected 3
+/// tab-separated fields, found 2"): lines were split by hand. Every record must come out as Python's
+/// `csv.reader(f, delimiter="\t")` yields it (the expected values were printed by Python 3): doubled
+/// quotes, quoted tabs and newlines, a `"` inside an unquoted field, text after a closing quote, CRLF,
+/// blank lines, extra fields; a short record is named by its first line and byte offset, and
+/// `--skip-bad` counts it.
+#[test]
+fn dpr_tsv_with_a_quoted_newline_reads_as_python_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("psgs_w100.tsv");
+    let data = "id\ttext\ttitle\r\n1\t\"Aaron Aaron ( or ; \"\"Ahärôn\"\") is a prophet\"\tAaron\r\n2\t\"a quoted\ttab and a\nnewline inside\"\tQuoted\n3\tan unquoted \"quote\" inside\tUnq\n4\t\"closing quote then\"more\tAfter\n\n5\t\"spans\n\nthree lines\"\tLines\n6\tplain\tT\textra field\n7\tmissing title\n8\tlast\tL";
+    std::fs::write(&path, data).unwrap();
+    let err = run(std::slice::from_ref(&path), &dir.path().join("out"), &opts()).unwrap_err();
+    assert!(matches!(err, CorpusError::BadInput { at: Location::Record { line: 12, byte: 235 }, .. }), "{err}");
+    assert!(err.to_string().contains("found 2"), "{err}");
+    let o = IngestOptions { skip_bad: true, ..opts() };
+    let c = ingest_ok(&[path], &dir.path().join("out"), &o);
+    assert_eq!(c.manifest.counts.bad_records, 1);
+    let got: Vec<(String, String, String)> = (0..c.docstore.len())
+        .map(|r| {
+            let p = c.docstore.get(r).unwrap();
+            (p.id.to_owned(), p.text.to_owned(), p.title.to_owned())
+        })
+        .collect();
+    let want = [
+        ("1", "Aaron Aaron ( or ; \"Ahärôn\") is a prophet", "Aaron"),
+        ("2", "a quoted\ttab and a\nnewline inside", "Quoted"),
+        ("3", "an unquoted \"quote\" inside", "Unq"),
+        ("4", "closing quote thenmore", "After"),
+        ("5", "spans\n\nthree lines", "Lines"),
+        ("6", "plain", "T"),
+        ("8", "last", "L"),
+    ];
+    let want: Vec<(String, String, String)> =
+        want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(got, want);
 }
 
 #[test]

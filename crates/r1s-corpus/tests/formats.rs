@@ -99,3 +99,31 @@ fn sample_summaries_when_fetched() {
     assert_eq!(c.manifest.counts.documents, 10_033);
     assert!(c.docstore.len() >= 10_033);
 }
+
+/// 100-word DPR windows left short tails (304 passages under 5 words in the sample corpus, and
+/// "Tasmania: capital city." ranked first for "capital of Australia"). Balanced windows, the default,
+/// leave no passage under half the window unless its whole document is; `dpr` keeps DPR's windows;
+/// the manifest records the mode.
+#[test]
+fn short_tail_passages_are_balanced_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [dump(), shared("kilt/kilt_knowledgesource_sample100.jsonl")];
+    let short_tails = |c: &r1s_corpus::Corpus| {
+        let mut per_doc: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for p in c.docstore.iter() {
+            let p = p.unwrap();
+            per_doc.entry(p.doc_id.to_owned()).or_default().push(p.text.split_whitespace().count());
+        }
+        per_doc.values().filter(|w| w.len() > 1).flatten().filter(|&&n| n < 50).count()
+    };
+    let balanced = ingest_ok(&inputs, &dir.path().join("balanced"), &opts());
+    let dpr =
+        ingest_ok(&inputs, &dir.path().join("dpr"), &IngestOptions { chunking: r1s_corpus::Chunking::Dpr, ..opts() });
+    assert_eq!(balanced.manifest.options["chunking"], "balanced");
+    assert_eq!(dpr.manifest.options["chunking"], "dpr");
+    // the same number of windows, the same words
+    assert_eq!(balanced.docstore.len(), dpr.docstore.len());
+    assert!(short_tails(&dpr) >= 40, "dpr tails: {}", short_tails(&dpr));
+    assert_eq!(short_tails(&balanced), 0);
+    assert_ne!(balanced.manifest.content_id(), dpr.manifest.content_id());
+}
