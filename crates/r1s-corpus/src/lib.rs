@@ -24,6 +24,7 @@ pub mod error;
 pub mod formats;
 pub mod ingest;
 pub mod store;
+pub mod templates;
 pub mod wikitext;
 
 pub use error::{CorpusError, Location, Result};

@@ -670,6 +670,10 @@ struct Scanner<'a> {
     dropping: Option<(usize, usize)>,
     /// Where the current source line begins (a line of only whitespace ends a paragraph).
     line_begin: usize,
+    /// Where the content of the outermost open template starts (after its `{{`), when it is a
+    /// template (not a `{{{parameter}}}`) outside tables: rendered at its close if it is a content
+    /// template ([`crate::templates::render`]).
+    template_start: Option<usize>,
 }
 
 impl<'a> Scanner<'a> {
@@ -688,6 +692,7 @@ impl<'a> Scanner<'a> {
             heading: None,
             dropping: None,
             line_begin: 0,
+            template_start: None,
         }
     }
 
@@ -751,6 +756,9 @@ impl<'a> Scanner<'a> {
                     if self.pairing.unmatched_braces.get(self.brace_cursor) == Some(&pos) {
                         self.brace_cursor += 1;
                     } else {
+                        if self.templates.is_empty() {
+                            self.template_start = (w == 2 && self.tables == 0).then_some(pos + 2);
+                        }
                         self.templates.push(w);
                     }
                 }
@@ -758,7 +766,19 @@ impl<'a> Scanner<'a> {
             }
             b'}' => {
                 let m = run_len(src, i, b'}');
+                let open = !self.templates.is_empty();
                 let left = if m == 1 { 1 } else { close_tokens(&mut self.templates, m) };
+                if open && self.templates.is_empty() {
+                    // the outermost template closed with the last two braces this run consumed
+                    let end = (i + m - left).saturating_sub(2);
+                    if let Some(start) = self.template_start.take()
+                        && start <= end
+                        && self.tables == 0
+                        && let Some(text) = crate::templates::render(&src[start..end])
+                    {
+                        self.out.extend_from_slice(text.as_bytes());
+                    }
+                }
                 if left == 1 {
                     self.emit(b"}");
                 }
@@ -1090,6 +1110,28 @@ mod tests {
                 proptest::prop_assert_eq!(line, s);
             }
         }
+    }
+
+    /// Dropping every template left gaps where the page shows facts ("At, the state has…").
+    #[test]
+    fn content_templates_leave_no_gap() {
+        assert_eq!(clean("At {{convert|1300|mi|km}}, the state has a coast."), "At 1300 mi, the state has a coast.");
+        assert_eq!(
+            clean("The hill rises to {{convert|93|m|ft}} above the sea."),
+            "The hill rises to 93 m above the sea."
+        );
+        assert_eq!(
+            clean("'''Tokyo Tower''' ({{nihongo|Tokyo Tower|東京タワー|Tōkyō tawā}}) opened {{circa|1958}}."),
+            "Tokyo Tower (Tokyo Tower (東京タワー, Tōkyō tawā)) opened c. 1958."
+        );
+        assert_eq!(clean("Born {{birth date|1961|8|4}} in {{lang|haw|Honolulu}}."), "Born August 4, 1961 in Honolulu.");
+        assert_eq!(
+            clean("A {{frac|1|2}} share, {{height|m=1.85}} tall, {{sortname|John|Smith}}."),
+            "A 1/2 share, 1.85 m tall, John Smith."
+        );
+        // layout, citations, nested templates and templates in tables stay dropped
+        assert_eq!(clean("Text.{{sfn|X|2000}} {{Infobox|a={{convert|1|km}}}}More."), "Text. More.");
+        assert_eq!(clean("{|\n| {{convert|5|km}}\n|}\nAfter."), "After.");
     }
 
     #[test]
