@@ -11,7 +11,7 @@ import argparse, bz2, collections, json, re, sys
 
 RENDERED = {"convert", "cvt", "nihongo", "lang", "nowrap", "nobr", "circa", "c.", "start date", "end date",
             "birth date", "death date", "start date and age", "birth date and age", "death date and age", "frac",
-            "height", "sortname", "small", "ill", "as of", "abbr", "mvar", "ndash", "mdash", "blockquote", "quote", "spaces"}
+            "height", "sortname", "small", "ill", "as of", "abbr", "mvar", "ndash", "mdash", "blockquote", "quote", "spaces", "em"}
 GAP = re.compile(r"\b(?:[Aa]t|to|of|from|about|approximately|around|nearly|over|under|some|by|between|measures|measuring)"
                  r"(?:\s*[,.;:)]|\s+(?:above|below|high|long|wide|tall|deep|in length|in diameter)\b)")
 

@@ -216,12 +216,30 @@ pub fn kilt_text(title: &str, paragraphs: &[String]) -> String {
     out
 }
 
+/// A position in a TSV file: the byte, its line, and whether the byte before was a `\r`.
+#[derive(Debug, Clone, Copy)]
+struct LineCount {
+    at: u64,
+    line: u64,
+    after_cr: bool,
+}
+
+impl Default for LineCount {
+    fn default() -> Self {
+        LineCount { at: 0, line: 1, after_cr: false }
+    }
+}
+
 /// Reads a line-oriented input (JSONL or TSV) record by record.
 pub struct LineSource {
     reader: Box<dyn BufRead + Send>,
     /// DPR TSV: the csv crate's reader over the file (records may span lines).
     tsv: Option<csv::Reader<Box<dyn BufRead + Send>>>,
     record: csv::ByteRecord,
+    /// TSV records read so far.
+    tsv_records: u64,
+    /// Where [`LineSource::tsv_locate`] stopped.
+    line_count: LineCount,
     path: PathBuf,
     format: Format,
     line_no: u64,
@@ -259,6 +277,8 @@ impl LineSource {
         Ok(LineSource {
             tsv: tsv.transpose()?,
             record: csv::ByteRecord::new(),
+            tsv_records: 0,
+            line_count: LineCount::default(),
             reader: Box::new(BufReader::with_capacity(1 << 20, file)),
             path: path.to_path_buf(),
             format,
@@ -275,12 +295,55 @@ impl LineSource {
         self.bytes.clone()
     }
 
-    fn bad(&self, message: impl Into<String>) -> Unit {
-        let at = match self.record.position() {
-            Some(p) if self.tsv.is_some() => Location::Record { line: p.line(), byte: p.byte() },
+    fn bad(&mut self, message: impl Into<String>) -> Unit {
+        let at = match self.record.position().map(|p| p.byte()) {
+            Some(byte) if self.tsv.is_some() => {
+                let (line, byte) = self.tsv_locate(byte);
+                Location::Record { line, byte }
+            }
             _ => Location::Line(self.line_no),
         };
         Unit::Bad(CorpusError::bad(&self.path, at, message))
+    }
+
+    /// The 1-based line and the byte offset in the file of the TSV record the csv reader places at
+    /// `csv_byte` (after a `\r\n` the csv crate points at its `\n`; the record starts after it).
+    /// Lines count `\r\n`, `\r` and `\n` as Python's universal newlines do. Reads forward from the
+    /// previous call (errors come in file order), so that all calls together read the file once.
+    fn tsv_locate(&mut self, csv_byte: u64) -> (u64, u64) {
+        use std::io::{Seek, SeekFrom};
+        if csv_byte < self.line_count.at {
+            self.line_count = LineCount::default();
+        }
+        let c = &mut self.line_count;
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return (0, csv_byte) };
+        if f.seek(SeekFrom::Start(c.at)).is_err() {
+            return (0, csv_byte);
+        }
+        let mut r = BufReader::new(f);
+        let mut buf = [0u8; 1 << 16];
+        'read: loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in &buf[..n] {
+                if c.at >= csv_byte && !(b == b'\n' && c.after_cr) {
+                    break 'read;
+                }
+                c.at += 1;
+                match b {
+                    b'\n' if c.after_cr => c.after_cr = false,
+                    b'\n' => c.line += 1,
+                    b'\r' => {
+                        c.line += 1;
+                        c.after_cr = true;
+                    }
+                    _ => c.after_cr = false,
+                }
+            }
+        }
+        (c.line, c.at)
     }
 
     /// The next TSV record, as Python's csv module reads it: the header and blank lines skipped,
@@ -301,26 +364,33 @@ impl LineSource {
                 }
             }
             self.bytes.store(rdr.position().byte(), std::sync::atomic::Ordering::Relaxed);
-            let line = self.record.position().map_or(0, |p| p.line());
-            self.line_no = line;
+            self.tsv_records += 1;
             let r = &self.record;
-            if r.len() <= 1 && r.get(0).is_none_or(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            // blank lines give no record; a row of only whitespace is a 1-field record (an error below)
+            if r.is_empty() {
                 continue;
             }
-            if line == 1 && r.get(0) == Some(b"id") {
+            // DPR's header: the first record, `id` first
+            if self.tsv_records == 1 && r.get(0) == Some(b"id") {
                 continue;
             }
             if r.len() < 3 {
-                return Some(self.bad(format!("expected 3 tab-separated fields (id, text, title), found {}", r.len())));
+                let n = r.len();
+                return Some(self.bad(format!("expected 3 tab-separated fields (id, text, title), found {n}")));
             }
             let mut fields = Vec::with_capacity(3);
+            let mut invalid = None;
             for (k, f) in r.iter().take(3).enumerate() {
                 match std::str::from_utf8(f) {
                     Ok(s) => fields.push(s.to_owned()),
                     Err(e) => {
-                        return Some(self.bad(format!("invalid UTF-8 at byte {} of field {}", e.valid_up_to(), k + 1)));
+                        invalid = Some(format!("invalid UTF-8 at byte {} of field {}", e.valid_up_to(), k + 1));
+                        break;
                     }
                 }
+            }
+            if let Some(why) = invalid {
+                return Some(self.bad(why));
             }
             let title = fields.pop().unwrap_or_default();
             let text = fields.pop().unwrap_or_default();

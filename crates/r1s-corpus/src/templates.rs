@@ -10,7 +10,8 @@
 //! Rendered (names compared lower-cased, `_` as space): `convert`/`cvt`, `nihongo`, `lang`,
 //! `lang-xx`, `nowrap`/`nobr`, `circa`/`c.`, `start date`, `end date`, `birth date`, `death date`
 //! (and their `… and age` forms), `frac`, `height`, `sortname`, `small`, `ill`, `as of`, `abbr`,
-//! `mvar`, `ndash`, `mdash`, `blockquote`, `spaces`.
+//! `mvar`, `em`, `ndash`, `mdash`, `blockquote`, `spaces`. Parameters may hold links and, within
+//! bounds, other templates (cleaned in turn).
 
 /// The names [`render`] handles (lower case).
 pub const RENDERED: &[&str] = &[
@@ -41,8 +42,36 @@ pub const RENDERED: &[&str] = &[
     "mdash",
     "blockquote",
     "quote",
+    "em",
     "spaces",
 ];
+
+/// A content template holding other templates is rendered only when it is at most this long …
+const MAX_NESTED_BYTES: usize = 4096;
+/// … and holds at most this many `{{`.
+const MAX_NESTED: usize = 8;
+
+/// Unit codes of `{{convert}}` shown as the page shows them (the rest as written).
+fn unit(code: &str) -> &str {
+    match code {
+        "C" => "°C",
+        "F" => "°F",
+        "K" => "K",
+        "km2" => "km²",
+        "m2" => "m²",
+        "sqmi" => "sq mi",
+        "sqft" => "sq ft",
+        "sqkm" => "km²",
+        "ha" => "ha",
+        "acre" => "acres",
+        "km/h" | "kph" => "km/h",
+        "ftin" => "ft",
+        "e3" => "thousand",
+        "e6" => "million",
+        "e9" => "billion",
+        other => other,
+    }
+}
 
 /// The normalised name of a template call's content (`Convert` → `convert`, `Start_date` →
 /// `start date`), or `None` for a parser function or magic word (`#if:`, `DEFAULTSORT:`).
@@ -111,10 +140,10 @@ fn params(content: &str) -> Params<'_> {
     let mut parts = Vec::new();
     let (mut depth, mut start, mut i) = (0usize, 0usize, 0usize);
     while i < b.len() {
-        if b[i..].starts_with(b"[[") {
+        if b[i..].starts_with(b"[[") || b[i..].starts_with(b"{{") {
             depth += 1;
             i += 2;
-        } else if b[i..].starts_with(b"]]") {
+        } else if b[i..].starts_with(b"]]") || b[i..].starts_with(b"}}") {
             depth = depth.saturating_sub(1);
             i += 2;
         } else {
@@ -127,10 +156,16 @@ fn params(content: &str) -> Params<'_> {
     }
     parts.push(&content[start..]);
     let mut p = Params { positional: Vec::new(), named: Vec::new() };
+    let mut numbered: Vec<(usize, String)> = Vec::new();
     for part in parts.into_iter().skip(1) {
         match part.split_once('=') {
+            // `1=value`: an explicitly numbered positional parameter (it may hold `=`)
+            Some((k, v)) if k.trim().parse::<usize>().is_ok_and(|n| (1..=64).contains(&n)) => {
+                numbered.push((k.trim().parse::<usize>().unwrap_or(1) - 1, text(v)));
+            }
             Some((k, v))
                 if !k.is_empty()
+                    && !k.contains("{{")
                     && k.trim().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b' ' || c == b'-') =>
             {
                 p.named.push((k.trim(), text(v)))
@@ -138,13 +173,19 @@ fn params(content: &str) -> Params<'_> {
             _ => p.positional.push(text(part)),
         }
     }
+    for (slot, v) in numbered {
+        if p.positional.len() <= slot {
+            p.positional.resize(slot + 1, String::new());
+        }
+        p.positional[slot] = v;
+    }
     p
 }
 
 /// A parameter value as plain text: links and formatting cleaned when present.
 fn text(v: &str) -> String {
     let v = v.trim();
-    if v.contains("[[") || v.contains("''") || v.contains('<') || v.contains('&') {
+    if v.contains("[[") || v.contains("{{") || v.contains("''") || v.contains('<') || v.contains('&') {
         crate::wikitext::clean(v).replace('\n', " ").trim().to_owned()
     } else {
         v.to_owned()
@@ -201,7 +242,12 @@ pub fn render(content: &[u8]) -> Option<String> {
         return None;
     }
     let name = name(content)?;
-    if memchr::memmem::find(content, b"{{").is_some() {
+    // nested templates are cleaned (and rendered) with the parameters, within bounds that keep the
+    // work linear: each byte is re-read at most once per enclosing rendered template, and at most
+    // MAX_NESTED of those enclose it
+    if memchr::memmem::find(content, b"{{").is_some()
+        && (content.len() > MAX_NESTED_BYTES || memchr::memmem::find_iter(content, b"{{").count() > MAX_NESTED)
+    {
         return None;
     }
     let s = std::str::from_utf8(content).ok()?;
@@ -209,21 +255,31 @@ pub fn render(content: &[u8]) -> Option<String> {
     let joined = |parts: &[&str]| parts.iter().filter(|x| !x.is_empty()).copied().collect::<Vec<_>>().join(" ");
     let out = match name.as_str() {
         "convert" | "cvt" => {
-            // value unit, or a range: value to/and/-/… value unit
             let range = matches!(p.pos(1), "to" | "and" | "-" | "–" | "or" | "by" | "x" | "×" | "to(-)" | "+/-" | "±");
-            if range { joined(&[p.pos(0), p.pos(1), p.pos(2), p.pos(3)]) } else { joined(&[p.pos(0), p.pos(1)]) }
+            let is_number = |x: &str| !x.is_empty() && x.trim_start_matches(['-', '−', '+']).parse::<f64>().is_ok();
+            if range {
+                // a range: value to/and/-/… value unit
+                joined(&[p.pos(0), p.pos(1), p.pos(2), unit(p.pos(3))])
+            } else if is_number(p.pos(2)) && !p.pos(3).is_empty() {
+                // several parts of one measure: 6 ft 3 in
+                joined(&[p.pos(0), unit(p.pos(1)), p.pos(2), unit(p.pos(3))])
+            } else {
+                joined(&[p.pos(0), unit(p.pos(1))])
+            }
         }
         "nihongo" => {
-            let inner: Vec<&str> = [p.pos(1), p.pos(2)].into_iter().filter(|x| !x.is_empty()).collect();
+            let lit = (!p.pos(3).is_empty()).then(|| format!("lit. {}", p.pos(3)));
+            let inner: Vec<&str> =
+                [p.pos(1), p.pos(2), lit.as_deref().unwrap_or("")].into_iter().filter(|x| !x.is_empty()).collect();
             match (p.pos(0), inner.is_empty()) {
                 ("", _) => inner.join(", "),
                 (en, true) => en.to_owned(),
                 (en, false) => format!("{en} ({})", inner.join(", ")),
             }
         }
-        "lang" => p.pos(1).to_owned(),
-        n if n.starts_with("lang-") => p.pos(0).to_owned(),
-        "nowrap" | "nobr" | "small" | "ill" | "mvar" | "abbr" => p.pos(0).to_owned(),
+        "lang" => p.named("text").unwrap_or(p.pos(1)).to_owned(),
+        n if n.starts_with("lang-") => p.named("text").unwrap_or(p.pos(0)).to_owned(),
+        "nowrap" | "nobr" | "small" | "ill" | "mvar" | "abbr" | "em" => p.pos(0).to_owned(),
         "circa" | "c." => {
             if p.pos(0).is_empty() {
                 "c.".to_owned()
@@ -247,7 +303,10 @@ pub fn render(content: &[u8]) -> Option<String> {
             parts.join(" ")
         }
         "sortname" => joined(&[p.pos(0), p.pos(1)]),
-        "as of" => format!("As of {}", date(&p)?),
+        "as of" => {
+            let lower = p.named("lc").is_some_and(|v| matches!(v, "y" | "yes" | "Y"));
+            format!("{} {}", if lower { "as of" } else { "As of" }, date(&p)?)
+        }
         "blockquote" | "quote" => p.named("text").or(p.named("quote")).unwrap_or(p.pos(0)).to_owned(),
         "spaces" => return Some(" ".to_owned()),
         "ndash" => "–".to_owned(),
@@ -296,7 +355,25 @@ mod tests {
         assert_eq!(r("cite web|url=x|title=y"), None);
         assert_eq!(r("Infobox country|name=X"), None);
         assert_eq!(r("#if:x|y"), None);
-        assert_eq!(r("convert|{{some|1}}|km"), None);
+        // nested templates are cleaned with the parameters (dropped or rendered in turn)
+        assert_eq!(r("nowrap|{{convert|5|km}}").as_deref(), Some("5 km"));
+        assert_eq!(r("lang|fr|je ne sais {{em|quoi}}").as_deref(), Some("je ne sais quoi"));
+        assert_eq!(r("lang|fr|je ne sais {{sfn|X}}").as_deref(), Some("je ne sais"));
+        assert_eq!(r("blockquote|To be.<ref>{{cite book|x}}</ref>|Shakespeare").as_deref(), Some("To be."));
+        assert_eq!(r(&format!("nowrap|{}", "{{x}}".repeat(9))), None);
+        // numbered and named text parameters
+        assert_eq!(r("nowrap|1=a=b").as_deref(), Some("a=b"));
+        assert_eq!(r("convert|1=324|2=m|3=ft").as_deref(), Some("324 m"));
+        assert_eq!(r("lang|fr|text=je ne sais quoi").as_deref(), Some("je ne sais quoi"));
+        // several parts of a measure, unit symbols, literal meanings, lower case
+        assert_eq!(r("convert|6|ft|3|in|m").as_deref(), Some("6 ft 3 in"));
+        assert_eq!(r("convert|-40|C|F").as_deref(), Some("-40 °C"));
+        assert_eq!(r("convert|14|e6|acre").as_deref(), Some("14 million"));
+        assert_eq!(
+            r("nihongo|Tokyo|東京|Tōkyō|eastern capital").as_deref(),
+            Some("Tokyo (東京, Tōkyō, lit. eastern capital)")
+        );
+        assert_eq!(r("as of|2020|lc=y").as_deref(), Some("as of 2020"));
         assert_eq!(r("lang|fr|"), None);
     }
 }

@@ -153,6 +153,28 @@ fn dpr_tsv_with_a_quoted_newline_reads_as_python_csv() {
     let want: Vec<(String, String, String)> =
         want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
     assert_eq!(got, want);
+
+    // CRLF and CR line ends: only the first record can be the header, lines count as Python's
+    // universal newlines do, and a row of only a space is a 1-field record
+    for (data, line, byte) in [
+        ("1\ta\tb\r\nid\tx\ty\r\nx\r\n", 3, 15),
+        ("1\ta\tb\rid\tx\ty\rx\r", 3, 13),
+        ("id\ttext\ttitle\r\n1\ta\tb\r\n \r\n", 3, 22),
+    ] {
+        std::fs::write(dir.path().join("crlf.tsv"), data).unwrap();
+        let err = run(&[dir.path().join("crlf.tsv")], &dir.path().join("crlf"), &opts()).unwrap_err();
+        assert!(
+            matches!(err, CorpusError::BadInput { at: Location::Record { line: l, byte: b }, .. } if l == line && b == byte),
+            "{data:?}: {err}"
+        );
+        let c = ingest_ok(
+            &[dir.path().join("crlf.tsv")],
+            &dir.path().join("crlf"),
+            &IngestOptions { skip_bad: true, ..opts() },
+        );
+        assert_eq!(c.manifest.counts.bad_records, 1, "{data:?}");
+        std::fs::remove_dir_all(dir.path().join("crlf")).unwrap();
+    }
 }
 
 #[test]
