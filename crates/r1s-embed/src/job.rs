@@ -262,12 +262,16 @@ fn resume_state(
     let mut file = std::fs::File::open(partial).at(partial)?;
     let len = file.metadata().at(partial)?.len();
     let mut chunks = old.chunk_sha256;
-    let chunk_rows = settings.chunk_rows as u64;
+    let chunk_rows = (settings.chunk_rows as u64).max(1);
+    // the state file is input: it cannot claim more chunks than the rows make
+    chunks.truncate(usize::try_from(settings.rows.div_ceil(chunk_rows)).unwrap_or(usize::MAX));
     while let Some(expected) = chunks.last() {
         let k = chunks.len() as u64 - 1;
+        // k < rows / chunk_rows rounded up, so k * chunk_rows < rows: no underflow; sizes are bounded
+        // by the matrix the header describes
         let start = header.data_offset + k * chunk_rows * header.row_bytes();
         let n = (settings.rows - k * chunk_rows).min(chunk_rows) * header.row_bytes();
-        if start + n <= len {
+        if start.checked_add(n).is_some_and(|end| end <= len) {
             let mut buf = vec![0u8; n as usize];
             file.seek(SeekFrom::Start(start)).at(partial)?;
             std::io::Read::read_exact(&mut file, &mut buf).at(partial)?;

@@ -115,6 +115,56 @@ fn resume_after_interruption_gives_the_identical_file() {
     assert!(!job.out.join("embeddings.state.json").exists());
 }
 
+/// The resume state is input read from disk: mutated state files (extra chunk hashes, huge numbers,
+/// flipped and cut bytes) must end in a clear error or a correct resume, never a panic. A state
+/// claiming more chunks than the rows make once underflowed the remaining-rows count.
+#[test]
+fn mutated_resume_states_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path());
+    let whole = EmbedJob { chunk_rows: 32, ..EmbedJob::new(&corpus, dir.path().join("whole")) };
+    let reference = std::fs::read(embed_corpus(minilm(), &whole, &NoProgress, &Cancel::new()).unwrap().path).unwrap();
+    let job = EmbedJob { chunk_rows: 32, ..EmbedJob::new(&corpus, dir.path().join("m")) };
+    let cancel = Cancel::new();
+    let killer = KillAfter { done: AtomicU64::new(0), after: 100, cancel: &cancel };
+    assert!(embed_corpus(minilm(), &job, &killer, &cancel).is_err());
+    let keep = dir.path().join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    for f in ["embeddings.npy.partial", "embeddings.state.json"] {
+        std::fs::copy(job.out.join(f), keep.join(f)).unwrap();
+    }
+    let state = std::fs::read_to_string(keep.join("embeddings.state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let hash = v["chunk_sha256"][0].as_str().unwrap().to_owned();
+    let mut cases: Vec<String> = Vec::new();
+    let mut many = v.clone();
+    many["chunk_sha256"] = serde_json::Value::Array(vec![hash.clone().into(); 10_000]);
+    cases.push(many.to_string());
+    for huge in ["18446744073709551615", "4294967296", "0"] {
+        cases.push(state.replacen("32", huge, 1));
+        cases.push(state.replacen("150", huge, 1));
+    }
+    cases.push(state[..state.len() / 2].to_owned());
+    cases.push(state.replace(&hash, &"0".repeat(64)));
+    cases.push(
+        String::from_utf8_lossy(&state.bytes().map(|b| if b == b'1' { b'9' } else { b }).collect::<Vec<_>>())
+            .into_owned(),
+    );
+    for (i, case) in cases.iter().enumerate() {
+        for f in ["embeddings.npy.partial", "embeddings.state.json"] {
+            std::fs::copy(keep.join(f), job.out.join(f)).unwrap();
+        }
+        std::fs::write(job.out.join("embeddings.state.json"), case).unwrap();
+        let _ = std::fs::remove_file(job.out.join("embeddings.npy"));
+        match embed_corpus(minilm(), &job, &NoProgress, &Cancel::new()) {
+            Ok(r) => {
+                assert_eq!(std::fs::read(&r.path).unwrap(), reference, "case {i}: a resume must give the same file")
+            }
+            Err(e) => assert!(!e.to_string().is_empty(), "case {i}"),
+        }
+    }
+}
+
 #[test]
 fn other_settings_do_not_resume_silently() {
     let dir = tempfile::tempdir().unwrap();
