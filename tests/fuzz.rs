@@ -1,5 +1,5 @@
 //! Mutation fuzzing of every reader of untrusted bytes: GGUF (directory, tensors, tokenizer
-//! metadata), `.npy` (header and rows), the docstore (`docstore.idx` + `docstore.bin`), index
+//! metadata), safetensors (policy weights), `.npy` (header and rows), the docstore (`docstore.idx` + `docstore.bin`), index
 //! directories (`manifest.json`, `embeddings.npy`, `hnsw.r1s`, `codes.sq8`), the BM25 manifest, and
 //! HTTP request bodies of `r1s serve`.
 //!
@@ -224,6 +224,37 @@ fn fuzz_gguf() {
                 let _ = g.tensor_f32(&n);
             }
             let _ = r1s_policy::tokenizer::TextTokenizer::from_gguf(&g);
+        }
+    });
+}
+
+// ---------------------------------------------------------------- safetensors
+
+#[test]
+fn fuzz_safetensors() {
+    use r1s_policy::load::{SafetensorsWeights, WeightSource};
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        ("model.embed_tokens.weight".to_owned(), (0..16).map(|i| i as f32 / 8.0).collect(), vec![4, 4]),
+        ("model.norm.weight".to_owned(), vec![1.0; 8], vec![8]),
+        ("lm_head.weight".to_owned(), vec![0.5; 12], vec![3, 4]),
+    ];
+    let meta = [("format".to_owned(), "pt".to_owned())].into_iter().collect();
+    let seed = r1s_policy::load::f32_safetensors(tensors, meta).unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &seed).unwrap();
+    let w = SafetensorsWeights::open(&dir).expect("the seed is a valid safetensors file");
+    assert_eq!(w.get("lm_head.weight").unwrap().unwrap().1, [3, 4]);
+    fuzz("safetensors", |_, rng| {
+        std::fs::write(dir.join("model.safetensors"), mutate(&seed, rng)).unwrap();
+        if let Ok(w) = SafetensorsWeights::open(&dir) {
+            for name in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "absent"] {
+                if let Ok(Some((values, shape))) = w.get(name) {
+                    // what a loader does next: compare the shape's product with the values
+                    let _ = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) == Some(values.len());
+                }
+            }
         }
     });
 }

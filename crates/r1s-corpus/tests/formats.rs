@@ -95,9 +95,18 @@ fn sample_summaries_when_fetched() {
     }
     let dir = tempfile::tempdir().unwrap();
     let o = IngestOptions { format: Format::WikiSummaries, ..opts() };
-    let c = ingest_ok(&[src], &dir.path().join("sum"), &o);
+    let c = ingest_ok(std::slice::from_ref(&src), &dir.path().join("sum"), &o);
     assert_eq!(c.manifest.counts.documents, 10_033);
-    assert!(c.docstore.len() >= 10_033);
+    assert_eq!(c.docstore.len(), 12_324);
+    // the short tails DPR windows leave (#16): 304 passages under 5 words, 626 under 10; balanced
+    // windows leave 0 and 3 (three whole summaries), from the same number of passages
+    let short = |c: &r1s_corpus::Corpus, n: usize| {
+        c.docstore.iter().filter(|p| p.as_ref().unwrap().text.split_whitespace().count() < n).count()
+    };
+    assert_eq!((short(&c, 5), short(&c, 10)), (0, 3));
+    let dpr = ingest_ok(&[src], &dir.path().join("dpr"), &IngestOptions { chunking: r1s_corpus::Chunking::Dpr, ..o });
+    assert_eq!(dpr.docstore.len(), 12_324);
+    assert_eq!((short(&dpr, 5), short(&dpr, 10)), (304, 626));
 }
 
 /// 100-word DPR windows left short tails (304 passages under 5 words in the sample corpus, and
