@@ -472,6 +472,10 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     refused(&["retrieve", "--index", hybrid_s, "--k1", "-1", "x"], "invalid value '-1' for '--k1 <K1>'");
     refused(&["retrieve", "--index", bm25_s, "--fusion", "linear", "x"], "apply to hybrid indexes");
     refused(&["index", "eval", "--index", bm25_s, "--queries", src.to_str().unwrap()], "use --answers");
+    // a corpus where an index is expected, and the reverse, are named as such
+    let corpus_dir = dir.path().join("corpus");
+    refused(&["retrieve", "--index", corpus_dir.to_str().unwrap(), "x"], "is a corpus directory, not an index");
+    refused(&["corpus", "stats", bm25_s], "is a bm25 index directory, not a corpus");
     // a missing index is a missing input (66), named once
     let out = r1s().args(["retrieve", "--index", "/nonexistent/idx", "x"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -524,6 +524,25 @@ impl Corpus {
                 reason: format!("no {MANIFEST_FILE} (not a finished corpus directory)"),
             });
         }
+        // an index directory given where a corpus is expected: say so, and where its corpus is
+        if !dir.join(DOCSTORE_INDEX).exists()
+            && let Some(v) = std::fs::read(dir.join(MANIFEST_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            && let Some(kind) = v["kind"].as_str()
+        {
+            return Err(CorpusError::BadCorpus {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "this is a {kind} index directory, not a corpus{}",
+                    v["corpus"]
+                        .as_str()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| format!(" (its corpus is {c})"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
         let manifest = Manifest::read(dir)?;
         let docstore = Docstore::open(dir)?;
         if docstore.len() != manifest.counts.passages {
