@@ -298,6 +298,8 @@ pub struct Bm25Index {
     body: Field,
     /// The `row` column of each segment, in the searcher's segment order.
     rows: Vec<Column<u64>>,
+    /// The analyzer, built once (its stop-word set and stemmer); cloned per query.
+    analyzer: tantivy::tokenizer::TextAnalyzer,
     avgdl: f32,
 }
 
@@ -378,6 +380,7 @@ impl Bm25Index {
             _reader: reader,
             body,
             rows,
+            analyzer: analyzer::english(),
             avgdl,
         })
     }
@@ -420,7 +423,7 @@ impl Bm25Index {
 
     /// The index terms of `text` (the analyzer the index was built with).
     pub fn analyze(&self, text: &str) -> Vec<String> {
-        analyzer::terms(&mut analyzer::english(), text)
+        analyzer::terms(&mut self.analyzer.clone(), text)
     }
 
     /// The top-`k` `(row, BM25 score)` for each query, best first (ties: lower row first). A query
@@ -433,21 +436,31 @@ impl Bm25Index {
         queries.par_iter().map(|q| self.search_one(q, k)).collect()
     }
 
+    fn tantivy_err(&self, source: tantivy::TantivyError) -> Bm25Error {
+        Bm25Error::Tantivy { path: self.dir.join(TANTIVY_DIR), source }
+    }
+
+    /// A query's weighted terms and the length normalisers of the current k1 / b: what both the
+    /// pruned and the exhaustive scoring start from.
+    fn prepare(&self, query: &str) -> Result<(Vec<score::WeightedTerm>, [f32; 256])> {
+        let terms = self.analyze(query);
+        let weighted = score::weigh(&self.searcher, self.body, &terms).map_err(|e| self.tantivy_err(e))?;
+        Ok((weighted, score::length_norms(self.params, self.avgdl)))
+    }
+
     fn search_one(&self, query: &str, k: usize) -> Result<Vec<Scored>> {
-        let mut analyzer = analyzer::english();
-        let terms = analyzer::terms(&mut analyzer, query);
-        if k == 0 || terms.is_empty() {
+        if k == 0 {
             return Ok(Vec::new());
         }
-        let tdir = || self.dir.join(TANTIVY_DIR);
-        let weighted = score::weigh(&self.searcher, self.body, &terms)
-            .map_err(|e| Bm25Error::Tantivy { path: tdir(), source: e })?;
-        let norms = score::length_norms(self.params, self.avgdl);
+        let (weighted, norms) = self.prepare(query)?;
+        if weighted.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut top = score::TopKHandle::new(k);
         for (segment, rows) in self.searcher.segment_readers().iter().zip(&self.rows) {
             let row_of = |doc| rows.first(doc);
             score::score_segment(segment, self.body, &weighted, &norms, &row_of, &mut top)
-                .map_err(|e| Bm25Error::Tantivy { path: tdir(), source: e })?;
+                .map_err(|e| self.tantivy_err(e))?;
         }
         Ok(top.into_sorted())
     }
@@ -455,17 +468,12 @@ impl Bm25Index {
     /// Every document's score for `query` without pruning, best first: the reference MaxScore is
     /// tested against (slow on large indexes).
     pub fn search_exhaustive(&self, query: &str, k: usize) -> Result<Vec<Scored>> {
-        let terms = self.analyze(query);
-        let tdir = || self.dir.join(TANTIVY_DIR);
-        let weighted = score::weigh(&self.searcher, self.body, &terms)
-            .map_err(|e| Bm25Error::Tantivy { path: tdir(), source: e })?;
-        let norms = score::length_norms(self.params, self.avgdl);
+        let (weighted, norms) = self.prepare(query)?;
         let mut all = Vec::new();
         for (segment, rows) in self.searcher.segment_readers().iter().zip(&self.rows) {
             let row_of = |doc| rows.first(doc);
             all.extend(
-                score::score_all(segment, self.body, &weighted, &norms, &row_of)
-                    .map_err(|e| Bm25Error::Tantivy { path: tdir(), source: e })?,
+                score::score_all(segment, self.body, &weighted, &norms, &row_of).map_err(|e| self.tantivy_err(e))?,
             );
         }
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -259,27 +259,28 @@ impl LineSource {
     /// Opens `path` as `format` (one of the JSONL/TSV formats).
     pub fn open(path: &Path, format: Format) -> Result<Self> {
         let file = std::fs::File::open(path).at(path)?;
-        let tsv = (format == Format::DprTsv).then(|| {
-            let file = std::fs::File::open(path).at(path)?;
-            let reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(1 << 20, file));
+        let buffered: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(1 << 20, file));
+        // DPR TSV goes to the csv reader (records may span lines), the other formats line by line
+        let (reader, tsv): (Box<dyn BufRead + Send>, _) = if format == Format::DprTsv {
             // Python's csv "excel" dialect with a tab: `"` quotes, `""` inside quotes is `"`, a `"`
             // inside an unquoted field is a character, rows may differ in length
-            Ok::<_, CorpusError>(
-                csv::ReaderBuilder::new()
-                    .delimiter(b'\t')
-                    .has_headers(false)
-                    .flexible(true)
-                    .quoting(true)
-                    .double_quote(true)
-                    .from_reader(reader),
-            )
-        });
+            let csv = csv::ReaderBuilder::new()
+                .delimiter(b'\t')
+                .has_headers(false)
+                .flexible(true)
+                .quoting(true)
+                .double_quote(true)
+                .from_reader(buffered);
+            (Box::new(std::io::empty()), Some(csv))
+        } else {
+            (buffered, None)
+        };
         Ok(LineSource {
-            tsv: tsv.transpose()?,
+            tsv,
             record: csv::ByteRecord::new(),
             tsv_records: 0,
             line_count: LineCount::default(),
-            reader: Box::new(BufReader::with_capacity(1 << 20, file)),
+            reader,
             path: path.to_path_buf(),
             format,
             line_no: 0,

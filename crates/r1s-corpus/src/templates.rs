@@ -73,39 +73,16 @@ fn unit(code: &str) -> &str {
     }
 }
 
-/// The normalised name of a template call's content (`Convert` → `convert`, `Start_date` →
-/// `start date`), or `None` for a parser function or magic word (`#if:`, `DEFAULTSORT:`).
-pub fn name(content: &[u8]) -> Option<String> {
-    let end = memchr::memchr(b'|', content).unwrap_or(content.len());
-    if end > 64 {
-        return None; // no template name is that long: free text in braces
-    }
-    let raw = std::str::from_utf8(&content[..end]).ok()?.trim();
-    if raw.is_empty() || raw.starts_with('#') || raw.contains(':') && !raw.to_ascii_lowercase().starts_with("template:")
-    {
-        return None;
-    }
-    let raw = raw.strip_prefix("Template:").or_else(|| raw.strip_prefix("template:")).unwrap_or(raw);
-    let mut out = String::with_capacity(raw.len());
-    for w in raw.split(|c: char| c == '_' || c.is_whitespace()).filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(w);
-    }
-    Some(out.to_lowercase())
-}
-
-/// Whether the call's name is one [`render`] handles, without allocating: the name up to `|`,
-/// ASCII-lower-cased with `_` and runs of whitespace as one space, in a stack buffer.
-fn is_rendered(content: &[u8]) -> bool {
+/// The name of a call [`render`] handles, normalised without allocating (`Convert` → `convert`,
+/// `Start_date` → `start date`: the text up to `|`, ASCII-lower-cased, `_` and runs of whitespace as
+/// one space, an optional `Template:` prefix dropped) in `buf`; `None` for every other template.
+fn rendered_name<'b>(content: &[u8], buf: &'b mut [u8; 24]) -> Option<&'b str> {
     let end = memchr::memchr(b'|', content).unwrap_or(content.len());
     let raw = content[..end].trim_ascii();
     let raw = if raw.len() > 9 && raw[..9].eq_ignore_ascii_case(b"template:") { &raw[9..] } else { raw };
-    if raw.is_empty() || raw.len() > 24 {
-        return false;
+    if raw.is_empty() || raw.len() > buf.len() {
+        return None;
     }
-    let mut buf = [0u8; 24];
     let mut n = 0;
     let mut space = false;
     for &b in raw {
@@ -119,13 +96,15 @@ fn is_rendered(content: &[u8]) -> bool {
             space = false;
         }
         if n == buf.len() {
-            return false;
+            return None;
         }
         buf[n] = b.to_ascii_lowercase();
         n += 1;
     }
-    let name = &buf[..n];
-    name.starts_with(b"lang-") || RENDERED.iter().any(|r| r.as_bytes() == name)
+    // only ASCII bytes were changed or added: still UTF-8
+    let name = std::str::from_utf8(&buf[..n]).ok()?;
+    let known = RENDERED.contains(&name) || (name.starts_with("lang-") && !name.contains(':'));
+    known.then_some(name)
 }
 
 /// The parameters of a template call (after its name), split at `|` outside `[[…]]`: positional
@@ -238,10 +217,8 @@ fn date(p: &Params<'_>) -> Option<String> {
 pub fn render(content: &[u8]) -> Option<String> {
     // most templates (citations, infoboxes) are dropped: decide from the name alone, before any
     // parameter is parsed
-    if !is_rendered(content) {
-        return None;
-    }
-    let name = name(content)?;
+    let mut buf = [0u8; 24];
+    let name = rendered_name(content, &mut buf)?;
     // nested templates are cleaned (and rendered) with the parameters, within bounds that keep the
     // work linear: each byte is re-read at most once per enclosing rendered template, and at most
     // MAX_NESTED of those enclose it
@@ -253,7 +230,7 @@ pub fn render(content: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(content).ok()?;
     let p = params(s);
     let joined = |parts: &[&str]| parts.iter().filter(|x| !x.is_empty()).copied().collect::<Vec<_>>().join(" ");
-    let out = match name.as_str() {
+    let out = match name {
         "convert" | "cvt" => {
             let range = matches!(p.pos(1), "to" | "and" | "-" | "–" | "or" | "by" | "x" | "×" | "to(-)" | "+/-" | "±");
             let is_number = |x: &str| !x.is_empty() && x.trim_start_matches(['-', '−', '+']).parse::<f64>().is_ok();

@@ -41,14 +41,15 @@ pub fn index_kind(dir: &Path) -> Option<String> {
 impl AnyRetriever {
     /// Opens the index in `dir` with the retriever its manifest's kind calls for.
     pub fn open(dir: &Path, o: &RetrieverOptions) -> Result<AnyRetriever> {
-        if index_kind(dir).is_none() && dir.join(r1s_corpus::store::DOCSTORE_INDEX).is_file() {
+        let kind = index_kind(dir);
+        if kind.is_none() && dir.join(r1s_corpus::store::DOCSTORE_INDEX).is_file() {
             return Err(RetrieveError::Options(format!(
                 "{0} is a corpus directory, not an index: build one with `r1s index build {0} --out indexes/NAME` \
                  (--kind hnsw, flat, bm25 or hybrid)",
                 dir.display()
             )));
         }
-        match index_kind(dir).as_deref() {
+        match kind.as_deref() {
             Some(r1s_bm25::KIND) => {
                 if o.dense.ef_search.is_some() {
                     return Err(RetrieveError::Options(format!(
