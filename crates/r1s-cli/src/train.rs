@@ -7,7 +7,8 @@ use clap::Args;
 use r1s_core::Cancel;
 use r1s_train::config::LoraConfig;
 
-use crate::{Globals, open_retriever, progress, use_threads};
+use crate::policy::open_retriever;
+use crate::{Globals, progress, use_threads};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -235,7 +236,7 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     }
     cfg.check().map_err(|reason| r1s_train::TrainError::Config { path: a.config.clone(), reason })?;
     let retriever = open_retriever(cfg.retriever.index.as_deref(), cfg.retriever.url.as_deref(), a.threads)?;
-    let bars = progress::Bars::new(g.quiet);
+    let bars = progress::Bars::new(g);
     let mut t = r1s_train::trainer::Trainer::new(cfg, a.resume, &retriever, &bars, cancel)?;
     let out = t.cfg.train.out.clone();
     let layers = t.split.policy.model.blocks.len();
@@ -272,7 +273,7 @@ pub fn sft(a: SftArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         prompt: a.prompt,
         seed: a.seed,
     };
-    let bars = progress::Bars::new(g.quiet);
+    let bars = progress::Bars::new(g);
     let last = r1s_train::sft::sft(&o, a.resume, &bars, cancel, &mut |row| bars.println(&step_line(row)))?;
     println!("checkpoint: {}", last.display());
     Ok(())

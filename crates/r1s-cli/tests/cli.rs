@@ -514,3 +514,44 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     refused(&["retrieve", "--index", hybrid_s, "--fusion", "rrf", "--weight", "0.3", "x"], "--weight is a setting of");
     refused(&["index", "build", "--kind", "wand", "--out", bm25_s], "unknown index kind");
 }
+
+/// Off a terminal (standard error a file, as under CI or nohup) long stages print a plain progress
+/// line at the `--progress-every` interval, then their summary; `-q` and `--progress-every 0` none.
+#[test]
+fn progress_lines_appear_when_stderr_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 400);
+    let build = |name: &str, args: &[&str]| -> String {
+        let log = dir.path().join(format!("{name}.log"));
+        let out = dir.path().join(name);
+        let status = r1s()
+            .args(args)
+            .args(["index", "build", "--kind", "flat", "--threads", "2"])
+            .arg(&src)
+            .arg("--out")
+            .arg(&out)
+            .arg("--corpus-out")
+            .arg(dir.path().join(format!("{name}-corpus")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let log = build("lines", &["--progress-every", "0.02"]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("embed: ") && l.contains(" of 400 (")).collect();
+    assert!(lines.len() >= 2, "expected progress lines of the embed stage every 20 ms:\n{log}");
+    for l in &lines {
+        // `embed: 128 of 400 (32%) in 0s, 210.3/s, about 1s left`
+        assert!(l.contains("%) in ") && (l.contains("/s") || l.contains(" s each")), "{l}");
+    }
+    assert!(log.lines().any(|l| l.starts_with("embed: 400 passages embedded")), "no summary line:\n{log}");
+    let none = build("none", &["--progress-every", "0"]);
+    assert!(!none.lines().any(|l| l.contains(" of 400 (")), "{none}");
+    assert!(none.lines().any(|l| l.starts_with("embed: 400 passages embedded")), "{none}");
+    assert_eq!(build("quiet", &["-q", "--progress-every", "0.02"]), "");
+    let bad = r1s().args(["--progress-every", "-1", "corpus", "stats", "x"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--progress-every"));
+}

@@ -121,6 +121,11 @@ impl SafetensorsWeights {
         if files.is_empty() {
             return Err(PolicyError::Config { path: dir.into(), reason: "no *.safetensors file".into() });
         }
+        SafetensorsWeights::open_files(dir, files)
+    }
+
+    /// Maps `files` (named in messages by `dir`, the model's directory).
+    pub fn open_files(dir: &Path, files: Vec<PathBuf>) -> Result<SafetensorsWeights> {
         let mut maps = Vec::new();
         for f in files {
             let file = std::fs::File::open(&f).map_err(|e| PolicyError::io(&f, e))?;
@@ -134,6 +139,24 @@ impl SafetensorsWeights {
             maps.push((f, map));
         }
         Ok(SafetensorsWeights { dir: dir.into(), maps })
+    }
+}
+
+impl SafetensorsWeights {
+    /// Every tensor name, file by file in name order.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (path, map) in &self.maps {
+            let st = safetensors::SafeTensors::deserialize(map).map_err(|e| PolicyError::BadFile {
+                path: path.clone(),
+                offset: None,
+                reason: e.to_string(),
+            })?;
+            let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+            names.sort();
+            out.extend(names);
+        }
+        Ok(out)
     }
 }
 
@@ -299,12 +322,40 @@ pub fn f32_safetensors(
     tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
     meta: BTreeMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-        tensors.into_iter().map(|(k, v, s)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
+    serialize(tensors, meta, crate::adapter::StoreDtype::F32)
+}
+
+/// The bytes of a safetensors file holding `(name, values, shape)` tensors stored as `dtype`.
+pub fn safetensors_bytes(
+    tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    dtype: crate::adapter::StoreDtype,
+) -> std::result::Result<Vec<u8>, String> {
+    serialize(tensors, BTreeMap::new(), dtype)
+}
+
+fn serialize(
+    tensors: Vec<(String, Vec<f32>, Vec<usize>)>,
+    meta: BTreeMap<String, String>,
+    dtype: crate::adapter::StoreDtype,
+) -> std::result::Result<Vec<u8>, String> {
+    use crate::adapter::StoreDtype as D;
+    let st_dtype = match dtype {
+        D::F32 => safetensors::Dtype::F32,
+        D::F16 => safetensors::Dtype::F16,
+        D::Bf16 => safetensors::Dtype::BF16,
+    };
+    let encode = |v: Vec<f32>| -> Vec<u8> {
+        match dtype {
+            D::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            D::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
+            D::Bf16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        }
+    };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors.into_iter().map(|(k, v, s)| (k, encode(v), s)).collect();
     let views = bytes
         .iter()
         .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+            safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| format!("tensor {k}: {e}"))
         })

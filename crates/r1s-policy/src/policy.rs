@@ -117,6 +117,7 @@ impl Policy {
             model.to_path_buf()
         };
         if model.is_dir() {
+            not_a_model_dir(&model)?;
             let cpath = model.join("config.json");
             let bytes = std::fs::read(&cpath).map_err(|e| PolicyError::io(&cpath, e))?;
             let cfg: LlamaConfig = serde_json::from_slice(&bytes)
@@ -135,6 +136,11 @@ impl Policy {
         let llama = build_llama(&cfg, &GgufWeights { gguf: &g, cfg: &cfg }, device)?;
         let tokenizer = TextTokenizer::from_gguf(&g)?;
         Ok(Policy::new(llama, cfg, tokenizer, device))
+    }
+
+    /// Merges the PEFT LoRA adapter in `dir` into the weights (`W += s·B·A`; see [`crate::adapter`]).
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<crate::adapter::Merged> {
+        crate::adapter::apply(&mut self.model, dir)
     }
 
     /// Puts the parts together.
@@ -385,4 +391,44 @@ impl r1s_core::Policy for Policy {
             .map(|g| r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
             .collect())
     }
+}
+
+/// An error naming what `dir` is when it is not a Hugging Face model directory: a LoRA adapter, an
+/// r1s training run, a directory holding a .gguf file, or something else.
+fn not_a_model_dir(dir: &Path) -> Result<()> {
+    if dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    let reason = if dir.join("adapter_config.json").is_file() {
+        "a LoRA adapter, not a model: give the base model as the model and this directory as --adapter".to_owned()
+    } else if dir.join("adapter").join("adapter_config.json").is_file() && dir.join("model.safetensors").is_file() {
+        "an r1s checkpoint without config.json (incomplete or damaged)".to_owned()
+    } else if dir.join("checkpoints").is_dir() {
+        let newest = std::fs::read_dir(dir.join("checkpoints"))
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("config.json").is_file())
+            .max();
+        match newest {
+            Some(p) => format!("a training run, not a model: its checkpoints are models, e.g. {}", p.display()),
+            None => "a training run without a complete checkpoint yet".to_owned(),
+        }
+    } else {
+        let gguf = std::fs::read_dir(dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .min();
+        match gguf {
+            Some(p) => format!("no config.json here; to load the GGUF file give its path: {}", p.display()),
+            None => "not a model directory: a Hugging Face model has config.json, *.safetensors and \
+                     tokenizer.json (or give a .gguf file, or `smollm2`)"
+                .to_owned(),
+        }
+    };
+    Err(PolicyError::Config { path: dir.to_path_buf(), reason })
 }

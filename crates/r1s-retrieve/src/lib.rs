@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod server;
 
 pub use any::{AnyRetriever, RetrieverOptions, index_kind};
+/// HTTP status codes (of the `http` crate axum serves with), for [`ServeConfig::overload_status`].
+pub use axum::http::StatusCode;
 pub use batch::{BatchConfig, Batcher, Failed, SubmitError};
 pub use dense::{DenseOptions, DenseRetriever, find_corpus, query_embedder, resolve_corpus, to_hits};
 pub use error::{Result, RetrieveError};

@@ -11,9 +11,14 @@
 //!   (Milvus) its state, asked at each call: 503 with `"status": "unavailable"` while it is down.
 //!   `GET /metrics`: Prometheus text.
 //!
-//! Errors: 422 `{"detail": message}` for a body that is not valid (not JSON, `queries` not a non-empty
-//! list of strings, `topk` not a non-negative integer or above the limit, too many queries, body too
-//! large); 429 with `Retry-After` when the queue is full; 503 while shutting down, and 503 with
+//! Fields are read as Search-R1's pydantic model reads them in lax mode ([`lax_int`], [`lax_bool`]):
+//! `"topk": "2"` and `2.0` mean 2, `"return_scores": "yes"` / `1` mean true, `"queries": []` answers
+//! `{"result": []}`; `/queries`' `k` the same way.
+//!
+//! Errors: 422 `{"detail": message}` for a body that is not valid (not JSON, `queries` not a list of
+//! strings, `topk` not a non-negative integer (`2.5`) or above the limit, `return_scores` not a
+//! boolean (`null`, `"maybe"`), too many queries, body too large); 503 (or 429, [`ServeConfig::overload_status`]) with `Retry-After` when the queue is full;
+//! 503 while shutting down, and 503 with
 //! `Retry-After` while a remote index is unavailable ([`Retriever::is_unavailable`]); 500 when
 //! retrieval itself fails. Handlers never block the async runtime: embedding and search run on the batcher's
 //! threads.
@@ -52,6 +57,10 @@ pub struct ServeConfig {
     pub batch: BatchConfig,
     /// Log a line of traffic figures this often (when there was traffic).
     pub log_every: Option<Duration>,
+    /// The status of a request refused because the queue is full (with `Retry-After: 1`): 503, which
+    /// verl's search client (`call_search_api`) retries with a growing delay along with 500/502/504,
+    /// or 429, which it does not retry (Search-R1's own client retries nothing).
+    pub overload_status: StatusCode,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +72,7 @@ impl Default for ServeConfig {
             max_body_bytes: 16 << 20,
             batch: BatchConfig::default(),
             log_every: Some(Duration::from_secs(10)),
+            overload_status: StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -152,7 +162,8 @@ impl Reject {
 impl App {
     /// The response for `r`, counted.
     fn reject(&self, r: Reject) -> Response {
-        // 429s and failed retrievals are counted by the batcher (r1s_rejected_total, r1s_failed_total)
+        // overload refusals and failed retrievals are counted by the batcher (r1s_rejected_total,
+        // r1s_failed_total)
         if r.status == StatusCode::UNPROCESSABLE_ENTITY {
             self.http.invalid.fetch_add(1, Relaxed);
         }
@@ -172,18 +183,16 @@ impl App {
         serde_json::from_slice(&bytes).map_err(|e| Reject::invalid(format!("the body is not valid JSON: {e}")))
     }
 
+    /// `queries` as pydantic's `List[str]` takes it from JSON: a list (empty allowed) of strings.
     fn queries(&self, body: &Value) -> Result<Vec<String>, Reject> {
         let Some(obj) = body.as_object() else {
             return Err(Reject::invalid("the body must be a JSON object with a \"queries\" list"));
         };
         let list = match obj.get("queries") {
             Some(Value::Array(list)) => list,
-            None | Some(Value::Null) => return Err(Reject::invalid("\"queries\" is required")),
+            None => return Err(Reject::invalid("\"queries\" is required")),
             Some(_) => return Err(Reject::invalid("\"queries\" must be a list of strings")),
         };
-        if list.is_empty() {
-            return Err(Reject::invalid("\"queries\" is empty"));
-        }
         if list.len() > self.cfg.max_queries {
             return Err(Reject::invalid(format!(
                 "{} queries in one request; at most {} are accepted",
@@ -200,12 +209,13 @@ impl App {
             .collect()
     }
 
-    /// `topk` / `k`: missing, null or 0 → the default; else an integer in 1..=max_topk.
+    /// `topk` / `k` as pydantic's lax `Optional[int]` takes it (see [`lax_int`]): missing, null or 0 →
+    /// the default (Search-R1: `if not request.topk`); else an integer in 1..=max_topk.
     fn topk(&self, body: &Value, field: &str) -> Result<usize, Reject> {
         let k = match body.get(field) {
             None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_u64()
+            Some(v) => lax_int(v)
+                .and_then(|k| u64::try_from(k).ok())
                 .ok_or_else(|| Reject::invalid(format!("\"{field}\" must be a non-negative integer, got {v}")))?,
         };
         if k > self.cfg.max_topk as u64 {
@@ -217,7 +227,7 @@ impl App {
     async fn run(&self, queries: Vec<String>, k: usize) -> Result<Vec<Vec<Hit>>, Reject> {
         let rx = self.batcher.submit(queries, k).map_err(|e| Reject {
             status: match e {
-                SubmitError::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
+                SubmitError::Full { .. } => self.cfg.overload_status,
                 SubmitError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             },
             message: e.to_string(),
@@ -239,6 +249,75 @@ impl App {
                 Err(Reject { status: StatusCode::SERVICE_UNAVAILABLE, message: "the retrieval worker stopped".into() })
             }
         }
+    }
+}
+
+/// An integer as pydantic v2 takes one from JSON in lax mode (its conversion table): an integer; a
+/// boolean (1 / 0); a float without a fractional part (`2.0`); a string holding an integer, spaces
+/// around it, `_` between digits and a decimal part of zeros allowed (`"2"`, `" 2 "`, `"+2"`,
+/// `"2.0"`). `2.5`, `"2.5"`, `"2."`, `"1e2"`, `"two"`, lists and objects are not integers.
+pub(crate) fn lax_int(v: &Value) -> Option<i128> {
+    match v {
+        Value::Bool(b) => Some(i128::from(*b)),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Some(i128::from(i));
+            }
+            if let Some(u) = n.as_u64() {
+                return Some(i128::from(u));
+            }
+            let f = n.as_f64()?;
+            (f.is_finite() && f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
+        }
+        Value::String(s) => {
+            let mut t = s.trim();
+            // "2.0" and "2." are 2, as pydantic strips a decimal part of zeros
+            if let Some((int, frac)) = t.split_once('.') {
+                if frac.is_empty() || !frac.bytes().all(|b| b == b'0') {
+                    return None;
+                }
+                t = int;
+            }
+            let (neg, digits) = match t.as_bytes().first() {
+                Some(b'-') => (true, &t[1..]),
+                Some(b'+') => (false, &t[1..]),
+                _ => (false, t),
+            };
+            let ok = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                && !digits.starts_with('_')
+                && !digits.ends_with('_')
+                && !digits.contains("__");
+            if !ok {
+                return None;
+            }
+            let n: i128 = digits.replace('_', "").parse().ok()?;
+            Some(if neg { -n } else { n })
+        }
+        _ => None,
+    }
+}
+
+/// A boolean as pydantic v2 takes one from JSON in lax mode: `true`/`false`; `0`/`1` (integer or
+/// float); the strings `0 f n no off false` / `1 t y yes on true` in any case. Null is not a boolean
+/// (Search-R1's `return_scores: bool = False` refuses it too).
+pub(crate) fn lax_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64()? {
+            0.0 => Some(false),
+            1.0 => Some(true),
+            _ => None,
+        },
+        Value::String(s) => {
+            let l = s.to_ascii_lowercase();
+            match l.as_str() {
+                "0" | "f" | "n" | "no" | "off" | "false" => Some(false),
+                "1" | "t" | "y" | "yes" | "on" | "true" => Some(true),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -277,12 +356,16 @@ async fn search_r1(State(app): State<Arc<App>>, body: Body) -> Response {
         let queries = app.queries(&v)?;
         let k = app.topk(&v, "topk")?;
         let scores = match v.get("return_scores") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                return Err(Reject::invalid(format!("\"return_scores\" must be true or false, got {other}")));
-            }
+            None => false,
+            Some(b) => lax_bool(b).ok_or_else(|| {
+                Reject::invalid(format!(
+                    "\"return_scores\" must be a boolean (true/false, 0/1, \"yes\"/\"no\"…), got {b}"
+                ))
+            })?,
         };
+        if queries.is_empty() {
+            return Ok((Vec::new(), scores));
+        }
         Ok((app.run(queries, k).await?, scores))
     };
     let (hits, scores) = match answered.await {
@@ -302,6 +385,9 @@ async fn r1_searcher(State(app): State<Arc<App>>, body: Body) -> Response {
     let answered = async {
         let v = app.read(body).await?;
         let (queries, k) = (app.queries(&v)?, app.topk(&v, "k")?);
+        if queries.is_empty() {
+            return Ok((Vec::new(), queries));
+        }
         Ok::<_, Reject>((app.run(queries.clone(), k).await?, queries))
     };
     let (hits, queries) = match answered.await {
@@ -371,7 +457,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let counters = [
         ("r1s_requests_total", "Requests accepted into the queue", &s.requests),
         ("r1s_queries_total", "Queries in accepted requests", &s.queries),
-        ("r1s_rejected_total", "Requests refused with 429 (queue full)", &s.rejected),
+        ("r1s_rejected_total", "Requests refused because the queue was full (503 or 429)", &s.rejected),
         ("r1s_abandoned_total", "Requests skipped because the client had gone", &s.abandoned),
         ("r1s_failed_total", "Requests whose retrieval failed", &s.failed),
         ("r1s_batches_total", "Embed + search batches run", &s.batches),
@@ -426,5 +512,71 @@ async fn log_traffic(app: Arc<App>, every: Duration) {
             );
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod lax_tests {
+    use super::{lax_bool, lax_int};
+
+    /// Each case as pydantic 2.14.4 validated it (`Optional[int]` / `bool` fields, JSON input).
+    #[test]
+    fn lax_fields_match_pydantic() {
+        let ints: [(&str, Option<i128>); 24] = [
+            (r#""2""#, Some(2)),
+            ("2.0", Some(2)),
+            (r#"" 2 ""#, Some(2)),
+            (r#""2.0""#, Some(2)),
+            (r#""+2""#, Some(2)),
+            ("true", Some(1)),
+            ("false", Some(0)),
+            (r#""2.""#, None),
+            (r#""1_0""#, Some(10)),
+            (r#""2.5""#, None),
+            ("2.5", None),
+            (r#""two""#, None),
+            ("[2]", None),
+            ("-1", Some(-1)),
+            (r#""-2""#, Some(-2)),
+            (r#""0x10""#, None),
+            ("\"\u{ff12}\"", None),
+            ("1e2", Some(100)),
+            (r#""1e2""#, None),
+            (r#""2.00""#, Some(2)),
+            (r#"" 2.0 ""#, Some(2)),
+            (r#""_1""#, None),
+            (r#""1__0""#, None),
+            ("null", None),
+        ];
+        for (json, want) in ints {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(lax_int(&v), want, "{json}");
+        }
+        let bools: [(&str, Option<bool>); 20] = [
+            (r#""yes""#, Some(true)),
+            (r#""true""#, Some(true)),
+            ("1", Some(true)),
+            (r#""ON""#, Some(true)),
+            (r#""t""#, Some(true)),
+            ("1.0", Some(true)),
+            (r#""no""#, Some(false)),
+            ("0", Some(false)),
+            (r#""false""#, Some(false)),
+            (r#""off""#, Some(false)),
+            ("null", None),
+            (r#""maybe""#, None),
+            ("2", None),
+            (r#""1""#, Some(true)),
+            (r#""0""#, Some(false)),
+            (r#""Yes""#, Some(true)),
+            (r#"" yes""#, None),
+            (r#""TRUE""#, Some(true)),
+            ("0.0", Some(false)),
+            (r#""Y""#, Some(true)),
+        ];
+        for (json, want) in bools {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(lax_bool(&v), want, "{json}");
+        }
     }
 }

@@ -304,15 +304,20 @@ fn malformed_requests_get_422_with_a_message() {
             ("/retrieve", "[\"a\"]".into(), "JSON object"),
             ("/retrieve", "{}".into(), "\"queries\" is required"),
             ("/retrieve", "{\"queries\": \"one\"}".into(), "must be a list of strings"),
-            ("/retrieve", "{\"queries\": []}".into(), "is empty"),
+            ("/retrieve", "{\"queries\": null}".into(), "must be a list of strings"),
             ("/retrieve", "{\"queries\": [\"a\", 2]}".into(), "queries[1] is not a string"),
             ("/retrieve", "{\"queries\": [\"a\"], \"topk\": -1}".into(), "non-negative integer"),
             ("/retrieve", "{\"queries\": [\"a\"], \"topk\": 2.5}".into(), "non-negative integer"),
             ("/retrieve", "{\"queries\": [\"a\"], \"topk\": 51}".into(), "at most 50"),
-            ("/retrieve", "{\"queries\": [\"a\"], \"return_scores\": \"yes\"}".into(), "true or false"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"topk\": \"2.5\"}".into(), "non-negative integer"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"topk\": \"two\"}".into(), "non-negative integer"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"topk\": [2]}".into(), "non-negative integer"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"return_scores\": \"maybe\"}".into(), "must be a boolean"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"return_scores\": null}".into(), "must be a boolean"),
+            ("/retrieve", "{\"queries\": [\"a\"], \"return_scores\": 2}".into(), "must be a boolean"),
             ("/retrieve", format!("{{\"queries\": {:?}}}", vec!["q"; 9]), "at most 8"),
             ("/retrieve", format!("{{\"queries\": [\"{}\"]}}", "x".repeat(5000)), "at most 4096 bytes"),
-            ("/queries", "{\"queries\": [\"a\"], \"k\": \"3\"}".into(), "\"k\" must be"),
+            ("/queries", "{\"queries\": [\"a\"], \"k\": \"3.5\"}".into(), "\"k\" must be"),
             ("/queries", "{\"k\": 3}".into(), "\"queries\" is required"),
         ];
         for (path, body, needle) in cases {
@@ -373,12 +378,120 @@ fn two_hundred_concurrent_clients_get_their_own_answers() {
     server.shutdown().unwrap();
 }
 
-/// A full queue answers 429 with Retry-After at once; every accepted request is answered correctly.
+/// What Search-R1's pydantic model takes in lax mode means what it means there: `"topk": "2"`,
+/// `2.0`, `" 2 "`, `"2.0"` are 2 (`true` is 1), `"return_scores": "yes"` / `"true"` / `1` / `"ON"`
+/// are true and `"no"` / `0` false, `"queries": []` answers `{"result": []}`; `/queries`' `k` too.
+#[test]
+fn lax_fields_coerce_as_pydantic_does() {
+    let f = fixture();
+    let server = Server::start(open(&f.flat), ServeConfig::default());
+    let c = client();
+    runtime().block_on(async {
+        let url = format!("{}/retrieve", server.url);
+        let ask = |body: String| {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let (status, _, reply) = post(&c, &url, body.clone()).await;
+                assert_eq!(status, 200, "{body} → {}", String::from_utf8_lossy(&reply));
+                reply
+            }
+        };
+        let plain = ask(r#"{"queries": ["Evan Morris"], "topk": 2}"#.into()).await;
+        for topk in [r#""2""#, "2.0", r#"" 2 ""#, r#""2.0""#, r#""+2""#] {
+            assert_eq!(ask(format!(r#"{{"queries": ["Evan Morris"], "topk": {topk}}}"#)).await, plain, "topk {topk}");
+        }
+        let one = ask(r#"{"queries": ["Evan Morris"], "topk": 1}"#.into()).await;
+        assert_eq!(ask(r#"{"queries": ["Evan Morris"], "topk": true}"#.into()).await, one);
+        let scored = ask(r#"{"queries": ["Evan Morris"], "topk": 2, "return_scores": true}"#.into()).await;
+        for yes in [r#""yes""#, r#""true""#, "1", r#""ON""#, r#""t""#, "1.0"] {
+            let body = format!(r#"{{"queries": ["Evan Morris"], "topk": 2, "return_scores": {yes}}}"#);
+            assert_eq!(ask(body).await, scored, "return_scores {yes}");
+        }
+        for no in [r#""no""#, "0", r#""false""#, r#""off""#] {
+            let body = format!(r#"{{"queries": ["Evan Morris"], "topk": 2, "return_scores": {no}}}"#);
+            assert_eq!(ask(body).await, plain, "return_scores {no}");
+        }
+        assert_eq!(ask(r#"{"queries": []}"#.into()).await, br#"{"result":[]}"#);
+        assert_eq!(ask(r#"{"queries": [], "return_scores": "yes"}"#.into()).await, br#"{"result":[]}"#);
+        let (status, _, reply) = post(&c, &format!("{}/queries", server.url), r#"{"queries": [], "k": "2"}"#).await;
+        assert_eq!((status, reply), (200, b"{\"answers\":[],\"queries\":[]}\n".to_vec()));
+        let (_, _, k2) = post(&c, &format!("{}/queries", server.url), r#"{"queries": ["Evan Morris"], "k": 2}"#).await;
+        let (_, _, ks) =
+            post(&c, &format!("{}/queries", server.url), r#"{"queries": ["Evan Morris"], "k": "2"}"#).await;
+        assert_eq!(k2, ks);
+    });
+    server.shutdown().unwrap();
+}
+
+/// Under overload with the default 503 + Retry-After, a client that retries 5xx with a growing delay
+/// (as verl's `call_search_api` does: 500/502/503/504, sleeping longer after each try) gets every
+/// request answered, and each answer equals the one the same request gets alone.
+#[test]
+fn overload_answers_503_and_a_retrying_client_gets_every_answer() {
+    let f = fixture();
+    let cfg = ServeConfig {
+        batch: BatchConfig { max_queued: 64, max_batch: 64, ..Default::default() },
+        ..Default::default()
+    };
+    assert_eq!(cfg.overload_status, 503);
+    let server = Server::start(open(&f.flat), cfg);
+    let qs = questions(64);
+    let c = client();
+    let url = format!("{}/retrieve", server.url);
+    let (replies, alone) = runtime().block_on(async {
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (c, url) = (c.clone(), url.clone());
+                // each client its own rotation of the questions, so that answers are told apart
+                let mut mine = qs.clone();
+                mine.rotate_left(i);
+                let body = serde_json::json!({"queries": mine, "topk": 2}).to_string();
+                tokio::spawn(async move {
+                    let mut refused = 0;
+                    for attempt in 0..200u64 {
+                        let (status, headers, reply) = post(&c, &url, body.clone()).await;
+                        match status {
+                            500 | 502 | 503 | 504 => {
+                                assert_eq!(headers["retry-after"], "1");
+                                refused += 1;
+                                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1).min(10))).await;
+                            }
+                            200 => return (i, reply, refused),
+                            other => panic!("status {other}: {}", String::from_utf8_lossy(&reply)),
+                        }
+                    }
+                    panic!("client {i}: no answer after 200 tries");
+                })
+            })
+            .collect();
+        let replies = futures_util::future::join_all(tasks).await;
+        let mut alone = Vec::new();
+        for i in 0..40 {
+            let mut mine = qs.clone();
+            mine.rotate_left(i);
+            let body = serde_json::json!({"queries": mine, "topk": 2}).to_string();
+            alone.push(post(&c, &url, body).await.2);
+        }
+        (replies, alone)
+    });
+    let mut retried = 0;
+    for r in replies {
+        let (i, reply, refused) = r.unwrap();
+        assert_eq!(reply, alone[i], "client {i}'s answer differs from the same request alone");
+        retried += usize::from(refused > 0);
+    }
+    assert!(retried >= 1, "no client was refused: the queue never filled");
+    server.shutdown().unwrap();
+}
+
+/// With `overload_status` 429 a full queue answers 429 with Retry-After at once; every accepted
+/// request is answered correctly.
 #[test]
 fn overload_gets_429_and_accepted_requests_still_succeed() {
     let f = fixture();
     let cfg = ServeConfig {
         batch: BatchConfig { max_queued: 64, max_batch: 64, ..Default::default() },
+        overload_status: reqwest::StatusCode::TOO_MANY_REQUESTS,
         ..Default::default()
     };
     let server = Server::start(open(&f.flat), cfg);

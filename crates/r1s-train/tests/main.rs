@@ -734,3 +734,128 @@ fn the_shipped_configurations_parse() {
     let t = &paper.train;
     assert_eq!((t.lr, t.betas, t.clip_eps, t.kl_beta, t.epochs), (2e-6, [0.9, 0.95], 0.2, 1e-4, 1));
 }
+
+/// Largest absolute difference between two models' weights (same names).
+fn max_weight_diff(a: &Policy, b: &Policy) -> f32 {
+    let (wa, wb) = (hf_tensors(&a.model).unwrap(), hf_tensors(&b.model).unwrap());
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    wa.iter().flat_map(|(k, (va, _))| va.iter().zip(&wb[k].0).map(|(x, y)| (x - y).abs())).fold(0.0, f32::max)
+}
+
+/// A checkpoint's PEFT adapter merged into the base model gives the checkpoint's (merged) weights;
+/// the adapters of two stages (merged into the weights at the boundary) stack into one adapter of
+/// rank 2r over the first base; broken or foreign adapters are refused with the file named.
+#[test]
+fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
+    use r1s_policy::adapter::{self, StoreDtype};
+    let tok = tokenizer();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = settings(0.05);
+    let l = lora(4);
+    let mut split = Split::new(tiny_policy(3, 9), 2, true, Some(&l), 5).unwrap();
+    let mut opt = adam(5e-2);
+    optimize(&mut split, &mut opt, &episodes(&tok, &[1.0, 0.0, 0.5, 0.0], &[0, 0, 1, 1]), &s).unwrap();
+    let state = |step| r1s_train::checkpoint::TrainerState {
+        global_step: step,
+        stage: 0,
+        stage_step: step,
+        seed: 1,
+        train_blocks: 2,
+        lora: Some(l.clone()),
+        config: serde_json::Value::Null,
+    };
+    let ck1 = tmp.path().join("ck1");
+    r1s_train::checkpoint::save(&ck1, &split, &opt, &state(1)).unwrap();
+    let mut merged = tiny_policy(3, 9);
+    assert!(max_weight_diff(&merged, &split.policy) > 1e-3, "the step changed the weights");
+    let m = merged.apply_adapter(&ck1.join("adapter")).unwrap();
+    assert_eq!((m.rank, m.scale, m.modules, m.layers.clone()), (4, 2.0, 14, vec![1, 2]));
+    let d = max_weight_diff(&merged, &split.policy);
+    assert!(d < 1e-6, "base + adapter differs from the checkpoint's weights by {d}");
+
+    // stage 2: the adapters merge into the weights and start again; its adapter is over base + Δ1
+    split.rebase(6, &mut opt);
+    optimize(&mut split, &mut opt, &episodes(&tok, &[0.0, 1.0, 1.0, 0.0], &[0, 0, 1, 1]), &s).unwrap();
+    let ck2 = tmp.path().join("ck2");
+    r1s_train::checkpoint::save(&ck2, &split, &opt, &state(2)).unwrap();
+    let adapters = [ck1.join("adapter"), ck2.join("adapter")];
+    let stacked = tmp.path().join("stacked");
+    let m = adapter::stack(&adapters, &stacked, StoreDtype::F32).unwrap();
+    assert_eq!((m.rank, m.modules), (8, 14));
+    assert!(!stacked.with_extension("part").exists());
+    let mut one = tiny_policy(3, 9);
+    one.apply_adapter(&stacked).unwrap();
+    let d = max_weight_diff(&one, &split.policy);
+    assert!(d < 1e-6, "base + stacked adapter differs from the stage-2 weights by {d}");
+    let mut both = tiny_policy(3, 9);
+    for a in &adapters {
+        both.apply_adapter(a).unwrap();
+    }
+    assert!(max_weight_diff(&both, &split.policy) < 1e-6);
+    let half = tmp.path().join("stacked-f16");
+    adapter::stack(&adapters, &half, StoreDtype::F16).unwrap();
+    let size = |d: &Path| std::fs::metadata(d.join("adapter_model.safetensors")).unwrap().len();
+    assert!(size(&half) * 2 < size(&stacked) + 4096, "{} vs {}", size(&half), size(&stacked));
+    let mut h = tiny_policy(3, 9);
+    h.apply_adapter(&half).unwrap();
+    let d = max_weight_diff(&h, &split.policy);
+    assert!(d > 0.0 && d < 1e-3, "f16 storage moved a weight by {d}");
+
+    // refusals, each naming the file
+    let err = tiny_policy(3, 9).apply_adapter(&ck1).unwrap_err().to_string();
+    assert!(err.contains("checkpoint") && err.contains("adapter"), "{err}");
+    let err = Policy::load(&ck1.join("adapter"), &Device::flex()).err().unwrap().to_string();
+    assert!(err.contains("a LoRA adapter, not a model"), "{err}");
+    let err = Policy::load(tmp.path(), &Device::flex()).err().unwrap().to_string();
+    assert!(err.contains("not a model directory"), "{err}");
+    let wider: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 48,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap();
+    let model = build_llama(&wider, &RandomWeights { cfg: wider.clone(), seed: 1 }, &Device::flex()).unwrap();
+    let err = Policy::new(model, wider, tok.clone(), &Device::flex()).apply_adapter(&stacked).unwrap_err();
+    assert!(matches!(err, r1s_policy::PolicyError::Shape { .. }), "{err}");
+    let broken = |name: &str, edit: &dyn Fn(&Path)| -> String {
+        let d = tmp.path().join(name);
+        copy_dir(&ck1.join("adapter"), &d);
+        edit(&d);
+        let err = tiny_policy(3, 9).apply_adapter(&d).unwrap_err().to_string();
+        assert!(err.contains(&d.display().to_string()), "{err}");
+        err
+    };
+    let set = |key: &'static str, v: serde_json::Value| {
+        move |d: &Path| {
+            let p = d.join("adapter_config.json");
+            let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            c[key] = v.clone();
+            std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        }
+    };
+    assert!(broken("dora", &set("use_dora", true.into())).contains("DoRA"));
+    assert!(broken("rank", &set("r", 3.into())).contains("r = 3"));
+    assert!(broken("pattern", &set("rank_pattern", serde_json::json!({"q_proj": 2}))).contains("rank_pattern"));
+    let only_a = |d: &Path| {
+        let p = d.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            st.tensors().into_iter().filter(|(n, _)| !n.ends_with("q_proj.lora_B.weight")).collect();
+        let out = safetensors::serialize(kept, None).unwrap();
+        std::fs::write(&p, out).unwrap();
+    };
+    assert!(broken("half-pair", &only_a).contains("lora_A and lora_B must both be present"));
+    let cut = |d: &Path| {
+        let p = d.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    broken("cut", &cut);
+    let err =
+        adapter::stack(&[ck1.join("adapter"), tmp.path().join("nowhere")], &tmp.path().join("x"), StoreDtype::F32)
+            .unwrap_err();
+    assert!(err.to_string().contains("nowhere"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}

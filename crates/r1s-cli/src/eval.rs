@@ -1,0 +1,153 @@
+//! `r1s eval`: a policy with retrieval on a question set, or scores of result files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use r1s_core::Cancel;
+
+use crate::policy::{load_policy, open_retriever};
+use crate::{Globals, progress, use_threads};
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// Score these results files (R1-Searcher eval_results or `r1s eval --out`) instead of running.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "index", "retriever_url"])]
+    score: Vec<PathBuf>,
+    /// Questions: R1-Searcher {"idx","question","answer"} or FlashRAG {"id","question","golden_answers"} JSONL.
+    #[arg(long, required_unless_present = "score")]
+    data: Option<PathBuf>,
+    /// Index directory to retrieve from (in-process).
+    #[arg(long, required_unless_present_any = ["score", "retriever_url"])]
+    index: Option<PathBuf>,
+    /// A retrieval server instead: Search-R1 `http://host:port[/retrieve]` or R1-Searcher
+    /// `http://host:port/queries` (`r1s serve` speaks both).
+    #[arg(long, conflicts_with = "index")]
+    retriever_url: Option<String>,
+    /// The policy: a .gguf file, a Hugging Face directory, `smollm2`, or the URL of an
+    /// OpenAI-compatible completions server (vLLM, llama.cpp: `http://host:port`).
+    #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
+    policy: String,
+    /// A PEFT LoRA adapter (a directory with adapter_config.json and adapter_model.safetensors, as
+    /// `policy train`/`sft --lora-rank` write under checkpoints/step-N/adapter) merged into the local
+    /// policy; repeatable, merged in order.
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<PathBuf>,
+    /// The `model` name sent to a completions server.
+    #[arg(long, default_value = "default")]
+    policy_model: String,
+    /// Chat template for --prompt chat: auto (the local model's own; ChatML for a server), chatml, llama3.
+    #[arg(long, default_value = "auto")]
+    chat_template: String,
+    /// Use the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Documents per query.
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
+    #[arg(long, default_value = "chat")]
+    prompt: String,
+    /// Most new tokens per turn.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Episodes generated together.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Reward recorded per row (stage1, stage1-code, stage2, stage2-llama).
+    #[arg(long, default_value = "stage2", value_parser = parse_reward)]
+    reward: r1s_agent::Reward,
+    /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Threads (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+pub(crate) fn parse_reward(s: &str) -> Result<r1s_agent::Reward, String> {
+    s.parse()
+}
+
+pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    use r1s_core::Progress;
+    if !a.score.is_empty() {
+        for f in &a.score {
+            let s = r1s_agent::score_file(f)?;
+            println!("{}\n{}\n", f.display(), s.table());
+        }
+        return Ok(());
+    }
+    let Some(data) = &a.data else { anyhow::bail!("--data is required") };
+    use_threads(a.threads);
+    let questions = r1s_agent::read_questions(data, a.limit)?;
+    let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
+    anyhow::ensure!(
+        !remote_policy || a.adapter.is_empty(),
+        "--adapter merges into a local policy; a completions server loads its adapters itself"
+    );
+    let local = if remote_policy { None } else { Some(load_policy(Path::new(&a.policy), &a.adapter, "cpu", g)?) };
+    use r1s_policy::chat::Template;
+    let template = match a.chat_template.as_str() {
+        "auto" => local.as_ref().map_or(Template::ChatMl { default_system: None }, |p| {
+            Template::detect(p.tokenizer.chat_template.as_deref())
+        }),
+        "chatml" => Template::ChatMl { default_system: None },
+        "llama3" => Template::Llama3,
+        other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
+    };
+    let kind = r1s_train::prompt::PromptKind::parse(&a.prompt, template)?;
+    let prompts: Vec<String> = questions.iter().map(|q| kind.render(&q.question)).collect();
+    let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
+    let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
+    let run = |prompts: &[String], cfg: &r1s_agent::LoopConfig| -> anyhow::Result<Vec<r1s_agent::Trajectory>> {
+        Ok(match (&local, &http_policy) {
+            (Some(p), _) => r1s_agent::run(p, &retriever, prompts, cfg)?,
+            (None, Some(p)) => r1s_agent::run(p, &retriever, prompts, cfg)?,
+            (None, None) => anyhow::bail!("no policy"),
+        })
+    };
+    let mut cfg = r1s_agent::LoopConfig::evaluation();
+    cfg.topk = a.topk;
+    cfg.sampling.max_new_tokens = a.max_new_tokens;
+    let bars = progress::Bars::new(g);
+    bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
+    let t = std::time::Instant::now();
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p.with_extension("part")).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::sink()),
+    };
+    let mut rows = Vec::new();
+    for (chunk, prompts) in questions.chunks(a.batch.max(1)).zip(prompts.chunks(a.batch.max(1))) {
+        if cancel.is_cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        let trajectories = run(prompts, &cfg)?;
+        for (q, t) in chunk.iter().zip(trajectories) {
+            let reward = r1s_agent::reward::reward(a.reward, &t.sol, &q.answers);
+            let row = serde_json::json!({
+                "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
+                "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
+                "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
+                "reward": reward, "reward_kind": a.reward, "spans": t.spans,
+            });
+            writeln!(out, "{row}")?;
+            rows.push((t.pred, q.answers.clone(), t.sol, reward));
+        }
+        bars.advance(chunk.len() as u64);
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(p) = &a.out {
+        std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    bars.finish("done");
+    let s = r1s_agent::Summary::of(
+        rows.iter().map(|(p, g, sol, r)| (p.as_str(), g.as_slice(), Some(sol.as_str()), Some(*r))),
+    );
+    println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
+    Ok(())
+}

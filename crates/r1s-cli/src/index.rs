@@ -1,0 +1,1070 @@
+//! `r1s index build | plan | info | eval`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use r1s_core::Cancel;
+use r1s_corpus::{Format, IngestOptions};
+
+use crate::corpus::{is_corpus_dir, parse_format};
+use crate::embed::parse_dtype;
+use crate::retrieve::bm25_defaults;
+use crate::{Globals, must_exist, progress, rayon_pool, use_threads};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum IndexCmd {
+    /// Build an index: INPUT is a corpus directory, or a dump / JSONL / TSV to ingest first (omit it
+    /// to index the embeddings already in --out). Every stage (ingest, embed, index) is skipped when
+    /// already done; embedding and the HNSW graph build resume where an interrupted run stopped.
+    Build(IndexBuildArgs),
+    /// RAM, disk and build time of an index before building it, and which configurations fit a RAM
+    /// budget (sizes from the file layouts, times from tools/bench-scale's measured scaling).
+    Plan(IndexPlanArgs),
+    /// Print an index's manifest.
+    Info {
+        /// Index directory.
+        dir: PathBuf,
+    },
+    /// Recall@k of the index against exact search, and queries per second of both.
+    Eval {
+        /// Index directory.
+        #[arg(long)]
+        index: PathBuf,
+        /// Queries: JSONL with a "question" (or "query"/"text") field, or one query per line.
+        #[arg(long, required_unless_present_any = ["query_vectors", "answers"])]
+        queries: Option<PathBuf>,
+        /// Answer recall instead, for any index kind (dense, bm25, hybrid): the share of questions
+        /// with a gold answer in the top-k passages (FlashRAG's normalised containment), at k = 1, 3,
+        /// 5, 10 (and --k when larger), plus queries/s. Questions: R1-Searcher {"question","answer"}
+        /// or FlashRAG {"question","golden_answers"} JSONL. A hybrid index also reports its dense and
+        /// bm25 parts alone and both fusions.
+        #[arg(long, conflicts_with_all = ["queries", "query_vectors", "save_queries", "ef"])]
+        answers: Option<PathBuf>,
+        /// --answers: queries per retrieval call (1: one at a time, as an agent asks).
+        #[arg(long, default_value_t = 64, requires = "answers")]
+        batch: usize,
+        /// --answers: threads (0 = all cores).
+        #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+        threads: usize,
+        #[command(flatten)]
+        lexical: LexicalArgs,
+        /// Query vectors instead of texts: a [n, dim] f32 .npy (e.g. from --save-queries).
+        #[arg(long, conflicts_with_all = ["queries", "save_queries"])]
+        query_vectors: Option<PathBuf>,
+        /// Hits per query.
+        #[arg(long, short, default_value_t = 10)]
+        k: usize,
+        /// Use only the first N queries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Also measure HNSW at these ef values (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        ef: Vec<usize>,
+        /// Save the query vectors as a [n, dim] f32 .npy (for side-by-side benchmarks).
+        #[arg(long)]
+        save_queries: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IndexBuildArgs {
+    /// A corpus directory, or input files for `corpus ingest`; omitted: --out already holds
+    /// embeddings.npy + embeddings.json (from `r1s embed`, or written by another tool).
+    input: Option<PathBuf>,
+    /// Index directory (embeddings.npy, index files, manifest.json).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// flat (exact), hnsw (r1s's graph over the mapped vectors), hnsw-rs (the hnsw_rs crate), faiss
+    /// (any FAISS index_factory string, see --factory), milvus (a collection in a Milvus server or
+    /// cluster, see --milvus-uri; the directory keeps only the manifest's reference to it), bm25 (a
+    /// lexical index on tantivy, see --k1, --b; no embedding) or hybrid (a dense index in OUT/dense,
+    /// of --dense-kind, and a bm25 index in OUT/bm25, fused per query: see --fusion).
+    #[arg(long, default_value = "hnsw", value_parser = parse_build_kind)]
+    kind: BuildKind,
+    /// hybrid: the kind of its dense part (flat, hnsw, hnsw-rs, faiss, milvus).
+    #[arg(long, default_value = "hnsw", value_parser = parse_kind)]
+    dense_kind: r1s_index::Kind,
+    /// hybrid: use this finished dense index instead of building OUT/dense.
+    #[arg(long, requires = "bm25")]
+    dense: Option<PathBuf>,
+    /// hybrid: use this finished bm25 index instead of building OUT/bm25.
+    #[arg(long, requires = "dense")]
+    bm25: Option<PathBuf>,
+    #[command(flatten)]
+    lexical: LexicalArgs,
+    /// FAISS index_factory string for --kind faiss (Flat, HNSW32, IVF4096,PQ64, ...).
+    #[arg(long, default_value = "HNSW32")]
+    factory: String,
+    /// HNSW: links per node (twice as many at level 0).
+    #[arg(long, default_value_t = 32)]
+    m: usize,
+    /// HNSW: candidates while building.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// HNSW: default candidates while searching (recall@10 >= 0.95 on MiniLM vectors at 64).
+    #[arg(long, default_value_t = 64)]
+    ef_search: usize,
+    /// flat and hnsw: none, or sq8 (8-bit codes per dimension in codes.sq8, searched instead of the
+    /// vectors; the final candidates are re-ranked exactly from embeddings.npy).
+    #[arg(long, default_value = "none")]
+    quantize: r1s_index::Quantize,
+    /// sq8: return the codes' approximate scores, without exact re-ranking.
+    #[arg(long)]
+    no_rerank: bool,
+    /// flat sq8: candidates re-ranked per query, as a multiple of k.
+    #[arg(long, default_value_t = 4)]
+    rerank_factor: usize,
+    /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
+    #[arg(long, default_value_t = 1_000_000)]
+    checkpoint_every: u64,
+    /// hnsw: start the graph over even when a checkpoint of an interrupted build is there; milvus:
+    /// insert every row again.
+    #[arg(long)]
+    no_resume: bool,
+    /// milvus: the gRPC endpoint of the Milvus server or cluster proxy.
+    #[arg(long, env = "R1S_MILVUS_URI", default_value = "http://127.0.0.1:19530")]
+    milvus_uri: String,
+    /// milvus: the collection (default: r1s_ and the name of --out).
+    #[arg(long)]
+    collection: Option<String>,
+    /// milvus: the index Milvus builds: HNSW (--m, --ef-construction, --ef-search), IVF_FLAT or
+    /// IVF_SQ8 (--nlist, --nprobe), FLAT (exact).
+    #[arg(long, default_value = "HNSW")]
+    milvus_index: r1s_index::MilvusIndexType,
+    /// milvus IVF: clusters.
+    #[arg(long, default_value_t = 1024)]
+    nlist: usize,
+    /// milvus IVF: clusters searched per query.
+    #[arg(long, default_value_t = 16)]
+    nprobe: usize,
+    /// milvus: drop an existing collection of that name holding other vectors (else refused).
+    #[arg(long)]
+    replace: bool,
+    /// milvus: deadline of one call to the server, retries included, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    milvus_timeout_ms: u64,
+    /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out>).
+    #[arg(long)]
+    corpus_out: Option<PathBuf>,
+    /// Format of a non-corpus INPUT (auto: from the file name and first bytes; see `corpus ingest`).
+    #[arg(long, default_value = "auto", value_parser = parse_format)]
+    format: Format,
+    /// Skip malformed JSONL/TSV/JSON records of INPUT (counted in the corpus manifest).
+    #[arg(long)]
+    skip_bad: bool,
+    /// How a non-corpus INPUT's documents are cut into passages (see `corpus ingest --chunking`).
+    #[arg(long, default_value = "balanced")]
+    chunking: r1s_corpus::Chunking,
+    /// Embedding model (see `r1s embed --model`).
+    #[arg(long, default_value = "minilm", env = "R1S_MODEL")]
+    model: PathBuf,
+    /// Embedding preset (see `r1s embed --preset`).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Storage type of embeddings.npy.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: r1s_embed::Dtype,
+    /// Threads in all (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+pub(crate) fn parse_kind(s: &str) -> Result<r1s_index::Kind, String> {
+    s.parse()
+}
+
+/// What `index build --kind` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BuildKind {
+    Dense(r1s_index::Kind),
+    Bm25,
+    Hybrid,
+}
+
+pub(crate) fn parse_build_kind(s: &str) -> Result<BuildKind, String> {
+    match s {
+        "bm25" => Ok(BuildKind::Bm25),
+        "hybrid" => Ok(BuildKind::Hybrid),
+        _ => s
+            .parse()
+            .map(BuildKind::Dense)
+            .map_err(|_| format!("unknown index kind {s:?} (flat, hnsw, hnsw-rs, faiss, milvus, bm25, hybrid)")),
+    }
+}
+
+/// A finite number >= 0 (BM25 k1, RRF k).
+pub(crate) fn parse_k1(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a finite number >= 0")),
+    }
+}
+
+/// A number in [0, 1] (BM25 b, a fusion weight).
+pub(crate) fn parse_unit(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a number in [0, 1]")),
+    }
+}
+
+pub(crate) fn parse_fusion(s: &str) -> Result<String, String> {
+    match s {
+        "rrf" | "linear" => Ok(s.to_owned()),
+        _ => Err(format!("unknown fusion {s:?} (rrf, linear)")),
+    }
+}
+
+/// BM25 and fusion settings: recorded as defaults by `index build`, overridden at query time by
+/// `retrieve`, `serve` and `index eval`.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct LexicalArgs {
+    /// bm25: term-frequency saturation, >= 0 (pyserini's default 0.9; BM25's textbook 1.2).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
+    k1: Option<f32>,
+    /// bm25: length normalisation in [0, 1] (pyserini's default 0.4; textbook 0.75).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]
+    b: Option<f32>,
+    /// hybrid: rrf (reciprocal rank fusion, default) or linear (weighted sum of min-max normalised
+    /// scores).
+    #[arg(long, value_parser = parse_fusion)]
+    fusion: Option<String>,
+    /// hybrid rrf: the k in 1 / (k + rank), >= 0 (default 60).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
+    rrf_k: Option<f32>,
+    /// hybrid linear: the dense side's weight in [0, 1]; BM25 gets 1 - weight (default 0.5).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]
+    weight: Option<f32>,
+    /// hybrid: candidates each side fetches before fusing, as a multiple of k (default 4; recall
+    /// at a given k can change with it, and so with --k in `index eval`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    depth: Option<u64>,
+}
+
+impl LexicalArgs {
+    /// k1 / b when either is given (the other from `base`).
+    pub(crate) fn bm25(&self, base: r1s_bm25::Bm25Params) -> Option<r1s_bm25::Bm25Params> {
+        (self.k1.is_some() || self.b.is_some())
+            .then(|| r1s_bm25::Bm25Params { k1: self.k1.unwrap_or(base.k1), b: self.b.unwrap_or(base.b) })
+    }
+
+    /// The fusion when any fusion flag is given; a parameter of the other method is an error.
+    fn fusion(&self) -> anyhow::Result<Option<r1s_retrieve::Fusion>> {
+        use r1s_retrieve::Fusion;
+        let method = match (&self.fusion, self.rrf_k, self.weight) {
+            (Some(m), _, _) => m.as_str(),
+            (None, Some(_), None) => "rrf",
+            (None, None, Some(_)) => "linear",
+            (None, None, None) => return Ok(None),
+            (None, Some(_), Some(_)) => anyhow::bail!("--rrf-k is for --fusion rrf, --weight for --fusion linear"),
+        };
+        Ok(Some(match method {
+            "rrf" => {
+                anyhow::ensure!(self.weight.is_none(), "--weight is a setting of --fusion linear");
+                Fusion::Rrf { k: self.rrf_k.unwrap_or(60.0) }
+            }
+            _ => {
+                anyhow::ensure!(self.rrf_k.is_none(), "--rrf-k is a setting of --fusion rrf");
+                Fusion::Linear { weight: self.weight.unwrap_or(0.5) }
+            }
+        }))
+    }
+
+    pub(crate) fn hybrid(&self) -> anyhow::Result<r1s_retrieve::HybridOptions> {
+        Ok(r1s_retrieve::HybridOptions { fusion: self.fusion()?, depth: self.depth.map(|d| d as usize), bm25: None })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IndexPlanArgs {
+    /// Passages (vectors).
+    #[arg(long)]
+    rows: u64,
+    /// Dimensions (MiniLM 384, e5-base/bge-base 768, bge-large 1024).
+    #[arg(long)]
+    dim: usize,
+    /// Show one configuration only: flat or hnsw (default: flat and hnsw over f32, f16 and sq8).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<r1s_index::Kind>,
+    /// With --kind: none or sq8.
+    #[arg(long, default_value = "none")]
+    quantize: r1s_index::Quantize,
+    /// With --kind: storage of embeddings.npy.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: r1s_embed::Dtype,
+    /// HNSW links per node.
+    #[arg(long, default_value_t = 32)]
+    m: usize,
+    /// HNSW candidates while building (index build's default).
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Mean bytes of a passage's text and title (100-word Wikipedia passages: about 600).
+    #[arg(long, default_value_t = 600)]
+    passage_bytes: u64,
+    /// Threads of the build.
+    #[arg(long, short = 'j', default_value_t = 16)]
+    threads: usize,
+    /// RAM budget (e.g. 64G, 512M): marks the configurations whose serving and build fit.
+    #[arg(long, value_parser = parse_bytes)]
+    ram: Option<u64>,
+}
+
+/// `64G`, `512M`, `1.5T`, `1000000` (bytes; K/M/G/T are powers of 1024).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (K, M, G, T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size such as 64G"))?;
+    if mult == 1 && v < 1048576.0 {
+        return Err(format!("{s:?} bytes is less than 1 MiB: give a unit, as in 64G"));
+    }
+    if !(v.is_finite() && v >= 0.0) || v * mult as f64 >= u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// `r1s_` and the index directory's name, with every character Milvus does not take as `_`.
+pub(crate) fn default_collection(out: &Path) -> String {
+    let name = std::path::absolute(out).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let clean: String =
+        name.unwrap_or_default().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("r1s_{clean}")
+}
+
+pub(crate) fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    match cmd {
+        IndexCmd::Build(a) => index_build(a, g, cancel),
+        IndexCmd::Plan(a) => index_plan(&a),
+        IndexCmd::Info { dir } => {
+            must_exist(&dir, "index directory")?;
+            // each kind is opened (its files checked against the manifest) before it is shown
+            let manifest = match r1s_retrieve::index_kind(&dir).as_deref() {
+                Some(r1s_bm25::KIND) => serde_json::to_value(r1s_bm25::Bm25Index::open(&dir)?.manifest)?,
+                Some(r1s_retrieve::hybrid::KIND) => {
+                    let m = r1s_retrieve::HybridManifest::read(&dir)?;
+                    let dense = r1s_index::OpenIndex::open(&r1s_retrieve::HybridManifest::part(&dir, &m.dense))?;
+                    let bm25 = r1s_bm25::Bm25Index::open(&r1s_retrieve::HybridManifest::part(&dir, &m.bm25))?;
+                    let mut v = serde_json::to_value(&m)?;
+                    v["parts"] = serde_json::json!({"dense": dense.manifest, "bm25": bm25.manifest});
+                    v
+                }
+                _ => serde_json::to_value(r1s_index::OpenIndex::open(&dir)?.manifest)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(())
+        }
+        IndexCmd::Eval { index, answers: Some(answers), k, limit, batch, threads, lexical, .. } => {
+            answer_recall(&index, &answers, k, limit, batch, threads, &lexical, g)
+        }
+        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries, .. } => {
+            if let Some(kind @ ("bm25" | "hybrid")) = r1s_retrieve::index_kind(&index).as_deref() {
+                anyhow::bail!(
+                    "{}: --queries / --query-vectors measure a dense index against exact search; this is a {kind} index: use --answers QUESTIONS.jsonl",
+                    index.display()
+                );
+            }
+            let queries = match (queries, query_vectors) {
+                (_, Some(v)) => EvalQueries::Vectors(v),
+                (Some(q), None) => EvalQueries::Texts(q),
+                (None, None) => anyhow::bail!("--queries or --query-vectors is required"),
+            };
+            index_eval(&index, &queries, k, limit, &ef, save_queries.as_deref())
+        }
+    }
+}
+
+/// `index build`: ingest when INPUT is not a corpus, then the dense, bm25 or hybrid build.
+pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    let bars = progress::Bars::new(g);
+    let lexical_flags = a.lexical.k1.is_some() || a.lexical.b.is_some();
+    let fusion_flags = a.lexical.fusion.is_some()
+        || a.lexical.rrf_k.is_some()
+        || a.lexical.weight.is_some()
+        || a.lexical.depth.is_some();
+    match a.kind {
+        BuildKind::Dense(_) => anyhow::ensure!(
+            !lexical_flags && !fusion_flags && a.dense.is_none(),
+            "--k1, --b, --fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind bm25 and hybrid"
+        ),
+        BuildKind::Bm25 => anyhow::ensure!(
+            !fusion_flags && a.dense.is_none(),
+            "--fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind hybrid"
+        ),
+        BuildKind::Hybrid => anyhow::ensure!(
+            a.dense.is_none() || (a.input.is_none() && !lexical_flags),
+            "with --dense and --bm25 nothing is built: INPUT, --k1 and --b do not apply"
+        ),
+    }
+    if let Some(input) = &a.input {
+        must_exist(input, "input")?;
+    }
+    for part in [&a.dense, &a.bm25].into_iter().flatten() {
+        must_exist(part, "index directory")?;
+    }
+    let corpus = match &a.input {
+        None => None,
+        Some(input) if is_corpus_dir(input) => Some(input.clone()),
+        Some(input) => {
+            let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
+            let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
+            if is_corpus_dir(&corpus) {
+                same_input(&corpus, input)?;
+                eprintln!(
+                    "corpus {} exists (ingested from {}): not ingesting again",
+                    corpus.display(),
+                    input.display()
+                );
+            } else {
+                let opts = IngestOptions {
+                    threads: a.threads,
+                    format: a.format,
+                    skip_bad: a.skip_bad,
+                    chunking: a.chunking,
+                    ..IngestOptions::default()
+                };
+                r1s_corpus::ingest(std::slice::from_ref(input), &corpus, &opts, &bars, cancel)?;
+            }
+            Some(corpus)
+        }
+    };
+    // another kind's index in --out is replaced, but its files are not ours to delete
+    let building = match a.kind {
+        BuildKind::Dense(k) => k.name(),
+        BuildKind::Bm25 => "bm25",
+        BuildKind::Hybrid => "hybrid",
+    };
+    let dense_kinds = ["flat", "hnsw", "hnsw-rs", "faiss", "milvus"];
+    if let Some(old) = r1s_retrieve::index_kind(&a.out)
+        && old != building
+        && !(dense_kinds.contains(&old.as_str()) && dense_kinds.contains(&building))
+    {
+        eprintln!(
+            "warning: {} holds a {old} index; it becomes a {building} index, and the {old} index's files stay beside it (remove them to free the space)",
+            a.out.display()
+        );
+    }
+    let needs_corpus = |what: &str| {
+        corpus.clone().with_context(|| {
+            format!("--kind {what} needs INPUT: a corpus directory, or a dump / JSONL / TSV file to ingest first")
+        })
+    };
+    match a.kind {
+        BuildKind::Dense(kind) => {
+            build_dense(&a, kind, corpus.as_deref(), &a.out, default_collection(&a.out), &bars, g, cancel)
+        }
+        BuildKind::Bm25 => build_bm25(&a, &needs_corpus("bm25")?, &a.out, &bars, g, cancel),
+        BuildKind::Hybrid => {
+            let hybrid_manifest = a.out.join(r1s_index::MANIFEST_FILE);
+            let (dense, bm25) = match (&a.dense, &a.bm25) {
+                (Some(d), Some(b)) => (d.clone(), b.clone()),
+                _ => {
+                    let corpus = needs_corpus("hybrid")?;
+                    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+                    // not a finished hybrid index until its parts are
+                    match std::fs::remove_file(&hybrid_manifest) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e).with_context(|| format!("removing {}", hybrid_manifest.display()));
+                        }
+                        _ => {}
+                    }
+                    let (d, b) = (a.out.join("dense"), a.out.join("bm25"));
+                    let collection = format!("{}_dense", default_collection(&a.out));
+                    build_dense(&a, a.dense_kind, Some(&corpus), &d, collection, &bars, g, cancel)?;
+                    build_bm25(&a, &corpus, &b, &bars, g, cancel)?;
+                    (d, b)
+                }
+            };
+            let fusion = a.lexical.fusion()?.unwrap_or_default();
+            let depth = a.lexical.depth.map_or(r1s_retrieve::hybrid::DEFAULT_DEPTH, |d| d as usize);
+            let m = r1s_retrieve::hybrid::write_manifest(&a.out, &dense, &bm25, fusion, depth)?;
+            if !g.quiet {
+                println!(
+                    "{}: hybrid index of {} passages (dense {}, bm25 {}; {} fusion of {depth} x k candidates per side)",
+                    a.out.display(),
+                    m.rows,
+                    m.dense,
+                    m.bm25,
+                    fusion.name()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks that the existing corpus `corpus` was ingested from `input` as it is now (path, size, and
+/// sha256 when recorded and the file is under 256 MiB), so that `index build` never indexes a stale
+/// corpus in silence.
+pub(crate) fn same_input(corpus: &Path, input: &Path) -> anyhow::Result<()> {
+    let m = r1s_corpus::store::Manifest::read(corpus)?;
+    let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let found = m.inputs.iter().find(|i| canon(Path::new(&i.path)) == canon(input));
+    let why = match found {
+        None => Some(format!(
+            "it was ingested from {}",
+            m.inputs.iter().map(|i| i.path.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        Some(i) if i.bytes != meta.len() => {
+            Some(format!("{} had {} bytes when ingested and has {} now", input.display(), i.bytes, meta.len()))
+        }
+        Some(i) => match &i.sha256 {
+            Some(sha) if meta.len() <= 256 << 20 => {
+                let now =
+                    r1s_core::fsutil::sha256_file(input).with_context(|| format!("reading {}", input.display()))?;
+                (&now != sha).then(|| format!("{} changed since it was ingested (sha256)", input.display()))
+            }
+            _ => None,
+        },
+    };
+    match why {
+        Some(why) => anyhow::bail!(
+            "corpus {} exists and does not hold {}: {why}; remove it, or give another directory with --corpus-out",
+            corpus.display(),
+            input.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Builds a bm25 index of `corpus` into `out`.
+pub(crate) fn build_bm25(
+    a: &IndexBuildArgs,
+    corpus: &Path,
+    out: &Path,
+    bars: &progress::Bars,
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    let o = r1s_bm25::BuildOptions {
+        params: a.lexical.bm25(r1s_bm25::Bm25Params::default()).unwrap_or_default(),
+        threads: a.threads,
+        checkpoint_every: a.checkpoint_every.max(1),
+        resume: !a.no_resume,
+        ..Default::default()
+    };
+    let built = r1s_bm25::build(corpus, out, &o, bars, cancel);
+    if matches!(built, Err(r1s_bm25::Bm25Error::Cancelled)) {
+        eprintln!(
+            "the BM25 build committed its progress in {}: rerun the same command to resume it",
+            out.join(r1s_bm25::PART_DIR).display()
+        );
+    }
+    let m = built?;
+    if !g.quiet {
+        println!(
+            "{}: bm25 index of {} passages, {} terms, {:.1} terms per passage (k1 {}, b {}; corpus {}) built in {:.1} s",
+            out.display(),
+            m.rows,
+            m.terms,
+            m.tokens as f64 / m.rows.max(1) as f64,
+            m.params.k1,
+            m.params.b,
+            m.corpus,
+            m.build_seconds
+        );
+    }
+    Ok(())
+}
+
+/// Embeds `corpus` (when given) into `out` and builds the dense index of `kind` there.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_dense(
+    a: &IndexBuildArgs,
+    kind: r1s_index::Kind,
+    corpus: Option<&Path>,
+    out: &Path,
+    collection: String,
+    bars: &progress::Bars,
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    if let Some(corpus) = corpus {
+        let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
+        let cfg =
+            r1s_embed::EmbedderConfig { model: a.model.clone(), preset, threads: a.threads, ..Default::default() };
+        let embedder = r1s_embed::OnnxEmbedder::load(&cfg)?;
+        let job = r1s_embed::EmbedJob { dtype: a.dtype, ..r1s_embed::EmbedJob::new(corpus, out) };
+        r1s_embed::embed_corpus(&embedder, &job, bars, cancel)?;
+    } else if !out.join(r1s_index::EMBEDDINGS_FILE).is_file() {
+        anyhow::bail!(
+            "{}: no embeddings.npy to index; give INPUT (a corpus, dump or passages file) or run `r1s embed` first",
+            out.display()
+        );
+    }
+    let params = r1s_index::BuildParams {
+        hnsw: r1s_index::HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search },
+        faiss_factory: a.factory.clone(),
+        faiss_ef_search: a.ef_search,
+        quant: r1s_index::QuantParams {
+            quantize: a.quantize,
+            rerank: !a.no_rerank,
+            rerank_factor: a.rerank_factor.max(1),
+        },
+        checkpoint_every: a.checkpoint_every.max(1),
+        resume: !a.no_resume,
+        milvus: r1s_index::MilvusBuild {
+            params: r1s_index::MilvusParams {
+                uri: a.milvus_uri.clone(),
+                collection: a.collection.clone().unwrap_or(collection),
+                index_type: a.milvus_index,
+                m: a.m,
+                ef_construction: a.ef_construction,
+                ef_search: a.ef_search,
+                nlist: a.nlist,
+                nprobe: a.nprobe,
+                timeout_ms: a.milvus_timeout_ms,
+                ..Default::default()
+            },
+            replace: a.replace,
+            batch_rows: 0,
+            fresh: false,
+        },
+    };
+    let pool = rayon_pool(a.threads)?;
+    let built = pool.install(|| r1s_index::build(out, kind, &params, bars, cancel));
+    if matches!(built, Err(r1s_index::IndexError::Cancelled)) && out.join(r1s_index::CHECKPOINT_FILE).exists() {
+        eprintln!(
+            "the graph build was checkpointed in {}: rerun the same command to resume it",
+            out.join(r1s_index::CHECKPOINT_FILE).display()
+        );
+    }
+    let m = built?;
+    if !g.quiet {
+        let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
+        println!(
+            "{}: {:?}{q} index of {} x {} vectors (corpus {}) built in {:.1} s",
+            out.display(),
+            m.kind,
+            m.rows,
+            m.dim,
+            if m.corpus.is_empty() { "-" } else { m.corpus.as_str() },
+            m.build_seconds
+        );
+        if m.kind == r1s_index::Kind::Milvus {
+            println!(
+                "Milvus collection {} at {}: serving nodes need only {} (with the corpus and the model)",
+                m.params["collection"].as_str().unwrap_or_default(),
+                m.params["uri"].as_str().unwrap_or_default(),
+                out.join(r1s_index::MANIFEST_FILE).display()
+            );
+        }
+        if let Some(peak) = r1s_core::mem::peak_rss_bytes() {
+            println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
+        }
+    }
+    Ok(())
+}
+
+/// `index eval --answers`: answer recall@k of the index's retriever (and, for a hybrid index, of
+/// its parts and both fusions) on a question set, with queries/s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn answer_recall(
+    dir: &Path,
+    path: &Path,
+    k: usize,
+    limit: Option<usize>,
+    batch: usize,
+    threads: usize,
+    lexical: &LexicalArgs,
+    g: &Globals,
+) -> anyhow::Result<()> {
+    use r1s_core::{Hit, Progress, Retriever};
+    use r1s_retrieve::{AnyRetriever, Fusion};
+    anyhow::ensure!(k >= 1 && batch >= 1, "--k and --batch must be at least 1");
+    must_exist(dir, "index directory")?;
+    use_threads(threads);
+    let questions = r1s_agent::read_questions(path, limit)?;
+    anyhow::ensure!(!questions.is_empty(), "{}: no questions", path.display());
+    let opts = r1s_retrieve::RetrieverOptions {
+        dense: r1s_retrieve::DenseOptions { threads, ..Default::default() },
+        bm25: lexical.bm25(bm25_defaults(dir)),
+        hybrid: lexical.hybrid()?,
+    };
+    let r = AnyRetriever::open(dir, &opts)?;
+    let mut ks: Vec<usize> = vec![1, 3, 5, 10, k];
+    ks.sort_unstable();
+    ks.dedup();
+    ks.retain(|&x| x <= k.max(10));
+    let depth = *ks.last().unwrap_or(&10);
+    type Run<'a> = Box<dyn Fn(&[&str], usize) -> Result<Vec<Vec<Hit>>, r1s_retrieve::RetrieveError> + 'a>;
+    let mut runs: Vec<(String, Run<'_>)> = Vec::new();
+    match &r {
+        AnyRetriever::Hybrid(h) => {
+            let dense_kind = h.dense().index().manifest.kind.name();
+            runs.push((format!("dense ({dense_kind})"), Box::new(|q, k| h.dense().retrieve(q, k))));
+            runs.push((
+                "bm25".into(),
+                Box::new(|q, k| h.bm25().search(q, k)?.iter().map(|s| r1s_retrieve::to_hits(h.corpus(), s)).collect()),
+            ));
+            let rrf = match h.fusion() {
+                f @ Fusion::Rrf { .. } => f,
+                _ => Fusion::default(),
+            };
+            let linear = match h.fusion() {
+                f @ Fusion::Linear { .. } => f,
+                _ => Fusion::Linear { weight: 0.5 },
+            };
+            for f in [rrf, linear] {
+                let name = match f {
+                    Fusion::Rrf { k } => format!("hybrid rrf k={k}"),
+                    Fusion::Linear { weight } => format!("hybrid linear w={weight}"),
+                };
+                runs.push((
+                    name,
+                    Box::new(move |q, k| {
+                        h.search_scored_with(q, k, f)?.iter().map(|s| r1s_retrieve::to_hits(h.corpus(), s)).collect()
+                    }),
+                ));
+            }
+        }
+        other => runs.push((other.kind(), Box::new(|q, k| other.retrieve(q, k)))),
+    }
+    let golds: Vec<Vec<String>> = questions
+        .iter()
+        .map(|q| q.answers.iter().map(|a| r1s_agent::metrics::normalize(a)).filter(|a| !a.is_empty()).collect())
+        .collect();
+    let texts: Vec<&str> = questions.iter().map(|q| q.question.as_str()).collect();
+    let mut normalized: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let bars = progress::Bars::new(g);
+    let mut table = Vec::new();
+    for (name, run) in &runs {
+        run(&texts[..1], depth)?; // first-call set-up (sessions, page faults) is not timed
+        bars.start(name, Some(texts.len() as u64), r1s_core::Unit::Items);
+        let t = std::time::Instant::now();
+        let mut lists = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch) {
+            lists.extend(run(chunk, depth)?);
+            bars.advance(chunk.len() as u64);
+        }
+        let qps = texts.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        bars.finish(&format!("{} questions, {qps:.0} queries/s", texts.len()));
+        // the rank of the first passage holding a gold answer, per question
+        let first: Vec<Option<usize>> = lists
+            .iter()
+            .zip(&golds)
+            .map(|(hits, gold)| {
+                hits.iter().position(|h| {
+                    let text = normalized.entry(h.row).or_insert_with(|| r1s_agent::metrics::normalize(&h.contents));
+                    gold.iter().any(|a| text.contains(a.as_str()))
+                })
+            })
+            .collect();
+        let recall: Vec<f64> = ks
+            .iter()
+            .map(|&k| first.iter().filter(|f| f.is_some_and(|r| r < k)).count() as f64 / first.len() as f64)
+            .collect();
+        table.push((name.clone(), recall, qps));
+    }
+    println!(
+        "{} questions from {}; {} index {} ({} passages); batches of {batch}",
+        texts.len(),
+        path.display(),
+        r.kind(),
+        dir.display(),
+        r.corpus().docstore.len()
+    );
+    print!("{:<24}", "retriever");
+    for k in &ks {
+        print!(" {:>7}", format!("R@{k}"));
+    }
+    println!(" {:>10}", "queries/s");
+    for (name, recall, qps) in table {
+        print!("{name:<24}");
+        for r in recall {
+            print!(" {r:>7.4}");
+        }
+        println!(" {qps:>10.0}");
+    }
+    Ok(())
+}
+
+/// Reads queries: JSONL objects with "question", "query" or "text", else plain lines.
+pub(crate) fn read_queries(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q = if line.trim_start().starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}: line {}", path.display(), n + 1))?;
+            ["question", "query", "text"].iter().find_map(|k| v[k].as_str().map(str::to_owned)).with_context(|| {
+                format!("{}: line {}: no \"question\", \"query\" or \"text\"", path.display(), n + 1)
+            })?
+        } else {
+            line.to_owned()
+        };
+        out.push(q);
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Where `index eval` takes its queries from.
+pub(crate) enum EvalQueries {
+    /// Texts, embedded with the index's model.
+    Texts(PathBuf),
+    /// A [n, dim] f32 .npy of query vectors.
+    Vectors(PathBuf),
+}
+
+/// Recall@k against the exact scan and queries/s. One query is timed alone first (the first-query
+/// latency), then one untimed pass warms the index, then the timed approximate searches run, then the
+/// process's resident memory is read (what a search run touched: graph, codes, re-ranked rows), then
+/// the exact scan.
+pub(crate) fn index_eval(
+    dir: &Path,
+    queries: &EvalQueries,
+    k: usize,
+    limit: Option<usize>,
+    efs: &[usize],
+    save: Option<&Path>,
+) -> anyhow::Result<()> {
+    use r1s_core::{Embedder, VectorIndex};
+    let t = std::time::Instant::now();
+    let idx = r1s_index::OpenIndex::open(dir)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let dim = idx.manifest.dim;
+    let (qv, nq, embed_note) = match queries {
+        EvalQueries::Texts(path) => {
+            let embedder = r1s_retrieve::query_embedder(&idx.manifest, &Default::default())?;
+            let qs = read_queries(path, limit)?;
+            let refs: Vec<&str> = qs.iter().map(String::as_str).collect();
+            let t = std::time::Instant::now();
+            let qv = embedder.embed(&refs, r1s_core::Side::Query)?;
+            let note = format!("{} queries embedded in {:.2} s", qs.len(), t.elapsed().as_secs_f64());
+            if let Some(path) = save {
+                let h = r1s_core::npy::NpyHeader::new(r1s_core::npy::Dtype::F32, qs.len() as u64, dim as u64);
+                let mut bytes = h.to_bytes();
+                bytes.extend(qv.iter().flat_map(|x| x.to_le_bytes()));
+                std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+            (qv, qs.len(), note)
+        }
+        EvalQueries::Vectors(path) => {
+            let m = r1s_index::Matrix::open(path)?;
+            anyhow::ensure!(m.dim() == dim, "{}: {}-dim vectors, the index holds {dim}", path.display(), m.dim());
+            let n = limit.map_or(m.rows(), |l| (l as u64).min(m.rows()));
+            let mut buf = Vec::new();
+            let qv = m.block(0, n, &mut buf).to_vec();
+            (qv, n as usize, format!("{n} query vectors from {}", path.display()))
+        }
+    };
+    // one query alone, on whatever the page cache holds now (cold after a drop)
+    let t = std::time::Instant::now();
+    idx.search(&qv[..dim.min(qv.len())], k)?;
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    // each kind runs one untimed pass of every query at its largest ef first, so that the timed
+    // passes measure a warm index (a server that has run a while), not the first pass's page faults
+    let timed = |f: &dyn Fn() -> Result<Vec<Vec<r1s_core::Scored>>, r1s_index::IndexError>| -> anyhow::Result<(Vec<Vec<r1s_core::Scored>>, f64)> {
+        let t = std::time::Instant::now();
+        let r = f()?;
+        Ok((r, nq as f64 / t.elapsed().as_secs_f64().max(1e-9)))
+    };
+    let mut rows: Vec<(String, Vec<Vec<r1s_core::Scored>>, f64)> = Vec::new();
+    type Run<'a> = dyn Fn(usize) -> Result<Vec<Vec<r1s_core::Scored>>, r1s_index::IndexError> + 'a;
+    // an HNSW graph at each ef (its default without --ef), after one warm-up pass at the largest
+    let mut hnsw_rows = |name: &str, default_ef: usize, run: &Run<'_>| -> anyhow::Result<()> {
+        let list = if efs.is_empty() { vec![default_ef] } else { efs.to_vec() };
+        run(list.iter().copied().max().unwrap_or(default_ef))?;
+        for ef in list {
+            let (approx, qps) = timed(&|| run(ef))?;
+            rows.push((format!("{name} ef={ef}"), approx, qps));
+        }
+        Ok(())
+    };
+    match &idx.index {
+        r1s_index::Index::Hnsw { graph, .. } => {
+            let name = if graph.quant.quantize == r1s_index::Quantize::Sq8 { "hnsw-sq8" } else { "hnsw" };
+            hnsw_rows(name, graph.params.ef_search, &|ef| graph.search_ef(&qv, k, ef))?;
+        }
+        r1s_index::Index::HnswRs { graph, .. } => {
+            hnsw_rows("hnsw-rs", graph.params.ef_search, &|ef| graph.search_ef(&qv, k, ef))?;
+        }
+        r1s_index::Index::FlatSq8 { index, .. } => {
+            index.search(&qv, k)?;
+            let (approx, qps) = timed(&|| index.search(&qv, k))?;
+            rows.push((format!("flat-sq8 x{}", index.quant.rerank_factor), approx, qps));
+        }
+        r1s_index::Index::Faiss { index, .. } => {
+            let factory = idx.manifest.params["factory"].as_str().unwrap_or("?").to_owned();
+            let settings: Vec<Option<usize>> = if efs.is_empty() || !factory.contains("HNSW") {
+                vec![None]
+            } else {
+                efs.iter().copied().map(Some).collect()
+            };
+            if let Some(&ef) = efs.iter().max().filter(|_| factory.contains("HNSW")) {
+                index.set_parameter("efSearch", ef as f64)?;
+            }
+            index.search(&qv, k)?;
+            for ef in settings {
+                if let Some(ef) = ef {
+                    index.set_parameter("efSearch", ef as f64)?;
+                }
+                let (approx, qps) = timed(&|| index.search(&qv, k))?;
+                let name = ef.map_or_else(|| format!("faiss {factory}"), |ef| format!("faiss {factory} ef={ef}"));
+                rows.push((name, approx, qps));
+            }
+        }
+        r1s_index::Index::Milvus(index) => {
+            let name = format!("milvus {}", index.params.index_type.name());
+            let default = match index.params.index_type {
+                r1s_index::MilvusIndexType::IvfFlat | r1s_index::MilvusIndexType::IvfSq8 => index.params.nprobe,
+                _ => index.params.ef_search,
+            };
+            if index.params.index_type == r1s_index::MilvusIndexType::Flat {
+                index.search(&qv, k)?;
+                let (approx, qps) = timed(&|| index.search(&qv, k))?;
+                rows.push((name, approx, qps));
+            } else {
+                hnsw_rows(&name, default, &|ef| index.search_ef(&qv, k, ef))?;
+            }
+        }
+        r1s_index::Index::Flat(_) => {}
+    }
+    let resident = r1s_core::mem::rss_bytes();
+    // a Milvus index's reference is the embeddings.npy it was built from, when it is still there
+    let own;
+    let flat = match idx.flat() {
+        Some(f) => f,
+        None => {
+            own = r1s_index::FlatIndex::open(&idx.dir.join(r1s_index::EMBEDDINGS_FILE)).with_context(|| {
+                format!("{}: recall needs the exact reference, embeddings.npy (kept by index build)", idx.dir.display())
+            })?;
+            &own
+        }
+    };
+    let (exact, flat_qps) = timed(&|| flat.search(&qv, k))?;
+    println!("{embed_note}; {} x {} vectors; k = {k}", idx.manifest.rows, idx.manifest.dim);
+    println!("open {open_ms:.1} ms");
+    println!("first query {first_ms:.1} ms");
+    if let Some(r) = resident.filter(|_| !rows.is_empty()) {
+        println!("resident after approximate searches {:.0} MiB", r as f64 / 1048576.0);
+    }
+    println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
+    println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
+    for (name, approx, qps) in rows {
+        let r = r1s_index::recall_at_k(&exact, &approx, k);
+        println!("{name:<24} {r:>10.4} {qps:>12.0}");
+    }
+    Ok(())
+}
+
+/// Prints `index plan`'s table: one configuration, or all of them against the RAM budget.
+pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
+    use r1s_index::plan::{PlanInput, candidates, plan};
+    use std::io::Write;
+    anyhow::ensure!(a.rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1");
+    anyhow::ensure!((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)");
+    anyhow::ensure!(a.ef_construction >= 1 && a.threads >= 1, "--ef-construction and --threads must be at least 1");
+    anyhow::ensure!(
+        matches!(a.kind, None | Some(r1s_index::Kind::Flat | r1s_index::Kind::Hnsw)),
+        "index plan sizes the flat and hnsw kinds"
+    );
+    anyhow::ensure!(
+        a.kind.is_some() || (a.quantize == r1s_index::Quantize::None && a.dtype == r1s_embed::Dtype::F32),
+        "--quantize and --dtype choose one configuration: give --kind too (without it every configuration is shown)"
+    );
+    anyhow::ensure!(
+        a.kind != Some(r1s_index::Kind::Hnsw) || a.rows < u64::from(u32::MAX),
+        "an r1s HNSW graph holds fewer than 2^32 rows: shard the corpus"
+    );
+    let mut out = std::io::stdout().lock();
+    let base = PlanInput {
+        rows: a.rows,
+        dim: a.dim,
+        dtype: a.dtype,
+        kind: a.kind.unwrap_or(r1s_index::Kind::Hnsw),
+        quantize: a.quantize,
+        m: a.m,
+        ef_construction: a.ef_construction,
+        passage_bytes: a.passage_bytes,
+        threads: a.threads.max(1),
+    };
+    let configs = match a.kind {
+        Some(kind) => {
+            let dt = match (a.quantize, a.dtype) {
+                (r1s_index::Quantize::Sq8, r1s_embed::Dtype::F16) => "sq8/f16",
+                (r1s_index::Quantize::Sq8, _) => "sq8/f32",
+                (_, r1s_embed::Dtype::F16) => "f16",
+                _ => "f32",
+            };
+            vec![(format!("{} {dt}", if kind == r1s_index::Kind::Hnsw { "hnsw" } else { "flat" }), base)]
+        }
+        None => candidates(&base),
+    };
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    writeln!(
+        out,
+        "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{}",
+        a.rows,
+        a.dim,
+        a.m,
+        a.ef_construction,
+        a.threads,
+        a.passage_bytes,
+        a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
+    )?;
+    writeln!(
+        out,
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}{}",
+        "config",
+        "vectors",
+        "codes",
+        "graph",
+        "passages",
+        "disk",
+        "serve RAM",
+        "build RAM",
+        "build",
+        if a.ram.is_some() { "  fits" } else { "" }
+    )?;
+    for (name, p) in configs {
+        let e = plan(&p);
+        let fits = a.ram.map(|ram| if e.serve_ram_bytes <= ram && e.build_ram_bytes <= ram { "  yes" } else { "  no" });
+        let build = match e.build_seconds {
+            s if s <= 0.0 => "-".into(),
+            s if s < 60.0 => format!("{s:.0} s"),
+            s if s < 3600.0 => format!("{:.0} min", s / 60.0),
+            s => format!("{:.1} h", s / 3600.0),
+        };
+        writeln!(
+            out,
+            "{name:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {build:>9}{}",
+            gb(e.vectors_bytes),
+            gb(e.codes_bytes),
+            gb(e.graph_bytes),
+            gb(e.docstore_bytes),
+            gb(e.disk_bytes),
+            gb(e.serve_ram_bytes),
+            gb(e.build_ram_bytes),
+            fits.unwrap_or("")
+        )?;
+    }
+    writeln!(
+        out,
+        "serve RAM: what stays resident to search at full speed (graph + vectors or codes); passages and re-ranked rows come from the page cache per hit"
+    )?;
+    writeln!(
+        out,
+        "build: the graph alone (embedding not included), from tools/bench-scale's 2-thread builds at 100k-1M rows, assuming linear scaling with threads"
+    )?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `r1s serve`: the HTTP retrieval server.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use r1s_core::Cancel;
+
+use crate::Globals;
+use crate::retrieve::RetrieverArgs;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    retriever: RetrieverArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port, printed at start-up).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Passages per query when a request does not say.
+    #[arg(long, default_value_t = 3)]
+    topk: usize,
+    /// Largest topk / k accepted (422 above).
+    #[arg(long, default_value_t = 1000)]
+    max_topk: usize,
+    /// Most queries in one request (422 above).
+    #[arg(long, default_value_t = 4096)]
+    max_queries: usize,
+    /// Largest request body in MiB (422 above).
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Most queries embedded and searched together.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Longest wait for more concurrent requests before a batch runs, in milliseconds.
+    #[arg(long, default_value_t = 3.0)]
+    max_wait_ms: f64,
+    /// Run each request on its own (no micro-batching).
+    #[arg(long)]
+    no_batching: bool,
+    /// Most queries waiting; beyond it requests get --overload-status with Retry-After.
+    #[arg(long, default_value_t = 16384)]
+    queue: usize,
+    /// The status of a request refused because the queue is full (with Retry-After: 1): 503, which
+    /// verl's search client retries with a growing delay, or 429, which it gives up on.
+    #[arg(long, default_value_t = 503, value_parser = parse_overload_status)]
+    overload_status: u16,
+    /// Batch worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Threads of the HTTP runtime.
+    #[arg(long, default_value_t = 2)]
+    http_threads: usize,
+    /// Seconds between traffic log lines (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    log_every: f64,
+}
+
+pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let r = Arc::new(a.retriever.open()?);
+    let info = r.describe();
+    let rows = r.corpus().docstore.len();
+    let cfg = r1s_retrieve::ServeConfig {
+        default_topk: a.topk,
+        max_topk: a.max_topk,
+        max_queries: a.max_queries,
+        max_body_bytes: a.max_body_mib << 20,
+        batch: r1s_retrieve::BatchConfig {
+            coalesce: !a.no_batching,
+            max_batch: a.max_batch,
+            max_wait: std::time::Duration::from_secs_f64(a.max_wait_ms.max(0.0) / 1e3),
+            max_queued: a.queue,
+            workers: a.workers,
+        },
+        overload_status: axum_status(a.overload_status)?,
+        log_every: (a.log_every > 0.0).then(|| std::time::Duration::from_secs_f64(a.log_every)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.http_threads.max(1))
+        .thread_name("r1s-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        if !g.quiet {
+            eprintln!(
+                "r1s serve: listening on http://{addr} ({} index of {rows} passages, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
+                r.kind(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        // ctrl-c and SIGTERM set the cancel flag (ctrlc's handler): stop accepting, finish, exit
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(r1s_retrieve::serve(r.clone(), listener, cfg, info, async {
+            let _ = stopped.await;
+        }));
+        while !cancel.is_cancelled() && !server.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+        server.await.context("the server task")?.context("serving")
+    })?;
+    if !g.quiet {
+        eprintln!("r1s serve: stopped");
+    }
+    Ok(())
+}
+
+fn parse_overload_status(s: &str) -> Result<u16, String> {
+    match s {
+        "429" => Ok(429),
+        "503" => Ok(503),
+        other => Err(format!("{other:?}: 429 or 503")),
+    }
+}
+
+fn axum_status(code: u16) -> anyhow::Result<r1s_retrieve::StatusCode> {
+    Ok(r1s_retrieve::StatusCode::from_u16(code)?)
+}
