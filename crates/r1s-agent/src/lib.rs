@@ -10,6 +10,8 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod reward;
+pub mod reward_server;
+pub mod searchr1;
 
 pub use agent::{AgentError, LoopConfig, Source, Span, Trajectory, run};
 pub use eval::{Question, Summary, read_questions, score_file};

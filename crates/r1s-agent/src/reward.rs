@@ -16,6 +16,29 @@ pub enum Reward {
     Stage2,
     /// Released Llama stage 2: F1 − 1 when tags are unbalanced, think/answer counts wrong or CJK.
     Stage2Llama,
+    /// Search-R1 `qa_em`: 1 when the last answer (of at least two in the sequence) matches exactly.
+    #[serde(rename = "searchr1-em")]
+    SearchR1Em,
+    /// Search-R1 `qa_em` sub-EM: a gold answer is contained in the answer.
+    #[serde(rename = "searchr1-subem")]
+    SearchR1SubEm,
+    /// Search-R1 `qa_em_format` with its defaults (structure 0.2, final format 0.1, retrieval 0.1).
+    #[serde(rename = "searchr1-format")]
+    SearchR1Format,
+    /// Search-R1 `qa_em_format` as v0.3's scripts weight it (0.2, 0.1, retrieval 0).
+    #[serde(rename = "searchr1-format-v03")]
+    SearchR1FormatV03,
+}
+
+impl Reward {
+    /// Search-R1's rewards read the whole sequence, prompt included; R1-Searcher's the rollout.
+    pub fn reads_prompt(self) -> bool {
+        matches!(self, Reward::SearchR1Em | Reward::SearchR1SubEm | Reward::SearchR1Format | Reward::SearchR1FormatV03)
+    }
+
+    /// Every reward's name, as parsed.
+    pub const NAMES: &'static str =
+        "stage1, stage1-code, stage2, stage2-llama, searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03";
 }
 
 impl std::str::FromStr for Reward {
@@ -26,7 +49,11 @@ impl std::str::FromStr for Reward {
             "stage1-code" => Ok(Reward::Stage1Code),
             "stage2" => Ok(Reward::Stage2),
             "stage2-llama" => Ok(Reward::Stage2Llama),
-            _ => Err(format!("unknown reward {s:?} (stage1, stage1-code, stage2, stage2-llama)")),
+            "searchr1-em" => Ok(Reward::SearchR1Em),
+            "searchr1-subem" => Ok(Reward::SearchR1SubEm),
+            "searchr1-format" => Ok(Reward::SearchR1Format),
+            "searchr1-format-v03" => Ok(Reward::SearchR1FormatV03),
+            _ => Err(format!("unknown reward {s:?} ({})", Reward::NAMES)),
         }
     }
 }
@@ -108,7 +135,24 @@ pub fn retrievals(sol: &str) -> usize {
     count(sol, BEGIN_QUERY)
 }
 
-/// The reward of `sol` against the gold answers.
+/// The reward of the rollout `sol` of `prompt` against the gold answers: Search-R1's rewards score
+/// `prompt + sol` (as its code scores the decoded sequence), R1-Searcher's `sol` alone.
+pub fn reward_of(kind: Reward, prompt: &str, sol: &str, golds: &[String]) -> f64 {
+    use crate::searchr1 as s;
+    if kind.reads_prompt() {
+        let sequence = format!("{prompt}{sol}");
+        return match kind {
+            Reward::SearchR1Em => s::score_em(&sequence, golds),
+            Reward::SearchR1SubEm => s::score_subem(&sequence, golds),
+            Reward::SearchR1FormatV03 => s::score_format_em(&sequence, golds, s::FormatWeights::V03),
+            _ => s::score_format_em(&sequence, golds, s::FormatWeights::DEFAULT),
+        };
+    }
+    reward(kind, sol, golds)
+}
+
+/// The reward of `sol` against the gold answers (for Search-R1's rewards `sol` is the whole
+/// sequence; see [`reward_of`]).
 pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
     let has_answer = count(sol, "<answer>") >= 1 && count(sol, "</answer>") >= 1;
     let best_f1 = || golds.iter().map(|g| f1(&extract_answer(sol), g)).fold(0.0, f64::max);
@@ -138,6 +182,9 @@ pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
             let bad =
                 retrieval_tags_balanced(sol).is_none() || !think_answer_tags_ok(sol) || cjk_outside_documents(sol);
             f - if bad { 1.0 } else { 0.0 }
+        }
+        Reward::SearchR1Em | Reward::SearchR1SubEm | Reward::SearchR1Format | Reward::SearchR1FormatV03 => {
+            reward_of(kind, "", sol, golds)
         }
     }
 }

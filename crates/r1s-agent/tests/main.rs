@@ -344,3 +344,39 @@ fn questions_in_both_formats() {
     let real = r1s_agent::read_questions(&shared("r1searcher/eval_set/bamboogle.jsonl"), Some(10)).unwrap();
     assert_eq!(real.len(), 10);
 }
+
+/// Search-R1's rewards equal its Python code's values (`reward_cases.jsonl`: `qa_em.py` and
+/// `qa_em_format.py` run unmodified) on every line: EM, sub-EM, format-aware EM with the default and
+/// the v0.3 weights, the sequence check, retrieval correctness and the extracted answer.
+#[test]
+fn search_r1_rewards_equal_the_reference_on_every_case() {
+    use r1s_agent::searchr1 as s;
+    let text = std::fs::read_to_string(shared("searchr1/reward_cases.jsonl")).unwrap();
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let seq = v["solution_str"].as_str().unwrap();
+        let golds: Vec<String> =
+            v["golden_answers"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_owned()).collect();
+        let f = |k: &str| v[k].as_f64().unwrap();
+        let line_no = i + 1;
+        assert_eq!(s::extract_answer(seq), v["answer"].as_str(), "line {line_no}: answer");
+        assert_eq!(
+            s::is_valid_sequence(seq),
+            v["valid"].as_bool().unwrap(),
+            "line {line_no}: {:?}",
+            s::validate_sequence(seq)
+        );
+        assert_eq!(s::retrieval_correct(seq, &golds), v["retrieval_correct"].as_bool().unwrap(), "line {line_no}");
+        assert_eq!(reward(Reward::SearchR1Em, seq, &golds), f("em"), "line {line_no}: em");
+        assert_eq!(reward(Reward::SearchR1SubEm, seq, &golds), f("subem"), "line {line_no}: subem");
+        assert!((reward(Reward::SearchR1Format, seq, &golds) - f("format_em")).abs() < 1e-12, "line {line_no}");
+        assert!((reward(Reward::SearchR1FormatV03, seq, &golds) - f("format_em_v03")).abs() < 1e-12, "line {line_no}");
+        // split anywhere into prompt and rollout, the score is the same
+        let cut = seq.char_indices().nth(seq.chars().count() / 2).map_or(0, |(b, _)| b);
+        let (p, r) = seq.split_at(cut);
+        assert_eq!(r1s_agent::reward::reward_of(Reward::SearchR1Em, p, r, &golds), f("em"));
+        n += 1;
+    }
+    assert_eq!(n, 400);
+}

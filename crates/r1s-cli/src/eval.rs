@@ -55,7 +55,8 @@ pub(crate) struct EvalArgs {
     /// Episodes generated together.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Reward recorded per row (stage1, stage1-code, stage2, stage2-llama).
+    /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
+    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout).
     #[arg(long, default_value = "stage2", value_parser = parse_reward)]
     reward: r1s_agent::Reward,
     /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields).
@@ -127,12 +128,12 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         }
         let trajectories = run(prompts, &cfg)?;
         for (q, t) in chunk.iter().zip(trajectories) {
-            let reward = r1s_agent::reward::reward(a.reward, &t.sol, &q.answers);
+            let reward = r1s_agent::reward::reward_of(a.reward, &t.prompt, &t.sol, &q.answers);
             let row = serde_json::json!({
                 "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
                 "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
                 "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
-                "reward": reward, "reward_kind": a.reward, "spans": t.spans,
+                "reward": reward, "reward_kind": a.reward, "spans": t.spans, "prompt": t.prompt,
             });
             writeln!(out, "{row}")?;
             rows.push((t.pred, q.answers.clone(), t.sol, reward));

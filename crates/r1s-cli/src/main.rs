@@ -10,6 +10,7 @@ mod index;
 mod policy;
 mod progress;
 mod retrieve;
+mod reward;
 mod serve;
 mod train;
 
@@ -80,6 +81,12 @@ enum Command {
     Policy(policy::PolicyCmd),
     /// Evaluate a policy with retrieval on a question set (R1-Searcher protocol), or score results.
     Eval(eval::EvalArgs),
+    /// Score a JSONL of rollouts (Search-R1's {"solution_str","golden_answers"} or r1s / R1-Searcher
+    /// results) with any reward of either protocol; each line is written with its reward.
+    Reward(reward::RewardArgs),
+    /// Serve rewards to OpenRLHF as R1-Searcher's reward servers do: POST /get_reward
+    /// {"query": [prompt + rollout, ...]} → {"rewards": [...]}, gold answers from a question file.
+    ServeReward(reward::ServeRewardArgs),
     /// Serve an index over HTTP: Search-R1's POST /retrieve, R1-Searcher's POST /queries, GET /health,
     /// GET /metrics. Concurrent requests are micro-batched; a full queue answers 503 (or 429) with Retry-After.
     Serve(serve::ServeArgs),
@@ -87,7 +94,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve(_));
+    let serving = matches!(cli.command, Command::Serve(_) | Command::ServeReward(_));
     let level = match (cli.globals.quiet, cli.globals.verbose) {
         (true, _) => log::LevelFilter::Error,
         (false, 0) if serving => log::LevelFilter::Info,
@@ -258,6 +265,8 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Policy(policy::PolicyCmd::Plot(args)) => train::plot(args),
         Command::Policy(policy::PolicyCmd::StackAdapters(args)) => policy::stack_adapters(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Task(args)) => train::task(args, &cli.globals),
+        Command::Reward(args) => reward::reward(args, &cli.globals),
+        Command::ServeReward(args) => reward::serve_reward(args, &cli.globals, cancel),
         Command::Serve(args) => serve::serve(args, &cli.globals, cancel),
     }
 }

@@ -179,13 +179,13 @@ fn index_build_from_jsonl_with_faiss_opens_in_python() {
 
 /// `r1s serve --index INDEX` on an ephemeral port: the process, its URL and its standard error.
 fn spawn_server(index: &Path) -> (std::process::Child, String, std::io::BufReader<std::process::ChildStderr>) {
+    spawn_listening(r1s().args(["serve", "--port", "0", "--threads", "2", "--index"]).arg(index))
+}
+
+/// Starts `cmd` (a server on port 0) and reads its URL from the "listening on" line.
+fn spawn_listening(cmd: &mut Command) -> (std::process::Child, String, std::io::BufReader<std::process::ChildStderr>) {
     use std::io::BufRead;
-    let mut server = r1s()
-        .args(["serve", "--port", "0", "--threads", "2", "--index"])
-        .arg(index)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
     let url = loop {
@@ -554,4 +554,104 @@ fn progress_lines_appear_when_stderr_is_a_file() {
     let bad = r1s().args(["--progress-every", "-1", "corpus", "stats", "x"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--progress-every"));
+}
+
+/// `r1s reward` gives Search-R1's reference values on every line of reward_cases.jsonl, scores
+/// R1-Searcher's released results with its own rewards, and names a bad line; `r1s serve-reward`
+/// answers R1-Searcher's `/get_reward` request shape with the same rewards, 422 for what it cannot
+/// score.
+#[test]
+fn reward_scores_files_and_serves_openrlhf() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scored.jsonl");
+    let cases = shared("searchr1/reward_cases.jsonl");
+    ok(r1s().args(["-q", "reward", "--reward", "searchr1-format-v03"]).arg(&cases).arg("--out").arg(&out));
+    let scored = std::fs::read_to_string(&out).unwrap();
+    let mut n = 0;
+    for (got, want) in scored.lines().zip(std::fs::read_to_string(&cases).unwrap().lines()) {
+        let (g, w): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(got).unwrap(), serde_json::from_str(want).unwrap());
+        assert!((g["reward"].as_f64().unwrap() - w["format_em_v03"].as_f64().unwrap()).abs() < 1e-12, "{got}");
+        n += 1;
+    }
+    assert_eq!(n, 400);
+    let em = ok(r1s().args(["-q", "reward", "--reward", "searchr1-em"]).arg(&cases));
+    let total: f64 =
+        em.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reward"].as_f64().unwrap()).sum();
+    let want: f64 = std::fs::read_to_string(&cases)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["em"].as_f64().unwrap())
+        .sum();
+    assert_eq!(total, want);
+    // R1-Searcher's released results with its stage-2 reward: the rollout only
+    let released = shared("r1searcher/eval_results/bamboogle_qwen.jsonl");
+    let lines = ok(r1s().args(["-q", "reward", "--reward", "stage2"]).arg(&released));
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    let sol = first["gen_text_store"].as_str().unwrap();
+    let golds = match &first["answer"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        other => other.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+    };
+    let expected = r1s_agent::reward::reward(r1s_agent::Reward::Stage2, sol, &golds);
+    assert_eq!(first["reward"].as_f64().unwrap(), expected);
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"solution_str\": \"x\", \"golden_answers\": [\"y\"]}\n{\"solution_str\": 3}\n").unwrap();
+    let o = r1s().args(["reward", "--reward", "searchr1-em"]).arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // serve-reward: R1-Searcher's request shape, gold answers looked up by the prompt's question
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl");
+    let (mut server, url, _stderr) =
+        spawn_listening(r1s().args(["serve-reward", "--port", "0", "--reward", "stage2", "--data"]).arg(&questions));
+    let qs = r1s_agent::read_questions(&questions, Some(3)).unwrap();
+    let texts: Vec<String> = qs
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let answer = if i == 0 { q.answers[0].clone() } else { "no idea".into() };
+            format!(
+                "{} Let me answer. </think>\n\n<answer> {answer} </answer>",
+                r1s_agent::protocol::base_prompt(&q.question)
+            )
+        })
+        .collect();
+    let c = reqwest::blocking::Client::new();
+    let r = c.post(format!("{url}/get_reward")).json(&serde_json::json!({ "query": texts })).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    let got: Vec<f64> = v["rewards"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = texts
+        .iter()
+        .zip(&qs)
+        .map(|(t, q)| {
+            let sol = t.split("\nAssistant: <think>").nth(1).unwrap();
+            r1s_agent::reward::reward(r1s_agent::Reward::Stage2, sol, &q.answers)
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got[0], 1.0, "the right answer in a good format scores F1 1");
+    for (body, needle) in [
+        (
+            serde_json::json!({"query": ["\n\nUser:Which river is longest?\nAssistant: <think> x"]}).to_string(),
+            "not in the question file",
+        ),
+        (serde_json::json!({"query": "text"}).to_string(), "must be a list"),
+        (serde_json::json!({"queries": []}).to_string(), "\"query\" is required"),
+        ("not json".to_owned(), "not valid JSON"),
+        (serde_json::json!({"query": ["no prompt"]}).to_string(), "no question found"),
+    ] {
+        let r = c.post(format!("{url}/get_reward")).body(body.clone()).send().unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{body}");
+        let v: serde_json::Value = r.json().unwrap();
+        assert!(v["detail"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let empty: serde_json::Value =
+        c.post(format!("{url}/get_reward")).body("{\"query\": []}").send().unwrap().json().unwrap();
+    assert_eq!(empty, serde_json::json!({"rewards": []}));
+    let health: serde_json::Value = c.get(format!("{url}/health")).send().unwrap().json().unwrap();
+    assert_eq!((health["questions"].as_u64(), health["reward"].as_str()), (Some(125), Some("stage2")));
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -296,7 +296,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let mut episodes = Vec::with_capacity(trajs.len());
         let mut rewards = Vec::with_capacity(trajs.len());
         for ((t, q), &g) in trajs.iter().zip(&qrefs).zip(&groups) {
-            let reward = r1s_agent::reward::reward(stage.reward, &t.sol, &q.answers);
+            let reward = r1s_agent::reward::reward_of(stage.reward, &t.prompt, &t.sol, &q.answers);
             let ended_eos = matches!(t.turn_finishes.last(), Some(Finish::Eos));
             let seq: Sequence =
                 tokenize(tok, &t.prompt, &t.sol, &t.spans, eos.filter(|_| ended_eos), self.cfg.train.max_len)?;

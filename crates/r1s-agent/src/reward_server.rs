@@ -1,0 +1,200 @@
+//! A remote reward model for OpenRLHF, as R1-Searcher's `train/reward_server_*.py` serve it:
+//! `POST /get_reward` `{"query": [text, ...]}` → `{"rewards": [float, ...]}`, one reward per text
+//! (prompt + rollout), the gold answers looked up in a question file by the question the text holds.
+//! `GET /health` says how many questions are loaded and which reward is computed.
+//!
+//! The question is read from the text as the prompt placed it: R1-Searcher's base prompt
+//! (`…\n\nUser:{question}\nAssistant: <think>`; the rollout is what follows), a ChatML user turn
+//! (`<|im_start|>user\n{question}<|im_end|>`), or Search-R1's (`Question: {question}\n`). It and the
+//! file's questions are compared after trimming and collapsing whitespace.
+//!
+//! Errors are FastAPI's shape, `{"detail": message}`: 422 for a body that is not `{"query": [str…]}`,
+//! is larger than the limit, holds too many texts, or a text whose question is not in the file (the
+//! message names the text's index); 503 with `Retry-After: 1` when more requests are in flight than
+//! allowed; 503 while shutting down. Rewards are computed on the async threads (microseconds each).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use crate::eval::Question;
+use crate::reward::{Reward, reward_of};
+
+/// Settings of the reward server.
+#[derive(Debug, Clone)]
+pub struct RewardServerConfig {
+    pub reward: Reward,
+    /// Largest request body in bytes (422 above).
+    pub max_body_bytes: usize,
+    /// Most texts in one request (422 above).
+    pub max_texts: usize,
+    /// Most requests being answered at once; more get 503 + Retry-After.
+    pub max_in_flight: usize,
+}
+
+impl Default for RewardServerConfig {
+    fn default() -> Self {
+        RewardServerConfig { reward: Reward::Stage2, max_body_bytes: 64 << 20, max_texts: 8192, max_in_flight: 64 }
+    }
+}
+
+/// The lookup key of a question: trimmed, whitespace collapsed.
+pub fn question_key(q: &str) -> String {
+    q.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The question a prompt + rollout text holds, and where the rollout starts (byte offset), for
+/// the prompt formats named in the module docs.
+pub fn find_question(text: &str) -> Option<(&str, usize)> {
+    const BASE_ASSISTANT: &str = "\nAssistant: <think>";
+    if let (Some(u), Some(a)) = (text.find("\n\nUser:"), text.find(BASE_ASSISTANT)) {
+        let start = u + "\n\nUser:".len();
+        if start <= a {
+            return Some((&text[start..a], a + BASE_ASSISTANT.len()));
+        }
+    }
+    if let Some(u) = text.find("<|im_start|>user\n") {
+        let start = u + "<|im_start|>user\n".len();
+        let end = start + text[start..].find("<|im_end|>")?;
+        let turn = &text[start..end];
+        // Search-R1's user turn carries the instructions before "Question: "
+        let q = turn.rfind("Question: ").map_or(turn, |i| &turn[i + "Question: ".len()..]);
+        let rollout = text[end..].find("<|im_start|>assistant").map_or(end, |a| {
+            let after = end + a + "<|im_start|>assistant".len();
+            after + text[after..].len() - text[after..].trim_start().len()
+        });
+        return Some((q, rollout));
+    }
+    None
+}
+
+struct App {
+    cfg: RewardServerConfig,
+    golds: HashMap<String, Vec<String>>,
+    questions: usize,
+    slots: tokio::sync::Semaphore,
+}
+
+fn detail(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "detail": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+impl App {
+    fn rewards(&self, v: &Value) -> Result<Vec<f64>, String> {
+        let list = match v.get("query") {
+            Some(Value::Array(list)) => list,
+            Some(_) => return Err("\"query\" must be a list of strings".into()),
+            None => return Err("\"query\" is required".into()),
+        };
+        if list.len() > self.cfg.max_texts {
+            return Err(format!("{} texts in one request; at most {} are accepted", list.len(), self.cfg.max_texts));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let Value::String(text) = t else { return Err(format!("query[{i}] is not a string: {t}")) };
+                let (q, rollout) = find_question(text).ok_or_else(|| {
+                    format!("query[{i}]: no question found (expected R1-Searcher's, a ChatML or Search-R1's prompt)")
+                })?;
+                let golds = self
+                    .golds
+                    .get(&question_key(q))
+                    .ok_or_else(|| format!("query[{i}]: the question {:?} is not in the question file", q.trim()))?;
+                Ok(reward_of(self.cfg.reward, &text[..rollout], &text[rollout..], golds))
+            })
+            .collect()
+    }
+}
+
+async fn get_reward(State(app): State<Arc<App>>, body: Body) -> Response {
+    let Ok(_slot) = app.slots.try_acquire() else {
+        return detail(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight; retry later");
+    };
+    let limit = app.cfg.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return detail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("could not read the request body (at most {limit} bytes): {e}"),
+            );
+        }
+    };
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return detail(StatusCode::UNPROCESSABLE_ENTITY, "the body must be a JSON object with a \"query\" list");
+        }
+        Err(e) => return detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("the body is not valid JSON: {e}")),
+    };
+    match app.rewards(&v) {
+        Ok(rewards) => json(StatusCode::OK, serde_json::json!({ "rewards": rewards }).to_string()),
+        Err(m) => detail(StatusCode::UNPROCESSABLE_ENTITY, &m),
+    }
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let v = serde_json::json!({"status": "ok", "questions": app.questions, "reward": app.cfg.reward});
+    json(StatusCode::OK, v.to_string())
+}
+
+/// Serves rewards for `questions` on `listener` until `shutdown` completes.
+pub async fn serve_rewards<F>(
+    questions: &[Question],
+    cfg: RewardServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut golds: HashMap<String, Vec<String>> = HashMap::new();
+    for q in questions {
+        golds.entry(question_key(&q.question)).or_default().extend(q.answers.iter().cloned());
+    }
+    let slots = tokio::sync::Semaphore::new(cfg.max_in_flight.max(1));
+    let app = Arc::new(App { cfg, golds, questions: questions.len(), slots });
+    let router = Router::new().route("/get_reward", post(get_reward)).route("/health", get(health)).with_state(app);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_are_found_in_each_prompt_format() {
+        let base = crate::protocol::base_prompt("Who wrote Hamlet?");
+        let text = format!("{base} I know this. </think>\n\n<answer> Shakespeare </answer>");
+        let (q, at) = find_question(&text).unwrap();
+        assert_eq!((q, &text[at..]), ("Who wrote Hamlet?", " I know this. </think>\n\n<answer> Shakespeare </answer>"));
+        let chat = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWho wrote Hamlet?<|im_end|>\n<|im_start|>assistant\n<think> x";
+        let (q, at) = find_question(chat).unwrap();
+        assert_eq!((q, &chat[at..]), ("Who wrote Hamlet?", "<think> x"));
+        let sr1 = "<|im_start|>user\nAnswer the given question. … Question: who wrote hamlet?\n<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(find_question(sr1).map(|(q, _)| question_key(q)), Some("who wrote hamlet?".into()));
+        assert_eq!(find_question("no prompt here"), None);
+    }
+}

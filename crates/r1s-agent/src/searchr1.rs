@@ -1,0 +1,264 @@
+//! Search-R1's rule-based rewards, as its `verl/utils/reward_score/qa_em.py` and `qa_em_format.py`
+//! (PeterGriffinJin/Search-R1) compute them, on the whole sequence: the prompt and the rollout.
+//!
+//! - The answer is the content (stripped) of the LAST `<answer>…</answer>` block of the sequence, and
+//!   there is none when the sequence holds fewer than two such blocks (the prompt's example
+//!   `<answer> Beijing </answer>` is one).
+//! - Answers compare after `normalize_answer`: lower-case, ASCII punctuation deleted, the words a / an
+//!   / the replaced by a space, whitespace collapsed. EM: equal to a gold answer; sub-EM: a gold answer
+//!   is a substring.
+//! - A sequence is valid when, after the first `<|im_start|>assistant` and the whitespace after it,
+//!   the tags think / search / information / answer are balanced and follow
+//!   `think → (search → information → think)* → answer` with only whitespace between tags.
+//! - Retrieval is correct when a normalised gold answer is a substring of a normalised
+//!   `<information>` block.
+//!
+//! Values equal those of that Python code on `../shared/data/searchr1/reward_cases.jsonl` (the tests).
+//! One known gap: Python's `\w` (for the article rule) and Rust's alphanumerics differ on some
+//! combining marks of Indic scripts.
+
+/// Weights of the format-aware EM (`qa_em_format.compute_score_em`): `structure` for a valid
+/// sequence, `final_format` for an invalid one that answered wrongly, `retrieval` added when a valid
+/// sequence retrieved a gold answer.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FormatWeights {
+    pub structure: f64,
+    pub final_format: f64,
+    pub retrieval: f64,
+}
+
+impl FormatWeights {
+    /// The defaults of `compute_score_em` in `qa_em_format.py`: 0.2 / 0.1 / 0.1.
+    pub const DEFAULT: FormatWeights = FormatWeights { structure: 0.2, final_format: 0.1, retrieval: 0.1 };
+    /// What Search-R1 v0.3's training scripts pass: 0.2 / 0.1 / 0.
+    pub const V03: FormatWeights = FormatWeights { structure: 0.2, final_format: 0.1, retrieval: 0.0 };
+}
+
+/// Python's `str.isspace` (what `strip()` and `split()` use): Unicode White_Space plus the four
+/// information separators U+001C–U+001F.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(is_py_space)
+}
+
+/// Python's `\w` on `str`: letters, digits and `_`.
+fn is_py_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// `normalize_answer` of Search-R1 (SQuAD's): lower-case, ASCII punctuation deleted, every word
+/// `a` / `an` / `the` (a maximal run of word characters) replaced by a space, whitespace collapsed
+/// to single spaces.
+pub fn normalize_answer(s: &str) -> String {
+    let no_punct: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    // \b(a|an|the)\b: a maximal run of word characters that is one of the three
+    let mut spaced = String::with_capacity(no_punct.len());
+    let mut run_start: Option<usize> = None;
+    let flush = |out: &mut String, run: &str| {
+        if matches!(run, "a" | "an" | "the") {
+            out.push(' ');
+        } else {
+            out.push_str(run);
+        }
+    };
+    for (i, c) in no_punct.char_indices() {
+        if is_py_word(c) {
+            run_start.get_or_insert(i);
+            continue;
+        }
+        if let Some(s0) = run_start.take() {
+            flush(&mut spaced, &no_punct[s0..i]);
+        }
+        spaced.push(c);
+    }
+    if let Some(s0) = run_start {
+        flush(&mut spaced, &no_punct[s0..]);
+    }
+    spaced.split(is_py_space).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The contents of every `<{tag}>…</{tag}>` block (Python's non-overlapping lazy `finditer` with
+/// DOTALL), unstripped.
+fn blocks<'a>(text: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(s) = text[pos..].find(&open) {
+        let start = pos + s + open.len();
+        let Some(e) = text[start..].find(&close) else { break };
+        out.push(&text[start..start + e]);
+        pos = start + e + close.len();
+    }
+    out
+}
+
+/// The answer of `extract_solution`: the last `<answer>` block's content, stripped, or `None` when
+/// the sequence holds fewer than two blocks.
+pub fn extract_answer(sequence: &str) -> Option<&str> {
+    let b = blocks(sequence, "answer");
+    if b.len() <= 1 {
+        return None;
+    }
+    b.last().map(|a| py_strip(a))
+}
+
+/// `em_check`: the normalised answer equals a normalised gold answer.
+pub fn em(answer: &str, golds: &[String]) -> bool {
+    let a = normalize_answer(answer);
+    golds.iter().any(|g| normalize_answer(g) == a)
+}
+
+/// `subem_check`: a normalised gold answer is a substring of the normalised answer.
+pub fn subem(answer: &str, golds: &[String]) -> bool {
+    let a = normalize_answer(answer);
+    golds.iter().any(|g| a.contains(&normalize_answer(g)))
+}
+
+const TAGS: [&str; 8] =
+    ["<think>", "</think>", "<search>", "</search>", "<information>", "</information>", "<answer>", "</answer>"];
+
+/// `is_valid_sequence` of `qa_em_format.py`; `Err` holds its reason.
+pub fn validate_sequence(text: &str) -> Result<(), String> {
+    let Some(at) = text.find("<|im_start|>assistant") else {
+        return Err("Missing assistant marker".into());
+    };
+    let content = text[at + "<|im_start|>assistant".len()..].trim_start_matches(is_py_space);
+    for tag in ["think", "search", "information", "answer"] {
+        let (o, c) = (content.matches(&format!("<{tag}>")).count(), content.matches(&format!("</{tag}>")).count());
+        if o != c {
+            return Err(format!("Mismatch in {tag} tags: {o} opening vs {c} closing tags"));
+        }
+    }
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum S {
+        Start,
+        InThink,
+        AfterThink,
+        InSearch,
+        AfterSearch,
+        InInformation,
+        Information,
+        InAnswer,
+        End,
+    }
+    let mut state = S::Start;
+    let mut rest = content;
+    loop {
+        // the next tag, and the text before it
+        let next = TAGS.iter().filter_map(|t| rest.find(t).map(|i| (i, *t))).min_by_key(|(i, _)| *i);
+        let (text_part, tag) = match next {
+            Some((i, t)) => (&rest[..i], Some(t)),
+            None => (rest, None),
+        };
+        if !py_strip(text_part).is_empty() {
+            match state {
+                S::InThink | S::InSearch | S::InInformation | S::InAnswer => {}
+                S::Start | S::AfterThink | S::AfterSearch | S::Information => {
+                    return Err(format!(
+                        "Unexpected content '{}' between tags (state: {state:?})",
+                        py_strip(text_part)
+                    ));
+                }
+                S::End => return Err(format!("Unexpected content in state {state:?}")),
+            }
+        }
+        let Some(tag) = tag else { break };
+        state = match (tag, state) {
+            ("<think>", S::Start | S::Information) => S::InThink,
+            ("</think>", S::InThink) => S::AfterThink,
+            ("<search>", S::AfterThink) => S::InSearch,
+            ("</search>", S::InSearch) => S::AfterSearch,
+            ("<information>", S::AfterSearch) => S::InInformation,
+            ("</information>", S::InInformation) => S::Information,
+            ("<answer>", S::AfterThink) => S::InAnswer,
+            ("</answer>", S::InAnswer) => S::End,
+            _ => return Err(format!("Unexpected tag {tag} in state {state:?}")),
+        };
+        rest = &rest[text_part.len() + tag.len()..];
+    }
+    if state != S::End {
+        return Err(format!("Incomplete sequence, ended in state {state:?}"));
+    }
+    Ok(())
+}
+
+/// `is_valid_sequence(text)[0]`.
+pub fn is_valid_sequence(text: &str) -> bool {
+    validate_sequence(text).is_ok()
+}
+
+/// `is_retrieval_correct`: a normalised gold answer is a substring of a normalised, stripped
+/// `<information>` block.
+pub fn retrieval_correct(text: &str, golds: &[String]) -> bool {
+    blocks(text, "information").iter().any(|b| {
+        let seq = normalize_answer(py_strip(b));
+        golds.iter().any(|g| seq.contains(&normalize_answer(g)))
+    })
+}
+
+/// `qa_em.compute_score_em` (format_score 0, score 1): 1 for an exact match, else 0.
+pub fn score_em(sequence: &str, golds: &[String]) -> f64 {
+    match extract_answer(sequence) {
+        Some(a) if em(a, golds) => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// `qa_em.compute_score_subem` (format_score 0, score 1).
+pub fn score_subem(sequence: &str, golds: &[String]) -> f64 {
+    match extract_answer(sequence) {
+        Some(a) if subem(a, golds) => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// `qa_em_format.compute_score_em` with weights `w` (score 1, format_score 0):
+///
+/// | answer | valid | invalid |
+/// |---|---|---|
+/// | none | s (+ r when retrieval is correct) | 0 |
+/// | EM | 1 | 1 − s |
+/// | wrong | s (+ r) | f |
+pub fn score_format_em(sequence: &str, golds: &[String], w: FormatWeights) -> f64 {
+    let valid = is_valid_sequence(sequence);
+    let with_retrieval = || if retrieval_correct(sequence, golds) { w.structure + w.retrieval } else { w.structure };
+    match extract_answer(sequence) {
+        None if valid => with_retrieval(),
+        None => 0.0,
+        Some(a) if em(a, golds) => {
+            if valid {
+                1.0
+            } else {
+                1.0 - w.structure
+            }
+        }
+        Some(_) if valid => with_retrieval(),
+        Some(_) => w.final_format,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_deletes_punctuation_before_articles() {
+        assert_eq!(normalize_answer("The  U.S.A."), "usa");
+        assert_eq!(normalize_answer("a-n apple"), "apple");
+        assert_eq!(normalize_answer("bathe an Anthem"), "bathe anthem");
+        assert_eq!(normalize_answer("Théâtre\u{1f}de la Ville"), "théâtre de la ville");
+        assert_eq!(normalize_answer("_the_"), "");
+        assert_eq!(normalize_answer("αthe the²"), "αthe the²");
+    }
+
+    #[test]
+    fn blocks_are_lazy_and_non_overlapping() {
+        let t = "<answer>x</answer><answer> y <answer>z</answer></answer>";
+        assert_eq!(blocks(t, "answer"), vec!["x", " y <answer>z"]);
+        assert_eq!(extract_answer(t), Some("y <answer>z"));
+        assert_eq!(extract_answer("<answer>only</answer>"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! `r1s reward` (score a JSONL file) and `r1s serve-reward` (OpenRLHF's remote reward model).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use r1s_core::Cancel;
+
+use crate::Globals;
+use crate::eval::parse_reward;
+
+#[derive(Debug, Args)]
+pub(crate) struct RewardArgs {
+    /// JSON lines: Search-R1's {"solution_str", "golden_answers"}, or `r1s eval` / R1-Searcher results
+    /// ({"gen_text_store", "answer"}, with r1s's "prompt" when present).
+    input: PathBuf,
+    /// The reward: stage1, stage1-code, stage2, stage2-llama (R1-Searcher; on the rollout) or
+    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (Search-R1; on prompt + rollout).
+    #[arg(long, value_parser = parse_reward)]
+    reward: r1s_agent::Reward,
+    /// Each input line with its "reward" added (default: standard output).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// The prompt, the rollout and the gold answers of one line.
+fn parts(v: &serde_json::Value) -> Result<(String, String, Vec<String>), String> {
+    let strings = |k: &str| -> Option<Vec<String>> {
+        match &v[k] {
+            serde_json::Value::String(s) => Some(vec![s.clone()]),
+            serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned)).collect(),
+            _ => None,
+        }
+    };
+    let golds = strings("golden_answers")
+        .or_else(|| strings("answer"))
+        .ok_or("no \"golden_answers\" or \"answer\" (a string or a list of strings)")?;
+    if let Some(seq) = v["solution_str"].as_str() {
+        // the whole sequence: split where the rollout starts when the prompt is recognisable
+        let at = r1s_agent::reward_server::find_question(seq).map_or(0, |(_, at)| at);
+        return Ok((seq[..at].to_owned(), seq[at..].to_owned(), golds));
+    }
+    if let Some(sol) = v["gen_text_store"].as_str() {
+        let prompt = v["prompt"].as_str().unwrap_or_default();
+        return Ok((prompt.to_owned(), sol.to_owned(), golds));
+    }
+    Err("no \"solution_str\" or \"gen_text_store\" string".into())
+}
+
+pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
+    crate::must_exist(&a.input, "input file")?;
+    let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p.with_extension("part")).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (mut n, mut sum) = (0usize, 0.0f64);
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}", a.input.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| {
+            anyhow::Error::new(r1s_agent::eval::DataError::Bad { path: a.input.clone(), line: i + 1, reason })
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let (prompt, sol, golds) = parts(&v).map_err(bad)?;
+        let r = r1s_agent::reward::reward_of(a.reward, &prompt, &sol, &golds);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("reward".into(), r.into());
+        }
+        writeln!(out, "{v}")?;
+        n += 1;
+        sum += r;
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(p) = &a.out {
+        std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !g.quiet {
+        eprintln!("{n} lines scored with {}: mean reward {:.4}", serde_json::json!(a.reward), sum / n.max(1) as f64);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeRewardArgs {
+    /// Questions with their gold answers (R1-Searcher {"question","answer"} or FlashRAG
+    /// {"question","golden_answers"} JSONL): a text's question is looked up here.
+    #[arg(long)]
+    data: PathBuf,
+    /// The reward (as `r1s reward --reward`).
+    #[arg(long, default_value = "stage2", value_parser = parse_reward)]
+    reward: r1s_agent::Reward,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port, printed at start-up).
+    #[arg(long, default_value_t = 5001)]
+    port: u16,
+    /// Most texts in one request (422 above).
+    #[arg(long, default_value_t = 8192)]
+    max_texts: usize,
+    /// Largest request body in MiB (422 above).
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Most requests answered at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+}
+
+pub(crate) fn serve_reward(a: ServeRewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    crate::must_exist(&a.data, "question file")?;
+    let questions = r1s_agent::read_questions(&a.data, None)?;
+    let cfg = r1s_agent::reward_server::RewardServerConfig {
+        reward: a.reward,
+        max_body_bytes: a.max_body_mib << 20,
+        max_texts: a.max_texts,
+        max_in_flight: a.max_in_flight,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("r1s-reward")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        if !g.quiet {
+            eprintln!(
+                "r1s serve-reward: listening on http://{addr} ({} questions, reward {}); POST /get_reward, GET /health",
+                questions.len(),
+                serde_json::json!(a.reward)
+            );
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let qs = questions.clone();
+        let server = tokio::spawn(async move {
+            r1s_agent::reward_server::serve_rewards(&qs, cfg, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        while !cancel.is_cancelled() && !server.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+        server.await.context("the server task")?.context("serving")
+    })?;
+    if !g.quiet {
+        eprintln!("r1s serve-reward: stopped");
+    }
+    Ok(())
+}
