@@ -1,5 +1,6 @@
-//! The batched agent loop: every live episode generates until `<|end_of_query|>`; all their queries
-//! go to the retriever in ONE call; documents are spliced in; generation continues. The trajectory
+//! The batched agent loop, under R1-Searcher's protocol (every live episode generates until
+//! `<|end_of_query|>`; all their queries go to the retriever in ONE call; documents are spliced in;
+//! generation continues) or Search-R1's ([`Protocol`]). The trajectory
 //! records which bytes the policy wrote and which came from retrieval, so the RL mask is exact.
 
 use r1s_core::{Finish, GenerateSettings, Policy, Retriever};
@@ -17,16 +18,54 @@ pub enum AgentError {
     Retriever(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Which agent protocol: prompts, tags, how a query is read and documents are written, and the
+/// loop's turn rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// R1-Searcher (`<|begin_of_query|>`…`<|end_of_query|>`, `<|begin_of_documents|>` blocks):
+    /// [`crate::protocol`].
+    #[default]
+    R1Searcher,
+    /// Search-R1 (`<search>`, `<information>`, `<answer>`): [`crate::searchr1`].
+    SearchR1,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s {
+            "r1-searcher" | "r1searcher" => Ok(Protocol::R1Searcher),
+            "search-r1" | "searchr1" => Ok(Protocol::SearchR1),
+            other => Err(format!("unknown protocol {other:?} (r1-searcher, search-r1)")),
+        }
+    }
+}
+
+impl Protocol {
+    /// Whether the rollout `sol` of `prompt` breaks the protocol's format: R1-Searcher's format rules
+    /// on the rollout, or Search-R1's sequence check on prompt + rollout.
+    pub fn format_bad(self, prompt: &str, sol: &str) -> bool {
+        match self {
+            Protocol::R1Searcher => crate::reward::format_problem(sol).is_some(),
+            Protocol::SearchR1 => !crate::searchr1::is_valid_sequence(&format!("{prompt}{sol}")),
+        }
+    }
+}
+
 /// Settings of the loop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopConfig {
+    /// The protocol (R1-Searcher unless set).
+    pub protocol: Protocol,
     /// Evaluation: stricter query cleaning, give up after `max_turns` turns with "I don't know.".
     pub evaluation: bool,
     /// Documents per query (training 3, evaluation 5).
     pub topk: usize,
     /// Training: after this many retrievals the next continuation is final (no stop string).
     pub max_retrievals: usize,
-    /// Evaluation: turns before giving up.
+    /// R1-Searcher evaluation: turns before giving up. Search-R1: turns that may search; one more,
+    /// final turn follows (its `max_turns`).
     pub max_turns: usize,
     /// Sampling (the loop sets the stop string).
     pub sampling: GenerateSettings,
@@ -37,6 +76,7 @@ impl LoopConfig {
     /// retrievals.
     pub fn training(seed: u64) -> LoopConfig {
         LoopConfig {
+            protocol: Protocol::R1Searcher,
             evaluation: false,
             topk: 3,
             max_retrievals: 8,
@@ -48,10 +88,25 @@ impl LoopConfig {
     /// R1-Searcher's evaluation settings: greedy, k = 5, 9 turns.
     pub fn evaluation() -> LoopConfig {
         LoopConfig {
+            protocol: Protocol::R1Searcher,
             evaluation: true,
             topk: 5,
             max_retrievals: usize::MAX,
             max_turns: 9,
+            sampling: GenerateSettings { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] },
+        }
+    }
+}
+
+impl LoopConfig {
+    /// Search-R1's settings: k = 3, 4 searching turns (v0.3's scripts) then a final one, greedy.
+    pub fn search_r1() -> LoopConfig {
+        LoopConfig {
+            protocol: Protocol::SearchR1,
+            evaluation: true,
+            topk: 3,
+            max_retrievals: usize::MAX,
+            max_turns: 4,
             sampling: GenerateSettings { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] },
         }
     }
@@ -129,8 +184,93 @@ impl Trajectory {
     }
 }
 
-/// Runs one episode per prompt to the end, batching generation and retrieval across episodes.
+/// Runs one episode per prompt to the end, batching generation and retrieval across episodes, under
+/// `cfg.protocol`.
 pub fn run<P: Policy, R: Retriever>(
+    policy: &P,
+    retriever: &R,
+    prompts: &[String],
+    cfg: &LoopConfig,
+) -> Result<Vec<Trajectory>, AgentError> {
+    match cfg.protocol {
+        Protocol::R1Searcher => run_r1_searcher(policy, retriever, prompts, cfg),
+        Protocol::SearchR1 => run_search_r1(policy, retriever, prompts, cfg),
+    }
+}
+
+/// Search-R1's loop (`LLMGenerationManager.run_llm_loop`): for `max_turns` turns every live episode
+/// generates until `</search>` or `</answer>` (kept); its first `<search>`/`<answer>` block is its
+/// action: an answer ends the episode, a search appends the documents as
+/// [`crate::searchr1::information`], anything else appends [`crate::searchr1::INVALID_ACTION`]. The
+/// queries of a turn go to the retriever in one call. Then one final turn without searching. The
+/// appended observations are not the policy's ([`Source::Retrieval`]).
+///
+/// One difference, by design: Search-R1 generates each turn to its token budget and then cuts the
+/// text after the first `</search>` (else the first `</answer>`); here generation stops at the first
+/// of the two, so a turn that answers before it would search ends at the answer (the action is the
+/// same: the first block).
+fn run_search_r1<P: Policy, R: Retriever>(
+    policy: &P,
+    retriever: &R,
+    prompts: &[String],
+    cfg: &LoopConfig,
+) -> Result<Vec<Trajectory>, AgentError> {
+    use crate::searchr1::{Action, INVALID_ACTION, STOPS, action, format_docs, information};
+    let mut eps: Vec<Trajectory> = prompts.iter().map(|p| Trajectory::new(p)).collect();
+    let mut live: Vec<usize> = (0..eps.len()).collect();
+    let mut turn = 0;
+    while !live.is_empty() {
+        let last = turn >= cfg.max_turns;
+        turn += 1;
+        let contexts: Vec<String> = live.iter().map(|&i| eps[i].text()).collect();
+        let settings = GenerateSettings { stop: STOPS.iter().map(|s| s.to_string()).collect(), ..cfg.sampling.clone() };
+        let out = policy.complete(&contexts, &settings).map_err(|e| AgentError::Policy(Box::new(e)))?;
+        let mut pending: Vec<(usize, String)> = Vec::new();
+        let mut still = Vec::new();
+        for (&i, c) in live.iter().zip(out) {
+            let ep = &mut eps[i];
+            let text = match &c.finish {
+                Finish::Stop(s) => format!("{}{s}", c.text),
+                _ => c.text.clone(),
+            };
+            ep.turn_finishes.push(c.finish.clone());
+            ep.turn_tokens.push(c.tokens);
+            ep.turn_logprobs.push(c.logprobs);
+            ep.push(Source::Policy, &text);
+            match action(&text) {
+                Action::Answer(a) => {
+                    ep.pred = a;
+                    ep.stop_reason_final = "finished".into();
+                }
+                _ if last => ep.stop_reason_final = "max_turns".into(),
+                Action::Search(q) => {
+                    pending.push((i, q));
+                    still.push(i);
+                }
+                Action::Invalid => {
+                    ep.push(Source::Retrieval, INVALID_ACTION);
+                    still.push(i);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let queries: Vec<&str> = pending.iter().map(|(_, q)| q.as_str()).collect();
+            let hits = retriever.retrieve(&queries, cfg.topk).map_err(|e| AgentError::Retriever(Box::new(e)))?;
+            for ((i, q), hits) in pending.into_iter().zip(hits) {
+                let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
+                let ep = &mut eps[i];
+                ep.push(Source::Retrieval, &information(&format_docs(&docs)));
+                ep.queries.push(q);
+                ep.retrieved.push(hits.into_iter().map(|h| h.id).collect());
+            }
+        }
+        live = still;
+    }
+    Ok(eps)
+}
+
+/// R1-Searcher's loop (the module docs).
+fn run_r1_searcher<P: Policy, R: Retriever>(
     policy: &P,
     retriever: &R,
     prompts: &[String],

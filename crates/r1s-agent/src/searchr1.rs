@@ -1,6 +1,10 @@
-//! Search-R1's rule-based rewards, as its `verl/utils/reward_score/qa_em.py` and `qa_em_format.py`
-//! (PeterGriffinJin/Search-R1) compute them, on the whole sequence: the prompt and the rollout.
+//! The Search-R1 protocol (PeterGriffinJin/Search-R1), byte for byte: the prompt of
+//! `scripts/data_process/nq_search.py`, the actions and observations of
+//! `search_r1/llm_agent/generation.py` (see [`crate::agent`] for the loop), and the rule-based rewards
+//! of `verl/utils/reward_score/qa_em.py` and `qa_em_format.py`, computed on the whole sequence: the
+//! prompt and the rollout.
 //!
+//! Rewards:
 //! - The answer is the content (stripped) of the LAST `<answer>…</answer>` block of the sequence, and
 //!   there is none when the sequence holds fewer than two such blocks (the prompt's example
 //!   `<answer> Beijing </answer>` is one).
@@ -16,6 +20,70 @@
 //! Values equal those of that Python code on `../shared/data/searchr1/reward_cases.jsonl` (the tests).
 //! One known gap: Python's `\w` (for the article rule) and Rust's alphanumerics differ on some
 //! combining marks of Indic scripts.
+
+/// The instruction before the question (`make_prefix`, template `base`).
+pub const INSTRUCTION: &str = "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get new information. After reasoning, if you find you lack some knowledge, you can call a search engine by <search> query </search> and it will return the top searched results between <information> and </information>. You can search as many times as your want. If you find no further external knowledge needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: ";
+
+/// The observation after a turn that neither searched nor answered.
+pub const INVALID_ACTION: &str = "\nMy previous action is invalid. If I want to search, I should put the query between <search> and </search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. Let me try again.\n";
+
+/// Generation stops at the first of these (the turn keeps it).
+pub const STOPS: [&str; 2] = ["</search>", "</answer>"];
+
+/// The user message for `question`: the instruction, the question stripped with `?` appended when it
+/// does not end with one, and a newline.
+pub fn user_message(question: &str) -> String {
+    let q = question.trim();
+    let mark = if q.ends_with('?') { "" } else { "?" };
+    format!("{INSTRUCTION}{q}{mark}\n")
+}
+
+/// What a turn did: the first `<(search|answer)>(.*?)</\1>` of it (content stripped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Search(String),
+    Answer(String),
+    Invalid,
+}
+
+/// The action of a turn's text (`postprocess_predictions`).
+pub fn action(turn: &str) -> Action {
+    let mut best: Option<(usize, Action)> = None;
+    for (tag, make) in [("search", Action::Search as fn(String) -> Action), ("answer", Action::Answer)] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        // the first opening tag with a closing one after it
+        let mut from = 0;
+        while let Some(i) = turn[from..].find(&open) {
+            let start = from + i;
+            let body = start + open.len();
+            if let Some(e) = turn[body..].find(&close) {
+                if best.as_ref().is_none_or(|(b, _)| start < *b) {
+                    best = Some((start, make(py_strip(&turn[body..body + e]).to_owned())));
+                }
+                break;
+            }
+            from = body;
+        }
+    }
+    best.map_or(Action::Invalid, |(_, a)| a)
+}
+
+/// The documents as `_passages2string` writes them: `Doc {i}(Title: {first line}) {the other
+/// lines}\n` per hit, 1-based.
+pub fn format_docs<S: AsRef<str>>(contents: &[S]) -> String {
+    let mut out = String::new();
+    for (i, c) in contents.iter().enumerate() {
+        let c = c.as_ref();
+        let (title, text) = c.split_once('\n').unwrap_or((c, ""));
+        out.push_str(&format!("Doc {}(Title: {title}) {text}\n", i + 1));
+    }
+    out
+}
+
+/// The observation after a search: `\n\n<information>{docs, stripped}</information>\n\n`.
+pub fn information(docs: &str) -> String {
+    format!("\n\n<information>{}</information>\n\n", py_strip(docs))
+}
 
 /// Weights of the format-aware EM (`qa_em_format.compute_score_em`): `structure` for a valid
 /// sequence, `final_format` for an invalid one that answered wrongly, `retrieval` added when a valid
@@ -252,6 +320,25 @@ mod tests {
         assert_eq!(normalize_answer("Théâtre\u{1f}de la Ville"), "théâtre de la ville");
         assert_eq!(normalize_answer("_the_"), "");
         assert_eq!(normalize_answer("αthe the²"), "αthe the²");
+    }
+
+    #[test]
+    fn actions_docs_and_prompts_are_search_r1s() {
+        assert_eq!(
+            action("<think> a </think>\n<search> capital of France </search>"),
+            Action::Search("capital of France".into())
+        );
+        assert_eq!(action("<answer> Paris </answer><search>x</search>"), Action::Answer("Paris".into()));
+        assert_eq!(action("<search> open <answer> a </answer>"), Action::Answer("a".into()));
+        assert_eq!(action("<search>\n q \n</search>"), Action::Search("q".into()));
+        assert_eq!(action("I think it is Paris."), Action::Invalid);
+        assert_eq!(
+            format_docs(&["\"Paris\"\nParis is the capital.\nMore.", "No newline"]),
+            "Doc 1(Title: \"Paris\") Paris is the capital.\nMore.\nDoc 2(Title: No newline) \n"
+        );
+        assert_eq!(information("Doc 1(Title: t) x\n"), "\n\n<information>Doc 1(Title: t) x</information>\n\n");
+        assert!(user_message(" who wrote hamlet ").ends_with("Question: who wrote hamlet?\n"));
+        assert!(user_message("Who wrote Hamlet?").ends_with("Question: Who wrote Hamlet?\n"));
     }
 
     #[test]

@@ -380,3 +380,91 @@ fn search_r1_rewards_equal_the_reference_on_every_case() {
     }
     assert_eq!(n, 400);
 }
+
+/// The Search-R1 loop with a scripted policy over the same real retriever: an invalid turn gets the
+/// invalid-action text, a search gets `Doc i(Title: …)` lines inside `<information>` with the blank
+/// lines around, the answer ends the episode; the spans say exactly which bytes the policy wrote;
+/// the prompt is Search-R1's, byte for byte (reward_cases.jsonl line 1 holds one, rendered by Qwen's
+/// ChatML template); after `max_turns` searching turns one final turn cannot search.
+#[test]
+fn the_search_r1_loop_writes_its_observations_byte_for_byte() {
+    use r1s_agent::searchr1::{INVALID_ACTION, user_message};
+    use r1s_agent::{Protocol, Source};
+    use r1s_core::{Finish, Retriever};
+    let tmp = tempfile::tempdir().unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
+
+    // the prompt: reward case 1's is Qwen2.5's ChatML with its default system message
+    let case: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(shared("searchr1/reward_cases.jsonl")).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    let seq = case["solution_str"].as_str().unwrap();
+    let prompt_part = &seq[..seq.find("<|im_start|>assistant\n").unwrap() + "<|im_start|>assistant\n".len()];
+    let qwen = r1s_policy::chat::Template::ChatMl { default_system: Some("You are a helpful assistant.".into()) };
+    let rendered =
+        qwen.render(&[r1s_policy::chat::Message::new("user", &user_message("what is the capital of australia"))]);
+    assert_eq!(rendered, prompt_part);
+
+    let turn1 = "<think> Let me think. </think> Strozzi was Venetian.";
+    let turn2 = "<think> I should search. </think>\n<search> Barbara Strozzi composer ";
+    let turn3 = "<think> She was born in Venice. </think>\n<answer> Italian ";
+    let policy = Scripted {
+        turns: vec![
+            (turn1, Finish::Eos),
+            (turn2, Finish::Stop("</search>".into())),
+            (turn3, Finish::Stop("</answer>".into())),
+        ],
+        seen: Default::default(),
+    };
+    let prompt =
+        qwen.render(&[r1s_policy::chat::Message::new("user", &user_message("What nationality was Barbara Strozzi"))]);
+    let cfg = r1s_agent::LoopConfig::search_r1();
+    assert_eq!((cfg.protocol, cfg.topk, cfg.max_turns), (Protocol::SearchR1, 3, 4));
+    let t = r1s_agent::run(&policy, &retriever, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+    let hits = retriever.retrieve(&["Barbara Strozzi composer"], 3).unwrap().remove(0);
+    let mut docs = String::new();
+    for (j, h) in hits.iter().enumerate() {
+        let (title, text) = h.contents.split_once('\n').unwrap_or((h.contents.as_str(), ""));
+        docs.push_str(&format!("Doc {}(Title: {title}) {text}\n", j + 1));
+    }
+    let information = format!("\n\n<information>{}</information>\n\n", docs.trim());
+    let turn2_kept = format!("{turn2}</search>");
+    let turn3_kept = format!("{turn3}</answer>");
+    let spans: Vec<(Source, &str)> = t.spans.iter().map(|s| (s.source, &t.sol[s.start..s.end])).collect();
+    assert_eq!(
+        spans,
+        vec![
+            (Source::Policy, turn1),
+            (Source::Retrieval, INVALID_ACTION),
+            (Source::Policy, turn2_kept.as_str()),
+            (Source::Retrieval, information.as_str()),
+            (Source::Policy, turn3_kept.as_str()),
+        ]
+    );
+    assert_eq!(
+        INVALID_ACTION,
+        "\nMy previous action is invalid. If I want to search, I should put the query between <search> and </search>. If I want to give the final answer, I should put the answer between <answer> and </answer>. Let me try again.\n"
+    );
+    assert_eq!(
+        (t.queries.clone(), t.pred.as_str(), t.stop_reason_final.as_str()),
+        (vec!["Barbara Strozzi composer".to_owned()], "Italian", "finished")
+    );
+    {
+        let seen = policy.seen.lock().unwrap();
+        assert_eq!(seen[0].1, vec!["</search>".to_owned(), "</answer>".to_owned()]);
+        assert_eq!(seen[2].0, format!("{prompt}{turn1}{INVALID_ACTION}{turn2_kept}{information}"));
+    }
+    // the sequence is valid Search-R1 except for the invalid turn's stray text, and the reward reads it
+    assert!(Protocol::SearchR1.format_bad(&t.prompt, &t.sol));
+    let golds = vec!["Italian".to_owned()];
+    assert_eq!(r1s_agent::reward::reward_of(r1s_agent::Reward::SearchR1Em, &t.prompt, &t.sol, &golds), 1.0);
+    assert_eq!(r1s_agent::reward::reward_of(r1s_agent::Reward::SearchR1Format, &t.prompt, &t.sol, &golds), 0.8);
+
+    // two searching turns at most, then a final one: a policy that keeps searching stops there
+    let always = Scripted { turns: vec![(turn2, Finish::Stop("</search>".into())); 3], seen: Default::default() };
+    let cfg = r1s_agent::LoopConfig { max_turns: 2, ..r1s_agent::LoopConfig::search_r1() };
+    let t = r1s_agent::run(&always, &retriever, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+    assert_eq!((t.queries.len(), t.turn_finishes.len(), t.stop_reason_final.as_str()), (2, 3, "max_turns"));
+    assert!(t.sol.ends_with("</search>"), "the final turn's search is not answered");
+}

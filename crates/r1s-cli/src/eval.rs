@@ -43,9 +43,17 @@ pub(crate) struct EvalArgs {
     /// Use the first N questions.
     #[arg(long)]
     limit: Option<usize>,
-    /// Documents per query.
-    #[arg(long, default_value_t = 5)]
-    topk: usize,
+    /// The agent protocol: r1-searcher (R1-Searcher's prompt, tags and evaluation loop) or search-r1
+    /// (Search-R1's prompt, `<search>`/`<information>`/`<answer>`, its searching turns then a final one).
+    #[arg(long, default_value = "r1-searcher", value_parser = crate::train::parse_protocol)]
+    protocol: r1s_agent::Protocol,
+    /// Documents per query (default: 5 under r1-searcher, 3 under search-r1).
+    #[arg(long)]
+    topk: Option<usize>,
+    /// Turns before giving up (r1-searcher, default 9) or turns that may search before the final one
+    /// (search-r1, default 4).
+    #[arg(long)]
+    max_turns: Option<usize>,
     /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
     #[arg(long, default_value = "chat")]
     prompt: String,
@@ -57,8 +65,9 @@ pub(crate) struct EvalArgs {
     batch: usize,
     /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
     /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout).
-    #[arg(long, default_value = "stage2", value_parser = parse_reward)]
-    reward: r1s_agent::Reward,
+    /// Default: stage2 under r1-searcher, searchr1-em under search-r1.
+    #[arg(long, value_parser = parse_reward)]
+    reward: Option<r1s_agent::Reward>,
     /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields).
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -99,7 +108,11 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
     };
     let kind = r1s_train::prompt::PromptKind::parse(&a.prompt, template)?;
-    let prompts: Vec<String> = questions.iter().map(|q| kind.render(&q.question)).collect();
+    let prompts: Vec<String> = questions.iter().map(|q| kind.render_with(a.protocol, &q.question)).collect();
+    let reward_kind = a.reward.unwrap_or(match a.protocol {
+        r1s_agent::Protocol::R1Searcher => r1s_agent::Reward::Stage2,
+        r1s_agent::Protocol::SearchR1 => r1s_agent::Reward::SearchR1Em,
+    });
     let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
     let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
     let run = |prompts: &[String], cfg: &r1s_agent::LoopConfig| -> anyhow::Result<Vec<r1s_agent::Trajectory>> {
@@ -109,8 +122,12 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
             (None, None) => anyhow::bail!("no policy"),
         })
     };
-    let mut cfg = r1s_agent::LoopConfig::evaluation();
-    cfg.topk = a.topk;
+    let mut cfg = match a.protocol {
+        r1s_agent::Protocol::R1Searcher => r1s_agent::LoopConfig::evaluation(),
+        r1s_agent::Protocol::SearchR1 => r1s_agent::LoopConfig::search_r1(),
+    };
+    cfg.topk = a.topk.unwrap_or(cfg.topk);
+    cfg.max_turns = a.max_turns.unwrap_or(cfg.max_turns);
     cfg.sampling.max_new_tokens = a.max_new_tokens;
     let bars = progress::Bars::new(g);
     bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
@@ -122,20 +139,23 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         None => Box::new(std::io::sink()),
     };
     let mut rows = Vec::new();
+    let (mut retrievals, mut bad) = (0usize, 0usize);
     for (chunk, prompts) in questions.chunks(a.batch.max(1)).zip(prompts.chunks(a.batch.max(1))) {
         if cancel.is_cancelled() {
             anyhow::bail!("cancelled");
         }
         let trajectories = run(prompts, &cfg)?;
         for (q, t) in chunk.iter().zip(trajectories) {
-            let reward = r1s_agent::reward::reward_of(a.reward, &t.prompt, &t.sol, &q.answers);
+            let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
             let row = serde_json::json!({
                 "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
                 "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
                 "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
-                "reward": reward, "reward_kind": a.reward, "spans": t.spans, "prompt": t.prompt,
+                "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
             });
             writeln!(out, "{row}")?;
+            retrievals += t.queries.len();
+            bad += usize::from(a.protocol.format_bad(&t.prompt, &t.sol));
             rows.push((t.pred, q.answers.clone(), t.sol, reward));
         }
         bars.advance(chunk.len() as u64);
@@ -146,9 +166,13 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
     }
     bars.finish("done");
-    let s = r1s_agent::Summary::of(
+    let mut s = r1s_agent::Summary::of(
         rows.iter().map(|(p, g, sol, r)| (p.as_str(), g.as_slice(), Some(sol.as_str()), Some(*r))),
     );
+    // retrievals and format as the protocol counts them (the summary reads R1-Searcher's tags)
+    let n = rows.len().max(1) as f64;
+    s.mean_retrievals = retrievals as f64 / n;
+    s.format_bad = 100.0 * bad as f64 / n;
     println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())
 }

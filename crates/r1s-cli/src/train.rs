@@ -116,6 +116,10 @@ pub struct SftArgs {
     /// How prompts are rebuilt for lines that only carry a question: chat or base.
     #[arg(long, default_value = "chat")]
     prompt: String,
+    /// The trajectories' protocol: r1-searcher or search-r1 (`policy task --protocol` writes it on
+    /// each line; a line of another protocol is refused).
+    #[arg(long, default_value = "r1-searcher", value_parser = parse_protocol)]
+    protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -162,10 +166,17 @@ pub struct TaskArgs {
     /// Documents per query in the cold-start trajectories.
     #[arg(long, default_value_t = 3)]
     topk: usize,
+    /// The cold-start trajectories' protocol: r1-searcher or search-r1.
+    #[arg(long, default_value = "r1-searcher", value_parser = parse_protocol)]
+    protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
+}
+
+pub(crate) fn parse_protocol(s: &str) -> Result<r1s_agent::Protocol, String> {
+    s.parse()
 }
 
 fn step_line(row: &serde_json::Value) -> String {
@@ -271,6 +282,7 @@ pub fn sft(a: SftArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
         save_every: a.save_every,
         keep_checkpoints: a.keep_checkpoints,
         prompt: a.prompt,
+        protocol: a.protocol,
         seed: a.seed,
     };
     let bars = progress::Bars::new(g);
@@ -312,7 +324,7 @@ pub fn task(a: TaskArgs, g: &Globals) -> anyhow::Result<()> {
     let (train, rest) = rest.split_at(a.train);
     let sft_qs = &rest[..a.sft];
     let retriever = open_retriever(Some(&a.index), None, a.threads)?;
-    let sft = r1s_train::task::sft_lines(sft_qs, &retriever, a.topk, a.search_share, a.seed)?;
+    let sft = r1s_train::task::sft_lines(sft_qs, &retriever, a.topk, a.search_share, a.seed, a.protocol)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let write = |name: &str, lines: Vec<serde_json::Value>| -> anyhow::Result<usize> {
         let p = a.out.join(name);

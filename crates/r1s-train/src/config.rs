@@ -93,8 +93,11 @@ pub struct Settings {
     pub save_every: usize,
     /// Complete checkpoints kept (older ones are deleted after a newer one is written; 0 keeps all).
     pub keep_checkpoints: usize,
-    /// `chat` (the model's chat template with R1-Searcher's system message) or `base`.
+    /// `chat` (the model's chat template with the protocol's messages) or `base`.
     pub prompt: String,
+    /// `r1-searcher` (default) or `search-r1`: prompts, tags and the loop of every stage that does
+    /// not set its own.
+    pub protocol: r1s_agent::Protocol,
     /// Longest sequence trained on (prompt + solution, tokens); longer episodes are cut.
     pub max_len: usize,
 }
@@ -121,6 +124,7 @@ impl Default for Settings {
             save_every: 10,
             keep_checkpoints: 2,
             prompt: "chat".into(),
+            protocol: r1s_agent::Protocol::R1Searcher,
             max_len: 2048,
         }
     }
@@ -231,6 +235,17 @@ pub struct Stage {
     /// Overrides `train.kl_beta` for this stage.
     #[serde(default)]
     pub kl_beta: Option<f32>,
+    /// Overrides `train.protocol` for this stage. Under `search-r1`, `max_retrievals` is the number of
+    /// turns that may search (Search-R1's `max_turns`); a final turn follows.
+    #[serde(default)]
+    pub protocol: Option<r1s_agent::Protocol>,
+}
+
+impl Stage {
+    /// The stage's protocol: its own, else the run's.
+    pub fn protocol(&self, train: &Settings) -> r1s_agent::Protocol {
+        self.protocol.unwrap_or(train.protocol)
+    }
 }
 
 fn d_prompts() -> usize {

@@ -45,6 +45,8 @@ pub struct SftOptions {
     /// Complete checkpoints kept (0: all).
     pub keep_checkpoints: usize,
     pub prompt: String,
+    /// The protocol of the trajectories (their prompts are rebuilt under it).
+    pub protocol: r1s_agent::Protocol,
     pub seed: u64,
 }
 
@@ -56,13 +58,26 @@ pub struct Example {
     pub spans: Vec<Span>,
 }
 
-/// Reads SFT examples; `prompt` rebuilds prompts for lines that only carry a question.
-pub fn read_examples(path: &Path, prompt: &PromptKind) -> Result<Vec<Example>> {
+/// Reads SFT examples; `prompt` rebuilds prompts of `protocol` for lines that only carry a question.
+/// A line naming another `"protocol"` is refused (its tags would be trained under the wrong prompt).
+pub fn read_examples(path: &Path, prompt: &PromptKind, protocol: r1s_agent::Protocol) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let bad = |reason: String| TrainError::BadLine { path: path.into(), line: i + 1, reason };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if let Some(p) = v.get("protocol").filter(|p| !p.is_null()) {
+            let theirs: r1s_agent::Protocol =
+                serde_json::from_value(p.clone()).map_err(|e| bad(format!("protocol: {e}")))?;
+            if theirs != protocol {
+                return Err(bad(format!(
+                    "a {} trajectory; train it with --protocol {} (this run: {})",
+                    serde_json::json!(theirs),
+                    serde_json::json!(theirs).as_str().unwrap_or_default(),
+                    serde_json::json!(protocol)
+                )));
+            }
+        }
         let sol = v["sol"]
             .as_str()
             .or_else(|| v["gen_text_store"].as_str())
@@ -70,7 +85,7 @@ pub fn read_examples(path: &Path, prompt: &PromptKind) -> Result<Vec<Example>> {
             .to_owned();
         let p = match (v["prompt"].as_str(), v["question"].as_str()) {
             (Some(p), _) => p.to_owned(),
-            (None, Some(q)) => prompt.render(q),
+            (None, Some(q)) => prompt.render_with(protocol, q),
             (None, None) => return Err(bad("no \"prompt\" or \"question\" string".into())),
         };
         let spans = match v.get("spans") {
@@ -149,7 +164,7 @@ pub fn sft(
     };
     let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
     let kind = PromptKind::parse(&o.prompt, template)?;
-    let examples = read_examples(&o.data, &kind)?;
+    let examples = read_examples(&o.data, &kind, o.protocol)?;
     let tok = split.policy.tokenizer.clone();
     let eos = tok.eos.first().copied();
     let batch = o.batch.max(1);

@@ -6,6 +6,7 @@
 //! search and copy the title of the first document, some answer directly.
 
 use r1s_agent::protocol::{BEGIN_QUERY, format_docs, splice};
+use r1s_agent::{Protocol, Source, Span, searchr1};
 use r1s_core::{Passage, Retriever};
 use serde_json::json;
 
@@ -99,10 +100,11 @@ pub fn question_line(q: &TitleQuestion) -> serde_json::Value {
     json!({ "idx": q.id, "question": q.question, "answer": q.title })
 }
 
-/// Cold-start trajectories for `qs`: a share `search_share` search (the query is
+/// Cold-start trajectories for `qs` under `protocol`: a share `search_share` search (the query is
 /// [`description_query`], documents come from `retriever`, then the first document's title is named
 /// and answered; kept only when that is the gold title), the others answer directly. Lines
-/// `{"question", "sol", "answer", "search"}`.
+/// `{"question", "sol", "spans", "answer", "search", "protocol"}`; `spans` says which bytes are the
+/// retrieved documents.
 ///
 /// A search starts with the query itself and the text after the documents names the title it
 /// copies. A first version ("I need to find the article this describes." then six keywords, "The
@@ -114,12 +116,12 @@ pub fn sft_lines<R: Retriever>(
     topk: usize,
     search_share: f64,
     seed: u64,
+    protocol: Protocol,
 ) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for (i, q) in qs.iter().enumerate() {
         let u = unit(seed, i as u64);
-        let answer = format!("</think>\n\n<answer> {} </answer>", q.title);
-        if u < search_share {
+        let (sol, spans, search) = if u < search_share {
             let query = description_query(&q.description);
             let hits = retriever
                 .retrieve(&[query.as_str()], topk)
@@ -129,13 +131,49 @@ pub fn sft_lines<R: Retriever>(
                 continue;
             }
             let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
-            let (mine, retrieved) = splice(&format!("{BEGIN_QUERY} {query}"), &format_docs(&docs));
-            let sol = format!("{mine}{retrieved} The first document is \"{}\". {answer}", q.title);
-            out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": true }));
+            let (mine, retrieved, rest) = match protocol {
+                Protocol::R1Searcher => {
+                    let (mine, retrieved) = splice(&format!("{BEGIN_QUERY} {query}"), &format_docs(&docs));
+                    let rest =
+                        format!(" The first document is \"{}\". </think>\n\n<answer> {} </answer>", q.title, q.title);
+                    (mine, retrieved, rest)
+                }
+                Protocol::SearchR1 => {
+                    let mine = format!("<think> I need to find the article. </think>\n<search> {query} </search>");
+                    let retrieved = searchr1::information(&searchr1::format_docs(&docs));
+                    let rest = format!(
+                        "<think> The first document is \"{}\". </think>\n<answer> {} </answer>",
+                        q.title, q.title
+                    );
+                    (mine, retrieved, rest)
+                }
+            };
+            let (a, b) = (mine.len(), mine.len() + retrieved.len());
+            let sol = format!("{mine}{retrieved}{rest}");
+            let spans = vec![
+                Span { source: Source::Policy, start: 0, end: a },
+                Span { source: Source::Retrieval, start: a, end: b },
+                Span { source: Source::Policy, start: b, end: sol.len() },
+            ];
+            (sol, spans, true)
         } else {
-            let sol = format!(" The description matches the article {}. {answer}", q.title);
-            out.push(json!({ "question": q.question, "answer": q.title, "sol": sol, "search": false }));
-        }
+            let sol = match protocol {
+                Protocol::R1Searcher => format!(
+                    " The description matches the article {}. </think>\n\n<answer> {} </answer>",
+                    q.title, q.title
+                ),
+                Protocol::SearchR1 => format!(
+                    "<think> The description matches the article {}. </think>\n<answer> {} </answer>",
+                    q.title, q.title
+                ),
+            };
+            let spans = vec![Span { source: Source::Policy, start: 0, end: sol.len() }];
+            (sol, spans, false)
+        };
+        out.push(json!({
+            "question": q.question, "answer": q.title, "sol": sol, "spans": spans, "search": search,
+            "protocol": protocol,
+        }));
     }
     Ok(out)
 }

@@ -63,8 +63,12 @@ pub fn step_questions(n: usize, seed: u64, step: usize, count: usize) -> Vec<usi
     out
 }
 
-/// Rollout statistics of a set of trajectories.
-pub fn rollout_stats(trajs: &[Trajectory], questions: &[&Question]) -> serde_json::Value {
+/// Rollout statistics of a set of trajectories (the format judged by `protocol`'s rules).
+pub fn rollout_stats(
+    trajs: &[Trajectory],
+    questions: &[&Question],
+    protocol: r1s_agent::Protocol,
+) -> serde_json::Value {
     let n = trajs.len().max(1) as f64;
     let mut f1 = 0.0;
     let mut em = 0.0;
@@ -78,7 +82,7 @@ pub fn rollout_stats(trajs: &[Trajectory], questions: &[&Question]) -> serde_jso
     json!({
         "retrieval_rate": trajs.iter().filter(|t| !t.queries.is_empty()).count() as f64 / n,
         "retrievals": trajs.iter().map(|t| t.queries.len()).sum::<usize>() as f64 / n,
-        "format_bad": trajs.iter().filter(|t| r1s_agent::reward::format_problem(&t.sol).is_some()).count() as f64 / n,
+        "format_bad": trajs.iter().filter(|t| protocol.format_bad(&t.prompt, &t.sol)).count() as f64 / n,
         "f1": f1 / n,
         "em": em / n,
         "cover_em": cover / n,
@@ -231,18 +235,23 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         checkpoint::prune(&self.cfg.train.out, self.cfg.train.keep_checkpoints)
     }
 
-    /// Greedy evaluation on the held-out questions (R1-Searcher's evaluation loop).
-    pub fn evaluate(&self) -> Result<Option<serde_json::Value>> {
+    /// Greedy evaluation on the held-out questions under `stage`'s protocol (R1-Searcher's
+    /// evaluation loop, or Search-R1's with the stage's searching turns).
+    pub fn evaluate(&self, stage: &Stage) -> Result<Option<serde_json::Value>> {
         let Some(e) = &self.cfg.eval else { return Ok(None) };
         let qs = read_questions(&e.data, Some(e.limit))?;
-        let prompts: Vec<String> = qs.iter().map(|q| self.prompt.render(&q.question)).collect();
-        let mut lc = LoopConfig::evaluation();
+        let protocol = stage.protocol(&self.cfg.train);
+        let prompts: Vec<String> = qs.iter().map(|q| self.prompt.render_with(protocol, &q.question)).collect();
+        let mut lc = match protocol {
+            r1s_agent::Protocol::R1Searcher => LoopConfig::evaluation(),
+            r1s_agent::Protocol::SearchR1 => LoopConfig { max_turns: stage.max_retrievals, ..LoopConfig::search_r1() },
+        };
         lc.topk = e.topk;
         lc.sampling.max_new_tokens = e.max_new_tokens;
         let t = Instant::now();
         let trajs = rollouts(&self.split.policy, self.retriever, &prompts, &lc, self.generate_batch)?;
         let refs: Vec<&Question> = qs.iter().collect();
-        let mut row = rollout_stats(&trajs, &refs);
+        let mut row = rollout_stats(&trajs, &refs, protocol);
         row["kind"] = json!("eval");
         row["n"] = json!(qs.len());
         row["eval_s"] = json!(t.elapsed().as_secs_f64());
@@ -250,7 +259,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
     }
 
     fn log_eval(&self, stage: &Stage) -> Result<()> {
-        if let Some(mut row) = self.evaluate()? {
+        if let Some(mut row) = self.evaluate(stage)? {
             row["stage"] = json!(stage.name);
             row["step"] = json!(self.state.global_step);
             log::info!("eval at step {}: {row}", self.state.global_step);
@@ -272,8 +281,9 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let mut prompts = Vec::new();
         let mut qrefs = Vec::new();
         let mut groups = Vec::new();
+        let protocol = stage.protocol(&self.cfg.train);
         for (g, &qi) in picks.iter().enumerate() {
-            let p = self.prompt.render(&questions[qi].question);
+            let p = self.prompt.render_with(protocol, &questions[qi].question);
             for _ in 0..stage.rollouts_per_prompt {
                 prompts.push(p.clone());
                 qrefs.push(&questions[qi]);
@@ -283,6 +293,10 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let mut lc = LoopConfig::training(mix(self.state.seed, 1_000_003 + s as u64));
         lc.topk = stage.topk;
         lc.max_retrievals = stage.max_retrievals;
+        lc.protocol = protocol;
+        if protocol == r1s_agent::Protocol::SearchR1 {
+            lc.max_turns = stage.max_retrievals;
+        }
         lc.sampling.temperature = stage.temperature;
         lc.sampling.top_p = stage.top_p;
         lc.sampling.max_new_tokens = stage.max_new_tokens;
@@ -324,7 +338,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
         let gen_tokens: usize = trajs.iter().flat_map(|t| &t.turn_tokens).map(Vec::len).sum();
         let step_s = t0.elapsed().as_secs_f64();
-        let mut row = rollout_stats(&trajs, &qrefs);
+        let mut row = rollout_stats(&trajs, &qrefs, protocol);
         let extra = json!({
             "kind": "step", "stage": stage.name, "step": self.state.global_step, "stage_step": self.state.stage_step,
             "episodes": trajs.len(), "reward_mean": mean, "reward_std": std,

@@ -698,8 +698,13 @@ fn cold_start_trajectories_search_with_the_description_and_name_the_title_they_c
     let qs = title_questions(store.iter().map(|p| p.unwrap().to_passage()), 6);
     assert!(qs.len() >= 5, "{} questions", qs.len());
     let retriever = r1s_retrieve::DenseRetriever::open(&index, &Default::default()).unwrap();
-    let lines = sft_lines(&qs, &retriever, 2, 1.0, 7).unwrap();
+    let lines = sft_lines(&qs, &retriever, 2, 1.0, 7, r1s_agent::Protocol::R1Searcher).unwrap();
     assert!(lines.len() * 2 >= qs.len(), "{} of {} questions kept", lines.len(), qs.len());
+    // the spans given are the ones R1-Searcher's tags imply
+    for l in &lines {
+        let spans: Vec<r1s_agent::Span> = serde_json::from_value(l["spans"].clone()).unwrap();
+        assert_eq!(spans, r1s_train::episode::spans_of_text(l["sol"].as_str().unwrap()));
+    }
     for l in &lines {
         let (title, sol) = (l["answer"].as_str().unwrap(), l["sol"].as_str().unwrap());
         let q = qs.iter().find(|q| q.question == l["question"].as_str().unwrap()).unwrap();
@@ -711,16 +716,42 @@ fn cold_start_trajectories_search_with_the_description_and_name_the_title_they_c
             "{sol}"
         );
     }
-    let direct = sft_lines(&qs, &retriever, 2, 0.0, 7).unwrap();
+    let direct = sft_lines(&qs, &retriever, 2, 0.0, 7, r1s_agent::Protocol::R1Searcher).unwrap();
     assert_eq!(direct.len(), qs.len());
     assert!(direct.iter().all(|l| l["search"] == false && !l["sol"].as_str().unwrap().contains("<|begin_of_query|>")));
+
+    // Search-R1: a valid sequence (its own check) whose retrieved part is exactly the information block
+    let sr1 = sft_lines(&qs, &retriever, 2, 1.0, 7, r1s_agent::Protocol::SearchR1).unwrap();
+    assert_eq!(sr1.len(), lines.len());
+    let prompt = r1s_train::prompt::PromptKind::Chat(r1s_policy::chat::Template::ChatMl { default_system: None });
+    for l in &sr1 {
+        let (title, sol) = (l["answer"].as_str().unwrap(), l["sol"].as_str().unwrap());
+        let q = qs.iter().find(|q| q.question == l["question"].as_str().unwrap()).unwrap();
+        let query = description_query(&q.description);
+        assert!(sol.starts_with(&format!("<think> I need to find the article. </think>\n<search> {query} </search>")));
+        let spans: Vec<r1s_agent::Span> = serde_json::from_value(l["spans"].clone()).unwrap();
+        let retrieved = &sol[spans[1].start..spans[1].end];
+        assert!(retrieved.starts_with(&format!("\n\n<information>Doc 1(Title: \"{title}\") ")), "{retrieved}");
+        assert!(retrieved.ends_with("</information>\n\n"));
+        let full = format!("{}{sol}", prompt.render_with(r1s_agent::Protocol::SearchR1, &q.question));
+        assert_eq!(r1s_agent::searchr1::validate_sequence(&full), Ok(()), "{full}");
+        let golds = vec![title.to_owned()];
+        assert_eq!(r1s_agent::reward::reward(r1s_agent::Reward::SearchR1Format, &full, &golds), 1.0);
+    }
+    // SFT reads them under their protocol only
+    let f = tmp.path().join("sr1.jsonl");
+    std::fs::write(&f, sr1.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let ex = r1s_train::sft::read_examples(&f, &prompt, r1s_agent::Protocol::SearchR1).unwrap();
+    assert!(ex[0].prompt.contains("Question: Which Wikipedia article is described as"), "{}", ex[0].prompt);
+    let err = r1s_train::sft::read_examples(&f, &prompt, r1s_agent::Protocol::R1Searcher).unwrap_err();
+    assert!(err.to_string().contains("--protocol search-r1"), "{err}");
 }
 
 #[test]
 fn the_shipped_configurations_parse() {
     let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
         .join("../..");
-    for f in ["tools/title-task.toml", "tools/r1searcher.toml"] {
+    for f in ["tools/title-task.toml", "tools/r1searcher.toml", "tools/title-task-search-r1.toml"] {
         let c = r1s_train::TrainConfig::read(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(c.stages.len(), 2, "{f}");
     }
@@ -733,6 +764,10 @@ fn the_shipped_configurations_parse() {
     assert_eq!((s.temperature, s.top_p, s.max_new_tokens), (1.0, 0.95, 512));
     let t = &paper.train;
     assert_eq!((t.lr, t.betas, t.clip_eps, t.kl_beta, t.epochs), (2e-6, [0.9, 0.95], 0.2, 1e-4, 1));
+    assert_eq!(s.protocol(t), r1s_agent::Protocol::R1Searcher);
+    let sr1 = r1s_train::TrainConfig::read(&root.join("tools/title-task-search-r1.toml")).unwrap();
+    assert!(sr1.stages.iter().all(|s| s.protocol(&sr1.train) == r1s_agent::Protocol::SearchR1));
+    assert_eq!(sr1.stages[0].reward, r1s_agent::Reward::SearchR1Format);
 }
 
 /// Largest absolute difference between two models' weights (same names).
