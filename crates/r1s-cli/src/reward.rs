@@ -122,37 +122,15 @@ pub(crate) fn serve_reward(a: ServeRewardArgs, g: &Globals, cancel: &Cancel) -> 
         max_texts: a.max_texts,
         max_in_flight: a.max_in_flight,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("r1s-reward")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-        let addr = listener.local_addr()?;
-        if !g.quiet {
-            eprintln!(
-                "r1s serve-reward: listening on http://{addr} ({} questions, reward {}); POST /get_reward, GET /health",
-                questions.len(),
-                serde_json::json!(a.reward)
-            );
-        }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let qs = questions.clone();
-        let server = tokio::spawn(async move {
-            r1s_agent::reward_server::serve_rewards(&qs, cfg, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        while !cancel.is_cancelled() && !server.is_finished() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let _ = stop.send(());
-        server.await.context("the server task")?.context("serving")
+    let n = questions.len();
+    let banner = |addr: std::net::SocketAddr| {
+        format!(
+            "r1s serve-reward: listening on http://{addr} ({n} questions, reward {}); POST /get_reward, GET /health",
+            serde_json::json!(a.reward)
+        )
+    };
+    crate::serve::run_server(&a.host, a.port, 2, g, cancel, banner, move |listener, stopped| async move {
+        r1s_agent::reward_server::serve_rewards(&questions, cfg, listener, stopped).await
     })?;
     if !g.quiet {
         eprintln!("r1s serve-reward: stopped");

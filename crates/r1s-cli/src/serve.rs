@@ -78,34 +78,16 @@ pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
         overload_status: axum_status(a.overload_status)?,
         log_every: (a.log_every > 0.0).then(|| std::time::Duration::from_secs_f64(a.log_every)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.http_threads.max(1))
-        .thread_name("r1s-http")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-        let addr = listener.local_addr()?;
-        if !g.quiet {
-            eprintln!(
-                "r1s serve: listening on http://{addr} ({} index of {rows} passages, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
-                r.kind(),
-                t.elapsed().as_secs_f64()
-            );
-        }
-        // ctrl-c and SIGTERM set the cancel flag (ctrlc's handler): stop accepting, finish, exit
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(r1s_retrieve::serve(r.clone(), listener, cfg, info, async {
-            let _ = stopped.await;
-        }));
-        while !cancel.is_cancelled() && !server.is_finished() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let _ = stop.send(());
-        server.await.context("the server task")?.context("serving")
+    let banner = |addr: std::net::SocketAddr| {
+        format!(
+            "r1s serve: listening on http://{addr} ({} index of {rows} passages, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
+            r.kind(),
+            t.elapsed().as_secs_f64()
+        )
+    };
+    let served = r.clone();
+    run_server(&a.host, a.port, a.http_threads, g, cancel, banner, move |listener, stopped| {
+        r1s_retrieve::serve(served, listener, cfg, info, stopped)
     })?;
     if !g.quiet {
         eprintln!("r1s serve: stopped");
@@ -123,4 +105,49 @@ fn parse_overload_status(s: &str) -> Result<u16, String> {
 
 fn axum_status(code: u16) -> anyhow::Result<r1s_retrieve::StatusCode> {
     Ok(r1s_retrieve::StatusCode::from_u16(code)?)
+}
+
+/// Runs the server `serve` makes on `host:port` with `threads` async threads until ctrl-c or SIGTERM
+/// (ctrlc's handler sets `cancel`): then it stops accepting, finishes what is in flight and returns.
+/// `banner` is printed (unless quiet) once the port is bound.
+pub(crate) fn run_server<F, Fut>(
+    host: &str,
+    port: u16,
+    threads: usize,
+    g: &Globals,
+    cancel: &Cancel,
+    banner: impl FnOnce(std::net::SocketAddr) -> String,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("r1s-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("cannot listen on {host}:{port}"))?;
+        let addr = listener.local_addr()?;
+        if !g.quiet {
+            eprintln!("{}", banner(addr));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Box::pin(async {
+                let _ = stopped.await;
+            }),
+        ));
+        while !cancel.is_cancelled() && !server.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(());
+        server.await.context("the server task")?.context("serving")
+    })
 }

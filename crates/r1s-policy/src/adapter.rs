@@ -56,7 +56,9 @@ pub struct Merged {
 }
 
 const PREFIX: &str = "base_model.model.model.layers.";
-const PROJECTIONS: [&str; 7] = [
+/// A decoder block's projections by their Hugging Face paths inside the block, in the order r1s
+/// walks them (q, k, v, o, gate, up, down).
+pub const PROJECTION_PATHS: [&str; 7] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",
@@ -82,7 +84,7 @@ fn parse_name(name: &str) -> Option<(usize, usize, bool)> {
         "B.weight" => false,
         _ => return None,
     };
-    let p = PROJECTIONS.iter().position(|p| *p == module)?;
+    let p = PROJECTION_PATHS.iter().position(|p| *p == module)?;
     Some((layer, p, is_a))
 }
 
@@ -154,7 +156,7 @@ pub fn read(dir: &Path) -> Result<Adapter> {
         let (Some(a_name), Some(b_name)) = (a_name, b_name) else {
             return Err(bad(
                 &wpath,
-                format!("layer {layer} {}: lora_A and lora_B must both be present", PROJECTIONS[p]),
+                format!("layer {layer} {}: lora_A and lora_B must both be present", PROJECTION_PATHS[p]),
             ));
         };
         let get = |name: &str| -> Result<Weights> {
@@ -183,7 +185,7 @@ pub fn apply(model: &mut Llama, dir: &Path) -> Result<Merged> {
     for (&(layer, p), (a, b)) in &ad.factors {
         let shape_err = |got: &[usize], expected: Vec<usize>, f: &str| PolicyError::Shape {
             path: wpath.clone(),
-            name: format!("{PREFIX}{layer}.{}.lora_{f}.weight", PROJECTIONS[p]),
+            name: format!("{PREFIX}{layer}.{}.lora_{f}.weight", PROJECTION_PATHS[p]),
             got: got.to_vec(),
             expected,
         };
@@ -264,7 +266,7 @@ pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> 
     let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
     for (&(layer, p), (a0, b0)) in &first.factors {
         let (input, output) = (a0.1[1], b0.1[0]);
-        let name = format!("{PREFIX}{layer}.{}", PROJECTIONS[p]);
+        let name = format!("{PREFIX}{layer}.{}", PROJECTION_PATHS[p]);
         let mut a_all = Vec::with_capacity(rank * input);
         let mut b_all = vec![0f32; output * rank];
         let mut col = 0;
@@ -290,7 +292,7 @@ pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> 
         tensors.push((format!("{name}.lora_B.weight"), b_all, vec![output, rank]));
     }
     let mut targets: Vec<&str> =
-        first.factors.keys().map(|(_, p)| PROJECTIONS[*p].rsplit('.').next().unwrap_or_default()).collect();
+        first.factors.keys().map(|(_, p)| PROJECTION_PATHS[*p].rsplit('.').next().unwrap_or_default()).collect();
     targets.sort_unstable();
     targets.dedup();
     let mut layers: Vec<usize> = first.factors.keys().map(|(l, _)| *l).collect();

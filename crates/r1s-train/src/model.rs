@@ -23,15 +23,7 @@ use crate::error::{Result, TrainError};
 /// The projections of a block, by their Hugging Face names, in [`linears`] order.
 pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 /// Their paths inside a block.
-const PATHS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
+const PATHS: [&str; 7] = r1s_policy::adapter::PROJECTION_PATHS;
 
 /// A block's two norms and its projections with their Hugging Face paths inside the block
 /// (`self_attn.q_proj`, …).
