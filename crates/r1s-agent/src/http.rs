@@ -69,14 +69,15 @@ impl Policy for HttpPolicy {
         for (n, c) in choices.iter().enumerate() {
             let i = c["index"].as_u64().map_or(n, |i| i as usize);
             let text = c["text"].as_str().ok_or_else(|| bad(format!("choice {i} has no text")))?.to_owned();
-            // vLLM names the matched stop string in `stop_reason`; other servers only say "stop"
-            let finish = match (c["finish_reason"].as_str(), c["stop_reason"].as_str()) {
+            // vLLM names the matched stop string in `stop_reason`, SGLang in `matched_stop`; other
+            // servers (llama.cpp) only say "stop"
+            let named = c["stop_reason"].as_str().or_else(|| c["matched_stop"].as_str());
+            let finish = match (c["finish_reason"].as_str(), named) {
                 (Some("length"), _) => Finish::Length,
                 (_, Some(stop)) if s.stop.iter().any(|x| x == stop) => Finish::Stop(stop.to_owned()),
-                (Some("stop"), _) => match s.stop.first() {
-                    // an unanswered query at the end means the stop string fired
-                    Some(first) if ends_with_open_query(&text) => Finish::Stop(first.clone()),
-                    _ => Finish::Eos,
+                (Some("stop"), _) => match stop_left_open(&text, &s.stop) {
+                    Some(stop) => Finish::Stop(stop.to_owned()),
+                    None => Finish::Eos,
                 },
                 _ => Finish::Eos,
             };
@@ -87,10 +88,27 @@ impl Policy for HttpPolicy {
     }
 }
 
-/// The text's last `<|begin_of_query|>` has no `<|end_of_query|>` after it.
-fn ends_with_open_query(text: &str) -> bool {
+/// The stop string that must have fired when a server says only "stop": the one whose opening tag is
+/// left open at the end of the text (R1-Searcher's `<|end_of_query|>` after an unanswered
+/// `<|begin_of_query|>`; Search-R1's `</search>` / `</answer>` after an unclosed `<search>` /
+/// `<answer>`), the latest opened first.
+fn stop_left_open<'a>(text: &str, stops: &'a [String]) -> Option<&'a str> {
     use crate::protocol::{BEGIN_QUERY, END_QUERY};
-    text.rfind(BEGIN_QUERY).is_some_and(|at| !text[at..].contains(END_QUERY))
+    let opener = |stop: &str| -> Option<String> {
+        match stop {
+            END_QUERY => Some(BEGIN_QUERY.to_owned()),
+            s => s.strip_prefix("</").map(|rest| format!("<{rest}")),
+        }
+    };
+    stops
+        .iter()
+        .filter_map(|stop| {
+            let open = opener(stop)?;
+            let at = text.rfind(&open)?;
+            (!text[at..].contains(stop.as_str())).then_some((at, stop.as_str()))
+        })
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, stop)| stop)
 }
 
 /// Which retrieval API a server speaks.
@@ -175,5 +193,21 @@ impl Retriever for HttpRetriever {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_left_open;
+
+    #[test]
+    fn the_stop_that_fired_is_the_one_left_open() {
+        let r1 = vec!["<|end_of_query|>".to_owned()];
+        assert_eq!(stop_left_open("x <|begin_of_query|> q", &r1), Some("<|end_of_query|>"));
+        assert_eq!(stop_left_open("x <answer> a </answer>", &r1), None);
+        let sr1 = vec!["</search>".to_owned(), "</answer>".to_owned()];
+        assert_eq!(stop_left_open("<think> t </think>\n<search> q ", &sr1), Some("</search>"));
+        assert_eq!(stop_left_open("<search> q </search> <answer> Paris ", &sr1), Some("</answer>"));
+        assert_eq!(stop_left_open("<answer> a </answer>", &sr1), None);
     }
 }

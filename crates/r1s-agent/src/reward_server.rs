@@ -4,14 +4,16 @@
 //! `GET /health` says how many questions are loaded and which reward is computed.
 //!
 //! The question is read from the text as the prompt placed it: R1-Searcher's base prompt
-//! (`…\n\nUser:{question}\nAssistant: <think>`; the rollout is what follows), a ChatML user turn
-//! (`<|im_start|>user\n{question}<|im_end|>`), or Search-R1's (`Question: {question}\n`). It and the
-//! file's questions are compared after trimming and collapsing whitespace.
+//! (`…\n\nUser:{question}\nAssistant: <think>`; the rollout is what follows), Search-R1's
+//! (its instruction then `{question}\n`, raw or as the user turn), or a ChatML user turn
+//! (`<|im_start|>user\n{question}<|im_end|>`). It and the
+//! file's questions are compared with whitespace collapsed and without a final `?`.
 //!
 //! Errors are FastAPI's shape, `{"detail": message}`: 422 for a body that is not `{"query": [str…]}`,
 //! is larger than the limit, holds too many texts, or a text whose question is not in the file (the
 //! message names the text's index); 503 with `Retry-After: 1` when more requests are in flight than
-//! allowed; 503 while shutting down. Rewards are computed on the async threads (microseconds each).
+//! allowed; 503 while shutting down. Rewards are computed on blocking threads, in time linear in
+//! the texts' length.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,9 +48,11 @@ impl Default for RewardServerConfig {
     }
 }
 
-/// The lookup key of a question: trimmed, whitespace collapsed.
+/// The lookup key of a question: whitespace collapsed, without a final `?` (Search-R1's prompt adds
+/// one to questions that lack it).
 pub fn question_key(q: &str) -> String {
-    q.split_whitespace().collect::<Vec<_>>().join(" ")
+    let k = q.split_whitespace().collect::<Vec<_>>().join(" ");
+    k.strip_suffix('?').map_or(k.clone(), |s| s.trim_end().to_owned())
 }
 
 /// The question a prompt + rollout text holds, and where the rollout starts (byte offset), for
@@ -61,15 +65,31 @@ pub fn find_question(text: &str) -> Option<(&str, usize)> {
             return Some((&text[start..a], a + BASE_ASSISTANT.len()));
         }
     }
+    // Search-R1's prompt, raw (a base model's) or as the user turn: its instruction, then the question
+    // up to the end of the line
+    if let Some(i) = text.find(crate::searchr1::INSTRUCTION) {
+        let start = i + crate::searchr1::INSTRUCTION.len();
+        let end = start + text[start..].find('\n')?;
+        let after = end + 1;
+        let rollout = match text[after..].find("<|im_start|>assistant") {
+            Some(a) => {
+                let marker = after + a + "<|im_start|>assistant".len();
+                marker + text[marker..].len() - text[marker..].trim_start().len()
+            }
+            None => after,
+        };
+        return Some((&text[start..end], rollout));
+    }
     if let Some(u) = text.find("<|im_start|>user\n") {
         let start = u + "<|im_start|>user\n".len();
         let end = start + text[start..].find("<|im_end|>")?;
-        let turn = &text[start..end];
-        // Search-R1's user turn carries the instructions before "Question: "
-        let q = turn.rfind("Question: ").map_or(turn, |i| &turn[i + "Question: ".len()..]);
+        let q = &text[start..end];
+        // the rollout starts after the assistant marker, its whitespace and the `<think>` that
+        // R1-Searcher's chat prompt ends with
         let rollout = text[end..].find("<|im_start|>assistant").map_or(end, |a| {
             let after = end + a + "<|im_start|>assistant".len();
-            after + text[after..].len() - text[after..].trim_start().len()
+            let body = after + text[after..].len() - text[after..].trim_start().len();
+            if text[body..].starts_with("<think>") { body + "<think>".len() } else { body }
         });
         return Some((q, rollout));
     }
@@ -149,9 +169,12 @@ async fn get_reward(State(app): State<Arc<App>>, body: Body) -> Response {
         }
         Err(e) => return detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("the body is not valid JSON: {e}")),
     };
-    match app.rewards(&v) {
-        Ok(rewards) => json(StatusCode::OK, serde_json::json!({ "rewards": rewards }).to_string()),
-        Err(m) => detail(StatusCode::UNPROCESSABLE_ENTITY, &m),
+    // scoring is linear in the texts' length, but a request may hold megabytes: off the async threads
+    let scorer = app.clone();
+    match tokio::task::spawn_blocking(move || scorer.rewards(&v)).await {
+        Ok(Ok(rewards)) => json(StatusCode::OK, serde_json::json!({ "rewards": rewards }).to_string()),
+        Ok(Err(m)) => detail(StatusCode::UNPROCESSABLE_ENTITY, &m),
+        Err(e) => detail(StatusCode::INTERNAL_SERVER_ERROR, &format!("scoring failed: {e}")),
     }
 }
 
@@ -192,9 +215,15 @@ mod tests {
         assert_eq!((q, &text[at..]), ("Who wrote Hamlet?", " I know this. </think>\n\n<answer> Shakespeare </answer>"));
         let chat = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWho wrote Hamlet?<|im_end|>\n<|im_start|>assistant\n<think> x";
         let (q, at) = find_question(chat).unwrap();
-        assert_eq!((q, &chat[at..]), ("Who wrote Hamlet?", "<think> x"));
-        let sr1 = "<|im_start|>user\nAnswer the given question. … Question: who wrote hamlet?\n<|im_end|>\n<|im_start|>assistant\n";
-        assert_eq!(find_question(sr1).map(|(q, _)| question_key(q)), Some("who wrote hamlet?".into()));
+        assert_eq!((q, &chat[at..]), ("Who wrote Hamlet?", " x"));
+        let user = crate::searchr1::user_message("Trivia Question: who wrote hamlet");
+        let sr1 = format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n<think> x");
+        let (q, at) = find_question(&sr1).unwrap();
+        assert_eq!((question_key(q), &sr1[at..]), ("Trivia Question: who wrote hamlet".into(), "<think> x"));
+        let raw = format!("{user}<think> y");
+        let (q, at) = find_question(&raw).unwrap();
+        assert_eq!((q, &raw[at..]), ("Trivia Question: who wrote hamlet?", "<think> y"));
+        assert_eq!(question_key("  who  wrote\nhamlet ? "), question_key("who wrote hamlet"));
         assert_eq!(find_question("no prompt here"), None);
     }
 }

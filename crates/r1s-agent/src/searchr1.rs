@@ -18,8 +18,10 @@
 //!   `<information>` block.
 //!
 //! Values equal those of that Python code on `../shared/data/searchr1/reward_cases.jsonl` (the tests).
-//! One known gap: Python's `\w` (for the article rule) and Rust's alphanumerics differ on some
-//! combining marks of Indic scripts.
+//! One known gap: Python's `\w` (for the article rule: `str.isalnum()` or `_`) and Rust's
+//! `char::is_alphanumeric` differ on characters with the Other_Alphabetic property (combining vowel
+//! signs of Indic scripts, circled letters such as `ⓐ`), so an article glued to one of them can be
+//! kept here and dropped there.
 
 /// The instruction before the question (`make_prefix`, template `base`).
 pub const INSTRUCTION: &str = "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get new information. After reasoning, if you find you lack some knowledge, you can call a search engine by <search> query </search> and it will return the top searched results between <information> and </information>. You can search as many times as your want. If you find no further external knowledge needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: ";
@@ -83,6 +85,42 @@ pub fn format_docs<S: AsRef<str>>(contents: &[S]) -> String {
 /// The observation after a search: `\n\n<information>{docs, stripped}</information>\n\n`.
 pub fn information(docs: &str) -> String {
     format!("\n\n<information>{}</information>\n\n", py_strip(docs))
+}
+
+/// Who wrote which bytes of a Search-R1 rollout without recorded spans: the `<information>` blocks
+/// with their surrounding blank lines ([`information`]) and the invalid-action text are the loop's,
+/// the rest the policy's. Consecutive spans covering `sol`.
+pub fn spans_of_text(sol: &str) -> Vec<crate::Span> {
+    use crate::{Source, Span};
+    let mut spans: Vec<Span> = Vec::new();
+    let mut push = |source: Source, start: usize, end: usize| {
+        if start == end {
+            return;
+        }
+        match spans.last_mut() {
+            Some(last) if last.source == source => last.end = end,
+            _ => spans.push(Span { source, start, end }),
+        }
+    };
+    let mut pos = 0;
+    loop {
+        let info = sol[pos..].find("\n\n<information>").and_then(|i| {
+            let start = pos + i;
+            let close = sol[start..].find("</information>\n\n")?;
+            Some((start, start + close + "</information>\n\n".len()))
+        });
+        let invalid = sol[pos..].find(INVALID_ACTION).map(|i| (pos + i, pos + i + INVALID_ACTION.len()));
+        let next = match (info, invalid) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let Some((start, end)) = next else { break };
+        push(Source::Policy, pos, start);
+        push(Source::Retrieval, start, end);
+        pos = end;
+    }
+    push(Source::Policy, pos, sol.len());
+    spans
 }
 
 /// Weights of the format-aware EM (`qa_em_format.compute_score_em`): `structure` for a valid
@@ -215,8 +253,17 @@ pub fn validate_sequence(text: &str) -> Result<(), String> {
     let mut state = S::Start;
     let mut rest = content;
     loop {
-        // the next tag, and the text before it
-        let next = TAGS.iter().filter_map(|t| rest.find(t).map(|i| (i, *t))).min_by_key(|(i, _)| *i);
+        // the next tag and the text before it: one pass over the `<`s (linear in the text)
+        let mut next = None;
+        let mut from = 0;
+        while let Some(i) = rest[from..].find('<') {
+            let at = from + i;
+            if let Some(t) = TAGS.iter().find(|t| rest[at..].starts_with(**t)) {
+                next = Some((at, *t));
+                break;
+            }
+            from = at + 1;
+        }
         let (text_part, tag) = match next {
             Some((i, t)) => (&rest[..i], Some(t)),
             None => (rest, None),
@@ -339,6 +386,26 @@ mod tests {
         assert_eq!(information("Doc 1(Title: t) x\n"), "\n\n<information>Doc 1(Title: t) x</information>\n\n");
         assert!(user_message(" who wrote hamlet ").ends_with("Question: who wrote hamlet?\n"));
         assert!(user_message("Who wrote Hamlet?").ends_with("Question: Who wrote Hamlet?\n"));
+    }
+
+    #[test]
+    fn spans_of_a_rollout_mark_the_loops_text() {
+        let info = information("Doc 1(Title: t) x\n");
+        let sol = format!("<think> a </think>{INVALID_ACTION}<search> q </search>{info}<answer> b </answer>");
+        let spans = spans_of_text(&sol);
+        let parts: Vec<(crate::Source, &str)> = spans.iter().map(|s| (s.source, &sol[s.start..s.end])).collect();
+        use crate::Source::{Policy, Retrieval};
+        assert_eq!(
+            parts,
+            vec![
+                (Policy, "<think> a </think>"),
+                (Retrieval, INVALID_ACTION),
+                (Policy, "<search> q </search>"),
+                (Retrieval, info.as_str()),
+                (Policy, "<answer> b </answer>")
+            ]
+        );
+        assert_eq!(spans_of_text(""), vec![]);
     }
 
     #[test]

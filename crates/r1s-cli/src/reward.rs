@@ -25,7 +25,7 @@ pub(crate) struct RewardArgs {
 }
 
 /// The prompt, the rollout and the gold answers of one line.
-fn parts(v: &serde_json::Value) -> Result<(String, String, Vec<String>), String> {
+fn parts(v: &serde_json::Value, kind: r1s_agent::Reward) -> Result<(String, String, Vec<String>), String> {
     let strings = |k: &str| -> Option<Vec<String>> {
         match &v[k] {
             serde_json::Value::String(s) => Some(vec![s.clone()]),
@@ -42,7 +42,16 @@ fn parts(v: &serde_json::Value) -> Result<(String, String, Vec<String>), String>
         return Ok((seq[..at].to_owned(), seq[at..].to_owned(), golds));
     }
     if let Some(sol) = v["gen_text_store"].as_str() {
-        let prompt = v["prompt"].as_str().unwrap_or_default();
+        let prompt = match v["prompt"].as_str() {
+            Some(p) => p,
+            // Search-R1's rewards count the prompt's example answer and check the format after it
+            None if kind.reads_prompt() => {
+                return Err("no \"prompt\": Search-R1's rewards read prompt + rollout (r1s eval writes both; \
+                            give Search-R1 lines as \"solution_str\")"
+                    .into());
+            }
+            None => "",
+        };
         return Ok((prompt.to_owned(), sol.to_owned(), golds));
     }
     Err("no \"solution_str\" or \"gen_text_store\" string".into())
@@ -67,7 +76,7 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
             anyhow::Error::new(r1s_agent::eval::DataError::Bad { path: a.input.clone(), line: i + 1, reason })
         };
         let mut v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let (prompt, sol, golds) = parts(&v).map_err(bad)?;
+        let (prompt, sol, golds) = parts(&v, a.reward).map_err(bad)?;
         let r = r1s_agent::reward::reward_of(a.reward, &prompt, &sol, &golds);
         if let Some(obj) = v.as_object_mut() {
             obj.insert("reward".into(), r.into());

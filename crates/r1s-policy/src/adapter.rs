@@ -182,19 +182,32 @@ pub fn read(dir: &Path) -> Result<Adapter> {
 pub fn apply(model: &mut Llama, dir: &Path) -> Result<Merged> {
     let ad = read(dir)?;
     let wpath = dir.join("adapter_model.safetensors");
+    // every factor is checked against the model before any weight changes
+    let dims = |model: &Llama, layer: usize, p: usize| -> Option<[usize; 2]> {
+        let b = model.blocks.get(layer)?;
+        let l = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down][p];
+        Some(l.weight.val().dims())
+    };
     for (&(layer, p), (a, b)) in &ad.factors {
-        let shape_err = |got: &[usize], expected: Vec<usize>, f: &str| PolicyError::Shape {
-            path: wpath.clone(),
-            name: format!("{PREFIX}{layer}.{}.lora_{f}.weight", PROJECTION_PATHS[p]),
-            got: got.to_vec(),
-            expected,
-        };
-        let Some(block) = model.blocks.get_mut(layer) else {
+        let Some([input, output]) = dims(model, layer, p) else {
             return Err(bad(
                 &wpath,
                 format!("an adapter of layer {layer}; the model has {} layers", model.blocks.len()),
             ));
         };
+        for (f, got, expected) in [("A", &a.1, vec![ad.rank, input]), ("B", &b.1, vec![output, ad.rank])] {
+            if *got != expected {
+                return Err(PolicyError::Shape {
+                    path: wpath.clone(),
+                    name: format!("{PREFIX}{layer}.{}.lora_{f}.weight", PROJECTION_PATHS[p]),
+                    got: got.clone(),
+                    expected,
+                });
+            }
+        }
+    }
+    for (&(layer, p), (a, b)) in &ad.factors {
+        let block = &mut model.blocks[layer];
         let linear = match p {
             0 => &mut block.q,
             1 => &mut block.k,
@@ -206,12 +219,6 @@ pub fn apply(model: &mut Llama, dir: &Path) -> Result<Merged> {
         };
         let device = linear.weight.val().device();
         let [input, output] = linear.weight.val().dims();
-        if a.1 != [ad.rank, input] {
-            return Err(shape_err(&a.1, vec![ad.rank, input], "A"));
-        }
-        if b.1 != [output, ad.rank] {
-            return Err(shape_err(&b.1, vec![output, ad.rank], "B"));
-        }
         let at = Tensor::<2>::from_data(TensorData::new(a.0.clone(), [ad.rank, input]), &device);
         let bt = Tensor::<2>::from_data(TensorData::new(b.0.clone(), [output, ad.rank]), &device);
         // burn's weight is [in, out]: W += s·Aᵀ·Bᵀ
@@ -247,7 +254,8 @@ impl std::str::FromStr for StoreDtype {
 /// the previous ones, e.g. an SFT cold start then RL stages whose adapters were merged at each stage
 /// boundary): rank `R = Σ rᵢ`, `A = [A₁; A₂; …]` `[R, in]`, `B = [s₁·B₁, s₂·B₂, …]` `[out, R]` and
 /// `lora_alpha = R` (scale 1), so `B·A = Σ sᵢ·Bᵢ·Aᵢ` exactly up to the storage dtype. The
-/// adapters must cover the same projections. Written to `out` atomically (`out.part` renamed).
+/// adapters must cover the same projections. Written to `out` atomically (`out.part` renamed); an
+/// existing `out` that is neither empty nor an adapter directory is refused.
 pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> {
     let adapters = dirs.iter().map(|d| read(d)).collect::<Result<Vec<_>>>()?;
     let Some(first) = adapters.first() else {
@@ -262,7 +270,20 @@ pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> 
             )));
         }
     }
-    let rank: usize = adapters.iter().map(|a| a.rank).sum();
+    let rank = adapters
+        .iter()
+        .try_fold(0usize, |r, a| r.checked_add(a.rank))
+        .ok_or_else(|| PolicyError::Options("the adapters' ranks overflow".into()))?;
+    // never replace something that is not an adapter
+    if out.exists() && !out.join("adapter_config.json").is_file() {
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty {
+            return Err(PolicyError::Options(format!(
+                "{} exists and is not an adapter directory; give a new --out",
+                out.display()
+            )));
+        }
+    }
     let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
     for (&(layer, p), (a0, b0)) in &first.factors {
         let (input, output) = (a0.1[1], b0.1[0]);
@@ -304,7 +325,9 @@ pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> 
         "base_model_name_or_path": first.base_model,
     });
     let data = crate::load::safetensors_bytes(tensors, dtype).map_err(PolicyError::Options)?;
-    let part = out.with_extension("part");
+    let mut part_name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    part_name.push(".part");
+    let part = out.with_file_name(part_name);
     if part.exists() {
         std::fs::remove_dir_all(&part).map_err(|e| PolicyError::io(&part, e))?;
     }

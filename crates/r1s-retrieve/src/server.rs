@@ -271,7 +271,7 @@ pub(crate) fn lax_int(v: &Value) -> Option<i128> {
         }
         Value::String(s) => {
             let mut t = s.trim();
-            // "2.0" and "2." are 2, as pydantic strips a decimal part of zeros
+            // "2.0" and "2.00" are 2 (pydantic drops a decimal part of zeros); "2." is not an integer
             if let Some((int, frac)) = t.split_once('.') {
                 if frac.is_empty() || !frac.bytes().all(|b| b == b'0') {
                     return None;

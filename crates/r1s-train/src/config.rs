@@ -169,7 +169,7 @@ impl LoraConfig {
     }
 }
 
-/// Held-out evaluation during training (greedy, R1-Searcher's evaluation loop).
+/// Held-out evaluation during training (greedy; the evaluation loop of the stage's protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
@@ -302,6 +302,14 @@ impl TrainConfig {
             return Err("[retriever] needs exactly one of index, url".into());
         }
         for s in &self.stages {
+            if s.reward.reads_prompt() != (s.protocol(t) == r1s_agent::Protocol::SearchR1) {
+                log::warn!(
+                    "stage {:?}: reward {} is another protocol's than the stage's ({}); its tags will not match",
+                    s.name,
+                    serde_json::json!(s.reward),
+                    serde_json::json!(s.protocol(t))
+                );
+            }
             if s.kl_beta.is_some_and(|b| b.is_nan() || b < 0.0) {
                 return Err(format!("stage {:?}: kl_beta must be ≥ 0", s.name));
             }

@@ -70,11 +70,12 @@ pub fn read_examples(path: &Path, prompt: &PromptKind, protocol: r1s_agent::Prot
             let theirs: r1s_agent::Protocol =
                 serde_json::from_value(p.clone()).map_err(|e| bad(format!("protocol: {e}")))?;
             if theirs != protocol {
+                let name = |p: r1s_agent::Protocol| serde_json::json!(p).as_str().unwrap_or_default().to_owned();
                 return Err(bad(format!(
                     "a {} trajectory; train it with --protocol {} (this run: {})",
-                    serde_json::json!(theirs),
-                    serde_json::json!(theirs).as_str().unwrap_or_default(),
-                    serde_json::json!(protocol)
+                    name(theirs),
+                    name(theirs),
+                    name(protocol)
                 )));
             }
         }
@@ -103,7 +104,10 @@ pub fn read_examples(path: &Path, prompt: &PromptKind, protocol: r1s_agent::Prot
                 }
                 spans
             }
-            _ => spans_of_text(&sol),
+            _ => match protocol {
+                r1s_agent::Protocol::R1Searcher => spans_of_text(&sol),
+                r1s_agent::Protocol::SearchR1 => r1s_agent::searchr1::spans_of_text(&sol),
+            },
         };
         out.push(Example { prompt: p, sol, spans });
     }

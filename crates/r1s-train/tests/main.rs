@@ -893,4 +893,9 @@ fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
             .unwrap_err();
     assert!(err.to_string().contains("nowhere"), "{err}");
     assert!(!tmp.path().join("x").exists());
+    // a directory that is not an adapter is never replaced
+    let err = adapter::stack(&adapters, &ck1, StoreDtype::F32).unwrap_err();
+    assert!(err.to_string().contains("not an adapter directory"), "{err}");
+    assert!(ck1.join("model.safetensors").exists());
+    adapter::stack(&adapters, &stacked, StoreDtype::F16).unwrap();
 }
