@@ -208,7 +208,8 @@ pub fn run<P: Policy, R: Retriever>(
 /// One difference, by design: Search-R1 generates each turn to its token budget and then cuts the
 /// text after the first `</search>` (else the first `</answer>`); here generation stops at the first
 /// of the two, so a turn that answers before it would search ends at the answer (the action is the
-/// same: the first block).
+/// same: the first block). Search-R1 also cuts each observation to `max_obs_length` tokens and the
+/// context's start to `max_prompt_length`; here both stay whole.
 fn run_search_r1<P: Policy, R: Retriever>(
     policy: &P,
     retriever: &R,
