@@ -27,6 +27,8 @@ struct Stage {
     started: Mutex<(Instant, u64)>,
     /// Whether a stage is between `start` and `finish`.
     active: Mutex<bool>,
+    /// Whether the stage's first `advance` came.
+    advanced: std::sync::atomic::AtomicBool,
 }
 
 /// Draws a bar on a terminal; elsewhere prints a progress line every `--progress-every` seconds
@@ -52,6 +54,7 @@ impl Bars {
             items: AtomicU64::new(0),
             started: Mutex::new((Instant::now(), 0)),
             active: Mutex::new(false),
+            advanced: std::sync::atomic::AtomicBool::new(false),
         });
         let every = Duration::try_from_secs_f64(g.progress_every).ok().filter(|d| !d.is_zero());
         let ticker = match every {
@@ -114,9 +117,12 @@ impl Stage {
             s += &format!(" of {} ({pct:.0}%)", amount(total, unit));
         }
         s += &format!(" in {}", clock(secs));
-        match unit {
-            Unit::Bytes => s += &format!(", {:.1} MB/s", rate / 1e6),
-            Unit::Items => s += &format!(", {}", rate_text(rate)),
+        // no rate before anything moved (a stage that advances in large steps, e.g. eval batches)
+        if pos > base {
+            match unit {
+                Unit::Bytes => s += &format!(", {:.1} MB/s", rate / 1e6),
+                Unit::Items => s += &format!(", {}", rate_text(rate)),
+            }
         }
         let items = self.items.load(Ordering::Relaxed);
         if items > 0 {
@@ -178,6 +184,7 @@ impl Progress for Bars {
         *lock(&st.unit) = unit;
         *lock(&st.name) = stage.to_owned();
         *lock(&st.started) = (Instant::now(), 0);
+        st.advanced.store(false, Ordering::Relaxed);
         *lock(&st.active) = true;
         if !self.interactive {
             return;
@@ -200,14 +207,14 @@ impl Progress for Bars {
     }
 
     fn advance(&self, delta: u64) {
-        let before = self.stage.pos.fetch_add(delta, Ordering::Relaxed);
-        if before == 0 {
-            // a resumed job moves to where it stopped before doing any work
+        if !self.stage.advanced.swap(true, Ordering::Relaxed) {
+            // a resumed job moves to where it stopped right after `start`, before doing any work
             let mut started = lock(&self.stage.started);
-            if started.0.elapsed() < Duration::from_millis(500) {
+            if started.0.elapsed() < Duration::from_millis(50) {
                 started.1 = delta;
             }
         }
+        self.stage.pos.fetch_add(delta, Ordering::Relaxed);
         if let Some(b) = lock(&self.bar).as_ref() {
             b.inc(delta);
         }
