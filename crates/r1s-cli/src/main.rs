@@ -79,7 +79,8 @@ enum Command {
     /// Run the policy model (a Llama-family decoder on burn).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
-    /// Evaluate a policy with retrieval on a question set (R1-Searcher protocol), or score results.
+    /// Evaluate a policy with retrieval on a question set (R1-Searcher or Search-R1 protocol), or score
+    /// results.
     Eval(eval::EvalArgs),
     /// Score a JSONL of rollouts (Search-R1's {"solution_str","golden_answers"} or r1s / R1-Searcher
     /// results) with any reward of either protocol; each line is written with its reward.
