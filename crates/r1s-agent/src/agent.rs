@@ -99,6 +99,14 @@ impl LoopConfig {
 }
 
 impl LoopConfig {
+    /// The evaluation settings of `protocol`: [`LoopConfig::evaluation`] or [`LoopConfig::search_r1`].
+    pub fn evaluation_for(protocol: Protocol) -> LoopConfig {
+        match protocol {
+            Protocol::R1Searcher => LoopConfig::evaluation(),
+            Protocol::SearchR1 => LoopConfig::search_r1(),
+        }
+    }
+
     /// Search-R1's settings: k = 3, 4 searching turns (v0.3's scripts) then a final one, greedy.
     pub fn search_r1() -> LoopConfig {
         LoopConfig {

@@ -35,6 +35,12 @@ fn strings(v: &serde_json::Value) -> Option<Vec<String>> {
     }
 }
 
+/// The gold answers of a question or result line: `golden_answers` (FlashRAG, Search-R1), else
+/// `answer` (R1-Searcher), each a string or a list of strings.
+pub fn gold_answers(v: &serde_json::Value) -> Option<Vec<String>> {
+    strings(&v["golden_answers"]).or_else(|| strings(&v["answer"]))
+}
+
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let mut rows = Vec::new();
@@ -55,9 +61,7 @@ pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>
     for (line, v) in read_jsonl(path)? {
         let bad = |reason: &str| DataError::Bad { path: path.into(), line, reason: reason.into() };
         let question = v["question"].as_str().ok_or_else(|| bad("no \"question\" string"))?.to_owned();
-        let answers = strings(&v["golden_answers"])
-            .or_else(|| strings(&v["answer"]))
-            .ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
+        let answers = gold_answers(&v).ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
         let id = match (&v["idx"], &v["id"]) {
             (serde_json::Value::Null, serde_json::Value::Null) => (line - 1).to_string(),
             (serde_json::Value::Null, id) | (id, _) => id.as_str().map_or_else(|| id.to_string(), str::to_owned),

@@ -122,10 +122,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
             (None, None) => anyhow::bail!("no policy"),
         })
     };
-    let mut cfg = match a.protocol {
-        r1s_agent::Protocol::R1Searcher => r1s_agent::LoopConfig::evaluation(),
-        r1s_agent::Protocol::SearchR1 => r1s_agent::LoopConfig::search_r1(),
-    };
+    let mut cfg = r1s_agent::LoopConfig::evaluation_for(a.protocol);
     cfg.topk = a.topk.unwrap_or(cfg.topk);
     cfg.max_turns = a.max_turns.unwrap_or(cfg.max_turns);
     cfg.sampling.max_new_tokens = a.max_new_tokens;

@@ -26,15 +26,7 @@ pub(crate) struct RewardArgs {
 
 /// The prompt, the rollout and the gold answers of one line.
 fn parts(v: &serde_json::Value, kind: r1s_agent::Reward) -> Result<(String, String, Vec<String>), String> {
-    let strings = |k: &str| -> Option<Vec<String>> {
-        match &v[k] {
-            serde_json::Value::String(s) => Some(vec![s.clone()]),
-            serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned)).collect(),
-            _ => None,
-        }
-    };
-    let golds = strings("golden_answers")
-        .or_else(|| strings("answer"))
+    let golds = r1s_agent::eval::gold_answers(v)
         .ok_or("no \"golden_answers\" or \"answer\" (a string or a list of strings)")?;
     if let Some(seq) = v["solution_str"].as_str() {
         // the whole sequence: split where the rollout starts when the prompt is recognisable

@@ -183,13 +183,8 @@ pub fn apply(model: &mut Llama, dir: &Path) -> Result<Merged> {
     let ad = read(dir)?;
     let wpath = dir.join("adapter_model.safetensors");
     // every factor is checked against the model before any weight changes
-    let dims = |model: &Llama, layer: usize, p: usize| -> Option<[usize; 2]> {
-        let b = model.blocks.get(layer)?;
-        let l = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down][p];
-        Some(l.weight.val().dims())
-    };
     for (&(layer, p), (a, b)) in &ad.factors {
-        let Some([input, output]) = dims(model, layer, p) else {
+        let Some([input, output]) = model.blocks.get(layer).map(|b| b.projection(p).weight.val().dims()) else {
             return Err(bad(
                 &wpath,
                 format!("an adapter of layer {layer}; the model has {} layers", model.blocks.len()),
@@ -207,16 +202,7 @@ pub fn apply(model: &mut Llama, dir: &Path) -> Result<Merged> {
         }
     }
     for (&(layer, p), (a, b)) in &ad.factors {
-        let block = &mut model.blocks[layer];
-        let linear = match p {
-            0 => &mut block.q,
-            1 => &mut block.k,
-            2 => &mut block.v,
-            3 => &mut block.o,
-            4 => &mut block.gate,
-            5 => &mut block.up,
-            _ => &mut block.down,
-        };
+        let linear = model.blocks[layer].projection_mut(p);
         let device = linear.weight.val().device();
         let [input, output] = linear.weight.val().dims();
         let at = Tensor::<2>::from_data(TensorData::new(a.0.clone(), [ad.rank, input]), &device);

@@ -131,15 +131,20 @@ impl SafetensorsWeights {
             let file = std::fs::File::open(&f).map_err(|e| PolicyError::io(&f, e))?;
             // SAFETY: read-only map of a checkpoint that is not modified while loading.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| PolicyError::io(&f, e))?;
-            safetensors::SafeTensors::deserialize(&map).map_err(|e| PolicyError::BadFile {
-                path: f.clone(),
-                offset: None,
-                reason: format!("not a valid safetensors file: {e}"),
-            })?;
+            parse(&f, &map)?;
             maps.push((f, map));
         }
         Ok(SafetensorsWeights { dir: dir.into(), maps })
     }
+}
+
+/// The safetensors file `map` (read from `path`, named in the error).
+fn parse<'a>(path: &Path, map: &'a [u8]) -> Result<safetensors::SafeTensors<'a>> {
+    safetensors::SafeTensors::deserialize(map).map_err(|e| PolicyError::BadFile {
+        path: path.to_path_buf(),
+        offset: None,
+        reason: format!("not a valid safetensors file: {e}"),
+    })
 }
 
 impl SafetensorsWeights {
@@ -147,11 +152,7 @@ impl SafetensorsWeights {
     pub fn names(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (path, map) in &self.maps {
-            let st = safetensors::SafeTensors::deserialize(map).map_err(|e| PolicyError::BadFile {
-                path: path.clone(),
-                offset: None,
-                reason: e.to_string(),
-            })?;
+            let st = parse(path, map)?;
             let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
             names.sort();
             out.extend(names);
@@ -163,11 +164,7 @@ impl SafetensorsWeights {
 impl WeightSource for SafetensorsWeights {
     fn get(&self, hf_name: &str) -> Result<Option<Weights>> {
         for (path, map) in &self.maps {
-            let st = safetensors::SafeTensors::deserialize(map).map_err(|e| PolicyError::BadFile {
-                path: path.clone(),
-                offset: None,
-                reason: e.to_string(),
-            })?;
+            let st = parse(path, map)?;
             let Ok(view) = st.tensor(hf_name) else { continue };
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {

@@ -37,6 +37,26 @@ pub struct Block {
     pub down: Linear,
 }
 
+impl Block {
+    /// Projection `p` in [`crate::adapter::PROJECTION_PATHS`] order (q, k, v, o, gate, up, down).
+    pub fn projection(&self, p: usize) -> &Linear {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down][p]
+    }
+
+    /// [`Block::projection`], mutable.
+    pub fn projection_mut(&mut self, p: usize) -> &mut Linear {
+        match p {
+            0 => &mut self.q,
+            1 => &mut self.k,
+            2 => &mut self.v,
+            3 => &mut self.o,
+            4 => &mut self.gate,
+            5 => &mut self.up,
+            _ => &mut self.down,
+        }
+    }
+}
+
 /// The decoder.
 #[derive(Module, Debug)]
 pub struct Llama {

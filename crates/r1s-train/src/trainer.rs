@@ -242,10 +242,10 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let qs = read_questions(&e.data, Some(e.limit))?;
         let protocol = stage.protocol(&self.cfg.train);
         let prompts: Vec<String> = qs.iter().map(|q| self.prompt.render_with(protocol, &q.question)).collect();
-        let mut lc = match protocol {
-            r1s_agent::Protocol::R1Searcher => LoopConfig::evaluation(),
-            r1s_agent::Protocol::SearchR1 => LoopConfig { max_turns: stage.max_retrievals, ..LoopConfig::search_r1() },
-        };
+        let mut lc = LoopConfig::evaluation_for(protocol);
+        if protocol == r1s_agent::Protocol::SearchR1 {
+            lc.max_turns = stage.max_retrievals;
+        }
         lc.topk = e.topk;
         lc.sampling.max_new_tokens = e.max_new_tokens;
         let t = Instant::now();
