@@ -35,10 +35,14 @@ fn strings(v: &serde_json::Value) -> Option<Vec<String>> {
     }
 }
 
-/// The gold answers of a question or result line: `golden_answers` (FlashRAG, Search-R1), else
-/// `answer` (R1-Searcher), each a string or a list of strings.
+/// The gold answers of a question or result line: `golden_answers` (FlashRAG, Search-R1) when the
+/// line has it, else `answer` (R1-Searcher); each a string or a list of strings. `None` when the
+/// field it reads is malformed (a `golden_answers` of another type does not fall back to `answer`).
 pub fn gold_answers(v: &serde_json::Value) -> Option<Vec<String>> {
-    strings(&v["golden_answers"]).or_else(|| strings(&v["answer"]))
+    match &v["golden_answers"] {
+        serde_json::Value::Null => strings(&v["answer"]),
+        g => strings(g),
+    }
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError> {
@@ -59,6 +63,9 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError>
 pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>, DataError> {
     let mut out = Vec::new();
     for (line, v) in read_jsonl(path)? {
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
         let bad = |reason: &str| DataError::Bad { path: path.into(), line, reason: reason.into() };
         let question = v["question"].as_str().ok_or_else(|| bad("no \"question\" string"))?.to_owned();
         let answers = gold_answers(&v).ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
@@ -67,9 +74,6 @@ pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>
             (serde_json::Value::Null, id) | (id, _) => id.as_str().map_or_else(|| id.to_string(), str::to_owned),
         };
         out.push(Question { id, question, answers });
-        if limit.is_some_and(|l| out.len() >= l) {
-            break;
-        }
     }
     Ok(out)
 }

@@ -342,6 +342,7 @@ fn questions_in_both_formats() {
     let err = r1s_agent::read_questions(&f, None).unwrap_err();
     assert!(err.to_string().contains("q.jsonl: line 1"), "{err}");
     let real = r1s_agent::read_questions(&shared("r1searcher/eval_set/bamboogle.jsonl"), Some(10)).unwrap();
+    assert!(r1s_agent::read_questions(&shared("r1searcher/eval_set/bamboogle.jsonl"), Some(0)).unwrap().is_empty());
     assert_eq!(real.len(), 10);
 }
 

@@ -117,6 +117,14 @@ fn main() -> ExitCode {
     }
     match run(cli, &cancel) {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader of standard output went away (`r1s … | head`): stop quietly, as Unix tools do
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {}", message(&e));
             ExitCode::from(exit_code(&e))

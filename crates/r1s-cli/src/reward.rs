@@ -26,6 +26,10 @@ pub(crate) struct RewardArgs {
 
 /// The prompt, the rollout and the gold answers of one line.
 fn parts(v: &serde_json::Value, kind: r1s_agent::Reward) -> Result<(String, String, Vec<String>), String> {
+    if v["solution_str"].is_string() && !v["golden_answers"].is_array() && !v["golden_answers"].is_string() {
+        // Search-R1's lines carry the model's extracted `answer`: never a gold answer
+        return Err("a \"solution_str\" line needs \"golden_answers\" (a string or a list of strings)".into());
+    }
     let golds = r1s_agent::eval::gold_answers(v)
         .ok_or("no \"golden_answers\" or \"answer\" (a string or a list of strings)")?;
     if let Some(seq) = v["solution_str"].as_str() {

@@ -598,10 +598,18 @@ fn reward_scores_files_and_serves_openrlhf() {
     let expected = r1s_agent::reward::reward(r1s_agent::Reward::Stage2, sol, &golds);
     assert_eq!(first["reward"].as_f64().unwrap(), expected);
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"solution_str\": \"x\", \"golden_answers\": [\"y\"]}\n{\"solution_str\": 3}\n").unwrap();
-    let o = r1s().args(["reward", "--reward", "searchr1-em"]).arg(&bad).output().unwrap();
-    assert_eq!(o.status.code(), Some(65));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&o.stderr));
+    for second in [
+        "{\"solution_str\": 3}",
+        // a Search-R1 line's `answer` is the model's, never the gold: a missing or malformed
+        // golden_answers is an error, not a fallback
+        "{\"solution_str\": \"x\", \"answer\": \"x\"}",
+        "{\"solution_str\": \"x\", \"answer\": \"x\", \"golden_answers\": 5}",
+    ] {
+        std::fs::write(&bad, format!("{{\"solution_str\": \"x\", \"golden_answers\": [\"y\"]}}\n{second}\n")).unwrap();
+        let o = r1s().args(["reward", "--reward", "searchr1-em"]).arg(&bad).output().unwrap();
+        assert_eq!(o.status.code(), Some(65), "{second}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 
     // serve-reward: R1-Searcher's request shape, gold answers looked up by the prompt's question
     let questions = shared("r1searcher/eval_set/bamboogle.jsonl");

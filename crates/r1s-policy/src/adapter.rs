@@ -241,8 +241,18 @@ impl std::str::FromStr for StoreDtype {
 /// boundary): rank `R = Σ rᵢ`, `A = [A₁; A₂; …]` `[R, in]`, `B = [s₁·B₁, s₂·B₂, …]` `[out, R]` and
 /// `lora_alpha = R` (scale 1), so `B·A = Σ sᵢ·Bᵢ·Aᵢ` exactly up to the storage dtype. The
 /// adapters must cover the same projections. Written to `out` atomically (`out.part` renamed); an
-/// existing `out` that is neither empty nor an adapter directory is refused.
+/// existing `out` that is neither empty nor an adapter directory, or that is one of `dirs`, is refused.
 pub fn stack(dirs: &[PathBuf], out: &Path, dtype: StoreDtype) -> Result<Merged> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    if let Some(d) = dirs.iter().find(|d| same(d, out)) {
+        return Err(PolicyError::Options(format!(
+            "--out {} is one of the adapters stacked; give a new directory",
+            d.display()
+        )));
+    }
     let adapters = dirs.iter().map(|d| read(d)).collect::<Result<Vec<_>>>()?;
     let Some(first) = adapters.first() else {
         return Err(PolicyError::Options("no adapter to stack".into()));

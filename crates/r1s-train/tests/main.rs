@@ -894,6 +894,9 @@ fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
     assert!(err.to_string().contains("nowhere"), "{err}");
     assert!(!tmp.path().join("x").exists());
     // a directory that is not an adapter is never replaced
+    let err = adapter::stack(&adapters, &adapters[0], StoreDtype::F32).unwrap_err();
+    assert!(err.to_string().contains("is one of the adapters stacked"), "{err}");
+    assert!(adapters[0].join("adapter_model.safetensors").exists());
     let err = adapter::stack(&adapters, &ck1, StoreDtype::F32).unwrap_err();
     assert!(err.to_string().contains("not an adapter directory"), "{err}");
     assert!(ck1.join("model.safetensors").exists());
