@@ -3,6 +3,7 @@ prompt, threads and token budget as `r1s policy generate`; prints one JSON line 
 import argparse, json, os, time
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ap = argparse.ArgumentParser()
@@ -29,5 +30,5 @@ for b in [int(x) for x in a.batches.split(",")]:
     new = out[:, enc["input_ids"].shape[1]:]
     # tokens up to and including the first EOS, as r1s counts them
     n = sum(r.index(tok.eos_token_id) + 1 if tok.eos_token_id in r else len(r) for r in new.tolist())
-    print(json.dumps({"batch": b, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": n, "seconds": secs,
+    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "batch": b, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": n, "seconds": secs,
                       "tokens_per_s": n / secs, "text": tok.decode(new[0], skip_special_tokens=False)[:80]}))

@@ -5,6 +5,7 @@ length), the loss on the solution tokens only. Prints one JSON line per setting:
 import argparse, json, os, time
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ap = argparse.ArgumentParser()
@@ -45,5 +46,5 @@ for frozen in (True, False):
         opt.zero_grad()
         if step > 0:  # the first step warms up
             times.append(time.perf_counter() - t)
-    print(json.dumps({"engine": "pytorch", "embeddings_frozen": frozen, "batch": len(ids), "tokens": int(att.sum()),
+    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "engine": "pytorch", "embeddings_frozen": frozen, "batch": len(ids), "tokens": int(att.sum()),
                       "seconds": sum(times) / len(times), "loss": float(out.loss)}))

@@ -261,16 +261,46 @@ fn corpus_exit_code(c: &CorpusError) -> u8 {
     }
 }
 
+/// For the commands that run the policy (generate, eval, sft, train). Their tensors are buffers of
+/// up to hundreds of MB (a training step's logits alone are 16 × 256 × 49,152 floats), allocated and
+/// freed many times a step. glibc's malloc maps each such buffer afresh and unmaps it when freed, so
+/// the kernel zeroes every page again on first touch: with these defaults a third of a training step
+/// went to page faults (perf; docs/benchmarks.md). Taking them from the heap and never trimming it
+/// reuses the pages instead; the process holds on to its peak, which every step reaches again
+/// anyway. Elsewhere (musl, macOS) the allocator's defaults stay.
+fn keep_freed_tensor_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it runs before the policy's threads start
+    // and both values are documented in mallopt(3) (M_MMAP_MAX 0: never mmap; M_TRIM_THRESHOLD -1:
+    // never trim).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
+}
+
 fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => corpus::corpus(cmd, &cli.globals, cancel),
         Command::Embed(args) => embed::embed(args, &cli.globals, cancel),
         Command::Index(cmd) => index::index(cmd, &cli.globals, cancel),
         Command::Retrieve(args) => retrieve::retrieve(args),
-        Command::Eval(args) => eval::eval(args, &cli.globals, cancel),
-        Command::Policy(policy::PolicyCmd::Generate(args)) => policy::generate(args, &cli.globals),
-        Command::Policy(policy::PolicyCmd::Train(args)) => train::train(args, &cli.globals, cancel),
-        Command::Policy(policy::PolicyCmd::Sft(args)) => train::sft(args, &cli.globals, cancel),
+        Command::Eval(args) => {
+            keep_freed_tensor_memory();
+            eval::eval(args, &cli.globals, cancel)
+        }
+        Command::Policy(policy::PolicyCmd::Generate(args)) => {
+            keep_freed_tensor_memory();
+            policy::generate(args, &cli.globals)
+        }
+        Command::Policy(policy::PolicyCmd::Train(args)) => {
+            keep_freed_tensor_memory();
+            train::train(args, &cli.globals, cancel)
+        }
+        Command::Policy(policy::PolicyCmd::Sft(args)) => {
+            keep_freed_tensor_memory();
+            train::sft(args, &cli.globals, cancel)
+        }
         Command::Policy(policy::PolicyCmd::Plot(args)) => train::plot(args),
         Command::Policy(policy::PolicyCmd::StackAdapters(args)) => policy::stack_adapters(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Task(args)) => train::task(args, &cli.globals),

@@ -159,6 +159,66 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// burn flex threads a matmul only from this many multiply-adds (its `PARALLEL_THRESHOLD`), and
+/// never a single-row one (gemm's gemv path).
+const FLEX_THREADED_FROM: usize = 192 * 192 * 192;
+
+/// Below this many multiply-adds a product is not worth handing to other threads.
+const SPLIT_FROM: usize = 1 << 16;
+
+/// `x @ weight (+ bias)` of `x` `[..., in]` with `weight` `[in, out]` (burn's layout): burn's
+/// linear, except that a product the backend would run on one thread is split by output columns
+/// across the rayon pool (see [`matmul_threaded`]). Decoding is made of such products: every
+/// projection and the LM head at batch 1, the q/k/v ones at batch 16.
+pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let w = l.weight.val();
+    let d_out = w.dims()[1];
+    if !worth_splitting(rows, d_in, d_out) {
+        return l.forward(x);
+    }
+    let y = matmul_threaded(x.reshape([rows, d_in]), w, l.bias.as_ref().map(Param::val));
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
+/// Whether `[rows, k] @ [k, n]` runs faster split by columns across the rayon pool than as one
+/// backend matmul.
+fn worth_splitting(rows: usize, k: usize, n: usize) -> bool {
+    let macs = rows.saturating_mul(k).saturating_mul(n);
+    rayon::current_num_threads() > 1 && n >= 128 && macs >= SPLIT_FROM && (rows == 1 || macs < FLEX_THREADED_FROM)
+}
+
+/// `x @ w (+ bias)` of `x` `[m, k]` and `w` `[k, n]` (any strides): when
+/// [`worth_splitting`], the columns of `w` are cut into one slice per rayon thread, each slice's
+/// product runs as one single-threaded backend matmul on its own thread, and the parts are joined.
+/// Each output element is still one dot product over `k` by the same kernels, so the result equals
+/// the unsplit product's (tested to 1e-6 relative).
+pub fn matmul_threaded(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let [m, k] = x.dims();
+    let n = w.dims()[1];
+    let y = if worth_splitting(m, k, n) {
+        let parts = rayon::current_num_threads().min(n / 64);
+        // slices of a multiple of 16 columns (one AVX-512 register of f32)
+        let width = n.div_ceil(parts).next_multiple_of(16);
+        let slices: Vec<(usize, usize)> = (0..n).step_by(width).map(|start| (start, width.min(n - start))).collect();
+        let outs: Vec<Tensor<2>> = {
+            use rayon::prelude::*;
+            slices.par_iter().map(|&(start, len)| x.clone().matmul(w.clone().narrow(1, start, len))).collect()
+        };
+        Tensor::cat(outs, 1)
+    } else {
+        x.matmul(w)
+    };
+    match bias {
+        Some(b) => y + b.reshape([1, n]),
+        None => y,
+    }
+}
+
 /// RMSNorm over the last dimension of `[b, t, h]`.
 pub fn rms_norm(x: Tensor<3>, w: &Param<Tensor<1>>, eps: f64) -> Tensor<3> {
     let h = x.dims()[2];
@@ -230,9 +290,9 @@ impl Block {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let h = rms_norm(x.clone(), &self.attn_norm, cfg.rms_norm_eps);
-        let q = self.q.forward(h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let k = self.k.forward(h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let v = self.v.forward(h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let q = linear(&self.q, h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
+        let k = linear(&self.k, h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let v = linear(&self.v, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
         let q = rotate(q, &cos_sin.0, &cos_sin.1);
         let k = rotate(k, &cos_sin.0, &cos_sin.1);
         let (k, v) = match cache {
@@ -250,9 +310,9 @@ impl Block {
         let opts = AttentionModuleOptions { is_causal: true, ..Default::default() };
         let a = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), mask.cloned(), None, opts);
         let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        let x = x + self.o.forward(a);
+        let x = x + linear(&self.o, a);
         let h = rms_norm(x.clone(), &self.mlp_norm, cfg.rms_norm_eps);
-        let mlp = self.down.forward(activation::silu(self.gate.forward(h.clone())) * self.up.forward(h));
+        let mlp = linear(&self.down, activation::silu(linear(&self.gate, h.clone())) * linear(&self.up, h));
         x + mlp
     }
 }
@@ -294,8 +354,46 @@ impl Llama {
     /// Logits of `[n, hidden]` rows: the LM head, or the tied embeddings.
     pub fn head(&self, rows: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
-            Some(head) => head.forward(rows),
-            None => rows.matmul(self.embed.val().transpose()),
+            Some(head) => linear(head, rows),
+            None => matmul_threaded(rows, self.embed.val().transpose(), None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(shape: [usize; 2], scale: f32, device: &Device) -> Tensor<2> {
+        let n = shape[0] * shape[1];
+        let v: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * scale).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    #[test]
+    fn split_products_equal_the_backend_matmul() {
+        let device = Device::flex();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        // decode shapes: a batch-1 projection, batch-16 k/v, the tied LM head (transposed rows), odd n
+        for (m, k, n, transposed) in
+            [(1, 576, 1536, false), (16, 576, 192, false), (1, 64, 5003, true), (3, 96, 1000, false)]
+        {
+            let x = seq([m, k], 1.0, &device);
+            let w = if transposed { seq([n, k], 0.1, &device).transpose() } else { seq([k, n], 0.1, &device) };
+            let bias = seq([1, n], 1.0, &device).reshape([n]);
+            assert!(pool.install(|| worth_splitting(m, k, n)), "{m}x{k}x{n} should be split");
+            let split = pool.install(|| matmul_threaded(x.clone(), w.clone(), Some(bias.clone())));
+            let plain = x.matmul(w) + bias.reshape([1, n]);
+            assert_eq!(split.dims(), [m, n]);
+            let (a, b) =
+                (split.into_data().to_vec::<f32>().expect("f32"), plain.into_data().to_vec::<f32>().expect("f32"));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{m}x{k}x{n} element {i}: {x} vs {y}");
+            }
+        }
+        // one thread, or a product flex threads itself: not split
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+        assert!(!one.install(|| worth_splitting(1, 576, 1536)));
+        assert!(!pool.install(|| worth_splitting(256, 576, 1536)));
     }
 }
