@@ -64,9 +64,14 @@ pub(crate) struct GenerateArgs {
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
-    /// Continuations of the prompt, generated as one batch (only the first is streamed).
+    /// Continuations of the prompt, generated as one batch (only the first is streamed). The prompt
+    /// is prefilled once for all of them.
     #[arg(long, default_value_t = 1)]
     n: usize,
+    /// Prefill each of the --n copies of the prompt separately, as transformers' `generate` does
+    /// (for like-for-like benchmarks: tools/bench-policy).
+    #[arg(long)]
+    no_shared_prefill: bool,
     /// Print timing figures as one JSON line on standard error.
     #[arg(long)]
     stats_json: bool,
@@ -192,7 +197,8 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     use r1s_policy::chat::{Message, Template};
     use_threads(a.threads);
     let t = std::time::Instant::now();
-    let policy = load_policy(&a.model, &a.adapter, &a.device, g)?;
+    let mut policy = load_policy(&a.model, &a.adapter, &a.device, g)?;
+    policy.share_prefill = !a.no_shared_prefill;
     let loaded = t.elapsed().as_secs_f64();
     let prompt = if a.chat {
         let mut messages = Vec::new();

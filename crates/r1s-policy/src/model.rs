@@ -85,7 +85,8 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Keeps only the batch rows `rows` (finished sequences leave the batch).
+    /// Keeps the batch rows `rows`, in that order (finished sequences leave the batch; a repeated
+    /// index copies a row).
     pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.clone().select(0, rows.clone());
@@ -295,6 +296,9 @@ impl Block {
         let v = linear(&self.v, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
         let q = rotate(q, &cos_sin.0, &cos_sin.1);
         let k = rotate(k, &cos_sin.0, &cos_sin.1);
+        // generation (with a cache) runs on flex, whose attention reads grouped K/V heads itself;
+        // autodiff's attention (scoring, training) needs them repeated to the query heads
+        let grouped = cache.is_some();
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -308,7 +312,8 @@ impl Block {
         };
         let rep = nh / nkv;
         let opts = AttentionModuleOptions { is_causal: true, ..Default::default() };
-        let a = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), mask.cloned(), None, opts);
+        let (k, v) = if grouped { (k, v) } else { (repeat_kv(k, rep), repeat_kv(v, rep)) };
+        let a = attention(q, k, v, mask.cloned(), None, opts);
         let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
         let x = x + linear(&self.o, a);
         let h = rms_norm(x.clone(), &self.mlp_norm, cfg.rms_norm_eps);

@@ -36,6 +36,10 @@ pub struct Policy {
     pub model: Llama,
     pub cfg: LlamaConfig,
     pub tokenizer: TextTokenizer,
+    /// Whether [`Policy::generate`] prefills identical prompts of a batch once and repeats their
+    /// cache rows (true, the default: the rollouts of one GRPO group share their prompt). The
+    /// continuations are the same either way, up to float rounding.
+    pub share_prefill: bool,
     rope: Rope,
     device: Device,
 }
@@ -146,7 +150,7 @@ impl Policy {
     /// Puts the parts together.
     pub fn new(model: Llama, cfg: LlamaConfig, tokenizer: TextTokenizer, device: &Device) -> Policy {
         let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(1), device);
-        Policy { model, cfg, tokenizer, rope, device: device.clone() }
+        Policy { model, cfg, tokenizer, share_prefill: true, rope, device: device.clone() }
     }
 
     pub fn device(&self) -> &Device {
@@ -254,12 +258,35 @@ impl Policy {
             return Ok(out);
         }
         let mut rng = Rng::new(s.seed);
-        let (ids, step) = self.left_padded(prompts, 0)?;
+        let started = std::time::Instant::now();
+        // identical prompts (the rollouts of one GRPO group) are prefilled once, their rows repeated
+        let mut unique: Vec<Vec<u32>> = Vec::new();
+        let mut row_of: Vec<i64> = Vec::with_capacity(n);
+        let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+        for p in prompts {
+            let row = match seen.get(p.as_slice()) {
+                Some(&row) if self.share_prefill => row,
+                _ => {
+                    unique.push(p.clone());
+                    seen.insert(p, unique.len() - 1);
+                    unique.len() - 1
+                }
+            };
+            row_of.push(row as i64);
+        }
+        let (ids, step) = self.left_padded(&unique, 0)?;
         let t0 = ids.dims()[1];
         let mut cache = KvCache::default();
         let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
         let [b, t, _] = hidden.dims();
         let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
+        if unique.len() < n {
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(row_of, [n]), &self.device);
+            cache.retain_rows(&rows);
+            last = last.select(0, rows);
+        }
+        let prefilled = started.elapsed();
+        let mut decoded = 0usize;
         // per live row: its sequence index, its next position, its key padding so far
         let mut live: Vec<usize> = (0..n).collect();
         let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
@@ -294,7 +321,14 @@ impl Policy {
                 keep.push(r);
                 chosen.push(tok);
             }
+            decoded += live.len();
             if keep.is_empty() {
+                log::debug!(
+                    "generate: prefill {b}×{t0} tokens {:.2}s, then {decoded} tokens in {} steps {:.2}s",
+                    prefilled.as_secs_f64(),
+                    step + 1,
+                    (started.elapsed() - prefilled).as_secs_f64()
+                );
                 return Ok(out);
             }
             if keep.len() < live.len() {
@@ -328,6 +362,11 @@ impl Policy {
         for &seq in &live {
             emit(seq, &out[seq].text, true);
         }
+        log::debug!(
+            "generate: prefill {b}×{t0} tokens {:.2}s, then {decoded} tokens in {max_new} steps {:.2}s",
+            prefilled.as_secs_f64(),
+            (started.elapsed() - prefilled).as_secs_f64()
+        );
         Ok(out)
     }
 

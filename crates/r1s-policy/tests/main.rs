@@ -85,10 +85,21 @@ fn stop_strings_cut_the_text_and_sampling_is_seeded() {
     assert_eq!(g.text, "The capital of Fran");
     // seeded sampling is reproducible, and other seeds differ somewhere
     let s = Sampling { max_new_tokens: 16, temperature: 1.0, top_p: 0.95, seed: 7, stop: vec![] };
-    let batch = vec![ids.clone(), ids.clone(), ids.clone(), ids];
+    let batch = vec![ids.clone(), ids.clone(), ids.clone(), ids.clone()];
     let a = p.generate(&batch, &s).unwrap();
     let b = p.generate(&batch, &s).unwrap();
     assert_eq!(a, b);
+    // a shared prefill (the default) samples what a prefill per row does, with another prompt mixed in
+    let other = p.tokenizer.encode(&tpl.render(&[r1s_policy::chat::Message::new("user", "Name a river.")])).unwrap();
+    let mixed = vec![ids.clone(), other.clone(), ids.clone(), other, ids.clone()];
+    let shared_rows = p.generate(&mixed, &s).unwrap();
+    let mut q = Policy::load(&smollm2(), &device).unwrap();
+    q.share_prefill = false;
+    let separate_rows = q.generate(&mixed, &s).unwrap();
+    for (x, y) in shared_rows.iter().zip(&separate_rows) {
+        assert_eq!(x.tokens, y.tokens);
+        assert!(max_abs_diff(&x.logprobs, &y.logprobs) < 1e-4);
+    }
     let c = p.generate(&batch, &Sampling { seed: 8, ..s }).unwrap();
     assert_ne!(a.iter().map(|g| &g.tokens).collect::<Vec<_>>(), c.iter().map(|g| &g.tokens).collect::<Vec<_>>());
     // the generation's log-probs are the scoring API's
