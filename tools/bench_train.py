@@ -14,6 +14,7 @@ ap.add_argument("--data", required=True)
 ap.add_argument("--max-len", type=int, default=256)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--steps", type=int, default=2)
+ap.add_argument("--lora-rank", type=int, default=0, help="also time PEFT LoRA of this rank on all 7 projections of every block")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 d, f = os.path.split(a.gguf)
@@ -30,11 +31,18 @@ n = max(map(len, ids))
 inp = torch.tensor([x + [0] * (n - len(x)) for x in ids])
 lab = torch.tensor([x + [-100] * (n - len(x)) for x in labels])
 att = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids])
-for frozen in (True, False):
+settings = ["frozen", "all"] + (["lora"] if a.lora_rank else [])
+for setting in settings:
+    frozen = setting != "all"
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     model.train()
     if frozen:
         model.get_input_embeddings().weight.requires_grad_(False)
+    if setting == "lora":
+        from peft import LoraConfig, get_peft_model
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, lora_dropout=0.0,
+                                                 target_modules=targets))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95))
     times = []
     for step in range(a.steps + 1):
@@ -46,5 +54,5 @@ for frozen in (True, False):
         opt.zero_grad()
         if step > 0:  # the first step warms up
             times.append(time.perf_counter() - t)
-    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "engine": "pytorch", "embeddings_frozen": frozen, "batch": len(ids), "tokens": int(att.sum()),
+    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "engine": "pytorch", "embeddings_frozen": frozen, "setting": setting, "batch": len(ids), "tokens": int(att.sum()),
                       "seconds": sum(times) / len(times), "loss": float(out.loss)}))

@@ -19,7 +19,7 @@ pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use error::{PolicyError, Result};
-pub use model::{Block, KvCache, Llama, Rope, Step, run_blocks};
+pub use model::{Block, KvCache, Llama, LoraBeside, Rope, Step, run_blocks, run_blocks_lora};
 pub use policy::{Generation, Policy, Sampling, StopReason};
 pub use tokenizer::TextTokenizer;
 

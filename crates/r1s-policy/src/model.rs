@@ -243,9 +243,48 @@ pub fn run_blocks(
     first: usize,
     cfg: &LlamaConfig,
     rope: &Rope,
+    x: Tensor<3>,
+    step: &Step,
+    cache: Option<&mut KvCache>,
+) -> Tensor<3> {
+    run(blocks, first, cfg, rope, x, step, cache, None)
+}
+
+/// LoRA factors that run beside frozen projections: `y = x·W + s·(x·A)·B` (Hu et al. 2021, as PEFT
+/// runs them), so that training `A` and `B` takes no gradient of `W` (merging `W + s·A·B` first
+/// would: a full `[in, out]` product per projection in every backward pass).
+#[derive(Debug, Clone)]
+pub struct LoraBeside {
+    /// `s` (alpha / rank, or alpha / √rank for rsLoRA).
+    pub scale: f64,
+    /// Per block, per projection in [`crate::adapter::PROJECTION_PATHS`] order: `A` `[in, r]` and
+    /// `B` `[r, out]`, or `None` where the projection has no adapter.
+    pub blocks: Vec<Vec<Option<(Tensor<2>, Tensor<2>)>>>,
+}
+
+/// [`run_blocks`] with `lora.blocks[i]` beside `blocks[i]`'s projections (no cache: training).
+pub fn run_blocks_lora(
+    blocks: &[Block],
+    first: usize,
+    cfg: &LlamaConfig,
+    rope: &Rope,
+    x: Tensor<3>,
+    step: &Step,
+    lora: &LoraBeside,
+) -> Tensor<3> {
+    run(blocks, first, cfg, rope, x, step, None, Some(lora))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    blocks: &[Block],
+    first: usize,
+    cfg: &LlamaConfig,
+    rope: &Rope,
     mut x: Tensor<3>,
     step: &Step,
     mut cache: Option<&mut KvCache>,
+    lora: Option<&LoraBeside>,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let cos_sin = rope.at(&step.positions);
@@ -263,7 +302,8 @@ pub fn run_blocks(
     }
     for (i, block) in blocks.iter().enumerate() {
         let slot = cache.as_deref_mut().map(|c| &mut c.layers[first + i]);
-        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot);
+        let beside = lora.and_then(|l| l.blocks.get(i).map(|ads| (ads.as_slice(), l.scale)));
+        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot, beside);
     }
     x
 }
@@ -287,13 +327,27 @@ impl Block {
         cos_sin: &(Tensor<4>, Tensor<4>),
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        lora: Option<(&[Option<(Tensor<2>, Tensor<2>)>], f64)>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        // projection `p` of `h`, with its adapter beside it when there is one
+        let proj = |p: usize, h: Tensor<3>| {
+            let y = linear(self.projection(p), h.clone());
+            match lora.and_then(|(ads, s)| ads.get(p).and_then(Option::as_ref).map(|ab| (ab, s))) {
+                Some(((a, bb), s)) => {
+                    let [bsz, tt, d] = h.dims();
+                    let low = h.reshape([bsz * tt, d]).matmul(a.clone()).matmul(bb.clone()) * s;
+                    let out = low.dims()[1];
+                    y + low.reshape([bsz, tt, out])
+                }
+                None => y,
+            }
+        };
         let h = rms_norm(x.clone(), &self.attn_norm, cfg.rms_norm_eps);
-        let q = linear(&self.q, h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let k = linear(&self.k, h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let v = linear(&self.v, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let q = proj(0, h.clone()).reshape([b, t, nh, hd]).swap_dims(1, 2);
+        let k = proj(1, h.clone()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let v = proj(2, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
         let q = rotate(q, &cos_sin.0, &cos_sin.1);
         let k = rotate(k, &cos_sin.0, &cos_sin.1);
         // generation (with a cache) runs on flex, whose attention reads grouped K/V heads itself;
@@ -315,9 +369,9 @@ impl Block {
         let (k, v) = if grouped { (k, v) } else { (repeat_kv(k, rep), repeat_kv(v, rep)) };
         let a = attention(q, k, v, mask.cloned(), None, opts);
         let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        let x = x + linear(&self.o, a);
+        let x = x + proj(3, a);
         let h = rms_norm(x.clone(), &self.mlp_norm, cfg.rms_norm_eps);
-        let mlp = linear(&self.down, activation::silu(linear(&self.gate, h.clone())) * linear(&self.up, h));
+        let mlp = proj(6, activation::silu(proj(4, h.clone())) * proj(5, h));
         x + mlp
     }
 }

@@ -15,7 +15,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use r1s_policy::{Block, Policy, Step, run_blocks};
+use r1s_policy::{Block, LoraBeside, Policy, Step, run_blocks, run_blocks_lora};
 
 use crate::config::LoraConfig;
 use crate::error::{Result, TrainError};
@@ -204,6 +204,13 @@ impl Lora {
         top
     }
 
+    /// The adapters as factors to run beside the frozen top's projections (in their graph).
+    pub fn beside(&self) -> LoraBeside {
+        let pair = |ad: &Adapter| (ad.a.val(), ad.b.val());
+        let blocks = self.adapters.iter().map(|ads| ads.iter().map(|ad| ad.as_ref().map(pair)).collect()).collect();
+        LoraBeside { scale: self.cfg.scale(), blocks }
+    }
+
     /// The adapters' parameters with PEFT's names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`).
     pub fn params_mut(&mut self, first: usize) -> Vec<(String, ParamMut<'_>)> {
         let mut out = Vec::new();
@@ -332,11 +339,43 @@ impl Split {
         targets: &[i64],
         entropy: bool,
     ) -> Result<Scored> {
+        self.score_with(top, None, boundary, step, rows, targets, entropy)
+    }
+
+    /// [`Split::score`] under the model as trained, with gradients: the trainable top, or the frozen
+    /// top with the LoRA adapters run beside its projections (equal to scoring [`Split::trained`],
+    /// without a gradient of the frozen weights).
+    pub fn score_trained(
+        &self,
+        boundary: Tensor<3>,
+        step: &Step,
+        rows: &[i64],
+        targets: &[i64],
+        entropy: bool,
+    ) -> Result<Scored> {
+        let beside = self.lora.as_ref().map(Lora::beside);
+        self.score_with(&self.top, beside.as_ref(), boundary, step, rows, targets, entropy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn score_with(
+        &self,
+        top: &Top,
+        lora: Option<&LoraBeside>,
+        boundary: Tensor<3>,
+        step: &Step,
+        rows: &[i64],
+        targets: &[i64],
+        entropy: bool,
+    ) -> Result<Scored> {
         let p = &self.policy;
         if rows.is_empty() {
             return Err(TrainError::Options("no action tokens to score".into()));
         }
-        let x = run_blocks(&top.blocks, self.first, &p.cfg, p.rope(), boundary, step, None);
+        let x = match lora {
+            Some(l) => run_blocks_lora(&top.blocks, self.first, &p.cfg, p.rope(), boundary, step, l),
+            None => run_blocks(&top.blocks, self.first, &p.cfg, p.rope(), boundary, step, None),
+        };
         let x = r1s_policy::model::rms_norm(x, &top.norm, p.cfg.rms_norm_eps);
         let [b, t, h] = x.dims();
         let n = rows.len();

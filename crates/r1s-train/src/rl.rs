@@ -156,8 +156,7 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
                 if m.rows.is_empty() {
                     continue;
                 }
-                let (logp, _) =
-                    split.score(&split.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+                let (logp, _) = split.score_trained(m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
                 let values = to_vec(logp.clone().detach())?;
                 for ((&lp, &o), &a) in values.iter().zip(&m.old).zip(&m.adv) {
                     clipped += usize::from(loss::ppo_token(lp, o, a, s.clip_eps).1);

@@ -200,7 +200,7 @@ pub fn sft(
             }
             let weight: Vec<f32> =
                 m.owner.iter().map(|&r| 1.0 / (seqs[m.episodes[r]].actions.len() as f32 * seqs.len() as f32)).collect();
-            let (logp, _) = split.score(&split.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+            let (logp, _) = split.score_trained(m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
             let lp = crate::episode::to_vec(logp.clone().detach())?;
             nll_tokens -= lp.iter().map(|&x| f64::from(x)).sum::<f64>();
             action_tokens += lp.len();

@@ -419,6 +419,21 @@ fn lora_starts_at_the_model_trains_only_adapters_and_rebases_into_the_weights() 
         flat(&mut a) == flat(&mut b)
     };
     assert!(same(&split.top, &frozen), "the frozen top did not move");
+    // with B trained away from zero, adapters run beside the frozen weights (what training runs)
+    // give the merged model's log-probs and the same adapter gradients
+    let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &split.ad);
+    let beside = |s: &Split| s.score_trained(m.boundary.clone(), &m.step, &m.rows, &m.targets, false).unwrap().0;
+    let merged = |s: &Split| s.score(&s.trained(), m.boundary.clone(), &m.step, &m.rows, &m.targets, false).unwrap().0;
+    let (x, y) = (to_vec(beside(&split).inner()).unwrap(), to_vec(merged(&split).inner()).unwrap());
+    assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-4), "{x:?} vs {y:?}");
+    let loss = |lp: Tensor<1>| loss::ppo_loss(lp, t(&old), t(&adv), t(&w), 0.2, None);
+    let (ga, gb) = (loss(beside(&split)).backward(), loss(merged(&split)).backward());
+    let mut l = split.lora.clone().unwrap();
+    for (name, p) in l.params_mut(split.first) {
+        let (u, v) = (to_vec(p.grad(&ga).unwrap()).unwrap(), to_vec(p.grad(&gb).unwrap()).unwrap());
+        let scale = v.iter().fold(1e-6f32, |a, x| a.max(x.abs()));
+        assert!(u.iter().zip(&v).all(|(a, b)| (a - b).abs() <= 1e-3 * scale), "{name}: {u:?} vs {v:?}");
+    }
     // a new stage: the adapters go into the weights and start again; the model does not change
     split.rebase(3, &mut opt);
     assert_eq!(opt.t, 0);
