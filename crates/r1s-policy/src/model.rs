@@ -250,6 +250,9 @@ pub fn run_blocks(
     run(blocks, first, cfg, rope, x, step, cache, None)
 }
 
+/// One projection's LoRA factors: `A` `[in, r]`, `B` `[r, out]`.
+pub type Factors = (Tensor<2>, Tensor<2>);
+
 /// LoRA factors that run beside frozen projections: `y = x·W + s·(x·A)·B` (Hu et al. 2021, as PEFT
 /// runs them), so that training `A` and `B` takes no gradient of `W` (merging `W + s·A·B` first
 /// would: a full `[in, out]` product per projection in every backward pass).
@@ -259,7 +262,7 @@ pub struct LoraBeside {
     pub scale: f64,
     /// Per block, per projection in [`crate::adapter::PROJECTION_PATHS`] order: `A` `[in, r]` and
     /// `B` `[r, out]`, or `None` where the projection has no adapter.
-    pub blocks: Vec<Vec<Option<(Tensor<2>, Tensor<2>)>>>,
+    pub blocks: Vec<Vec<Option<Factors>>>,
 }
 
 /// [`run_blocks`] with `lora.blocks[i]` beside `blocks[i]`'s projections (no cache: training).
@@ -327,7 +330,7 @@ impl Block {
         cos_sin: &(Tensor<4>, Tensor<4>),
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-        lora: Option<(&[Option<(Tensor<2>, Tensor<2>)>], f64)>,
+        lora: Option<(&[Option<Factors>], f64)>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -444,8 +447,10 @@ mod tests {
             let split = pool.install(|| matmul_threaded(x.clone(), w.clone(), Some(bias.clone())));
             let plain = x.matmul(w) + bias.reshape([1, n]);
             assert_eq!(split.dims(), [m, n]);
-            let (a, b) =
-                (split.into_data().to_vec::<f32>().expect("f32"), plain.into_data().to_vec::<f32>().expect("f32"));
+            let (a, b) = (
+                split.into_data().try_to_vec::<f32>().expect("f32"),
+                plain.into_data().try_to_vec::<f32>().expect("f32"),
+            );
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{m}x{k}x{n} element {i}: {x} vs {y}");
             }
