@@ -10,7 +10,9 @@ const NEW: usize = 32;
 
 fn benches(c: &mut Criterion) {
     let device = burn::tensor::Device::flex();
-    let p = Policy::load(std::path::Path::new("smollm2"), &device).expect("SmolLM2 (run tools/setup)");
+    let mut p = Policy::load(std::path::Path::new("smollm2"), &device).expect("SmolLM2 (run tools/setup)");
+    // the batch repeats one prompt: prefill every row, as a batch of distinct prompts would need
+    p.share_prefill = false;
     let ids = p.tokenizer.encode(PROMPT).expect("tokens");
     let mut g = c.benchmark_group("policy");
     g.sample_size(10);

@@ -1,7 +1,7 @@
 """One training step (forward + backward + AdamW) with transformers (PyTorch CPU) on SmolLM2's GGUF
 dequantised to f32: the sequences r1s trains on in tools/bench-train (same texts, cut to the same
 length), the loss on the solution tokens only. Prints one JSON line per setting: embeddings frozen
-(as r1s trains) and everything trained."""
+(as r1s trains), everything trained, and (--lora-rank R) PEFT LoRA of rank R on every projection."""
 import argparse, json, os, time
 
 import torch

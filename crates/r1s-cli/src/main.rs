@@ -264,15 +264,16 @@ fn corpus_exit_code(c: &CorpusError) -> u8 {
 /// For the commands that run the policy (generate, eval, sft, train). Their tensors are buffers of
 /// up to hundreds of MB (a training step's logits alone are 16 × 256 × 49,152 floats), allocated and
 /// freed many times a step. glibc's malloc maps each such buffer afresh and unmaps it when freed, so
-/// the kernel zeroes every page again on first touch: with these defaults a third of a training step
-/// went to page faults (perf; docs/benchmarks.md). Taking them from the heap and never trimming it
+/// the kernel zeroes every page again on first touch: with its defaults a quarter of a training step
+/// went to that (perf; docs/policy-speed.md). Taking them from the heap and never trimming it
 /// reuses the pages instead; the process holds on to its peak, which every step reaches again
-/// anyway. Elsewhere (musl, macOS) the allocator's defaults stay.
+/// anyway. Elsewhere (musl, macOS) the allocator's defaults stay; library users (and the criterion
+/// benches) keep them too.
 fn keep_freed_tensor_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it runs before the policy's threads start
-    // and both values are documented in mallopt(3) (M_MMAP_MAX 0: never mmap; M_TRIM_THRESHOLD -1:
-    // never trim).
+    // SAFETY: mallopt only changes allocator parameters; it runs before the policy loads and both
+    // values are documented in mallopt(3) (M_MMAP_MAX 0: large blocks come from the heap, not their
+    // own mappings; M_TRIM_THRESHOLD -1: the main heap is never trimmed).
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);

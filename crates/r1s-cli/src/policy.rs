@@ -237,7 +237,7 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     if a.stats_json {
         eprintln!(
             "{}",
-            serde_json::json!({"engine": "r1s", "batch": prompts.len(), "prompt_tokens": ids.len(), "new_tokens": n,
+            serde_json::json!({"engine": "r1s", "batch": prompts.len(), "shared_prefill": policy.share_prefill, "prompt_tokens": ids.len(), "new_tokens": n,
                 "seconds": secs, "tokens_per_s": n as f64 / secs.max(1e-9), "load_seconds": loaded})
         );
     } else if !g.quiet {

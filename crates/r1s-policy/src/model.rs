@@ -169,15 +169,15 @@ const SPLIT_FROM: usize = 1 << 16;
 
 /// `x @ weight (+ bias)` of `x` `[..., in]` with `weight` `[in, out]` (burn's layout): burn's
 /// linear, except that a product the backend would run on one thread is split by output columns
-/// across the rayon pool (see [`matmul_threaded`]). Decoding is made of such products: every
-/// projection and the LM head at batch 1, the q/k/v ones at batch 16.
+/// across the rayon pool (see [`matmul_threaded`]; on flex only). Decoding is made of such products:
+/// every projection and the LM head at batch 1, the q/k/v/o ones at batch 16.
 pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
     let w = l.weight.val();
     let d_out = w.dims()[1];
-    if !worth_splitting(rows, d_in, d_out) {
+    if !on_flex(&x) || !worth_splitting(rows, d_in, d_out) {
         return l.forward(x);
     }
     let y = matmul_threaded(x.reshape([rows, d_in]), w, l.bias.as_ref().map(Param::val));
@@ -186,8 +186,15 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     y.reshape(out)
 }
 
+/// Whether `t` is on burn's flex CPU device itself (not autodiff over it, not a GPU): where the
+/// column split and grouped-head attention apply.
+fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+    let d = t.device();
+    !d.is_autodiff() && d == Device::flex()
+}
+
 /// Whether `[rows, k] @ [k, n]` runs faster split by columns across the rayon pool than as one
-/// backend matmul.
+/// flex matmul.
 fn worth_splitting(rows: usize, k: usize, n: usize) -> bool {
     let macs = rows.saturating_mul(k).saturating_mul(n);
     rayon::current_num_threads() > 1 && n >= 128 && macs >= SPLIT_FROM && (rows == 1 || macs < FLEX_THREADED_FROM)
@@ -196,12 +203,12 @@ fn worth_splitting(rows: usize, k: usize, n: usize) -> bool {
 /// `x @ w (+ bias)` of `x` `[m, k]` and `w` `[k, n]` (any strides): when
 /// [`worth_splitting`], the columns of `w` are cut into one slice per rayon thread, each slice's
 /// product runs as one single-threaded backend matmul on its own thread, and the parts are joined.
-/// Each output element is still one dot product over `k` by the same kernels, so the result equals
-/// the unsplit product's (tested to 1e-6 relative).
+/// Each output element is still one dot product over `k`, so the result agrees with the unsplit
+/// product's to rounding (tested to 1e-6 relative). On other devices: one matmul.
 pub fn matmul_threaded(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     let [m, k] = x.dims();
     let n = w.dims()[1];
-    let y = if worth_splitting(m, k, n) {
+    let y = if on_flex(&x) && worth_splitting(m, k, n) {
         let parts = rayon::current_num_threads().min(n / 64);
         // slices of a multiple of 16 columns (one AVX-512 register of f32)
         let width = n.div_ceil(parts).next_multiple_of(16);
@@ -353,9 +360,9 @@ impl Block {
         let v = proj(2, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
         let q = rotate(q, &cos_sin.0, &cos_sin.1);
         let k = rotate(k, &cos_sin.0, &cos_sin.1);
-        // generation (with a cache) runs on flex, whose attention reads grouped K/V heads itself;
-        // autodiff's attention (scoring, training) needs them repeated to the query heads
-        let grouped = cache.is_some();
+        // flex's attention reads grouped K/V heads itself; autodiff's and cubecl's need them
+        // repeated to the query heads
+        let grouped = on_flex(&x);
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {

@@ -6,9 +6,10 @@
 //! alone. `K = L` trains every block.
 //!
 //! With LoRA the top's weights stay frozen and trainable adapters `A`, `B` sit beside the targeted
-//! projections: each forward pass runs the top with `W + s·A·B` (one small matmul per projection,
-//! in the adapters' graph). The reference model is then the frozen top itself (the same tensors,
-//! no copy), optimizer state covers only the adapters, and at a stage boundary the adapters are
+//! projections: each training forward runs `x·W + s·(x·A)·B` (in the adapters' graph, no gradient
+//! of `W`); the plain model gets `W + s·A·B` merged after each update, for generation. The
+//! reference model is then the frozen top itself (the same tensors, no copy), optimizer state covers
+//! only the adapters, and at a stage boundary the adapters are
 //! merged into the frozen weights and start again from zero (the stage's result is the next
 //! stage's reference, as without LoRA).
 
