@@ -177,7 +177,7 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     let rows = dims[..D - 1].iter().product::<usize>();
     let w = l.weight.val();
     let d_out = w.dims()[1];
-    if !on_flex(&x) || !worth_splitting(rows, d_in, d_out) {
+    if !(on_flex(&x) && on_flex(&w)) || !worth_splitting(rows, d_in, d_out) {
         return l.forward(x);
     }
     let y = matmul_threaded(x.reshape([rows, d_in]), w, l.bias.as_ref().map(Param::val));
@@ -187,7 +187,8 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// Whether `t` is on burn's flex CPU device itself (not autodiff over it, not a GPU): where the
-/// column split and grouped-head attention apply.
+/// column split and grouped-head attention apply. Both operands are checked: the trainer feeds plain
+/// hidden states (the frozen prefix's) into autodiff blocks.
 fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     let d = t.device();
     !d.is_autodiff() && d == Device::flex()
@@ -208,7 +209,7 @@ fn worth_splitting(rows: usize, k: usize, n: usize) -> bool {
 pub fn matmul_threaded(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     let [m, k] = x.dims();
     let n = w.dims()[1];
-    let y = if on_flex(&x) && worth_splitting(m, k, n) {
+    let y = if on_flex(&x) && on_flex(&w) && worth_splitting(m, k, n) {
         let parts = rayon::current_num_threads().min(n / 64);
         // slices of a multiple of 16 columns (one AVX-512 register of f32)
         let width = n.div_ceil(parts).next_multiple_of(16);
@@ -360,9 +361,6 @@ impl Block {
         let v = proj(2, h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
         let q = rotate(q, &cos_sin.0, &cos_sin.1);
         let k = rotate(k, &cos_sin.0, &cos_sin.1);
-        // flex's attention reads grouped K/V heads itself; autodiff's and cubecl's need them
-        // repeated to the query heads
-        let grouped = on_flex(&x);
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -376,6 +374,9 @@ impl Block {
         };
         let rep = nh / nkv;
         let opts = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        // flex's attention reads grouped K/V heads itself; autodiff's and cubecl's need them
+        // repeated to the query heads
+        let grouped = on_flex(&q) && on_flex(&k) && on_flex(&v);
         let (k, v) = if grouped { (k, v) } else { (repeat_kv(k, rep), repeat_kv(v, rep)) };
         let a = attention(q, k, v, mask.cloned(), None, opts);
         let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
