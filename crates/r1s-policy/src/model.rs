@@ -177,7 +177,7 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     let rows = dims[..D - 1].iter().product::<usize>();
     let w = l.weight.val();
     let d_out = w.dims()[1];
-    if !(on_flex(&x) && on_flex(&w)) || !worth_splitting(rows, d_in, d_out) {
+    if !(on_flex(&x) && on_flex(&w) && worth_splitting(rows, d_in, d_out)) {
         return l.forward(x);
     }
     let y = matmul_threaded(x.reshape([rows, d_in]), w, l.bias.as_ref().map(Param::val));
