@@ -65,7 +65,8 @@ pub(crate) struct GenerateArgs {
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
     /// Continuations of the prompt, generated as one batch (only the first is streamed). The prompt
-    /// is prefilled once for all of them.
+    /// is prefilled once for all of them. Sampling draws from one seeded stream across the batch, so
+    /// the first continuation of --n 3 differs from that of --n 1.
     #[arg(long, default_value_t = 1)]
     n: usize,
     /// Prefill each of the --n copies of the prompt separately, as transformers' `generate` does

@@ -194,25 +194,29 @@ fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     !d.is_autodiff() && d == Device::flex()
 }
 
+/// Column slices of a split product. Fixed, not the thread count: the slices' shapes decide gemm's
+/// blocking and so the rounding, and sampled generation must not change with `-j`.
+const SLICES: usize = 4;
+
 /// Whether `[rows, k] @ [k, n]` runs faster split by columns across the rayon pool than as one
-/// flex matmul.
+/// flex matmul. It does not depend on the pool's size (see [`SLICES`]).
 fn worth_splitting(rows: usize, k: usize, n: usize) -> bool {
     let macs = rows.saturating_mul(k).saturating_mul(n);
-    rayon::current_num_threads() > 1 && n >= 128 && macs >= SPLIT_FROM && (rows == 1 || macs < FLEX_THREADED_FROM)
+    n >= 128 && macs >= SPLIT_FROM && (rows == 1 || macs < FLEX_THREADED_FROM)
 }
 
 /// `x @ w (+ bias)` of `x` `[m, k]` and `w` `[k, n]` (any strides): when
-/// [`worth_splitting`], the columns of `w` are cut into one slice per rayon thread, each slice's
-/// product runs as one single-threaded backend matmul on its own thread, and the parts are joined.
-/// Each output element is still one dot product over `k`, so the result agrees with the unsplit
-/// product's to rounding (tested to 1e-6 relative). On other devices: one matmul.
+/// [`worth_splitting`], the columns of `w` are cut into [`SLICES`] slices, each slice's product runs
+/// as one single-threaded backend matmul on a rayon thread, and the parts are joined. Each output
+/// element is still one dot product over `k`, so the result agrees with the unsplit product's to
+/// rounding (tested to 1e-6 relative), and is the same bit for bit whatever the number of threads
+/// (tested). On other devices: one matmul.
 pub fn matmul_threaded(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     let [m, k] = x.dims();
     let n = w.dims()[1];
     let y = if on_flex(&x) && on_flex(&w) && worth_splitting(m, k, n) {
-        let parts = rayon::current_num_threads().min(n / 64);
         // slices of a multiple of 16 columns (one AVX-512 register of f32)
-        let width = n.div_ceil(parts).next_multiple_of(16);
+        let width = n.div_ceil(SLICES).next_multiple_of(16);
         let slices: Vec<(usize, usize)> = (0..n).step_by(width).map(|start| (start, width.min(n - start))).collect();
         let outs: Vec<Tensor<2>> = {
             use rayon::prelude::*;
@@ -463,9 +467,16 @@ mod tests {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{m}x{k}x{n} element {i}: {x} vs {y}");
             }
         }
-        // one thread, or a product flex threads itself: not split
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-        assert!(!one.install(|| worth_splitting(1, 576, 1536)));
-        assert!(!pool.install(|| worth_splitting(256, 576, 1536)));
+        // the same bits whatever the pool's size (sampled generation must not depend on -j)
+        let (x, w) = (seq([16, 576], 1.0, &device), seq([576, 576], 0.1, &device));
+        let bits = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            let y = pool.install(|| matmul_threaded(x.clone(), w.clone(), None));
+            y.into_data().try_to_vec::<f32>().expect("f32").iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let one = bits(1);
+        assert!(bits(2) == one && bits(3) == one && bits(5) == one);
+        // a product flex threads itself: not split
+        assert!(!worth_splitting(256, 576, 1536));
     }
 }
