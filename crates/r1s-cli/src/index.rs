@@ -193,8 +193,8 @@ pub(crate) fn parse_build_kind(s: &str) -> Result<BuildKind, String> {
     }
 }
 
-/// A finite number >= 0 (BM25 k1, RRF k).
-pub(crate) fn parse_k1(s: &str) -> Result<f32, String> {
+/// A finite number >= 0 (BM25 k1, RRF k, a sampling temperature).
+pub(crate) fn parse_nonneg(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("{s:?} is not a finite number >= 0")),
@@ -221,7 +221,7 @@ pub(crate) fn parse_fusion(s: &str) -> Result<String, String> {
 #[derive(Debug, Args, Clone, Default)]
 pub(crate) struct LexicalArgs {
     /// bm25: term-frequency saturation, >= 0 (pyserini's default 0.9; BM25's textbook 1.2).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_nonneg)]
     k1: Option<f32>,
     /// bm25: length normalisation in [0, 1] (pyserini's default 0.4; textbook 0.75).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]
@@ -231,7 +231,7 @@ pub(crate) struct LexicalArgs {
     #[arg(long, value_parser = parse_fusion)]
     fusion: Option<String>,
     /// hybrid rrf: the k in 1 / (k + rank), >= 0 (default 60).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_k1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_nonneg)]
     rrf_k: Option<f32>,
     /// hybrid linear: the dense side's weight in [0, 1]; BM25 gets 1 - weight (default 0.5).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_unit)]

@@ -47,10 +47,10 @@ pub(crate) struct GenerateArgs {
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::index::parse_nonneg)]
     temperature: f32,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = parse_top_p)]
     top_p: f32,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
@@ -67,7 +67,7 @@ pub(crate) struct GenerateArgs {
     /// Continuations of the prompt, generated as one batch (only the first is streamed). The prompt
     /// is prefilled once for all of them. Sampling draws from one seeded stream across the batch, so
     /// the first continuation of --n 3 differs from that of --n 1.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count)]
     n: usize,
     /// Prefill each of the --n copies of the prompt separately, as transformers' `generate` does
     /// (for like-for-like benchmarks: tools/bench-policy).
@@ -93,6 +93,22 @@ pub(crate) struct StackArgs {
     /// How the factors are stored: f32, f16 or bf16 (f16 halves the file; PEFT casts on loading).
     #[arg(long, default_value = "f32", value_parser = parse_store_dtype)]
     dtype: r1s_policy::adapter::StoreDtype,
+}
+
+/// A count of at least 1.
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number >= 1")),
+    }
+}
+
+/// A nucleus mass in (0, 1].
+fn parse_top_p(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a number in (0, 1]")),
+    }
 }
 
 fn parse_store_dtype(s: &str) -> Result<r1s_policy::adapter::StoreDtype, String> {

@@ -556,6 +556,12 @@ fn progress_lines_appear_when_stderr_is_a_file() {
     let bad = r1s().args(["--progress-every", "-1", "corpus", "stats", "x"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--progress-every"));
+    // sampling settings out of range are refused before the model loads
+    for (flag, value) in [("--n", "0"), ("--temperature", "nan"), ("--top-p", "1.5"), ("--top-p", "0")] {
+        let bad = r1s().args(["policy", "generate", flag, value, "hi"]).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} {value}");
+    }
 }
 
 /// `r1s reward` gives Search-R1's reference values on every line of reward_cases.jsonl, scores
