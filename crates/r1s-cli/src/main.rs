@@ -115,6 +115,13 @@ fn main() -> ExitCode {
         let c = cancel.clone();
         let _ = ctrlc::set_handler(move || c.cancel());
     }
+    if matches!(
+        cli.command,
+        Command::Eval(_)
+            | Command::Policy(policy::PolicyCmd::Generate(_) | policy::PolicyCmd::Train(_) | policy::PolicyCmd::Sft(_))
+    ) {
+        keep_freed_tensor_memory();
+    }
     match run(cli, &cancel) {
         Ok(()) => ExitCode::SUCCESS,
         // the reader of standard output went away (`r1s … | head`): stop quietly, as Unix tools do
@@ -271,7 +278,7 @@ fn corpus_exit_code(c: &CorpusError) -> u8 {
 /// benches) keep them too.
 fn keep_freed_tensor_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it runs before the policy loads and both
+    // SAFETY: mallopt only changes allocator parameters; it runs before the command starts and both
     // values are documented in mallopt(3) (M_MMAP_MAX 0: large blocks come from the heap, not their
     // own mappings; M_TRIM_THRESHOLD -1: the main heap is never trimmed).
     unsafe {
@@ -286,22 +293,10 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Embed(args) => embed::embed(args, &cli.globals, cancel),
         Command::Index(cmd) => index::index(cmd, &cli.globals, cancel),
         Command::Retrieve(args) => retrieve::retrieve(args),
-        Command::Eval(args) => {
-            keep_freed_tensor_memory();
-            eval::eval(args, &cli.globals, cancel)
-        }
-        Command::Policy(policy::PolicyCmd::Generate(args)) => {
-            keep_freed_tensor_memory();
-            policy::generate(args, &cli.globals)
-        }
-        Command::Policy(policy::PolicyCmd::Train(args)) => {
-            keep_freed_tensor_memory();
-            train::train(args, &cli.globals, cancel)
-        }
-        Command::Policy(policy::PolicyCmd::Sft(args)) => {
-            keep_freed_tensor_memory();
-            train::sft(args, &cli.globals, cancel)
-        }
+        Command::Eval(args) => eval::eval(args, &cli.globals, cancel),
+        Command::Policy(policy::PolicyCmd::Generate(args)) => policy::generate(args, &cli.globals),
+        Command::Policy(policy::PolicyCmd::Train(args)) => train::train(args, &cli.globals, cancel),
+        Command::Policy(policy::PolicyCmd::Sft(args)) => train::sft(args, &cli.globals, cancel),
         Command::Policy(policy::PolicyCmd::Plot(args)) => train::plot(args),
         Command::Policy(policy::PolicyCmd::StackAdapters(args)) => policy::stack_adapters(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Task(args)) => train::task(args, &cli.globals),
