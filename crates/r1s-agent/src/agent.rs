@@ -1,9 +1,13 @@
-//! The batched agent loop, under R1-Searcher's protocol (every live episode generates until
-//! `<|end_of_query|>`; all their queries go to the retriever in ONE call; documents are spliced in;
-//! generation continues) or Search-R1's ([`Protocol`]). The trajectory
+//! The batched agent loop, under R1-Searcher's protocol (an episode generates until
+//! `<|end_of_query|>`; the queries of the episodes that stop together go to the retriever in one call;
+//! documents are spliced in; generation continues) or Search-R1's ([`Protocol`]). Episodes run
+//! through [`Policy::complete_continuous`], so with a continuously batching policy none waits for
+//! the slowest. The trajectory
 //! records which bytes the policy wrote and which came from retrieval, so the RL mask is exact.
 
-use r1s_core::{Finish, GenerateSettings, Policy, Retriever};
+use std::ops::ControlFlow;
+
+use r1s_core::{Completion, Finish, GenerateSettings, Job, Policy, Retriever};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::extract_answer;
@@ -16,6 +20,9 @@ pub enum AgentError {
     Policy(Box<dyn std::error::Error + Send + Sync>),
     #[error("retriever: {0}")]
     Retriever(Box<dyn std::error::Error + Send + Sync>),
+    /// The caller's `on_end` stopped the run.
+    #[error("stopped")]
+    Stopped,
 }
 
 /// Which agent protocol: prompts, tags, how a query is read and documents are written, and the
@@ -69,6 +76,8 @@ pub struct LoopConfig {
     pub max_turns: usize,
     /// Sampling (the loop sets the stop string).
     pub sampling: GenerateSettings,
+    /// Episodes running at once (0: all); the next prompt starts as one ends.
+    pub max_live: usize,
 }
 
 impl LoopConfig {
@@ -82,6 +91,7 @@ impl LoopConfig {
             max_retrievals: 8,
             max_turns: usize::MAX,
             sampling: GenerateSettings { max_new_tokens: 512, temperature: 1.0, top_p: 0.95, seed, stop: vec![] },
+            max_live: 0,
         }
     }
 
@@ -94,6 +104,7 @@ impl LoopConfig {
             max_retrievals: usize::MAX,
             max_turns: 9,
             sampling: GenerateSettings { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] },
+            max_live: 0,
         }
     }
 }
@@ -116,6 +127,7 @@ impl LoopConfig {
             max_retrievals: usize::MAX,
             max_turns: 4,
             sampling: GenerateSettings { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] },
+            max_live: 0,
         }
     }
 }
@@ -200,155 +212,185 @@ pub fn run<P: Policy, R: Retriever>(
     prompts: &[String],
     cfg: &LoopConfig,
 ) -> Result<Vec<Trajectory>, AgentError> {
-    match cfg.protocol {
-        Protocol::R1Searcher => run_r1_searcher(policy, retriever, prompts, cfg),
-        Protocol::SearchR1 => run_search_r1(policy, retriever, prompts, cfg),
+    run_streaming(policy, retriever, prompts, cfg, &mut |_, _| ControlFlow::Continue(()))
+}
+
+/// [`run`], calling `on_end(i, trajectory)` as episode `i` ends; [`ControlFlow::Break`] stops the
+/// run ([`AgentError::Stopped`]).
+///
+/// The episodes go to [`Policy::complete_continuous`] as jobs keyed by their index: at most
+/// `cfg.max_live` at once (all when 0), the next prompt starting as an episode ends. When some of
+/// the running episodes stop (a search, an answer), the searches among them go to the retriever in
+/// one call and their next turns are handed back at once, so that, with a policy that batches
+/// continuously, they join the episodes still generating instead of waiting for them. Under
+/// R1-Searcher's protocol a turn stops at `<|end_of_query|>`; the query is read, the documents are
+/// spliced in and the episode goes on; an episode out of retrievals continues without the stop
+/// string (its last turn). Search-R1's turns are described at [`search_r1_turn`].
+pub fn run_streaming<P: Policy, R: Retriever>(
+    policy: &P,
+    retriever: &R,
+    prompts: &[String],
+    cfg: &LoopConfig,
+    on_end: &mut dyn FnMut(usize, &Trajectory) -> ControlFlow<()>,
+) -> Result<Vec<Trajectory>, AgentError> {
+    let n = prompts.len();
+    let mut eps: Vec<Trajectory> = prompts.iter().map(|p| Trajectory::new(p)).collect();
+    // turns begun per episode
+    let mut turns = vec![0usize; n];
+    let mut started = if cfg.max_live == 0 { n } else { cfg.max_live.min(n) };
+    let job = |i: usize, ep: &Trajectory, turns: &mut [usize]| {
+        turns[i] += 1;
+        let stop = match cfg.protocol {
+            Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
+            // out of retrievals: the last turn, without the stop string
+            Protocol::R1Searcher if ep.queries.len() >= cfg.max_retrievals => vec![],
+            Protocol::R1Searcher => vec![END_QUERY.to_owned()],
+        };
+        Job { key: i, context: ep.text(), settings: GenerateSettings { stop, ..cfg.sampling.clone() } }
+    };
+    let first: Vec<Job> = (0..started).map(|i| job(i, &eps[i], &mut turns)).collect();
+    let mut failed: Option<AgentError> = None;
+    policy
+        .complete_continuous(first, &mut |finished| {
+            let mut searches: Vec<(usize, String, String)> = Vec::new();
+            let mut next: Vec<usize> = Vec::new();
+            let mut ended = Vec::new();
+            for (i, c) in finished {
+                let turn = turns[i];
+                let after = match cfg.protocol {
+                    Protocol::R1Searcher => r1_searcher_turn(&mut eps[i], c, turn, cfg),
+                    Protocol::SearchR1 => search_r1_turn(&mut eps[i], c, turn, cfg),
+                };
+                match after {
+                    After::End => ended.push(i),
+                    After::Continue => next.push(i),
+                    After::Search { query, text } => searches.push((i, query, text)),
+                }
+            }
+            if !searches.is_empty() {
+                let queries: Vec<&str> = searches.iter().map(|(_, q, _)| q.as_str()).collect();
+                let hits = match retriever.retrieve(&queries, cfg.topk) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        failed = Some(AgentError::Retriever(Box::new(e)));
+                        return ControlFlow::Break(());
+                    }
+                };
+                for ((i, query, text), hits) in searches.into_iter().zip(hits) {
+                    let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
+                    let ep = &mut eps[i];
+                    match cfg.protocol {
+                        Protocol::R1Searcher => {
+                            let (mine, retrieved) = splice(&text, &format_docs(&docs));
+                            ep.push(Source::Policy, &mine);
+                            ep.push(Source::Retrieval, &retrieved);
+                        }
+                        Protocol::SearchR1 => {
+                            let info = crate::searchr1::information(&crate::searchr1::format_docs(&docs));
+                            ep.push(Source::Retrieval, &info);
+                        }
+                    }
+                    ep.queries.push(query);
+                    ep.retrieved.push(hits.into_iter().map(|h| h.id).collect());
+                    next.push(i);
+                }
+            }
+            for &i in &ended {
+                if on_end(i, &eps[i]).is_break() {
+                    failed = Some(AgentError::Stopped);
+                    return ControlFlow::Break(());
+                }
+                // the next prompt takes the ended episode's place
+                if started < n {
+                    next.push(started);
+                    started += 1;
+                }
+            }
+            next.sort_unstable();
+            ControlFlow::Continue(next.into_iter().map(|i| job(i, &eps[i], &mut turns)).collect())
+        })
+        .map_err(|e| AgentError::Policy(Box::new(e)))?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(eps),
     }
 }
 
-/// Search-R1's loop (`LLMGenerationManager.run_llm_loop`): for `max_turns` turns every live episode
-/// generates until `</search>` or `</answer>` (kept); its first `<search>`/`<answer>` block is its
-/// action: an answer ends the episode, a search appends the documents as
-/// [`crate::searchr1::information`], anything else appends [`crate::searchr1::INVALID_ACTION`]. The
-/// queries of a turn go to the retriever in one call. Then one final turn without searching. The
-/// appended observations are not the policy's ([`Source::Retrieval`]).
+/// What an episode does after a turn.
+enum After {
+    /// It is over.
+    End,
+    /// It generates again (Search-R1 after an invalid action).
+    Continue,
+    /// It searches for `query`; `text` is the turn's text (R1-Searcher splices the documents into it).
+    Search { query: String, text: String },
+}
+
+/// Records how turn `c` ended and its sampled tokens in `ep`.
+fn record(ep: &mut Trajectory, c: &Completion) {
+    ep.turn_finishes.push(c.finish.clone());
+    ep.turn_tokens.push(c.tokens.clone());
+    ep.turn_logprobs.push(c.logprobs.clone());
+}
+
+/// A turn under Search-R1's protocol (`LLMGenerationManager.run_llm_loop`): the turn generates until
+/// `</search>` or `</answer>` (kept); its first `<search>`/`<answer>` block is its action: an answer
+/// ends the episode, a search appends the documents as [`crate::searchr1::information`], anything
+/// else appends [`crate::searchr1::INVALID_ACTION`]. After `max_turns` turns that may search comes
+/// one final turn, whose action ends the episode. The appended observations are not the policy's
+/// ([`Source::Retrieval`]).
 ///
 /// One difference, by design: Search-R1 generates each turn to its token budget and then cuts the
 /// text after the first `</search>` (else the first `</answer>`); here generation stops at the first
 /// of the two, so a turn that answers before it would search ends at the answer (the action is the
 /// same: the first block). Search-R1 also cuts each observation to `max_obs_length` tokens and the
 /// context's start to `max_prompt_length`; here both stay whole.
-fn run_search_r1<P: Policy, R: Retriever>(
-    policy: &P,
-    retriever: &R,
-    prompts: &[String],
-    cfg: &LoopConfig,
-) -> Result<Vec<Trajectory>, AgentError> {
-    use crate::searchr1::{Action, INVALID_ACTION, STOPS, action, format_docs, information};
-    let mut eps: Vec<Trajectory> = prompts.iter().map(|p| Trajectory::new(p)).collect();
-    let mut live: Vec<usize> = (0..eps.len()).collect();
-    let mut turn = 0;
-    while !live.is_empty() {
-        let last = turn >= cfg.max_turns;
-        turn += 1;
-        let contexts: Vec<String> = live.iter().map(|&i| eps[i].text()).collect();
-        let settings = GenerateSettings { stop: STOPS.iter().map(|s| s.to_string()).collect(), ..cfg.sampling.clone() };
-        let out = policy.complete(&contexts, &settings).map_err(|e| AgentError::Policy(Box::new(e)))?;
-        let mut pending: Vec<(usize, String)> = Vec::new();
-        let mut still = Vec::new();
-        for (&i, c) in live.iter().zip(out) {
-            let ep = &mut eps[i];
-            let text = match &c.finish {
-                Finish::Stop(s) => format!("{}{s}", c.text),
-                _ => c.text.clone(),
-            };
-            ep.turn_finishes.push(c.finish.clone());
-            ep.turn_tokens.push(c.tokens);
-            ep.turn_logprobs.push(c.logprobs);
-            ep.push(Source::Policy, &text);
-            match action(&text) {
-                Action::Answer(a) => {
-                    ep.pred = a;
-                    ep.stop_reason_final = "finished".into();
-                }
-                _ if last => ep.stop_reason_final = "max_turns".into(),
-                Action::Search(q) => {
-                    pending.push((i, q));
-                    still.push(i);
-                }
-                Action::Invalid => {
-                    ep.push(Source::Retrieval, INVALID_ACTION);
-                    still.push(i);
-                }
-            }
+fn search_r1_turn(ep: &mut Trajectory, c: Completion, turn: usize, cfg: &LoopConfig) -> After {
+    use crate::searchr1::{Action, INVALID_ACTION, action};
+    record(ep, &c);
+    let text = match &c.finish {
+        Finish::Stop(s) => format!("{}{s}", c.text),
+        _ => c.text,
+    };
+    ep.push(Source::Policy, &text);
+    match action(&text) {
+        Action::Answer(a) => {
+            ep.pred = a;
+            ep.stop_reason_final = "finished".into();
+            After::End
         }
-        if !pending.is_empty() {
-            let queries: Vec<&str> = pending.iter().map(|(_, q)| q.as_str()).collect();
-            let hits = retriever.retrieve(&queries, cfg.topk).map_err(|e| AgentError::Retriever(Box::new(e)))?;
-            for ((i, q), hits) in pending.into_iter().zip(hits) {
-                let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
-                let ep = &mut eps[i];
-                ep.push(Source::Retrieval, &information(&format_docs(&docs)));
-                ep.queries.push(q);
-                ep.retrieved.push(hits.into_iter().map(|h| h.id).collect());
-            }
+        _ if turn > cfg.max_turns => {
+            ep.stop_reason_final = "max_turns".into();
+            After::End
         }
-        live = still;
+        Action::Search(query) => After::Search { query, text: String::new() },
+        Action::Invalid => {
+            ep.push(Source::Retrieval, INVALID_ACTION);
+            After::Continue
+        }
     }
-    Ok(eps)
 }
 
-/// R1-Searcher's loop (the module docs).
-fn run_r1_searcher<P: Policy, R: Retriever>(
-    policy: &P,
-    retriever: &R,
-    prompts: &[String],
-    cfg: &LoopConfig,
-) -> Result<Vec<Trajectory>, AgentError> {
-    let mut eps: Vec<Trajectory> = prompts.iter().map(|p| Trajectory::new(p)).collect();
-    let mut live: Vec<usize> = (0..eps.len()).collect();
-    let mut turn = 0;
-    while !live.is_empty() {
-        turn += 1;
-        // episodes out of retrievals continue without the stop string (their last turn)
-        let (last, asking): (Vec<usize>, Vec<usize>) =
-            live.iter().partition(|&&i| eps[i].queries.len() >= cfg.max_retrievals);
-        let mut completions = Vec::new();
-        for (group, stop) in [(asking, vec![END_QUERY.to_owned()]), (last, vec![])] {
-            if group.is_empty() {
-                continue;
-            }
-            let contexts: Vec<String> = group.iter().map(|&i| eps[i].text()).collect();
-            let settings = GenerateSettings { stop, ..cfg.sampling.clone() };
-            let out = policy.complete(&contexts, &settings).map_err(|e| AgentError::Policy(Box::new(e)))?;
-            completions.extend(group.into_iter().zip(out));
+/// A turn under R1-Searcher's protocol: a turn that stopped at `<|end_of_query|>` searches for its
+/// query (an empty one ends the episode; in evaluation, a query at turn `max_turns` gives up with
+/// "I don't know."); any other end finishes the episode.
+fn r1_searcher_turn(ep: &mut Trajectory, c: Completion, turn: usize, cfg: &LoopConfig) -> After {
+    record(ep, &c);
+    let asked = matches!(&c.finish, Finish::Stop(s) if s == END_QUERY);
+    let query = if asked { extract_query(&c.text, cfg.evaluation) } else { None };
+    let reason = match query {
+        Some(q) if q.is_empty() => "empty_query",
+        Some(_) if cfg.evaluation && turn >= cfg.max_turns => {
+            ep.push(Source::Policy, &c.text);
+            ep.stop_reason_final = "gave_up".into();
+            ep.pred = "I don't know.".into();
+            return After::End;
         }
-        let mut pending: Vec<(usize, String, String)> = Vec::new();
-        let mut still = Vec::new();
-        for (i, c) in completions {
-            let ep = &mut eps[i];
-            ep.turn_finishes.push(c.finish.clone());
-            ep.turn_tokens.push(c.tokens);
-            ep.turn_logprobs.push(c.logprobs);
-            let asked = matches!(&c.finish, Finish::Stop(s) if s == END_QUERY);
-            let query = if asked { extract_query(&c.text, cfg.evaluation) } else { None };
-            match query {
-                Some(q) if q.is_empty() => {
-                    ep.push(Source::Policy, &c.text);
-                    ep.stop_reason_final = "empty_query".into();
-                }
-                Some(_) if cfg.evaluation && turn >= cfg.max_turns => {
-                    ep.push(Source::Policy, &c.text);
-                    ep.stop_reason_final = "gave_up".into();
-                    ep.pred = "I don't know.".into();
-                    continue;
-                }
-                Some(q) => {
-                    pending.push((i, q, c.text));
-                    still.push(i);
-                    continue;
-                }
-                None => {
-                    ep.push(Source::Policy, &c.text);
-                    ep.stop_reason_final = "finished".into();
-                }
-            }
-            ep.pred = extract_answer(&ep.sol);
-        }
-        if !pending.is_empty() {
-            let queries: Vec<&str> = pending.iter().map(|(_, q, _)| q.as_str()).collect();
-            let hits = retriever.retrieve(&queries, cfg.topk).map_err(|e| AgentError::Retriever(Box::new(e)))?;
-            for ((i, q, turn_text), hits) in pending.into_iter().zip(hits) {
-                let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
-                let (mine, retrieved) = splice(&turn_text, &format_docs(&docs));
-                let ep = &mut eps[i];
-                ep.push(Source::Policy, &mine);
-                ep.push(Source::Retrieval, &retrieved);
-                ep.queries.push(q);
-                ep.retrieved.push(hits.into_iter().map(|h| h.id).collect());
-            }
-        }
-        live = still;
-    }
-    Ok(eps)
+        Some(query) => return After::Search { query, text: c.text },
+        None => "finished",
+    };
+    ep.stop_reason_final = reason.into();
+    ep.push(Source::Policy, &c.text);
+    ep.pred = extract_answer(&ep.sol);
+    After::End
 }

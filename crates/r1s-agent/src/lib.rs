@@ -13,7 +13,7 @@ pub mod reward;
 pub mod reward_server;
 pub mod searchr1;
 
-pub use agent::{AgentError, LoopConfig, Protocol, Source, Span, Trajectory, run};
+pub use agent::{AgentError, LoopConfig, Protocol, Source, Span, Trajectory, run, run_streaming};
 pub use eval::{Question, Summary, read_questions, score_file};
 pub use http::{HttpPolicy, HttpRetriever};
 pub use reward::Reward;

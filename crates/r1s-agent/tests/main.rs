@@ -469,3 +469,94 @@ fn the_search_r1_loop_writes_its_observations_byte_for_byte() {
     assert_eq!((t.queries.len(), t.turn_finishes.len(), t.stop_reason_final.as_str()), (2, 3, "max_turns"));
     assert!(t.sol.ends_with("</search>"), "the final turn's search is not answered");
 }
+
+/// Turns a policy's first turn of every even episode into a search (`<search> … </search>`), so
+/// that a small untrained model exercises retrieval; the rest is the model's own.
+struct SearchFirst<'a> {
+    inner: &'a r1s_policy::Policy,
+    turns: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
+}
+
+impl SearchFirst<'_> {
+    fn force(&self, key: usize, mut c: r1s_core::Completion) -> r1s_core::Completion {
+        let mut turns = self.turns.lock().unwrap();
+        let n = turns.entry(key).or_insert(0);
+        if *n == 0 && key.is_multiple_of(2) {
+            c.text = format!(
+                "<think> Let me look it up. </think>\n<search> {} ",
+                ["river Nile", "Barbara Strozzi"][key % 4 / 2]
+            );
+            c.finish = r1s_core::Finish::Stop("</search>".into());
+        }
+        *n += 1;
+        c
+    }
+}
+
+impl r1s_core::Policy for SearchFirst<'_> {
+    type Error = r1s_policy::PolicyError;
+    fn complete(&self, _: &[String], _: &r1s_core::GenerateSettings) -> Result<Vec<r1s_core::Completion>, Self::Error> {
+        unreachable!("the loop runs through complete_continuous")
+    }
+    fn complete_continuous(
+        &self,
+        jobs: Vec<r1s_core::Job>,
+        done: &mut dyn FnMut(r1s_core::Finished) -> std::ops::ControlFlow<(), Vec<r1s_core::Job>>,
+    ) -> Result<(), Self::Error> {
+        self.inner.complete_continuous(jobs, &mut |ended| {
+            done(ended.into_iter().map(|(k, c)| (k, self.force(k, c))).collect())
+        })
+    }
+}
+
+/// SmolLM2 under Search-R1's loop, batched continuously (episodes join and leave the batch at any
+/// step, reuse their caches across turns, and the next question takes a finished one's place) and
+/// in rounds: greedy, both write the same episodes.
+#[test]
+fn continuous_batching_writes_the_episodes_of_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
+    let path = r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut policy = r1s_policy::Policy::load(&path, &r1s_policy::device("cpu").unwrap()).unwrap();
+    let questions = [
+        "Where is the Nile?",
+        "Who was Barbara Strozzi?",
+        "What is 2 + 2?",
+        "Name a composer.",
+        "Why is the sky blue?",
+    ];
+    let prompts: Vec<String> =
+        questions.iter().map(|q| format!("Answer with <answer> and </answer>.\nQuestion: {q}\n")).collect();
+    let mut cfg = r1s_agent::LoopConfig { max_turns: 1, max_live: 3, ..r1s_agent::LoopConfig::search_r1() };
+    cfg.sampling.max_new_tokens = 24;
+    let mut runs = Vec::new();
+    for continuous in [true, false] {
+        policy.continuous = continuous;
+        let p = SearchFirst { inner: &policy, turns: Default::default() };
+        let mut order = Vec::new();
+        let ts = r1s_agent::run_streaming(&p, &retriever, &prompts, &cfg, &mut |i, _| {
+            order.push(i);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            {
+                let mut o = order.clone();
+                o.sort();
+                o
+            },
+            (0..5).collect::<Vec<_>>(),
+            "each episode ends once"
+        );
+        runs.push(ts);
+    }
+    let (cont, rounds) = (&runs[0], &runs[1]);
+    for (i, (a, b)) in cont.iter().zip(rounds).enumerate() {
+        assert_eq!(a.sol, b.sol, "episode {i}");
+        assert_eq!(a.turn_tokens, b.turn_tokens, "episode {i}");
+        assert_eq!(a.queries, b.queries, "episode {i}");
+        assert_eq!(a.stop_reason_final, b.stop_reason_final, "episode {i}");
+    }
+    assert!(cont.iter().filter(|t| !t.queries.is_empty()).count() >= 2, "the forced searches ran");
+    assert!(cont.iter().all(|t| t.turn_finishes.len() >= 2), "every episode took a second turn");
+}

@@ -60,9 +60,14 @@ pub(crate) struct EvalArgs {
     /// Most new tokens per turn.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
-    /// Episodes generated together.
+    /// Episodes generated together: the next question starts as soon as one ends.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Generate in rounds (every running episode's turn, then their retrievals, then the next turn)
+    /// instead of continuously (a local policy lets episodes join and leave its batch at any step, and
+    /// reuses each episode's cache across its turns).
+    #[arg(long)]
+    no_continuous: bool,
     /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
     /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout).
     /// Default: stage2 under r1-searcher, searchr1-em under search-r1.
@@ -97,7 +102,13 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         !remote_policy || a.adapter.is_empty(),
         "--adapter merges into a local policy; a completions server loads its adapters itself"
     );
-    let local = if remote_policy { None } else { Some(load_policy(Path::new(&a.policy), &a.adapter, "cpu", g)?) };
+    let local = if remote_policy {
+        None
+    } else {
+        let mut p = load_policy(Path::new(&a.policy), &a.adapter, "cpu", g)?;
+        p.continuous = !a.no_continuous;
+        Some(p)
+    };
     use r1s_policy::chat::Template;
     let template = match a.chat_template.as_str() {
         "auto" => local.as_ref().map_or(Template::ChatMl { default_system: None }, |p| {
@@ -115,17 +126,11 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     });
     let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
     let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
-    let run = |prompts: &[String], cfg: &r1s_agent::LoopConfig| -> anyhow::Result<Vec<r1s_agent::Trajectory>> {
-        Ok(match (&local, &http_policy) {
-            (Some(p), _) => r1s_agent::run(p, &retriever, prompts, cfg)?,
-            (None, Some(p)) => r1s_agent::run(p, &retriever, prompts, cfg)?,
-            (None, None) => anyhow::bail!("no policy"),
-        })
-    };
     let mut cfg = r1s_agent::LoopConfig::evaluation_for(a.protocol);
     cfg.topk = a.topk.unwrap_or(cfg.topk);
     cfg.max_turns = a.max_turns.unwrap_or(cfg.max_turns);
     cfg.sampling.max_new_tokens = a.max_new_tokens;
+    cfg.max_live = a.batch.max(1);
     let bars = progress::Bars::new(g);
     bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
     let t = std::time::Instant::now();
@@ -137,25 +142,32 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     };
     let mut rows = Vec::new();
     let (mut retrievals, mut bad) = (0usize, 0usize);
-    for (chunk, prompts) in questions.chunks(a.batch.max(1)).zip(prompts.chunks(a.batch.max(1))) {
-        if cancel.is_cancelled() {
-            anyhow::bail!("cancelled");
-        }
-        let trajectories = run(prompts, &cfg)?;
-        for (q, t) in chunk.iter().zip(trajectories) {
-            let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
-            let row = serde_json::json!({
-                "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
-                "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
-                "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
-                "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
-            });
-            writeln!(out, "{row}")?;
-            retrievals += t.queries.len();
-            bad += usize::from(a.protocol.format_bad(&t.prompt, &t.sol));
-            rows.push((t.pred, q.answers.clone(), t.sol, reward));
-        }
-        bars.advance(chunk.len() as u64);
+    // episodes end in any order: the bar counts them, the rows are written in question order
+    let mut on_end = |_: usize, _: &r1s_agent::Trajectory| {
+        bars.advance(1);
+        if cancel.is_cancelled() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+    };
+    let ran = match (&local, &http_policy) {
+        (Some(p), _) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
+        (None, Some(p)) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
+        (None, None) => anyhow::bail!("no policy"),
+    };
+    let trajectories = match ran {
+        Err(r1s_agent::AgentError::Stopped) => anyhow::bail!("cancelled"),
+        other => other?,
+    };
+    for (q, t) in questions.iter().zip(trajectories) {
+        let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
+        let row = serde_json::json!({
+            "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
+            "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
+            "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
+            "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
+        });
+        writeln!(out, "{row}")?;
+        retrievals += t.queries.len();
+        bad += usize::from(a.protocol.format_bad(&t.prompt, &t.sol));
+        rows.push((t.pred, q.answers.clone(), t.sol, reward));
     }
     out.flush()?;
     drop(out);

@@ -48,6 +48,10 @@ pub struct TrainArgs {
     /// Override train.train_blocks.
     #[arg(long)]
     train_blocks: Option<usize>,
+    /// Rollouts in rounds of turns, every turn waiting for the slowest episode
+    /// (train.continuous_batching = false).
+    #[arg(long)]
+    no_continuous: bool,
     #[command(flatten)]
     lora: LoraArgs,
     /// Threads (0 = all cores).
@@ -239,6 +243,9 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     }
     if a.no_eval {
         cfg.eval = None;
+    }
+    if a.no_continuous {
+        cfg.train.continuous_batching = false;
     }
     for s in &mut cfg.stages {
         s.steps = a.steps.unwrap_or(s.steps);

@@ -197,10 +197,67 @@ pub struct Completion {
     pub logprobs: Vec<f32>,
 }
 
+/// One piece of work for [`Policy::complete_continuous`]: continue `context` with `settings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The caller's name for the sequence (an episode). A policy may reuse what it computed for the
+    /// last job of the same key (its cache) when this job's context extends that one's.
+    pub key: usize,
+    pub context: String,
+    pub settings: GenerateSettings,
+}
+
+/// What [`Policy::complete_continuous`] hands back as jobs end: their keys and completions.
+pub type Finished = Vec<(usize, Completion)>;
+
 /// Continues text contexts (batch-first): what the agent loop needs of a language model.
 pub trait Policy: Send + Sync {
     /// The error of this policy.
     type Error: std::error::Error + Send + Sync + 'static;
     /// One completion per context, in order.
     fn complete(&self, contexts: &[String], settings: &GenerateSettings) -> Result<Vec<Completion>, Self::Error>;
+
+    /// Runs `jobs` and the jobs `done` hands back until none is left or `done` breaks. `done` hears
+    /// of jobs as they end, with their keys and completions, and returns the jobs to add (the next
+    /// turn of an episode, the next prompt). The default runs in rounds
+    /// ([`complete_in_rounds`]); a policy that batches continuously calls `done` whenever
+    /// sequences end and lets the added jobs join the sequences still generating.
+    fn complete_continuous(
+        &self,
+        jobs: Vec<Job>,
+        done: &mut dyn FnMut(Finished) -> std::ops::ControlFlow<(), Vec<Job>>,
+    ) -> Result<(), Self::Error> {
+        complete_in_rounds(self, jobs, done)
+    }
+}
+
+/// [`Policy::complete_continuous`] in rounds: each round completes all its jobs, one
+/// [`Policy::complete`] call per distinct settings (in order of first appearance), then hands all
+/// of them to `done`, whose jobs form the next round.
+pub fn complete_in_rounds<P: Policy + ?Sized>(
+    policy: &P,
+    mut jobs: Vec<Job>,
+    done: &mut dyn FnMut(Finished) -> std::ops::ControlFlow<(), Vec<Job>>,
+) -> Result<(), P::Error> {
+    while !jobs.is_empty() {
+        let mut groups: Vec<(GenerateSettings, Vec<usize>, Vec<String>)> = Vec::new();
+        for j in jobs.drain(..) {
+            match groups.iter_mut().find(|g| g.0 == j.settings) {
+                Some(g) => {
+                    g.1.push(j.key);
+                    g.2.push(j.context);
+                }
+                None => groups.push((j.settings, vec![j.key], vec![j.context])),
+            }
+        }
+        let mut finished = Vec::new();
+        for (settings, keys, contexts) in groups {
+            finished.extend(keys.into_iter().zip(policy.complete(&contexts, &settings)?));
+        }
+        match done(finished) {
+            std::ops::ControlFlow::Continue(next) => jobs = next,
+            std::ops::ControlFlow::Break(()) => break,
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod chat;
 pub mod config;
+pub mod continuous;
 pub mod error;
 pub mod gguf;
 pub mod load;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
+pub use continuous::{ContinuousStats, Request};
 pub use error::{PolicyError, Result};
 pub use model::{Block, KvCache, Llama, LoraBeside, Rope, Step, run_blocks, run_blocks_lora};
 pub use policy::{Generation, Policy, Sampling, StopReason};

@@ -40,6 +40,10 @@ pub struct Policy {
     /// cache rows (true, the default: the rollouts of one GRPO group share their prompt). The
     /// continuations are the same either way, up to float rounding.
     pub share_prefill: bool,
+    /// Whether [`r1s_core::Policy::complete_continuous`] batches continuously (true, the default:
+    /// [`Policy::generate_continuous`]) or in rounds ([`r1s_core::complete_in_rounds`], each round
+    /// one [`Policy::generate`] per settings).
+    pub continuous: bool,
     rope: Rope,
     device: Device,
 }
@@ -55,28 +59,32 @@ impl Rng {
 
     /// Uniform in [0, 1).
     pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+        z ^ (z >> 31)
     }
 }
 
-fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
+pub(crate) fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
     t.into_data().try_to_vec::<f32>().map_err(|e| PolicyError::Options(format!("reading a tensor back: {e:?}")))
 }
 
 /// log-softmax of one row of logits at `i`.
-fn log_prob(row: &[f32], i: usize) -> f32 {
+pub(crate) fn log_prob(row: &[f32], i: usize) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
     row[i] - lse
 }
 
 /// Picks a token from one row of logits.
-fn sample(row: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+pub(crate) fn sample(row: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     if s.temperature <= 0.0 {
         let mut best = 0;
         for (i, &x) in row.iter().enumerate() {
@@ -150,18 +158,18 @@ impl Policy {
     /// Puts the parts together.
     pub fn new(model: Llama, cfg: LlamaConfig, tokenizer: TextTokenizer, device: &Device) -> Policy {
         let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(1), device);
-        Policy { model, cfg, tokenizer, share_prefill: true, rope, device: device.clone() }
+        Policy { model, cfg, tokenizer, share_prefill: true, continuous: true, rope, device: device.clone() }
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    fn ints(&self, v: Vec<i64>, shape: [usize; 2]) -> Tensor<2, Int> {
+    pub(crate) fn ints(&self, v: Vec<i64>, shape: [usize; 2]) -> Tensor<2, Int> {
         Tensor::from_data(TensorData::new(v, shape), &self.device)
     }
 
-    fn bools(&self, v: Vec<bool>, shape: [usize; 2]) -> Tensor<2, Bool> {
+    pub(crate) fn bools(&self, v: Vec<bool>, shape: [usize; 2]) -> Tensor<2, Bool> {
         Tensor::from_data(TensorData::new(v, shape), &self.device)
     }
 
@@ -174,7 +182,7 @@ impl Policy {
 
     /// Left-pads `seqs` to one length; positions count from each sequence's first real token.
     /// `cached` extra key columns (all real) precede them.
-    fn left_padded(&self, seqs: &[Vec<u32>], cached: usize) -> Result<(Tensor<2, Int>, Step)> {
+    pub(crate) fn left_padded(&self, seqs: &[Vec<u32>], cached: usize) -> Result<(Tensor<2, Int>, Step)> {
         let b = seqs.len();
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 || t == 0 {
@@ -259,32 +267,8 @@ impl Policy {
         }
         let mut rng = Rng::new(s.seed);
         let started = std::time::Instant::now();
-        // identical prompts (the rollouts of one GRPO group) are prefilled once, their rows repeated
-        let mut unique: Vec<Vec<u32>> = Vec::new();
-        let mut row_of: Vec<i64> = Vec::with_capacity(n);
-        let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
-        for p in prompts {
-            let row = match seen.get(p.as_slice()) {
-                Some(&row) if self.share_prefill => row,
-                _ => {
-                    unique.push(p.clone());
-                    seen.insert(p, unique.len() - 1);
-                    unique.len() - 1
-                }
-            };
-            row_of.push(row as i64);
-        }
-        let (ids, step) = self.left_padded(&unique, 0)?;
-        let t0 = ids.dims()[1];
-        let mut cache = KvCache::default();
-        let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
-        let [b, t, _] = hidden.dims();
-        let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
-        if unique.len() < n {
-            let rows = Tensor::<1, Int>::from_data(TensorData::new(row_of, [n]), &self.device);
-            cache.retain_rows(&rows);
-            last = last.select(0, rows);
-        }
+        let (mut cache, mut last, t0) = self.prefill(prompts)?;
+        let b = prompts.len();
         let prefilled = started.elapsed();
         let mut decoded = 0usize;
         // per live row: its sequence index, its next position, its key padding so far
@@ -301,23 +285,11 @@ impl Policy {
                 let row = &rows[r * vsz..(r + 1) * vsz];
                 let tok = sample(row, s, &mut rng);
                 let g = &mut out[seq];
-                g.tokens.push(tok);
-                g.logprobs.push(log_prob(row, tok as usize));
-                if self.tokenizer.eos.contains(&tok) {
-                    g.stop = StopReason::Eos;
-                    g.text = self.tokenizer.decode(&g.tokens[..g.tokens.len() - 1])?;
-                    emit(seq, &g.text, true);
+                let goes_on = self.accept(g, tok, log_prob(row, tok as usize), &s.stop)?;
+                emit(seq, &g.text, !goes_on);
+                if !goes_on {
                     continue;
                 }
-                let text = self.tokenizer.decode(&g.tokens)?;
-                if let Some((at, stop)) = s.stop.iter().filter_map(|st| text.find(st.as_str()).map(|i| (i, st))).min() {
-                    g.text = text[..at].to_owned();
-                    g.stop = StopReason::Stop(stop.clone());
-                    emit(seq, &g.text, true);
-                    continue;
-                }
-                g.text = text;
-                emit(seq, &g.text, false);
                 keep.push(r);
                 chosen.push(tok);
             }
@@ -368,6 +340,61 @@ impl Policy {
             (started.elapsed() - prefilled).as_secs_f64()
         );
         Ok(out)
+    }
+
+    /// Runs left-padded `prompts` through the model: their cache `[n, nkv, t0, hd]` per layer, the
+    /// logits of their last tokens `[n, vocab]`, and the padded width `t0` (row `i` is left-padded by
+    /// `t0 - prompts[i].len()` columns). With [`Policy::share_prefill`], identical prompts (the
+    /// rollouts of one GRPO group) run once and their rows are repeated.
+    pub(crate) fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(KvCache, Tensor<2>, usize)> {
+        let n = prompts.len();
+        let mut unique: Vec<Vec<u32>> = Vec::new();
+        let mut row_of: Vec<i64> = Vec::with_capacity(n);
+        let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+        for p in prompts {
+            let row = match seen.get(p.as_slice()) {
+                Some(&row) if self.share_prefill => row,
+                _ => {
+                    unique.push(p.clone());
+                    seen.insert(p, unique.len() - 1);
+                    unique.len() - 1
+                }
+            };
+            row_of.push(row as i64);
+        }
+        let (ids, step) = self.left_padded(&unique, 0)?;
+        let t0 = ids.dims()[1];
+        let mut cache = KvCache::default();
+        let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
+        let [b, t, _] = hidden.dims();
+        let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
+        if unique.len() < n {
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(row_of, [n]), &self.device);
+            cache.retain_rows(&rows);
+            last = last.select(0, rows);
+        }
+        Ok((cache, last, t0))
+    }
+
+    /// Appends the sampled `tok` (log-prob `logp`) to `g` and decodes its text; whether the sequence
+    /// goes on: false at an EOS token (`g.stop` = EOS, the text without it) or once the text holds one
+    /// of `stops` (`g.stop` = that string, the text cut before its first occurrence).
+    pub(crate) fn accept(&self, g: &mut Generation, tok: u32, logp: f32, stops: &[String]) -> Result<bool> {
+        g.tokens.push(tok);
+        g.logprobs.push(logp);
+        if self.tokenizer.eos.contains(&tok) {
+            g.stop = StopReason::Eos;
+            g.text = self.tokenizer.decode(&g.tokens[..g.tokens.len() - 1])?;
+            return Ok(false);
+        }
+        let text = self.tokenizer.decode(&g.tokens)?;
+        if let Some((at, stop)) = stops.iter().filter_map(|st| text.find(st.as_str()).map(|i| (i, st))).min() {
+            g.text = text[..at].to_owned();
+            g.stop = StopReason::Stop(stop.clone());
+            return Ok(false);
+        }
+        g.text = text;
+        Ok(true)
     }
 
     /// Right-padded ids `[b, t]` of `seqs` and their positions (clamped at each sequence's last
@@ -429,6 +456,47 @@ impl r1s_core::Policy for Policy {
             .into_iter()
             .map(|g| r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
             .collect())
+    }
+
+    /// [`Policy::generate_continuous`] over the jobs' contexts (tokenized whole), or rounds of
+    /// [`Policy::generate`] when [`Policy::continuous`] is off.
+    fn complete_continuous(
+        &self,
+        jobs: Vec<r1s_core::Job>,
+        done: &mut dyn FnMut(r1s_core::Finished) -> std::ops::ControlFlow<(), Vec<r1s_core::Job>>,
+    ) -> Result<()> {
+        if !self.continuous {
+            return r1s_core::complete_in_rounds(self, jobs, done);
+        }
+        let requests = |jobs: Vec<r1s_core::Job>| -> Result<Vec<crate::Request>> {
+            jobs.into_iter()
+                .map(|j| {
+                    Ok(crate::Request { key: j.key, prompt: self.tokenizer.encode(&j.context)?, sampling: j.settings })
+                })
+                .collect()
+        };
+        let mut failed = None;
+        let first = requests(jobs)?;
+        self.generate_continuous(first, &mut |ended| {
+            let ended = ended
+                .into_iter()
+                .map(|(k, g)| {
+                    (k, r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
+                })
+                .collect();
+            let next = match done(ended) {
+                std::ops::ControlFlow::Continue(next) => next,
+                std::ops::ControlFlow::Break(()) => return std::ops::ControlFlow::Break(()),
+            };
+            match requests(next) {
+                Ok(r) => std::ops::ControlFlow::Continue(r),
+                Err(e) => {
+                    failed = Some(e);
+                    std::ops::ControlFlow::Break(())
+                }
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 }
 

@@ -100,6 +100,10 @@ pub struct Settings {
     pub protocol: r1s_agent::Protocol,
     /// Longest sequence trained on (prompt + solution, tokens); longer episodes are cut.
     pub max_len: usize,
+    /// Rollouts batch continuously (true): an episode's next turn joins the batch as soon as its
+    /// retrieval returns, and reuses its cache. False: in rounds, every turn waiting for the slowest
+    /// episode.
+    pub continuous_batching: bool,
 }
 
 impl Default for Settings {
@@ -126,6 +130,7 @@ impl Default for Settings {
             prompt: "chat".into(),
             protocol: r1s_agent::Protocol::R1Searcher,
             max_len: 2048,
+            continuous_batching: true,
         }
     }
 }

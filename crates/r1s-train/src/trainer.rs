@@ -89,7 +89,7 @@ pub fn rollout_stats(
     })
 }
 
-/// Runs `policy` over `prompts` in chunks of `batch` episodes.
+/// Runs `policy` over `prompts`, `batch` episodes at a time (the next starting as one ends).
 pub fn rollouts<R: Retriever>(
     policy: &Policy,
     retriever: &R,
@@ -97,11 +97,8 @@ pub fn rollouts<R: Retriever>(
     cfg: &LoopConfig,
     batch: usize,
 ) -> Result<Vec<Trajectory>> {
-    let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch.max(1)) {
-        out.extend(r1s_agent::run(policy, retriever, chunk, cfg)?);
-    }
-    Ok(out)
+    let cfg = LoopConfig { max_live: batch.max(1), ..cfg.clone() };
+    Ok(r1s_agent::run(policy, retriever, prompts, &cfg)?)
 }
 
 /// The trainer.
@@ -177,7 +174,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let with_ref = cfg.uses_kl();
         let t = cfg.train.clone();
         let lr0 = cfg.stages[0].lr.unwrap_or(cfg.train.lr);
-        let (split, opt, state) = match &from {
+        let (mut split, opt, state) = match &from {
             Some(dir) => {
                 let state = checkpoint::read_state(dir)?;
                 state.check_split(dir, t.train_blocks, t.lora.as_ref())?;
@@ -224,6 +221,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             }
         };
         let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
+        split.policy.continuous = cfg.train.continuous_batching;
         let prompt = PromptKind::parse(&cfg.train.prompt, template)?;
         Ok(Trainer { cfg, split, opt, state, prompt, retriever, progress, cancel, generate_batch: 32 })
     }
