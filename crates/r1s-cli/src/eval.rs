@@ -57,15 +57,16 @@ pub(crate) struct EvalArgs {
     /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
     #[arg(long, default_value = "chat")]
     prompt: String,
-    /// Most new tokens per turn.
-    #[arg(long, default_value_t = 512)]
+    /// Most new tokens per turn (at least 1).
+    #[arg(long, default_value_t = 512, value_parser = crate::policy::parse_count)]
     max_new_tokens: usize,
-    /// Episodes generated together: the next question starts as soon as one ends.
-    #[arg(long, default_value_t = 8)]
+    /// Episodes generated together (at least 1): the next question starts as soon as one ends.
+    #[arg(long, default_value_t = 8, value_parser = crate::policy::parse_count)]
     batch: usize,
-    /// Generate in rounds (every running episode's turn, then their retrievals, then the next turn)
-    /// instead of continuously (a local policy lets episodes join and leave its batch at any step, and
-    /// reuses each episode's cache across its turns).
+    /// Run each round of turns to its end before any retrieval or next turn (as r1s did before).
+    /// Without it, a local policy batches continuously: an episode's next turn joins the batch as
+    /// soon as its retrieval returns, reusing its cache. Greedy results are the same either way; only
+    /// the time differs. A completions server (--policy http://…) always runs in rounds.
     #[arg(long)]
     no_continuous: bool,
     /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
@@ -130,7 +131,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     cfg.topk = a.topk.unwrap_or(cfg.topk);
     cfg.max_turns = a.max_turns.unwrap_or(cfg.max_turns);
     cfg.sampling.max_new_tokens = a.max_new_tokens;
-    cfg.max_live = a.batch.max(1);
+    cfg.max_live = a.batch;
     let bars = progress::Bars::new(g);
     bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
     let t = std::time::Instant::now();

@@ -96,7 +96,7 @@ pub(crate) struct StackArgs {
 }
 
 /// A count of at least 1.
-fn parse_count(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("{s:?} is not a whole number >= 1")),

@@ -49,7 +49,9 @@ pub struct TrainArgs {
     #[arg(long)]
     train_blocks: Option<usize>,
     /// Rollouts in rounds of turns, every turn waiting for the slowest episode
-    /// (train.continuous_batching = false).
+    /// (train.continuous_batching = false). Each mode is reproducible, but they sample differently
+    /// for the same seed: continuously batched episodes each draw from their own stream, a round
+    /// draws one stream across its batch.
     #[arg(long)]
     no_continuous: bool,
     #[command(flatten)]

@@ -562,6 +562,12 @@ fn progress_lines_appear_when_stderr_is_a_file() {
         assert_eq!(bad.status.code(), Some(2), "{flag} {value}");
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} {value}");
     }
+    // and an evaluation with no episode slots or no tokens to write
+    for flag in ["--batch", "--max-new-tokens"] {
+        let bad = r1s().args(["eval", "--data", "q.jsonl", "--index", "i", flag, "0"]).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{flag} 0");
+        assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} 0");
+    }
 }
 
 /// `r1s reward` gives Search-R1's reference values on every line of reward_cases.jsonl, scores
