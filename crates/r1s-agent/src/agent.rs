@@ -235,11 +235,8 @@ pub fn run_streaming<P: Policy, R: Retriever>(
 ) -> Result<Vec<Trajectory>, AgentError> {
     let n = prompts.len();
     let mut eps: Vec<Trajectory> = prompts.iter().map(|p| Trajectory::new(p)).collect();
-    // turns begun per episode
-    let mut turns = vec![0usize; n];
     let mut started = if cfg.max_live == 0 { n } else { cfg.max_live.min(n) };
-    let job = |i: usize, ep: &Trajectory, turns: &mut [usize]| {
-        turns[i] += 1;
+    let job = |i: usize, ep: &Trajectory| {
         let stop = match cfg.protocol {
             Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
             // out of retrievals: the last turn, without the stop string
@@ -248,7 +245,7 @@ pub fn run_streaming<P: Policy, R: Retriever>(
         };
         Job { key: i, context: ep.text(), settings: GenerateSettings { stop, ..cfg.sampling.clone() } }
     };
-    let first: Vec<Job> = (0..started).map(|i| job(i, &eps[i], &mut turns)).collect();
+    let first: Vec<Job> = (0..started).map(|i| job(i, &eps[i])).collect();
     let mut failed: Option<AgentError> = None;
     policy
         .complete_continuous(first, &mut |finished| {
@@ -256,7 +253,8 @@ pub fn run_streaming<P: Policy, R: Retriever>(
             let mut next: Vec<usize> = Vec::new();
             let mut ended = Vec::new();
             for (i, c) in finished {
-                let turn = turns[i];
+                // this turn's number, from 1
+                let turn = eps[i].turn_finishes.len() + 1;
                 let after = match cfg.protocol {
                     Protocol::R1Searcher => r1_searcher_turn(&mut eps[i], c, turn, cfg),
                     Protocol::SearchR1 => search_r1_turn(&mut eps[i], c, turn, cfg),
@@ -307,7 +305,7 @@ pub fn run_streaming<P: Policy, R: Retriever>(
                 }
             }
             next.sort_unstable();
-            ControlFlow::Continue(next.into_iter().map(|i| job(i, &eps[i], &mut turns)).collect())
+            ControlFlow::Continue(next.into_iter().map(|i| job(i, &eps[i])).collect())
         })
         .map_err(|e| AgentError::Policy(Box::new(e)))?;
     match failed {
@@ -326,11 +324,11 @@ enum After {
     Search { query: String, text: String },
 }
 
-/// Records how turn `c` ended and its sampled tokens in `ep`.
-fn record(ep: &mut Trajectory, c: &Completion) {
+/// Records how turn `c` ended in `ep`, moving its sampled tokens there.
+fn record(ep: &mut Trajectory, c: &mut Completion) {
     ep.turn_finishes.push(c.finish.clone());
-    ep.turn_tokens.push(c.tokens.clone());
-    ep.turn_logprobs.push(c.logprobs.clone());
+    ep.turn_tokens.push(std::mem::take(&mut c.tokens));
+    ep.turn_logprobs.push(std::mem::take(&mut c.logprobs));
 }
 
 /// A turn under Search-R1's protocol (`LLMGenerationManager.run_llm_loop`): the turn generates until
@@ -345,9 +343,9 @@ fn record(ep: &mut Trajectory, c: &Completion) {
 /// of the two, so a turn that answers before it would search ends at the answer (the action is the
 /// same: the first block). Search-R1 also cuts each observation to `max_obs_length` tokens and the
 /// context's start to `max_prompt_length`; here both stay whole.
-fn search_r1_turn(ep: &mut Trajectory, c: Completion, turn: usize, cfg: &LoopConfig) -> After {
+fn search_r1_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &LoopConfig) -> After {
     use crate::searchr1::{Action, INVALID_ACTION, action};
-    record(ep, &c);
+    record(ep, &mut c);
     let text = match &c.finish {
         Finish::Stop(s) => format!("{}{s}", c.text),
         _ => c.text,
@@ -374,8 +372,8 @@ fn search_r1_turn(ep: &mut Trajectory, c: Completion, turn: usize, cfg: &LoopCon
 /// A turn under R1-Searcher's protocol: a turn that stopped at `<|end_of_query|>` searches for its
 /// query (an empty one ends the episode; in evaluation, a query at turn `max_turns` gives up with
 /// "I don't know."); any other end finishes the episode.
-fn r1_searcher_turn(ep: &mut Trajectory, c: Completion, turn: usize, cfg: &LoopConfig) -> After {
-    record(ep, &c);
+fn r1_searcher_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &LoopConfig) -> After {
+    record(ep, &mut c);
     let asked = matches!(&c.finish, Finish::Stop(s) if s == END_QUERY);
     let query = if asked { extract_query(&c.text, cfg.evaluation) } else { None };
     let reason = match query {

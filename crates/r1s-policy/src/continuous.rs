@@ -230,13 +230,8 @@ impl Policy {
     /// Prefills rows without a cache (identical prompts once, as [`Policy::generate`] does).
     fn prefill_fresh(&self, rows: Vec<Row>, stats: &mut ContinuousStats) -> Result<Part> {
         let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.ctx.clone()).collect();
-        let mut distinct: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        if self.share_prefill {
-            distinct.sort_unstable();
-            distinct.dedup();
-        }
-        stats.prefilled += distinct.iter().map(|p| p.len()).sum::<usize>();
-        let (cache, logits, t0) = self.prefill(&prompts)?;
+        let (cache, logits, t0, run) = self.prefill(&prompts)?;
+        stats.prefilled += run;
         let mask = prompts.iter().map(|p| (0..t0).map(|c| c < t0 - p.len()).collect()).collect();
         Ok(Part { rows, cache, mask, logits: Some(logits) })
     }

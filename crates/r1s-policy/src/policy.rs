@@ -30,6 +30,12 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
+impl From<Generation> for r1s_core::Completion {
+    fn from(g: Generation) -> r1s_core::Completion {
+        r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs }
+    }
+}
+
 /// A loaded policy.
 #[derive(Debug)]
 pub struct Policy {
@@ -267,7 +273,7 @@ impl Policy {
         }
         let mut rng = Rng::new(s.seed);
         let started = std::time::Instant::now();
-        let (mut cache, mut last, t0) = self.prefill(prompts)?;
+        let (mut cache, mut last, t0, _) = self.prefill(prompts)?;
         let b = prompts.len();
         let prefilled = started.elapsed();
         let mut decoded = 0usize;
@@ -344,9 +350,10 @@ impl Policy {
 
     /// Runs left-padded `prompts` through the model: their cache `[n, nkv, t0, hd]` per layer, the
     /// logits of their last tokens `[n, vocab]`, and the padded width `t0` (row `i` is left-padded by
-    /// `t0 - prompts[i].len()` columns). With [`Policy::share_prefill`], identical prompts (the
-    /// rollouts of one GRPO group) run once and their rows are repeated.
-    pub(crate) fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(KvCache, Tensor<2>, usize)> {
+    /// `t0 - prompts[i].len()` columns), and the number of prompt tokens run. With
+    /// [`Policy::share_prefill`], identical prompts (the rollouts of one GRPO group) run once and
+    /// their rows are repeated.
+    pub(crate) fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(KvCache, Tensor<2>, usize, usize)> {
         let n = prompts.len();
         let mut unique: Vec<Vec<u32>> = Vec::new();
         let mut row_of: Vec<i64> = Vec::with_capacity(n);
@@ -373,7 +380,8 @@ impl Policy {
             cache.retain_rows(&rows);
             last = last.select(0, rows);
         }
-        Ok((cache, last, t0))
+        let run = unique.iter().map(Vec::len).sum();
+        Ok((cache, last, t0, run))
     }
 
     /// Appends the sampled `tok` (log-prob `logp`) to `g` and decodes its text; whether the sequence
@@ -451,11 +459,7 @@ impl r1s_core::Policy for Policy {
 
     fn complete(&self, contexts: &[String], s: &Sampling) -> Result<Vec<r1s_core::Completion>> {
         let prompts = contexts.iter().map(|c| self.tokenizer.encode(c)).collect::<Result<Vec<_>>>()?;
-        Ok(self
-            .generate(&prompts, s)?
-            .into_iter()
-            .map(|g| r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
-            .collect())
+        Ok(self.generate(&prompts, s)?.into_iter().map(r1s_core::Completion::from).collect())
     }
 
     /// [`Policy::generate_continuous`] over the jobs' contexts (tokenized whole), or rounds of
@@ -478,12 +482,7 @@ impl r1s_core::Policy for Policy {
         let mut failed = None;
         let first = requests(jobs)?;
         self.generate_continuous(first, &mut |ended| {
-            let ended = ended
-                .into_iter()
-                .map(|(k, g)| {
-                    (k, r1s_core::Completion { text: g.text, finish: g.stop, tokens: g.tokens, logprobs: g.logprobs })
-                })
-                .collect();
+            let ended = ended.into_iter().map(|(k, g)| (k, r1s_core::Completion::from(g))).collect();
             let next = match done(ended) {
                 std::ops::ControlFlow::Continue(next) => next,
                 std::ops::ControlFlow::Break(()) => return std::ops::ControlFlow::Break(()),
