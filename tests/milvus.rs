@@ -262,7 +262,9 @@ impl Drop for Served {
 }
 
 fn tool(args: &[&str]) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // the run's manifest directory first (a reused test binary keeps its checkout's compile-time path)
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()));
     let status = std::process::Command::new(root.join("tools/milvus")).args(args).status().unwrap();
     assert!(status.success(), "tools/milvus {args:?}: {status}");
 }

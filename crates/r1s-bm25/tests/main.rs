@@ -9,7 +9,11 @@ use r1s_bm25::{Bm25Error, Bm25Index, Bm25Params, BuildOptions, analyzer};
 use r1s_core::{Cancel, NoProgress, Progress};
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    // the run's manifest directory first: a test binary reused from another checkout keeps the
+    // compile-time path of that checkout
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../../shared/data")
+        .join(rel)
 }
 
 fn corpus_of(dir: &Path, rows: &[(&str, &str)]) -> PathBuf {

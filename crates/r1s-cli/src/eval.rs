@@ -34,14 +34,18 @@ pub(crate) struct EvalArgs {
     /// policy; repeatable, merged in order.
     #[arg(long, value_name = "DIR")]
     adapter: Vec<PathBuf>,
+    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
+    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// The `model` name sent to a completions server.
     #[arg(long, default_value = "default")]
     policy_model: String,
     /// Chat template for --prompt chat: auto (the local model's own; ChatML for a server), chatml, llama3.
     #[arg(long, default_value = "auto")]
     chat_template: String,
-    /// Use the first N questions.
-    #[arg(long)]
+    /// Use the first N questions (at least 1).
+    #[arg(long, value_parser = crate::policy::parse_count)]
     limit: Option<usize>,
     /// The agent protocol: r1-searcher (R1-Searcher's prompt, tags and evaluation loop) or search-r1
     /// (Search-R1's prompt, `<search>`/`<information>`/`<answer>`, its searching turns then a final one).
@@ -98,6 +102,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     let Some(data) = &a.data else { anyhow::bail!("--data is required") };
     use_threads(a.threads);
     let questions = r1s_agent::read_questions(data, a.limit)?;
+    anyhow::ensure!(!questions.is_empty(), "{}: no questions", data.display());
     let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
     anyhow::ensure!(
         !remote_policy || a.adapter.is_empty(),
@@ -106,7 +111,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     let local = if remote_policy {
         None
     } else {
-        let mut p = load_policy(Path::new(&a.policy), &a.adapter, "cpu", g)?;
+        let mut p = load_policy(Path::new(&a.policy), &a.adapter, &a.device, g)?;
         p.continuous = !a.no_continuous;
         Some(p)
     };
@@ -183,6 +188,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     let n = rows.len().max(1) as f64;
     s.mean_retrievals = retrievals as f64 / n;
     s.format_bad = 100.0 * bad as f64 / n;
-    println!("{}\n{} questions in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
+    let noun = if rows.len() == 1 { "question" } else { "questions" };
+    println!("{}\n{} {noun} in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())
 }

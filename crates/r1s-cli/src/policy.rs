@@ -58,7 +58,8 @@ pub(crate) struct GenerateArgs {
     /// Stop when the continuation contains this text (repeatable; the text is not printed).
     #[arg(long)]
     stop: Vec<String>,
-    /// cpu (burn's flex backend) or cuda / cuda:N (built with --features cuda).
+    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
+    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Threads (0 = all cores).
@@ -254,7 +255,7 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     if a.stats_json {
         eprintln!(
             "{}",
-            serde_json::json!({"engine": "r1s", "batch": prompts.len(), "shared_prefill": policy.share_prefill, "prompt_tokens": ids.len(), "new_tokens": n,
+            serde_json::json!({"engine": "r1s", "device": a.device, "batch": prompts.len(), "shared_prefill": policy.share_prefill, "prompt_tokens": ids.len(), "new_tokens": n,
                 "seconds": secs, "tokens_per_s": n as f64 / secs.max(1e-9), "load_seconds": loaded})
         );
     } else if !g.quiet {

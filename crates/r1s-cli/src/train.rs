@@ -128,6 +128,8 @@ pub struct SftArgs {
     protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
+    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Continue from the newest checkpoint under --out.

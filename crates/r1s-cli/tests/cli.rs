@@ -563,11 +563,17 @@ fn progress_lines_appear_when_stderr_is_a_file() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} {value}");
     }
     // and an evaluation with no episode slots or no tokens to write
-    for flag in ["--batch", "--max-new-tokens"] {
+    for flag in ["--batch", "--max-new-tokens", "--limit"] {
         let bad = r1s().args(["eval", "--data", "q.jsonl", "--index", "i", flag, "0"]).output().unwrap();
         assert_eq!(bad.status.code(), Some(2), "{flag} 0");
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} 0");
     }
+    // a device this build lacks says how to get it (exit 69), before any model loads
+    let bad = r1s().args(["policy", "generate", "--device", "tch-cpu", "hi"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tools/setup --tch"), "{bad:?}");
+    let bad = r1s().args(["policy", "generate", "--device", "gpu", "hi"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tch-cuda"), "{bad:?}");
 }
 
 /// `r1s reward` gives Search-R1's reference values on every line of reward_cases.jsonl, scores

@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::module::attention;
+use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
@@ -192,6 +192,21 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
 fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     let d = t.device();
     !d.is_autodiff() && d == Device::flex()
+}
+
+/// Whether `t` lives on burn's LibTorch backend (the `tch` feature), with or without autodiff.
+/// burn-tch 0.22 hands burn's attention straight to torch's `scaled_dot_product_attention`, which
+/// reads a boolean mask the other way round (true = attend, where burn's true = masked) and aligns
+/// the causal mask at the top-left corner (a decode step's one query would see only the first key):
+/// there the model uses burn's reference attention (`attention_fallback`) instead.
+#[cfg(feature = "tch")]
+fn on_libtorch<const D: usize>(t: &Tensor<D>) -> bool {
+    matches!(t.device().without_autodiff().as_dispatch(), burn::backend::DispatchDevice::LibTorch(_))
+}
+
+#[cfg(not(feature = "tch"))]
+fn on_libtorch<const D: usize>(_: &Tensor<D>) -> bool {
+    false
 }
 
 /// Column slices of a split product. Fixed, not the thread count: the slices' shapes decide gemm's
@@ -382,7 +397,11 @@ impl Block {
         // repeated to the query heads
         let grouped = on_flex(&q) && on_flex(&k) && on_flex(&v);
         let (k, v) = if grouped { (k, v) } else { (repeat_kv(k, rep), repeat_kv(v, rep)) };
-        let a = attention(q, k, v, mask.cloned(), None, opts);
+        let a = if on_libtorch(&q) {
+            attention_fallback(q, k, v, mask.cloned(), None, opts)
+        } else {
+            attention(q, k, v, mask.cloned(), None, opts)
+        };
         let a = a.swap_dims(1, 2).reshape([b, t, nh * hd]);
         let x = x + proj(3, a);
         let h = rms_norm(x.clone(), &self.mlp_norm, cfg.rms_norm_eps);

@@ -9,6 +9,15 @@ use r1s_policy::load::{GgufWeights, RandomWeights, build_llama, save_safetensors
 use r1s_policy::policy::Rng;
 use r1s_policy::{LlamaConfig, Policy, PolicyError, Sampling, StopReason, TextTokenizer};
 
+/// The device the tests run on: `R1S_TEST_DEVICE` (a `--device` name, e.g. `tch-cpu` in a build
+/// with the `tch` feature), else burn's flex backend.
+fn test_device() -> Device {
+    match std::env::var("R1S_TEST_DEVICE") {
+        Ok(name) => r1s_policy::device(&name).unwrap_or_else(|e| panic!("R1S_TEST_DEVICE={name}: {e}")),
+        Err(_) => Device::flex(),
+    }
+}
+
 fn smollm2() -> PathBuf {
     r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
@@ -29,7 +38,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn smollm2_matches_transformers() {
-    let device = Device::flex();
+    let device = test_device();
     let p = Policy::load(&smollm2(), &device).expect("SmolLM2 GGUF (run tools/setup)");
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(shared("reference/smollm2_reference.json")).unwrap()).unwrap();
@@ -70,7 +79,7 @@ fn smollm2_matches_transformers() {
 
 #[test]
 fn stop_strings_cut_the_text_and_sampling_is_seeded() {
-    let device = Device::flex();
+    let device = test_device();
     let p = Policy::load(&smollm2(), &device).unwrap();
     let tpl = r1s_policy::chat::Template::detect(p.tokenizer.chat_template.as_deref());
     let prompt = tpl.render(&[r1s_policy::chat::Message::new("user", "What is the capital of France?")]);
@@ -122,7 +131,7 @@ fn tiny(model_type: &str, tied: bool) -> LlamaConfig {
 
 #[test]
 fn tiny_llama_and_qwen2_round_trip_batch_and_cache() {
-    let device = Device::flex();
+    let device = test_device();
     let tokenizer = TextTokenizer::from_gguf(&r1s_policy::gguf::Gguf::open(&smollm2()).unwrap()).unwrap();
     for (kind, tied) in [("llama", true), ("qwen2", false)] {
         let tmp = tempfile::tempdir().unwrap();
@@ -235,7 +244,7 @@ fn dequantisation_matches_the_gguf_package() {
 fn bad_model_files_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(smollm2()).unwrap();
-    let device = Device::flex();
+    let device = test_device();
     // truncated: the tensor directory says more than the file holds
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -279,6 +288,24 @@ fn bad_model_files_are_clear_errors() {
 
 /// A GGUF v3 with no metadata and one tensor `name` of `dims` (GGUF order, innermost first) and
 /// type id `ty` at data offset 0, followed by `data` bytes of zeros.
+#[test]
+fn device_names_are_checked() {
+    let err = |name: &str| r1s_policy::device(name).unwrap_err();
+    assert!(matches!(err("gpu"), PolicyError::Options(m) if m.contains("tch-cpu")));
+    assert!(err("cuda:x").to_string().contains("bad CUDA device index"));
+    assert!(err("tch-cuda:1x").to_string().contains("bad CUDA device index"));
+    if cfg!(feature = "tch") {
+        // a CUDA device libtorch does not see is an error, not libtorch's abort
+        assert!(matches!(err("tch-cuda:64"), PolicyError::Device { reason, .. } if reason.contains("CUDA device")));
+        assert!(r1s_policy::device("tch-cpu").is_ok());
+    } else {
+        assert!(matches!(err("tch-cpu"), PolicyError::Device { reason, .. } if reason.contains("`tch` feature")));
+    }
+    if !cfg!(feature = "cuda") {
+        assert!(matches!(err("cuda:1"), PolicyError::Device { device, .. } if device == "cuda:1"));
+    }
+}
+
 fn one_tensor_gguf(name: &str, dims: &[u64], ty: u32, data: usize) -> Vec<u8> {
     let mut g = Vec::new();
     g.extend(b"GGUF");
@@ -333,7 +360,7 @@ fn continuous_batching_matches_generate_and_reuses_caches() {
     use r1s_policy::{Generation, Request};
     use std::collections::HashMap;
     use std::ops::ControlFlow;
-    let device = Device::flex();
+    let device = test_device();
     let p = Policy::load(&smollm2(), &device).unwrap();
     let tpl = Template::detect(p.tokenizer.chat_template.as_deref());
     let questions =

@@ -21,6 +21,15 @@ fn shared(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The device of the tiny models: `R1S_TEST_DEVICE` (a `--device` name, e.g. `tch-cpu` in a build
+/// with the `tch` feature), else burn's flex backend.
+fn test_device() -> Device {
+    match std::env::var("R1S_TEST_DEVICE") {
+        Ok(name) => r1s_policy::device(&name).unwrap_or_else(|e| panic!("R1S_TEST_DEVICE={name}: {e}")),
+        Err(_) => Device::flex(),
+    }
+}
+
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol
 }
@@ -95,7 +104,7 @@ fn tiny_policy(layers: usize, seed: u64) -> Policy {
         "tie_word_embeddings": true,
     }))
     .unwrap();
-    let dev = Device::flex();
+    let dev = test_device();
     let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), seed }, &dev).unwrap();
     Policy::new(model, cfg, tokenizer(), &dev)
 }
@@ -231,7 +240,7 @@ fn ppo_gradients_match_finite_differences_on_a_tiny_model() {
                 let mut v = to_vec(p.flat()).unwrap();
                 v[i] += delta;
                 let len = v.len();
-                p.set(Tensor::from_data(TensorData::new(v, [len]), &Device::flex()), &split.ad);
+                p.set(Tensor::from_data(TensorData::new(v, [len]), &test_device()), &split.ad);
                 f64::from(loss_under(&split, &t, &m, &old, &adv, &w).inner().into_scalar::<f32>())
             };
             let h = 1e-2;
@@ -324,9 +333,9 @@ fn resumed_checkpoint_takes_the_same_next_step(lora: Option<&LoraConfig>) {
     assert!(!dir.with_extension("part").exists());
     let sa = optimize(&mut a, &mut opt_a, &step2, &s).unwrap();
     // resume: the checkpoint is a Hugging Face directory plus the optimizer and reference (and adapters)
-    let mut b = r1s_train::checkpoint::load_split(&dir, &Device::flex(), 2, true, lora, 77).unwrap();
+    let mut b = r1s_train::checkpoint::load_split(&dir, &test_device(), 2, true, lora, 77).unwrap();
     let mut opt_b = adam(1e-2);
-    r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap();
+    r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &test_device()).unwrap();
     assert_eq!(opt_b.t, 1);
     assert_eq!(r1s_train::checkpoint::read_state(&dir).unwrap(), state);
     let sb = optimize(&mut b, &mut opt_b, &step2, &s).unwrap();
@@ -353,7 +362,7 @@ fn resumed_checkpoint_takes_the_same_next_step(lora: Option<&LoraConfig>) {
     }
     // a corrupt optimizer file is a clear error
     std::fs::write(dir.join("optimizer.safetensors"), b"not safetensors").unwrap();
-    let err = r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &Device::flex()).unwrap_err();
+    let err = r1s_train::checkpoint::load_optimizer(&dir, &mut opt_b, &test_device()).unwrap_err();
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
 }
 
@@ -397,7 +406,7 @@ fn lora_starts_at_the_model_trains_only_adapters_and_rebases_into_the_weights() 
         let mut v = to_vec(p.flat()).unwrap();
         v[i] += delta;
         let len = v.len();
-        p.set(Tensor::from_data(TensorData::new(v, [len]), &Device::flex()), &split.ad);
+        p.set(Tensor::from_data(TensorData::new(v, [len]), &test_device()), &split.ad);
         f64::from(loss_under(&split, &l.merged(&split.top), &m, &old, &adv, &w).inner().into_scalar::<f32>())
     };
     let fd = (eval(1e-2) - eval(-1e-2)) / 2e-2;
