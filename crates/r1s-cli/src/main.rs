@@ -190,14 +190,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return bm25_exit_code(c);
         }
         if let Some(c) = cause.downcast_ref::<r1s_agent::eval::DataError>() {
-            return match c {
-                r1s_agent::eval::DataError::Io { .. } => exit::IO,
-                r1s_agent::eval::DataError::Bad { .. } => exit::DATA,
-            };
+            return data_exit_code(c);
         }
         if let Some(c) = cause.downcast_ref::<r1s_train::TrainError>() {
             use r1s_train::TrainError as E;
+            // the transparent variants show their inner error's sources, not the inner error itself
             match c {
+                E::Policy(inner) => return policy_exit_code(inner),
+                E::Data(inner) => return data_exit_code(inner),
                 E::Io { .. } => return exit::IO,
                 E::Config { .. } | E::BadLine { .. } | E::Checkpoint { .. } => return exit::DATA,
                 E::Cancelled => return exit::CANCELLED,
@@ -205,14 +205,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             }
         }
         if let Some(c) = cause.downcast_ref::<r1s_policy::PolicyError>() {
-            use r1s_policy::PolicyError as E;
-            return match c {
-                E::Io { .. } => exit::IO,
-                E::BadFile { .. } | E::Shape { .. } | E::Config { .. } | E::Tokenizer(_) => exit::DATA,
-                E::Device { .. } => exit::UNAVAILABLE,
-                E::Cancelled => exit::CANCELLED,
-                E::Options(_) => exit::FAILURE,
-            };
+            return policy_exit_code(c);
         }
         if let Some(c) = cause.downcast_ref::<r1s_embed::EmbedError>() {
             return embed_exit_code(c);
@@ -222,6 +215,24 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     exit::FAILURE
+}
+
+fn data_exit_code(c: &r1s_agent::eval::DataError) -> u8 {
+    match c {
+        r1s_agent::eval::DataError::Io { .. } => exit::IO,
+        r1s_agent::eval::DataError::Bad { .. } => exit::DATA,
+    }
+}
+
+fn policy_exit_code(c: &r1s_policy::PolicyError) -> u8 {
+    use r1s_policy::PolicyError as E;
+    match c {
+        E::Io { .. } => exit::IO,
+        E::BadFile { .. } | E::Shape { .. } | E::Config { .. } | E::Tokenizer(_) => exit::DATA,
+        E::Device { .. } => exit::UNAVAILABLE,
+        E::Cancelled => exit::CANCELLED,
+        E::Options(_) => exit::FAILURE,
+    }
 }
 
 fn index_exit_code(c: &r1s_index::IndexError) -> u8 {

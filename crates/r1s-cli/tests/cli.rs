@@ -572,6 +572,9 @@ fn progress_lines_appear_when_stderr_is_a_file() {
     let bad = r1s().args(["policy", "generate", "--device", "tch-cpu", "hi"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tools/setup --tch"), "{bad:?}");
+    // also through the trainer's error (a transparent wrapper)
+    let bad = r1s().args(["policy", "sft", "--data", "d.jsonl", "--out", "o", "--device", "tch-cpu"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(69), "{bad:?}");
     let bad = r1s().args(["policy", "generate", "--device", "gpu", "hi"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tch-cuda"), "{bad:?}");
 }

@@ -99,6 +99,6 @@ fn tch(cuda: Option<usize>) -> Result<burn::tensor::Device> {
 fn tch(cuda: Option<usize>) -> Result<burn::tensor::Device> {
     Err(PolicyError::Device {
         device: cuda.map_or_else(|| "tch-cpu".to_string(), |i| format!("tch-cuda:{i}")),
-        reason: "this r1s was built without the `tch` feature (tools/setup --tch, then tools/tch cargo build --release --features tch)".into(),
+        reason: "this r1s was built without the `tch` feature (tools/setup --tch, then tools/tch cargo build --release -p r1s-cli --features tch)".into(),
     })
 }
