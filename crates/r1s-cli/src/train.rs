@@ -48,6 +48,10 @@ pub struct TrainArgs {
     /// Override train.train_blocks.
     #[arg(long)]
     train_blocks: Option<usize>,
+    /// Override model.device: cpu, cuda / cuda:N (--features cuda), tch-cpu / tch-cuda / tch-cuda:N
+    /// (--features tch). A resumed run may change it.
+    #[arg(long)]
+    device: Option<String>,
     /// Rollouts in rounds of turns, every turn waiting for the slowest episode
     /// (train.continuous_batching = false). Each mode is reproducible, but they sample differently
     /// for the same seed: continuously batched episodes each draw from their own stream, a round
@@ -234,6 +238,11 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     if let Some(k) = a.train_blocks {
         cfg.train.train_blocks = k;
     }
+    if let Some(d) = a.device {
+        cfg.model.device = d;
+    }
+    // a device this build or machine lacks is refused before the index and the model load
+    r1s_policy::device(&cfg.model.device)?;
     cfg.train.lora = a.lora.apply(cfg.train.lora.take());
     if !a.stage.is_empty() {
         let names: Vec<String> = cfg.stages.iter().map(|s| s.name.clone()).collect();

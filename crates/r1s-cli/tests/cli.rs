@@ -10,10 +10,16 @@ fn r1s() -> Command {
     c
 }
 
-fn shared(rel: &str) -> PathBuf {
+/// `rel` in this checkout (the run's manifest directory first: a test binary reused from another
+/// checkout keeps that checkout's compile-time path).
+fn repo(rel: &str) -> PathBuf {
     Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
-        .join("../../../shared/data")
+        .join("../..")
         .join(rel)
+}
+
+fn shared(rel: &str) -> PathBuf {
+    repo("../shared/data").join(rel)
 }
 
 fn ok(c: &mut Command) -> String {
@@ -574,6 +580,9 @@ fn progress_lines_appear_when_stderr_is_a_file() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tools/setup --tch"), "{bad:?}");
     // also through the trainer's error (a transparent wrapper)
     let bad = r1s().args(["policy", "sft", "--data", "d.jsonl", "--out", "o", "--device", "tch-cpu"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(69), "{bad:?}");
+    let cfg = repo("tools/title-task-search-r1.toml");
+    let bad = r1s().args(["policy", "train", "--device", "tch-cuda", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(bad.status.code(), Some(69), "{bad:?}");
     let bad = r1s().args(["policy", "generate", "--device", "gpu", "hi"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tch-cuda"), "{bad:?}");
