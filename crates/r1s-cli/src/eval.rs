@@ -34,9 +34,7 @@ pub(crate) struct EvalArgs {
     /// policy; repeatable, merged in order.
     #[arg(long, value_name = "DIR")]
     adapter: Vec<PathBuf>,
-    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
-    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help = crate::policy::DEVICE_HELP)]
     device: String,
     /// The `model` name sent to a completions server.
     #[arg(long, default_value = "default")]

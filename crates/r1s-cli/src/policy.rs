@@ -58,9 +58,7 @@ pub(crate) struct GenerateArgs {
     /// Stop when the continuation contains this text (repeatable; the text is not printed).
     #[arg(long)]
     stop: Vec<String>,
-    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
-    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
@@ -95,6 +93,10 @@ pub(crate) struct StackArgs {
     #[arg(long, default_value = "f32", value_parser = parse_store_dtype)]
     dtype: r1s_policy::adapter::StoreDtype,
 }
+
+/// The help of `--device` on the commands that load the policy.
+pub(crate) const DEVICE_HELP: &str = "The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with \
+     --features cuda), tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch)";
 
 /// A count of at least 1.
 pub(crate) fn parse_count(s: &str) -> Result<usize, String> {

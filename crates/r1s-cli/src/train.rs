@@ -132,9 +132,7 @@ pub struct SftArgs {
     protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with --features cuda),
-    /// tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help = crate::policy::DEVICE_HELP)]
     device: String,
     /// Continue from the newest checkpoint under --out.
     #[arg(long)]
