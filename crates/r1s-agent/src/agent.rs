@@ -36,6 +36,10 @@ pub enum Protocol {
     R1Searcher,
     /// Search-R1 (`<search>`, `<information>`, `<answer>`): [`crate::searchr1`].
     SearchR1,
+    /// R1-Searcher++ (`<internal>` recalled facts, `<external>` searches, `<document>` blocks,
+    /// R1-Searcher's `<think>`/`<answer>`): [`crate::plus`].
+    #[serde(rename = "r1searcher-plus", alias = "r1-searcher-plus")]
+    R1SearcherPlus,
 }
 
 impl std::str::FromStr for Protocol {
@@ -44,18 +48,60 @@ impl std::str::FromStr for Protocol {
         match s {
             "r1-searcher" | "r1searcher" => Ok(Protocol::R1Searcher),
             "search-r1" | "searchr1" => Ok(Protocol::SearchR1),
-            other => Err(format!("unknown protocol {other:?} (r1-searcher, search-r1)")),
+            "r1searcher-plus" | "r1-searcher-plus" => Ok(Protocol::R1SearcherPlus),
+            other => Err(format!("unknown protocol {other:?} ({})", Protocol::NAMES)),
         }
     }
 }
 
 impl Protocol {
+    /// Every protocol's name, as parsed.
+    pub const NAMES: &'static str = "r1-searcher, search-r1, r1searcher-plus";
+
     /// Whether the rollout `sol` of `prompt` breaks the protocol's format: R1-Searcher's format rules
-    /// on the rollout, or Search-R1's sequence check on prompt + rollout.
+    /// on the rollout, Search-R1's sequence check on prompt + rollout, or R1-Searcher++'s `R_format`.
     pub fn format_bad(self, prompt: &str, sol: &str) -> bool {
         match self {
             Protocol::R1Searcher => crate::reward::format_problem(sol).is_some(),
             Protocol::SearchR1 => !crate::searchr1::is_valid_sequence(&format!("{prompt}{sol}")),
+            Protocol::R1SearcherPlus => crate::plus::format_problem(sol).is_some(),
+        }
+    }
+
+    /// External searches a rollout made, read from its text (the count RC averages): R1-Searcher's
+    /// `<|begin_of_query|>` tags, Search-R1's `<information>` blocks, R1-Searcher++'s `<external>` tags.
+    pub fn searches(self, sol: &str) -> usize {
+        match self {
+            Protocol::R1Searcher => crate::reward::retrievals(sol),
+            Protocol::SearchR1 => sol.matches("<information>").count(),
+            Protocol::R1SearcherPlus => crate::plus::searches(sol),
+        }
+    }
+
+    /// Facts recalled without a search (`<internal>` steps; 0 for the other protocols).
+    pub fn internal_steps(self, sol: &str) -> usize {
+        match self {
+            Protocol::R1SearcherPlus => crate::plus::internal_steps(sol),
+            _ => 0,
+        }
+    }
+
+    /// Who wrote which bytes of a rollout known only as text (the documents are the loop's).
+    pub fn spans_of_text(self, sol: &str) -> Vec<Span> {
+        match self {
+            Protocol::R1Searcher => crate::protocol::spans_of_text(sol),
+            Protocol::SearchR1 => crate::searchr1::spans_of_text(sol),
+            Protocol::R1SearcherPlus => crate::plus::spans_of_text(sol),
+        }
+    }
+
+    /// The reward a protocol is scored with when none is named: R1-Searcher's `stage2`, Search-R1's
+    /// EM, R1-Searcher++'s own.
+    pub fn default_reward(self) -> crate::Reward {
+        match self {
+            Protocol::R1Searcher => crate::Reward::Stage2,
+            Protocol::SearchR1 => crate::Reward::SearchR1Em,
+            Protocol::R1SearcherPlus => crate::Reward::R1SearcherPlus,
         }
     }
 }
@@ -115,6 +161,8 @@ impl LoopConfig {
         match protocol {
             Protocol::R1Searcher => LoopConfig::evaluation(),
             Protocol::SearchR1 => LoopConfig::search_r1(),
+            // R1-Searcher's evaluation loop (greedy, k = 5, at most 8 searches: the 9th turn gives up)
+            Protocol::R1SearcherPlus => LoopConfig { protocol, ..LoopConfig::evaluation() },
         }
     }
 
@@ -240,8 +288,9 @@ pub fn run_streaming<P: Policy, R: Retriever>(
         let stop = match cfg.protocol {
             Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
             // out of retrievals: the last turn, without the stop string
-            Protocol::R1Searcher if ep.queries.len() >= cfg.max_retrievals => vec![],
+            Protocol::R1Searcher | Protocol::R1SearcherPlus if ep.queries.len() >= cfg.max_retrievals => vec![],
             Protocol::R1Searcher => vec![END_QUERY.to_owned()],
+            Protocol::R1SearcherPlus => vec![crate::plus::EXTERNAL_CLOSE.to_owned()],
         };
         Job { key: i, context: ep.text(), settings: GenerateSettings { stop, ..cfg.sampling.clone() } }
     };
@@ -256,7 +305,7 @@ pub fn run_streaming<P: Policy, R: Retriever>(
                 // this turn's number, from 1
                 let turn = eps[i].turn_finishes.len() + 1;
                 let after = match cfg.protocol {
-                    Protocol::R1Searcher => r1_searcher_turn(&mut eps[i], c, turn, cfg),
+                    Protocol::R1Searcher | Protocol::R1SearcherPlus => r1_searcher_turn(&mut eps[i], c, turn, cfg),
                     Protocol::SearchR1 => search_r1_turn(&mut eps[i], c, turn, cfg),
                 };
                 match after {
@@ -278,7 +327,9 @@ pub fn run_streaming<P: Policy, R: Retriever>(
                     let docs: Vec<&str> = hits.iter().map(|h| h.contents.as_str()).collect();
                     let ep = &mut eps[i];
                     match cfg.protocol {
-                        Protocol::R1Searcher => {
+                        Protocol::R1Searcher | Protocol::R1SearcherPlus => {
+                            let splice =
+                                if cfg.protocol == Protocol::R1Searcher { splice } else { crate::plus::splice };
                             let (mine, retrieved) = splice(&text, &format_docs(&docs));
                             ep.push(Source::Policy, &mine);
                             ep.push(Source::Retrieval, &retrieved);
@@ -371,11 +422,19 @@ fn search_r1_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &Loo
 
 /// A turn under R1-Searcher's protocol: a turn that stopped at `<|end_of_query|>` searches for its
 /// query (an empty one ends the episode; in evaluation, a query at turn `max_turns` gives up with
-/// "I don't know."); any other end finishes the episode.
+/// "I don't know."); any other end finishes the episode. R1-Searcher++'s turns are the same with
+/// `</external>` and its `<external>` query ([`crate::plus::extract_query`]); an `<internal>` step
+/// is text the turn goes on writing.
 fn r1_searcher_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &LoopConfig) -> After {
     record(ep, &mut c);
-    let asked = matches!(&c.finish, Finish::Stop(s) if s == END_QUERY);
-    let query = if asked { extract_query(&c.text, cfg.evaluation) } else { None };
+    let plus = cfg.protocol == Protocol::R1SearcherPlus;
+    let stop = if plus { crate::plus::EXTERNAL_CLOSE } else { END_QUERY };
+    let asked = matches!(&c.finish, Finish::Stop(s) if s == stop);
+    let query = match (asked, plus) {
+        (false, _) => None,
+        (true, true) => crate::plus::extract_query(&c.text, cfg.evaluation),
+        (true, false) => extract_query(&c.text, cfg.evaluation),
+    };
     let reason = match query {
         Some(q) if q.is_empty() => "empty_query",
         Some(_) if cfg.evaluation && turn >= cfg.max_turns => {

@@ -7,7 +7,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Scores, score};
-use crate::reward::{format_problem, retrievals};
 
 /// Errors reading questions or results.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +77,19 @@ pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>
     Ok(out)
 }
 
+/// One row of a results file as the summary reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub pred: &'a str,
+    pub golds: &'a [String],
+    /// The rollout (`gen_text_store`), when the row has it: searches, recalled facts and format.
+    pub sol: Option<&'a str>,
+    /// The prompt, for Search-R1's format check (prompt + rollout).
+    pub prompt: &'a str,
+    pub reward: Option<f64>,
+    pub protocol: crate::Protocol,
+}
+
 /// The summary of a results file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Summary {
@@ -87,61 +99,81 @@ pub struct Summary {
     pub cover_em: f64,
     pub cover_em_2: f64,
     pub f1: f64,
+    /// RC: external searches per question (rows with a rollout; R1-Searcher++'s `<internal>` steps
+    /// do not count), the R1-Searcher++ paper's retrieval count.
     pub mean_retrievals: f64,
-    /// Percentage of solutions whose format is bad (rows with `gen_text_store`).
+    /// Recalled facts (`<internal>` steps) per question.
+    pub mean_internal: f64,
+    /// Percentage of questions answered with no search.
+    pub zero_search: f64,
+    /// Percentage of solutions whose format is bad under their protocol (rows with a rollout).
     pub format_bad: f64,
     pub mean_reward: Option<f64>,
 }
 
 impl Summary {
-    /// Accumulates rows of (prediction, golds, solution text, reward).
-    pub fn of<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [String], Option<&'a str>, Option<f64>)>) -> Summary {
+    /// Accumulates rows.
+    pub fn of<'a>(rows: impl IntoIterator<Item = Row<'a>>) -> Summary {
         let (mut s, mut sol_rows, mut bad, mut rewards, mut nrew) = (Scores::default(), 0usize, 0usize, 0.0, 0usize);
-        let mut n = 0;
-        let mut retr = 0usize;
-        for (pred, golds, sol, reward) in rows {
-            let x = score(pred, golds);
+        let (mut n, mut retr, mut internal, mut zero) = (0, 0usize, 0usize, 0usize);
+        for row in rows {
+            let x = score(row.pred, row.golds);
             s.em += x.em;
             s.cover_em += x.cover_em;
             s.cover_em_2 += x.cover_em_2;
             s.f1 += x.f1;
-            if let Some(sol) = sol {
+            if let Some(sol) = row.sol {
                 sol_rows += 1;
-                retr += retrievals(sol);
-                bad += usize::from(format_problem(sol).is_some());
+                let searched = row.protocol.searches(sol);
+                retr += searched;
+                zero += usize::from(searched == 0);
+                internal += row.protocol.internal_steps(sol);
+                bad += usize::from(row.protocol.format_bad(row.prompt, sol));
             }
-            if let Some(r) = reward {
+            if let Some(r) = row.reward {
                 rewards += r;
                 nrew += 1;
             }
             n += 1;
         }
         let pct = |x: f64| 100.0 * x / n.max(1) as f64;
+        let per_sol = |x: usize| x as f64 / sol_rows.max(1) as f64;
         Summary {
             n,
             em: pct(s.em),
             cover_em: pct(s.cover_em),
             cover_em_2: pct(s.cover_em_2),
             f1: pct(s.f1),
-            mean_retrievals: retr as f64 / sol_rows.max(1) as f64,
-            format_bad: 100.0 * bad as f64 / sol_rows.max(1) as f64,
+            mean_retrievals: per_sol(retr),
+            mean_internal: per_sol(internal),
+            zero_search: 100.0 * per_sol(zero),
+            format_bad: 100.0 * per_sol(bad),
             mean_reward: (nrew > 0).then(|| rewards / nrew as f64),
         }
     }
 
-    /// A two-line table.
+    /// A two-line table (RC: external searches per question; `internal`: recalled facts per
+    /// question; `no-search`: share answered without searching).
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:>6} {:>6} {:>9} {:>10} {:>6} {:>11} {:>11}",
-            "n", "EM", "cover-EM", "cover-EM-2", "F1", "retrievals", "format-bad"
+            "{:>6} {:>6} {:>9} {:>10} {:>6} {:>6} {:>9} {:>10} {:>11}",
+            "n", "EM", "cover-EM", "cover-EM-2", "F1", "RC", "internal", "no-search", "format-bad"
         );
         if self.mean_reward.is_some() {
             s.push_str(&format!(" {:>7}", "reward"));
         }
         s.push('\n');
         s.push_str(&format!(
-            "{:>6} {:>6.1} {:>9.1} {:>10.1} {:>6.1} {:>11.2} {:>10.1}%",
-            self.n, self.em, self.cover_em, self.cover_em_2, self.f1, self.mean_retrievals, self.format_bad
+            "{:>6} {:>6.1} {:>9.1} {:>10.1} {:>6.1} {:>6.2} {:>9.2} {:>9.1}% {:>10.1}%",
+            self.n,
+            self.em,
+            self.cover_em,
+            self.cover_em_2,
+            self.f1,
+            self.mean_retrievals,
+            self.mean_internal,
+            self.zero_search,
+            self.format_bad
         ));
         if let Some(r) = self.mean_reward {
             s.push_str(&format!(" {r:>7.3}"));
@@ -151,7 +183,8 @@ impl Summary {
 }
 
 /// Scores a results file: `pred_ans` against `answer` (string or list) or `golden_answers`;
-/// `gen_text_store` for retrievals and format; `reward` when present.
+/// `gen_text_store` for searches, recalled facts and format under the row's `protocol` (r1s eval
+/// writes it; R1-Searcher's released files have none: R1-Searcher's); `reward` when present.
 pub fn score_file(path: &Path) -> Result<Summary, DataError> {
     let rows = read_jsonl(path)?;
     let mut parsed = Vec::with_capacity(rows.len());
@@ -161,7 +194,19 @@ pub fn score_file(path: &Path) -> Result<Summary, DataError> {
         let golds = strings(&v["answer"])
             .or_else(|| strings(&v["golden_answers"]))
             .ok_or_else(|| bad("no \"answer\" or \"golden_answers\""))?;
-        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64()));
+        let protocol = match &v["protocol"] {
+            serde_json::Value::Null => crate::Protocol::R1Searcher,
+            p => serde_json::from_value(p.clone()).map_err(|e| bad(&format!("protocol: {e}")))?,
+        };
+        let prompt = v["prompt"].as_str().unwrap_or("");
+        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64(), protocol, prompt));
     }
-    Ok(Summary::of(parsed.iter().map(|(p, g, s, r)| (*p, g.as_slice(), *s, *r))))
+    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt)| Row {
+        pred,
+        golds: g.as_slice(),
+        sol: *sol,
+        prompt,
+        reward: *reward,
+        protocol: *protocol,
+    })))
 }

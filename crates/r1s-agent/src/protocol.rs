@@ -34,11 +34,17 @@ pub fn base_prompt(question: &str) -> String {
 /// without `'`, tabs and `...`. `None` when the turn has no `<|begin_of_query|>`.
 pub fn extract_query(turn: &str, evaluation: bool) -> Option<String> {
     let at = turn.rfind(BEGIN_QUERY)?;
-    let mut q = turn[at + BEGIN_QUERY.len()..].replace('"', "");
+    Some(clean_query(&turn[at + BEGIN_QUERY.len()..], evaluation))
+}
+
+/// R1-Searcher's query cleaning: `"` removed, trimmed, inner whitespace collapsed; for evaluation
+/// also without `'`, tabs and `...`.
+pub fn clean_query(raw: &str, evaluation: bool) -> String {
+    let mut q = raw.replace('"', "");
     if evaluation {
         q = q.replace('\'', "").replace('\t', " ").replace("...", "");
     }
-    Some(q.split_whitespace().collect::<Vec<_>>().join(" "))
+    q.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Strips a leading corpus index (`^\d+\s+`) from a retrieved document.
@@ -69,4 +75,28 @@ pub fn format_docs<S: AsRef<str>>(docs: &[S]) -> String {
 /// (`"<|begin_of_documents|>\n" + docs + "<|end_of_documents|>\n\n"`).
 pub fn splice(turn: &str, docs_body: &str) -> (String, String) {
     (format!("{}{END_QUERY}\n\n", turn.trim()), format!("{BEGIN_DOCS}\n{docs_body}{END_DOCS}\n\n"))
+}
+
+/// The spans of `sol` when only its text is known: document blocks (from `<|begin_of_documents|>\n`
+/// through `<|end_of_documents|>\n\n`, or to the end when unterminated) are retrieval, the rest
+/// policy.
+pub fn spans_of_text(sol: &str) -> Vec<crate::Span> {
+    let open = format!("{BEGIN_DOCS}\n");
+    let close = format!("{END_DOCS}\n\n");
+    let mut spans = Vec::new();
+    let mut at = 0;
+    let mut push = |source, start, end| {
+        if end > start {
+            spans.push(crate::Span { source, start, end });
+        }
+    };
+    while let Some(i) = sol[at..].find(&open) {
+        let start = at + i;
+        let end = sol[start..].find(&close).map_or(sol.len(), |j| start + j + close.len());
+        push(crate::Source::Policy, at, start);
+        push(crate::Source::Retrieval, start, end);
+        at = end;
+    }
+    push(crate::Source::Policy, at, sol.len());
+    spans
 }

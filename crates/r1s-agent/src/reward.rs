@@ -28,6 +28,12 @@ pub enum Reward {
     /// Search-R1 `qa_em_format` as v0.3's scripts weight it (0.2, 0.1, retrieval 0).
     #[serde(rename = "searchr1-format-v03")]
     SearchR1FormatV03,
+    /// R1-Searcher++: `R_format` (0 / −2) + `R_answer` (cover-EM with at most 10 words: 1 / 0) per
+    /// rollout, plus the group reward `min(2σ², η)` for the correct rollout(s) of a question that
+    /// searched least ([`crate::plus`]). A group reward: score a question's rollouts together with
+    /// [`score_group`].
+    #[serde(rename = "r1searcher-plus")]
+    R1SearcherPlus,
 }
 
 impl Reward {
@@ -37,8 +43,23 @@ impl Reward {
     }
 
     /// Every reward's name, as parsed.
-    pub const NAMES: &'static str =
-        "stage1, stage1-code, stage2, stage2-llama, searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03";
+    pub const NAMES: &'static str = "stage1, stage1-code, stage2, stage2-llama, searchr1-em, searchr1-subem, \
+                                     searchr1-format, searchr1-format-v03, r1searcher-plus";
+
+    /// Whether a rollout's reward depends on the other rollouts of its question (score them together
+    /// with [`score_group`]).
+    pub fn is_group(self) -> bool {
+        self == Reward::R1SearcherPlus
+    }
+
+    /// The protocol whose tags the reward reads.
+    pub fn protocol(self) -> crate::Protocol {
+        match self {
+            _ if self.reads_prompt() => crate::Protocol::SearchR1,
+            Reward::R1SearcherPlus => crate::Protocol::R1SearcherPlus,
+            _ => crate::Protocol::R1Searcher,
+        }
+    }
 }
 
 impl std::str::FromStr for Reward {
@@ -53,6 +74,7 @@ impl std::str::FromStr for Reward {
             "searchr1-subem" => Ok(Reward::SearchR1SubEm),
             "searchr1-format" => Ok(Reward::SearchR1Format),
             "searchr1-format-v03" => Ok(Reward::SearchR1FormatV03),
+            "r1searcher-plus" | "r1-searcher-plus" => Ok(Reward::R1SearcherPlus),
             _ => Err(format!("unknown reward {s:?} ({})", Reward::NAMES)),
         }
     }
@@ -186,5 +208,24 @@ pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
         Reward::SearchR1Em | Reward::SearchR1SubEm | Reward::SearchR1Format | Reward::SearchR1FormatV03 => {
             reward_of(kind, "", sol, golds)
         }
+        // the per-rollout part; the group bonus needs the group (score_group)
+        Reward::R1SearcherPlus => crate::plus::reward(sol, golds),
     }
+}
+
+/// The group-level reward step: the rewards of one question's rollouts (`(prompt, sol)` each),
+/// scored together. A per-rollout reward is [`reward_of`] each; R1-Searcher++'s adds its group
+/// reward ([`crate::plus::GroupReward`]). A trainer calls this once per prompt group, a reward file
+/// or server once per question.
+pub fn score_group(
+    kind: Reward,
+    group: &crate::plus::GroupReward,
+    rollouts: &[(&str, &str)],
+    golds: &[String],
+) -> Vec<f64> {
+    if kind == Reward::R1SearcherPlus {
+        let sols: Vec<&str> = rollouts.iter().map(|(_, s)| *s).collect();
+        return crate::plus::group_rewards(&sols, golds, group);
+    }
+    rollouts.iter().map(|(p, s)| reward_of(kind, p, s, golds)).collect()
 }

@@ -1,7 +1,10 @@
 //! A remote reward model for OpenRLHF, as R1-Searcher's `train/reward_server_*.py` serve it:
 //! `POST /get_reward` `{"query": [text, ...]}` → `{"rewards": [float, ...]}`, one reward per text
 //! (prompt + rollout), the gold answers looked up in a question file by the question the text holds.
-//! `GET /health` says how many questions are loaded and which reward is computed.
+//! `GET /health` says how many questions are loaded and which reward is computed. Under a group
+//! reward (R1-Searcher++'s `r1searcher-plus`) the texts of one request that hold the same question
+//! are one group, scored together ([`crate::reward::score_group`]): send a question's rollouts in one
+//! request.
 //!
 //! The question is read from the text as the prompt placed it: R1-Searcher's base prompt
 //! (`…\n\nUser:{question}\nAssistant: <think>`; the rollout is what follows), Search-R1's
@@ -28,12 +31,15 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use crate::eval::Question;
-use crate::reward::{Reward, reward_of};
+use crate::reward::{Reward, reward_of, score_group};
 
 /// Settings of the reward server.
 #[derive(Debug, Clone)]
 pub struct RewardServerConfig {
     pub reward: Reward,
+    /// The group reward of a group-level reward (the texts of one request that hold the same question
+    /// are one group).
+    pub group: crate::plus::GroupReward,
     /// Largest request body in bytes (422 above).
     pub max_body_bytes: usize,
     /// Most texts in one request (422 above).
@@ -44,7 +50,13 @@ pub struct RewardServerConfig {
 
 impl Default for RewardServerConfig {
     fn default() -> Self {
-        RewardServerConfig { reward: Reward::Stage2, max_body_bytes: 64 << 20, max_texts: 8192, max_in_flight: 64 }
+        RewardServerConfig {
+            reward: Reward::Stage2,
+            group: crate::plus::GroupReward::default(),
+            max_body_bytes: 64 << 20,
+            max_texts: 8192,
+            max_in_flight: 64,
+        }
     }
 }
 
@@ -131,20 +143,40 @@ impl App {
         if list.len() > self.cfg.max_texts {
             return Err(format!("{} texts in one request; at most {} are accepted", list.len(), self.cfg.max_texts));
         }
-        list.iter()
+        let parsed = list
+            .iter()
             .enumerate()
             .map(|(i, t)| {
                 let Value::String(text) = t else { return Err(format!("query[{i}] is not a string: {t}")) };
                 let (q, rollout) = find_question(text).ok_or_else(|| {
                     format!("query[{i}]: no question found (expected R1-Searcher's, a ChatML or Search-R1's prompt)")
                 })?;
-                let golds = self
-                    .golds
-                    .get(&question_key(q))
-                    .ok_or_else(|| format!("query[{i}]: the question {:?} is not in the question file", q.trim()))?;
-                Ok(reward_of(self.cfg.reward, &text[..rollout], &text[rollout..], golds))
+                let key = question_key(q);
+                if !self.golds.contains_key(&key) {
+                    return Err(format!("query[{i}]: the question {:?} is not in the question file", q.trim()));
+                }
+                Ok((key, &text[..rollout], &text[rollout..]))
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        if !self.cfg.reward.is_group() {
+            return Ok(parsed.iter().map(|(k, p, s)| reward_of(self.cfg.reward, p, s, &self.golds[k])).collect());
+        }
+        // a group reward: the texts of one question, scored together
+        let mut rewards = vec![0.0; parsed.len()];
+        let mut done = vec![false; parsed.len()];
+        for i in 0..parsed.len() {
+            if done[i] {
+                continue;
+            }
+            let members: Vec<usize> = (i..parsed.len()).filter(|&j| parsed[j].0 == parsed[i].0).collect();
+            let rollouts: Vec<(&str, &str)> = members.iter().map(|&j| (parsed[j].1, parsed[j].2)).collect();
+            let scored = score_group(self.cfg.reward, &self.cfg.group, &rollouts, &self.golds[&parsed[i].0]);
+            for (&j, r) in members.iter().zip(scored) {
+                rewards[j] = r;
+                done[j] = true;
+            }
+        }
+        Ok(rewards)
     }
 }
 

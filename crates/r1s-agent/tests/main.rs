@@ -560,3 +560,5 @@ fn continuous_batching_writes_the_episodes_of_rounds() {
     assert!(cont.iter().filter(|t| !t.queries.is_empty()).count() >= 2, "the forced searches ran");
     assert!(cont.iter().all(|t| t.turn_finishes.len() >= 2), "every episode took a second turn");
 }
+
+mod plus;

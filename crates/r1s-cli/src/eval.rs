@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use r1s_core::Cancel;
 
-use crate::policy::{load_policy, open_retriever};
+use crate::loaders::{load_policy, open_retriever, parse_reward};
 use crate::{Globals, progress, use_threads};
 
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub(crate) struct EvalArgs {
     /// policy; repeatable, merged in order.
     #[arg(long, value_name = "DIR")]
     adapter: Vec<PathBuf>,
-    #[arg(long, default_value = "cpu", help = crate::policy::DEVICE_HELP)]
+    #[arg(long, default_value = "cpu", help = crate::loaders::DEVICE_HELP)]
     device: String,
     /// The `model` name sent to a completions server.
     #[arg(long, default_value = "default")]
@@ -43,11 +43,13 @@ pub(crate) struct EvalArgs {
     #[arg(long, default_value = "auto")]
     chat_template: String,
     /// Use the first N questions (at least 1).
-    #[arg(long, value_parser = crate::policy::parse_count)]
+    #[arg(long, value_parser = crate::loaders::parse_count)]
     limit: Option<usize>,
-    /// The agent protocol: r1-searcher (R1-Searcher's prompt, tags and evaluation loop) or search-r1
-    /// (Search-R1's prompt, `<search>`/`<information>`/`<answer>`, its searching turns then a final one).
-    #[arg(long, default_value = "r1-searcher", value_parser = crate::train::parse_protocol)]
+    /// The agent protocol: r1-searcher (R1-Searcher's prompt, tags and evaluation loop), search-r1
+    /// (Search-R1's prompt, `<search>`/`<information>`/`<answer>`, its searching turns then a final one)
+    /// or r1searcher-plus (R1-Searcher++: `<internal>` recalled facts, `<external>` searches,
+    /// `<document>` blocks; R1-Searcher's evaluation loop).
+    #[arg(long, default_value = "r1-searcher", value_parser = crate::loaders::parse_protocol)]
     protocol: r1s_agent::Protocol,
     /// Documents per query (default: 5 under r1-searcher, 3 under search-r1).
     #[arg(long)]
@@ -60,10 +62,10 @@ pub(crate) struct EvalArgs {
     #[arg(long, default_value = "chat")]
     prompt: String,
     /// Most new tokens per turn (at least 1).
-    #[arg(long, default_value_t = 512, value_parser = crate::policy::parse_count)]
+    #[arg(long, default_value_t = 512, value_parser = crate::loaders::parse_count)]
     max_new_tokens: usize,
     /// Episodes generated together (at least 1): the next question starts as soon as one ends.
-    #[arg(long, default_value_t = 8, value_parser = crate::policy::parse_count)]
+    #[arg(long, default_value_t = 8, value_parser = crate::loaders::parse_count)]
     batch: usize,
     /// Run each round of turns to its end before any retrieval or next turn (as r1s did before).
     /// Without it, a local policy batches continuously: an episode's next turn joins the batch as
@@ -82,10 +84,6 @@ pub(crate) struct EvalArgs {
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
-}
-
-pub(crate) fn parse_reward(s: &str) -> Result<r1s_agent::Reward, String> {
-    s.parse()
 }
 
 pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
@@ -122,12 +120,9 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         "llama3" => Template::Llama3,
         other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
     };
-    let kind = r1s_train::prompt::PromptKind::parse(&a.prompt, template)?;
+    let kind = r1s_agent::prompt::PromptKind::parse(&a.prompt, template)?;
     let prompts: Vec<String> = questions.iter().map(|q| kind.render_with(a.protocol, &q.question)).collect();
-    let reward_kind = a.reward.unwrap_or(match a.protocol {
-        r1s_agent::Protocol::R1Searcher => r1s_agent::Reward::Stage2,
-        r1s_agent::Protocol::SearchR1 => r1s_agent::Reward::SearchR1Em,
-    });
+    let reward_kind = a.reward.unwrap_or(a.protocol.default_reward());
     let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
     let http_policy = remote_policy.then(|| r1s_agent::HttpPolicy::new(&a.policy, &a.policy_model));
     let mut cfg = r1s_agent::LoopConfig::evaluation_for(a.protocol);
@@ -145,7 +140,6 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         None => Box::new(std::io::sink()),
     };
     let mut rows = Vec::new();
-    let (mut retrievals, mut bad) = (0usize, 0usize);
     // episodes end in any order: the bar counts them, the rows are written in question order
     let mut on_end = |_: usize, _: &r1s_agent::Trajectory| {
         bars.advance(1);
@@ -165,13 +159,12 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         let row = serde_json::json!({
             "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
             "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
-            "id": q.id, "retrievals": t.queries.len(), "queries": t.queries, "retrieved": t.retrieved,
+            "id": q.id, "retrievals": t.queries.len(), "internal": a.protocol.internal_steps(&t.sol),
+            "queries": t.queries, "retrieved": t.retrieved,
             "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
         });
         writeln!(out, "{row}")?;
-        retrievals += t.queries.len();
-        bad += usize::from(a.protocol.format_bad(&t.prompt, &t.sol));
-        rows.push((t.pred, q.answers.clone(), t.sol, reward));
+        rows.push((t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
     }
     out.flush()?;
     drop(out);
@@ -179,13 +172,16 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
     }
     bars.finish("done");
-    let mut s = r1s_agent::Summary::of(
-        rows.iter().map(|(p, g, sol, r)| (p.as_str(), g.as_slice(), Some(sol.as_str()), Some(*r))),
-    );
-    // retrievals and format as the protocol counts them (the summary reads R1-Searcher's tags)
-    let n = rows.len().max(1) as f64;
-    s.mean_retrievals = retrievals as f64 / n;
-    s.format_bad = 100.0 * bad as f64 / n;
+    let mut s = r1s_agent::Summary::of(rows.iter().map(|(pred, golds, sol, prompt, _, reward)| r1s_agent::Row {
+        pred,
+        golds,
+        sol: Some(sol),
+        prompt,
+        reward: Some(*reward),
+        protocol: a.protocol,
+    }));
+    // RC: the searches the loop ran (the text's tags count the same for a finished episode)
+    s.mean_retrievals = rows.iter().map(|r| r.4).sum::<usize>() as f64 / rows.len().max(1) as f64;
     let noun = if rows.len() == 1 { "question" } else { "questions" };
     println!("{}\n{} {noun} in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())

@@ -9,7 +9,6 @@ use r1s_corpus::{Format, IngestOptions};
 
 use crate::corpus::{is_corpus_dir, parse_format};
 use crate::embed::parse_dtype;
-use crate::retrieve::bm25_defaults;
 use crate::{Globals, must_exist, progress, rayon_pool, use_threads};
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +239,21 @@ pub(crate) struct LexicalArgs {
     /// at a given k can change with it, and so with --k in `index eval`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     depth: Option<u64>,
+}
+
+/// The k1 / b recorded in a bm25 index (or a hybrid's bm25 part), else pyserini's defaults: the
+/// base that a lone --k1 or --b changes.
+pub(crate) fn bm25_defaults(dir: &Path) -> r1s_bm25::Bm25Params {
+    let bm25_dir = match r1s_retrieve::index_kind(dir).as_deref() {
+        Some("hybrid") => r1s_retrieve::HybridManifest::read(dir)
+            .map(|m| r1s_retrieve::HybridManifest::part(dir, &m.bm25))
+            .unwrap_or_else(|_| dir.to_path_buf()),
+        _ => dir.to_path_buf(),
+    };
+    std::fs::read(bm25_dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<r1s_bm25::Bm25Manifest>(&b).ok())
+        .map_or_else(r1s_bm25::Bm25Params::default, |m| m.params)
 }
 
 impl LexicalArgs {

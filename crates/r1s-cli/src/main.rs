@@ -7,6 +7,7 @@ mod corpus;
 mod embed;
 mod eval;
 mod index;
+mod loaders;
 mod policy;
 mod progress;
 mod retrieve;
@@ -25,12 +26,26 @@ use r1s_corpus::CorpusError;
 /// Exit codes (sysexits-style for data and I/O errors).
 mod exit {
     pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const DATA: u8 = 65;
     pub const NO_INPUT: u8 = 66;
     pub const UNAVAILABLE: u8 = 69;
     pub const IO: u8 = 74;
     pub const CANCELLED: u8 = 130;
 }
+
+/// A usage mistake found after parsing (a setting that does not apply to what was asked): exit 2,
+/// as clap's own.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 #[derive(Debug, Parser)]
 #[command(name = "r1s", version, about = "Retrieval toolkit for search agents trained with RL (R1-Searcher style)")]
@@ -118,7 +133,12 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         Command::Eval(_)
-            | Command::Policy(policy::PolicyCmd::Generate(_) | policy::PolicyCmd::Train(_) | policy::PolicyCmd::Sft(_))
+            | Command::Policy(
+                policy::PolicyCmd::Generate(_)
+                    | policy::PolicyCmd::Train(_)
+                    | policy::PolicyCmd::Sft(_)
+                    | policy::PolicyCmd::Reject(_)
+            )
     ) {
         keep_freed_tensor_memory();
     }
@@ -171,6 +191,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return exit::NO_INPUT;
     }
     for cause in e.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return exit::USAGE;
+        }
         if let Some(c) = cause.downcast_ref::<r1s_retrieve::RetrieveError>() {
             use r1s_retrieve::RetrieveError as E;
             return match c {
@@ -311,6 +334,7 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Policy(policy::PolicyCmd::Plot(args)) => train::plot(args),
         Command::Policy(policy::PolicyCmd::StackAdapters(args)) => policy::stack_adapters(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Task(args)) => train::task(args, &cli.globals),
+        Command::Policy(policy::PolicyCmd::Reject(args)) => policy::reject(args, &cli.globals),
         Command::Reward(args) => reward::reward(args, &cli.globals),
         Command::ServeReward(args) => reward::serve_reward(args, &cli.globals, cancel),
         Command::Serve(args) => serve::serve(args, &cli.globals, cancel),

@@ -1,10 +1,11 @@
-//! `r1s policy generate`, and the retriever the policy commands open (in-process or HTTP).
+//! `r1s policy generate` and `r1s policy reject` (cold-start trajectories by rejection sampling).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use crate::loaders::{DEVICE_HELP, load_policy, open_retriever, parse_count, parse_top_p};
 use crate::{Globals, train, use_threads};
 
 #[derive(Debug, Subcommand)]
@@ -24,6 +25,119 @@ pub(crate) enum PolicyCmd {
     /// Build the "which article is described as…" search task (and cold-start trajectories) from a
     /// corpus and its index.
     Task(train::TaskArgs),
+    /// Cold-start trajectories by rejection sampling: a policy answers each question several times
+    /// through the agent loop, and the well-formed, correct rollouts are kept (R1-Searcher++'s stage 1).
+    Reject(RejectArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RejectArgs {
+    /// Questions: R1-Searcher {"idx","question","answer"} or FlashRAG {"id","question","golden_answers"} JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    /// Index directory to retrieve from (in-process).
+    #[arg(long, required_unless_present = "retriever_url")]
+    index: Option<PathBuf>,
+    /// A retrieval server instead (Search-R1 `/retrieve` or R1-Searcher `/queries`).
+    #[arg(long, conflicts_with = "index")]
+    retriever_url: Option<String>,
+    /// The policy that samples: a .gguf file, a Hugging Face or r1s checkpoint directory, or `smollm2`.
+    #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
+    policy: PathBuf,
+    /// A PEFT LoRA adapter merged into the policy (repeatable, merged in order).
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<PathBuf>,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+    device: String,
+    /// The protocol: r1searcher-plus (default), r1-searcher or search-r1.
+    #[arg(long, default_value = "r1searcher-plus", value_parser = crate::loaders::parse_protocol)]
+    protocol: r1s_agent::Protocol,
+    /// Prompt format: chat (the model's template) or base.
+    #[arg(long, default_value = "chat")]
+    prompt: String,
+    /// Rollouts sampled per question (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = parse_count)]
+    samples: usize,
+    /// Distinct rollouts kept per question (0: every one that passes).
+    #[arg(long, default_value_t = 1)]
+    keep_per_question: usize,
+    /// Sampling temperature (R1-Searcher++'s 1.0).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::index::parse_nonneg)]
+    temperature: f32,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, default_value_t = 0.95, value_parser = parse_top_p)]
+    top_p: f32,
+    /// Most new tokens per turn (at least 1).
+    #[arg(long, default_value_t = 512, value_parser = parse_count)]
+    max_new_tokens: usize,
+    /// Documents per search (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = parse_count)]
+    topk: usize,
+    /// Most searches per rollout (the next turn after the last is final).
+    #[arg(long, default_value_t = 8)]
+    max_retrievals: usize,
+    /// Use the first N questions (at least 1).
+    #[arg(long, value_parser = parse_count)]
+    limit: Option<usize>,
+    /// Episodes generated together (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = parse_count)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The kept trajectories (JSONL for `r1s policy sft --protocol …`), written whole at the end.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+pub(crate) fn reject(a: RejectArgs, g: &Globals) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use_threads(a.threads);
+    crate::must_exist(&a.data, "question file")?;
+    let questions = r1s_agent::read_questions(&a.data, a.limit)?;
+    anyhow::ensure!(!questions.is_empty(), "{}: no questions", a.data.display());
+    let policy = load_policy(&a.policy, &a.adapter, &a.device, g)?;
+    let template = r1s_policy::chat::Template::detect(policy.tokenizer.chat_template.as_deref());
+    let prompt = r1s_agent::prompt::PromptKind::parse(&a.prompt, template)?;
+    let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
+    let mut loop_cfg = r1s_agent::LoopConfig::training(a.seed);
+    loop_cfg.topk = a.topk;
+    loop_cfg.max_retrievals = a.max_retrievals;
+    if a.protocol == r1s_agent::Protocol::SearchR1 {
+        loop_cfg.max_turns = a.max_retrievals;
+    }
+    loop_cfg.sampling.temperature = a.temperature;
+    loop_cfg.sampling.top_p = a.top_p;
+    loop_cfg.sampling.max_new_tokens = a.max_new_tokens;
+    loop_cfg.max_live = a.batch;
+    let o = r1s_train::reject::RejectOptions {
+        protocol: a.protocol,
+        samples: a.samples,
+        keep_per_question: a.keep_per_question,
+        loop_cfg,
+    };
+    let t = std::time::Instant::now();
+    let (lines, s) = r1s_train::reject::rejection_sample(&policy, &retriever, &questions, &prompt, &o)?;
+    let mut buf = Vec::new();
+    for l in &lines {
+        writeln!(buf, "{l}")?;
+    }
+    r1s_core::fsutil::write_atomic(&a.out, &buf).with_context(|| format!("writing {}", a.out.display()))?;
+    if !g.quiet {
+        eprintln!(
+            "kept {} of {} rollouts ({} of {} questions; {} searched, {} recalled a fact) in {:.1} s → {}",
+            s.kept,
+            s.rollouts,
+            s.questions_kept,
+            questions.len(),
+            s.kept_searching,
+            s.kept_recalling,
+            t.elapsed().as_secs_f64(),
+            a.out.display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -94,26 +208,6 @@ pub(crate) struct StackArgs {
     dtype: r1s_policy::adapter::StoreDtype,
 }
 
-/// The help of `--device` on the commands that load the policy.
-pub(crate) const DEVICE_HELP: &str = "The policy's device: cpu (burn's flex backend), cuda / cuda:N (built with \
-     --features cuda), tch-cpu / tch-cuda / tch-cuda:N (burn's LibTorch backend: built with --features tch)";
-
-/// A count of at least 1.
-pub(crate) fn parse_count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?} is not a whole number >= 1")),
-    }
-}
-
-/// A nucleus mass in (0, 1].
-fn parse_top_p(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
-        _ => Err(format!("{s:?} is not a number in (0, 1]")),
-    }
-}
-
 fn parse_store_dtype(s: &str) -> Result<r1s_policy::adapter::StoreDtype, String> {
     s.parse()
 }
@@ -136,81 +230,6 @@ pub(crate) fn stack_adapters(a: StackArgs, g: &Globals) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The policy at `model` on `device` with `adapters` merged in order (a line per adapter unless quiet).
-pub(crate) fn load_policy(
-    model: &Path,
-    adapters: &[PathBuf],
-    device: &str,
-    g: &Globals,
-) -> anyhow::Result<r1s_policy::Policy> {
-    if model != Path::new("smollm2") {
-        crate::must_exist(model, "model file or directory")?;
-    }
-    for dir in adapters {
-        crate::must_exist(dir, "adapter directory")?;
-    }
-    let mut policy = r1s_policy::Policy::load(model, &r1s_policy::device(device)?)?;
-    for dir in adapters {
-        let m = policy.apply_adapter(dir)?;
-        if !g.quiet {
-            let (lo, hi) = (m.layers.first().copied().unwrap_or(0), m.layers.last().copied().unwrap_or(0));
-            eprintln!(
-                "merged LoRA adapter {} (r {}, scale {}; {} projections in layers {lo}–{hi})",
-                dir.display(),
-                m.rank,
-                m.scale,
-                m.modules
-            );
-        }
-    }
-    Ok(policy)
-}
-
-/// An in-process retriever over `index`, or a retrieval server at `url`.
-pub(crate) fn open_retriever(index: Option<&Path>, url: Option<&str>, threads: usize) -> anyhow::Result<FnRetriever> {
-    let f: RetrieveFn = match (index, url) {
-        (_, Some(url)) => {
-            let r = r1s_agent::HttpRetriever::new(url);
-            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
-        }
-        (Some(index), None) => {
-            let r = r1s_retrieve::AnyRetriever::open(
-                index,
-                &r1s_retrieve::RetrieverOptions {
-                    dense: r1s_retrieve::DenseOptions { threads, ..Default::default() },
-                    ..Default::default()
-                },
-            )?;
-            Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
-        }
-        (None, None) => anyhow::bail!("--index or --retriever-url is required"),
-    };
-    Ok(FnRetriever(f))
-}
-
-pub(crate) type RetrieveFn = Box<dyn Fn(&[&str], usize) -> anyhow::Result<Vec<Vec<r1s_core::Hit>>> + Send + Sync>;
-
-/// Any retrieval closure as a core `Retriever` (in-process or HTTP, chosen at run time).
-pub(crate) struct FnRetriever(RetrieveFn);
-
-#[derive(Debug)]
-pub(crate) struct RetrieveFailed(String);
-
-impl std::fmt::Display for RetrieveFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RetrieveFailed {}
-
-impl r1s_core::Retriever for FnRetriever {
-    type Error = RetrieveFailed;
-    fn retrieve(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<r1s_core::Hit>>, RetrieveFailed> {
-        (self.0)(queries, k).map_err(|e| RetrieveFailed(format!("{e:#}")))
-    }
 }
 
 pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {

@@ -1,13 +1,13 @@
 //! `r1s retrieve`, and the retriever flags it shares with `r1s serve`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 
 use crate::embed::parse_device;
-use crate::index::LexicalArgs;
+use crate::index::{LexicalArgs, bm25_defaults};
 use crate::{must_exist, use_threads};
 
 /// How to open a retriever (shared by `retrieve` and `serve`).
@@ -58,21 +58,6 @@ impl RetrieverArgs {
         use_threads(self.threads);
         Ok(r1s_retrieve::AnyRetriever::open(&self.index, &opts)?)
     }
-}
-
-/// The k1 / b recorded in a bm25 index (or a hybrid's bm25 part), else pyserini's defaults: the
-/// base that a lone --k1 or --b changes.
-pub(crate) fn bm25_defaults(dir: &Path) -> r1s_bm25::Bm25Params {
-    let bm25_dir = match r1s_retrieve::index_kind(dir).as_deref() {
-        Some("hybrid") => r1s_retrieve::HybridManifest::read(dir)
-            .map(|m| r1s_retrieve::HybridManifest::part(dir, &m.bm25))
-            .unwrap_or_else(|_| dir.to_path_buf()),
-        _ => dir.to_path_buf(),
-    };
-    std::fs::read(bm25_dir.join("manifest.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<r1s_bm25::Bm25Manifest>(&b).ok())
-        .map_or_else(r1s_bm25::Bm25Params::default, |m| m.params)
 }
 
 #[derive(Debug, Args)]

@@ -8,20 +8,64 @@ use clap::Args;
 use r1s_core::Cancel;
 
 use crate::Globals;
-use crate::eval::parse_reward;
+use crate::loaders::parse_reward;
 
 #[derive(Debug, Args)]
 pub(crate) struct RewardArgs {
     /// JSON lines: Search-R1's {"solution_str", "golden_answers"}, or `r1s eval` / R1-Searcher results
     /// ({"gen_text_store", "answer"}, with r1s's "prompt" when present).
     input: PathBuf,
-    /// The reward: stage1, stage1-code, stage2, stage2-llama (R1-Searcher; on the rollout) or
-    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (Search-R1; on prompt + rollout).
+    /// The reward: stage1, stage1-code, stage2, stage2-llama (R1-Searcher; on the rollout),
+    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (Search-R1; on prompt +
+    /// rollout) or r1searcher-plus (R1-Searcher++; a group reward: the lines of one question, by their
+    /// "question" or the question their prompt holds, are scored together).
     #[arg(long, value_parser = parse_reward)]
     reward: r1s_agent::Reward,
+    #[command(flatten)]
+    group: GroupArgs,
     /// Each input line with its "reward" added (default: standard output).
     #[arg(long, short)]
     out: Option<PathBuf>,
+}
+
+/// The group reward's settings (r1searcher-plus only).
+#[derive(Debug, Args)]
+pub(crate) struct GroupArgs {
+    /// The group reward's cap η (r1searcher-plus) [default: 2].
+    #[arg(long)]
+    group_eta: Option<f64>,
+    /// σ's delta degrees of freedom, 0 (population) or 1 (sample) (r1searcher-plus) [default: 0].
+    #[arg(long)]
+    group_ddof: Option<u32>,
+    /// Which tied correct rollouts at the fewest searches earn the group reward: all or first
+    /// (r1searcher-plus) [default: all].
+    #[arg(long, value_parser = ["all", "first"])]
+    group_ties: Option<String>,
+}
+
+impl GroupArgs {
+    /// The settings, refused for a reward that is not a group reward (they would change nothing).
+    pub(crate) fn settings(&self, kind: r1s_agent::Reward) -> anyhow::Result<r1s_agent::plus::GroupReward> {
+        let given = self.group_eta.is_some() || self.group_ddof.is_some() || self.group_ties.is_some();
+        anyhow::ensure!(
+            !given || kind.is_group(),
+            crate::UsageError(format!(
+                "--group-eta/--group-ddof/--group-ties set the group reward of r1searcher-plus; {} has none",
+                serde_json::json!(kind)
+            ))
+        );
+        let d = r1s_agent::plus::GroupReward::default();
+        let g = r1s_agent::plus::GroupReward {
+            eta: self.group_eta.unwrap_or(d.eta),
+            ddof: self.group_ddof.unwrap_or(d.ddof),
+            ties: match self.group_ties.as_deref() {
+                Some("first") => r1s_agent::plus::Ties::First,
+                _ => r1s_agent::plus::Ties::All,
+            },
+        };
+        g.check().map_err(|e| anyhow::Error::new(crate::UsageError(e)))?;
+        Ok(g)
+    }
 }
 
 /// The prompt, the rollout and the gold answers of one line.
@@ -53,8 +97,28 @@ fn parts(v: &serde_json::Value, kind: r1s_agent::Reward) -> Result<(String, Stri
     Err("no \"solution_str\" or \"gen_text_store\" string".into())
 }
 
+/// One scored line: its JSON, prompt, rollout, gold answers and (under a group reward) its question.
+struct Line {
+    value: serde_json::Value,
+    prompt: String,
+    sol: String,
+    golds: Vec<String>,
+    question: Option<String>,
+}
+
+/// The question a line belongs to (its group under a group reward): its "question", else the one its
+/// prompt holds.
+fn question_of(v: &serde_json::Value, prompt: &str, sol: &str) -> Option<String> {
+    if let Some(q) = v["question"].as_str() {
+        return Some(r1s_agent::reward_server::question_key(q));
+    }
+    let text = format!("{prompt}{sol}");
+    r1s_agent::reward_server::find_question(&text).map(|(q, _)| r1s_agent::reward_server::question_key(q))
+}
+
 pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
     crate::must_exist(&a.input, "input file")?;
+    let group = a.group.settings(a.reward)?;
     let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let mut out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -62,7 +126,8 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let (mut n, mut sum) = (0usize, 0.0f64);
+    // every line first: a group reward scores the lines of one question together
+    let mut lines: Vec<Line> = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", a.input.display(), i + 1))?;
         if line.trim().is_empty() {
@@ -71,9 +136,39 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
         let bad = |reason: String| {
             anyhow::Error::new(r1s_agent::eval::DataError::Bad { path: a.input.clone(), line: i + 1, reason })
         };
-        let mut v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let (prompt, sol, golds) = parts(&v, a.reward).map_err(bad)?;
-        let r = r1s_agent::reward::reward_of(a.reward, &prompt, &sol, &golds);
+        let key = if a.reward.is_group() {
+            Some(question_of(&v, &prompt, &sol).ok_or_else(|| {
+                bad("no \"question\" and no question in the prompt: a group reward scores a question's lines together"
+                    .into())
+            })?)
+        } else {
+            None
+        };
+        lines.push(Line { value: v, prompt, sol, golds, question: key });
+    }
+    let mut rewards = vec![0.0; lines.len()];
+    let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match l.question.as_deref() {
+            Some(k) => match groups.iter_mut().find(|(g, _)| *g == Some(k)) {
+                Some((_, m)) => m.push(i),
+                None => groups.push((Some(k), vec![i])),
+            },
+            None => groups.push((None, vec![i])),
+        }
+    }
+    for (_, members) in &groups {
+        let rollouts: Vec<(&str, &str)> =
+            members.iter().map(|&i| (lines[i].prompt.as_str(), lines[i].sol.as_str())).collect();
+        let scored = r1s_agent::reward::score_group(a.reward, &group, &rollouts, &lines[members[0]].golds);
+        for (&i, r) in members.iter().zip(scored) {
+            rewards[i] = r;
+        }
+    }
+    let (mut n, mut sum) = (0usize, 0.0f64);
+    for (Line { value: mut v, .. }, r) in lines.into_iter().zip(rewards) {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("reward".into(), r.into());
         }
@@ -98,9 +193,12 @@ pub(crate) struct ServeRewardArgs {
     /// {"question","golden_answers"} JSONL): a text's question is looked up here.
     #[arg(long)]
     data: PathBuf,
-    /// The reward (as `r1s reward --reward`).
+    /// The reward (as `r1s reward --reward`). Under the group reward r1searcher-plus, the texts of one
+    /// request that hold the same question are one group.
     #[arg(long, default_value = "stage2", value_parser = parse_reward)]
     reward: r1s_agent::Reward,
+    #[command(flatten)]
+    group: GroupArgs,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -123,6 +221,7 @@ pub(crate) fn serve_reward(a: ServeRewardArgs, g: &Globals, cancel: &Cancel) -> 
     let questions = r1s_agent::read_questions(&a.data, None)?;
     let cfg = r1s_agent::reward_server::RewardServerConfig {
         reward: a.reward,
+        group: a.group.settings(a.reward)?,
         max_body_bytes: a.max_body_mib << 20,
         max_texts: a.max_texts,
         max_in_flight: a.max_in_flight,

@@ -7,7 +7,7 @@ use clap::Args;
 use r1s_core::Cancel;
 use r1s_train::config::LoraConfig;
 
-use crate::policy::open_retriever;
+use crate::loaders::{DEVICE_HELP, open_retriever, parse_protocol};
 use crate::{Globals, progress, use_threads};
 
 #[derive(Debug, Args)]
@@ -126,13 +126,13 @@ pub struct SftArgs {
     /// How prompts are rebuilt for lines that only carry a question: chat or base.
     #[arg(long, default_value = "chat")]
     prompt: String,
-    /// The trajectories' protocol: r1-searcher or search-r1 (`policy task --protocol` writes it on
-    /// each line; a line of another protocol is refused).
+    /// The trajectories' protocol: r1-searcher, search-r1 or r1searcher-plus (`policy task
+    /// --protocol` writes it on each line; a line of another protocol is refused).
     #[arg(long, default_value = "r1-searcher", value_parser = parse_protocol)]
     protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value = "cpu", help = crate::policy::DEVICE_HELP)]
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Continue from the newest checkpoint under --out.
     #[arg(long)]
@@ -176,17 +176,14 @@ pub struct TaskArgs {
     /// Documents per query in the cold-start trajectories.
     #[arg(long, default_value_t = 3)]
     topk: usize,
-    /// The cold-start trajectories' protocol: r1-searcher or search-r1.
+    /// The cold-start trajectories' protocol: r1-searcher, search-r1 or r1searcher-plus (whose
+    /// direct answers recall the described sentence in an `<internal>` step).
     #[arg(long, default_value = "r1-searcher", value_parser = parse_protocol)]
     protocol: r1s_agent::Protocol,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
-}
-
-pub(crate) fn parse_protocol(s: &str) -> Result<r1s_agent::Protocol, String> {
-    s.parse()
 }
 
 fn step_line(row: &serde_json::Value) -> String {
@@ -200,17 +197,23 @@ fn step_line(row: &serde_json::Value) -> String {
             f("step_s")
         ),
         _ => format!(
-            "{} step {:>4}  reward {:+.3}  retrieval {:.2}  format-bad {:.2}  F1 {:.3}  KL {:.4}  entropy {:.3}  clip {:.3}  {:.1} s",
+            "{} step {:>4}  reward {:+.3}  RC {:.2}  retrieval {:.2}  format-bad {:.2}  F1 {:.3}  KL {:.4}  entropy {:.3}  clip {:.3}  {:.1} s{}",
             row["stage"].as_str().unwrap_or(""),
             row["step"],
             f("reward_mean"),
+            f("rc"),
             f("retrieval_rate"),
             f("format_bad"),
             f("f1"),
             f("kl"),
             f("entropy"),
             f("clip_frac"),
-            f("step_s")
+            f("step_s"),
+            if row["mem_paths"].is_number() {
+                format!("  memorised {} paths, NLL {:.3}", row["mem_paths"], f("mem_nll"))
+            } else {
+                String::new()
+            }
         ),
     }
 }

@@ -695,3 +695,58 @@ fn reward_scores_files_and_serves_openrlhf() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// R1-Searcher++'s group reward through `r1s reward` (the lines of one question are one group) and
+/// `r1s serve-reward` (the texts of one question in a request); its settings are refused for a reward
+/// that has no group.
+#[test]
+fn plus_rewards_score_a_questions_lines_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let memo = " <internal> Paris is the capital of France. </internal> </think>\n\n<answer> Paris </answer>";
+    let search = "<external> capital France</external>\n\n<document>\n(1)\"Paris\"\nParis is the capital.\n</document>\n\n</think>\n\n<answer> Paris </answer>";
+    let wrong = " </think>\n\n<answer> Lyon </answer>";
+    let lines = [
+        ("What is the capital of France?", memo),
+        ("Who wrote Hamlet?", wrong),
+        ("What is the capital of France?", search),
+    ];
+    let input = dir.path().join("rollouts.jsonl");
+    let body: String = lines
+        .iter()
+        .map(|(q, sol)| {
+            let answer = if q.contains("France") { "Paris" } else { "Shakespeare" };
+            format!("{}\n", serde_json::json!({"question": q, "answer": answer, "gen_text_store": sol}))
+        })
+        .collect();
+    std::fs::write(&input, body).unwrap();
+    let scored = ok(r1s().args(["-q", "reward", "--reward", "r1searcher-plus"]).arg(&input));
+    let rewards: Vec<f64> = scored
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reward"].as_f64().unwrap())
+        .collect();
+    // France: counts {0, 1}, σ² = 0.25 → 2σ² = 0.5 for the rollout that answered from memory
+    assert_eq!(rewards, vec![1.5, 0.0, 1.0]);
+    let eta = ok(r1s().args(["-q", "reward", "--reward", "r1searcher-plus", "--group-eta", "0.1"]).arg(&input));
+    assert!(eta.lines().next().unwrap().contains("\"reward\":1.1"), "{eta}");
+    let o = r1s().args(["reward", "--reward", "stage2", "--group-eta", "1"]).arg(&input).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("r1searcher-plus"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let questions = dir.path().join("q.jsonl");
+    std::fs::write(&questions, "{\"question\": \"What is the capital of France?\", \"answer\": \"Paris\"}\n").unwrap();
+    let (mut server, url, _stderr) = spawn_listening(
+        r1s().args(["serve-reward", "--port", "0", "--reward", "r1searcher-plus", "--data"]).arg(&questions),
+    );
+    let prompt = r1s_agent::plus::base_prompt("What is the capital of France?");
+    let texts = [format!("{prompt}{memo}"), format!("{prompt}{search}")];
+    let v: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{url}/get_reward"))
+        .json(&serde_json::json!({ "query": texts }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["rewards"], serde_json::json!([1.5, 1.0]));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -5,6 +5,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod chat;
 pub mod fsutil;
 pub mod mem;
 pub mod npy;

@@ -8,7 +8,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod adapter;
-pub mod chat;
+/// Chat templates (they live in `r1s_core`, where the agent's prompts reach them too).
+pub use r1s_core::chat;
 pub mod config;
 pub mod continuous;
 pub mod error;

@@ -322,3 +322,27 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
 pub fn dir_for(out: &Path, step: usize) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:06}"))
 }
+
+/// Appends one JSON line to a metrics or rollouts file.
+pub(crate) fn append(path: &Path, line: &serde_json::Value) -> Result<()> {
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    use std::io::Write;
+    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
+}
+
+/// Keeps the lines of a JSONL file whose `step` is at most `step` (a resumed run replays the rest).
+pub(crate) fn truncate_after(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(|e| TrainError::io(path, e))
+}

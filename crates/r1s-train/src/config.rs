@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 use crate::loss::{Advantage, KlEstimator, KlPlacement};
 
+/// The projections of a block, by their Hugging Face names (the order of `r1s_policy::adapter::PROJECTION_PATHS`):
+/// what `[train.lora] targets` may name.
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,7 +154,7 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> LoraConfig {
-        LoraConfig { rank: 8, alpha: 16.0, targets: crate::model::PROJECTIONS.iter().map(|p| p.to_string()).collect() }
+        LoraConfig { rank: 8, alpha: 16.0, targets: PROJECTIONS.iter().map(|p| p.to_string()).collect() }
     }
 }
 
@@ -167,8 +171,8 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err("lora.targets is empty".into());
         }
-        if let Some(t) = self.targets.iter().find(|t| !crate::model::PROJECTIONS.contains(&t.as_str())) {
-            return Err(format!("lora.targets: {t:?} is not one of {}", crate::model::PROJECTIONS.join(", ")));
+        if let Some(t) = self.targets.iter().find(|t| !PROJECTIONS.contains(&t.as_str())) {
+            return Err(format!("lora.targets: {t:?} is not one of {}", PROJECTIONS.join(", ")));
         }
         Ok(())
     }
@@ -244,6 +248,13 @@ pub struct Stage {
     /// turns that may search (Search-R1's `max_turns`); a final turn follows.
     #[serde(default)]
     pub protocol: Option<r1s_agent::Protocol>,
+    /// The group reward of a group-level reward (`r1searcher-plus`): η, σ's ddof, ties
+    /// (`[stage.group]`; defaults η = 2, ddof 0, every tied rollout).
+    #[serde(default)]
+    pub group: r1s_agent::plus::GroupReward,
+    /// R1-Searcher++'s memorisation during RL (`[stage.memorize]`; off when absent).
+    #[serde(default)]
+    pub memorize: Option<crate::memorize::Memorize>,
 }
 
 impl Stage {
@@ -307,13 +318,24 @@ impl TrainConfig {
             return Err("[retriever] needs exactly one of index, url".into());
         }
         for s in &self.stages {
-            if s.reward.reads_prompt() != (s.protocol(t) == r1s_agent::Protocol::SearchR1) {
+            if s.reward.protocol() != s.protocol(t) {
                 log::warn!(
                     "stage {:?}: reward {} is another protocol's than the stage's ({}); its tags will not match",
                     s.name,
                     serde_json::json!(s.reward),
                     serde_json::json!(s.protocol(t))
                 );
+            }
+            s.group.check().map_err(|e| format!("stage {:?}: {e}", s.name))?;
+            if let Some(m) = &s.memorize {
+                m.check().map_err(|e| format!("stage {:?}: memorize: {e}", s.name))?;
+                if s.protocol(t) != r1s_agent::Protocol::R1SearcherPlus {
+                    return Err(format!(
+                        "stage {:?}: memorize rewrites searches into <internal> steps: it needs protocol \
+                         \"r1searcher-plus\"",
+                        s.name
+                    ));
+                }
             }
             if s.kl_beta.is_some_and(|b| b.is_nan() || b < 0.0) {
                 return Err(format!("stage {:?}: kl_beta must be ≥ 0", s.name));

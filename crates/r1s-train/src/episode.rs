@@ -2,7 +2,6 @@
 //! retrieved documents are not its actions), grouped into micro-batches with the frozen prefix's
 //! output cached.
 
-use r1s_agent::protocol::{BEGIN_DOCS, END_DOCS};
 use r1s_agent::{Source, Span};
 use r1s_policy::{Step, TextTokenizer};
 
@@ -17,29 +16,8 @@ pub struct Sequence {
     pub actions: Vec<usize>,
 }
 
-/// The spans of `sol` when only its text is known: document blocks (from `<|begin_of_documents|>\n`
-/// through `<|end_of_documents|>\n\n`, or to the end when unterminated) are retrieval, the rest
-/// policy.
-pub fn spans_of_text(sol: &str) -> Vec<Span> {
-    let open = format!("{BEGIN_DOCS}\n");
-    let close = format!("{END_DOCS}\n\n");
-    let mut spans = Vec::new();
-    let mut at = 0;
-    let mut push = |source, start, end| {
-        if end > start {
-            spans.push(Span { source, start, end });
-        }
-    };
-    while let Some(i) = sol[at..].find(&open) {
-        let start = at + i;
-        let end = sol[start..].find(&close).map_or(sol.len(), |j| start + j + close.len());
-        push(Source::Policy, at, start);
-        push(Source::Retrieval, start, end);
-        at = end;
-    }
-    push(Source::Policy, at, sol.len());
-    spans
-}
+/// R1-Searcher's spans of a rollout known only as text (kept here for callers of r1s-train).
+pub use r1s_agent::protocol::spans_of_text;
 
 /// Tokenizes `prompt` and each span of `sol` separately (so that every token belongs to exactly
 /// one span), appends `eos` as the policy's last action when the episode ended on it, and cuts the

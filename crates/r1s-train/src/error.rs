@@ -11,6 +11,8 @@ pub enum TrainError {
     Agent(#[from] r1s_agent::AgentError),
     #[error(transparent)]
     Data(#[from] r1s_agent::eval::DataError),
+    #[error(transparent)]
+    Prompt(#[from] r1s_agent::prompt::UnknownPrompt),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {reason}", path.display())]

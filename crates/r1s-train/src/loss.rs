@@ -147,3 +147,10 @@ pub fn ppo_loss(
 pub fn nll_loss(logp: Tensor<1>, weight: Tensor<1>) -> Tensor<1> {
     (logp * weight).sum().neg()
 }
+
+/// R1-Searcher++'s memorisation term: `μ · NLL(T) = −μ · Σ logp / tokens`, the mean negative
+/// log-likelihood of the memorisation paths' tokens (`tokens` = all action tokens of the paths of
+/// this optimizer step, so that summing micro-batches gives the step's term). `logp` is `[n]`.
+pub fn memory_loss(logp: Tensor<1>, tokens: f32, mu: f32) -> Tensor<1> {
+    logp.sum().neg() * (mu / tokens.max(1.0))
+}

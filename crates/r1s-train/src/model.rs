@@ -19,10 +19,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use r1s_policy::{Block, LoraBeside, Policy, Step, run_blocks, run_blocks_lora};
 
 use crate::config::LoraConfig;
+pub use crate::config::PROJECTIONS;
 use crate::error::{Result, TrainError};
+pub use crate::param::ParamMut;
 
-/// The projections of a block, by their Hugging Face names, in [`linears`] order.
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 /// Their paths inside a block.
 const PATHS: [&str; 7] = r1s_policy::adapter::PROJECTION_PATHS;
 
@@ -48,13 +48,6 @@ pub struct Top {
     pub norm: Param<Tensor<1>>,
 }
 
-/// A mutable view of one parameter, by rank.
-#[derive(Debug)]
-pub enum ParamMut<'a> {
-    Matrix(&'a mut Param<Tensor<2>>),
-    Vector(&'a mut Param<Tensor<1>>),
-}
-
 impl Top {
     /// Every parameter with its Hugging Face name (`first` = the global index of `blocks[0]`).
     pub fn params_mut(&mut self, first: usize) -> Vec<(String, ParamMut<'_>)> {
@@ -74,52 +67,6 @@ impl Top {
         }
         out.push(("model.norm.weight".into(), ParamMut::Vector(&mut self.norm)));
         out
-    }
-}
-
-impl ParamMut<'_> {
-    /// The value as a flat vector (plain device).
-    pub fn flat(&self) -> Tensor<1> {
-        match self {
-            ParamMut::Matrix(p) => {
-                let [a, b] = p.val().dims();
-                p.val().inner().reshape([a * b])
-            }
-            ParamMut::Vector(p) => p.val().inner(),
-        }
-    }
-
-    /// This parameter's gradient in `grads`, flat (plain device).
-    pub fn grad(&self, grads: &burn::tensor::Gradients) -> Option<Tensor<1>> {
-        match self {
-            ParamMut::Matrix(p) => p.val().grad(grads).map(|g| {
-                let [a, b] = g.dims();
-                g.reshape([a * b])
-            }),
-            ParamMut::Vector(p) => p.val().grad(grads),
-        }
-    }
-
-    /// Replaces the value with `flat` (plain), as a fresh trainable leaf on `device`.
-    pub fn set(&mut self, flat: Tensor<1>, device: &Device) {
-        match self {
-            ParamMut::Matrix(p) => {
-                let dims = p.val().dims();
-                let t = flat.reshape(dims).to_device(device).autodiff().require_grad();
-                **p = Param::initialized(p.id, t);
-            }
-            ParamMut::Vector(p) => {
-                let t = flat.to_device(device).autodiff().require_grad();
-                **p = Param::initialized(p.id, t);
-            }
-        }
-    }
-
-    pub fn numel(&self) -> usize {
-        match self {
-            ParamMut::Matrix(p) => p.val().dims().iter().product(),
-            ParamMut::Vector(p) => p.val().dims()[0],
-        }
     }
 }
 
@@ -174,7 +121,7 @@ impl Lora {
                             let a: Vec<f32> = (0..i * r)
                                 .map(|_| {
                                     stream += 1;
-                                    ((2.0 * crate::trainer::unit(seed, stream) - 1.0) * bound) as f32
+                                    ((2.0 * crate::seed::unit(seed, stream) - 1.0) * bound) as f32
                                 })
                                 .collect();
                             let leaf = |v: Vec<f32>, dims: [usize; 2]| {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Gradients, Tensor};
 
-use crate::model::ParamMut;
+use crate::param::ParamMut;
 
 /// Trainable parameters by name (`Split::params_mut`).
 pub type Params<'a> = Vec<(String, ParamMut<'a>)>;

@@ -20,6 +20,18 @@ const PANELS: &[Panel] = &[
         title: "retrieval rate",
         series: &[("step", "retrieval_rate", "train rollouts"), ("eval", "retrieval_rate", "held-out (greedy)")],
     },
+    Panel {
+        title: "RC (external searches per question)",
+        series: &[("step", "rc", "train rollouts"), ("eval", "rc", "held-out (greedy)")],
+    },
+    Panel {
+        title: "answered with no search (share)",
+        series: &[("step", "zero_search", "train rollouts"), ("eval", "zero_search", "held-out (greedy)")],
+    },
+    Panel {
+        title: "memorisation (R1-Searcher++)",
+        series: &[("step", "mem_nll", "NLL per path token"), ("step", "mem_paths", "paths kept")],
+    },
     Panel { title: "answer F1", series: &[("step", "f1", "train rollouts"), ("eval", "f1", "held-out (greedy)")] },
     Panel {
         title: "format bad (share)",

@@ -49,6 +49,20 @@ pub struct StepStats {
     /// Action tokens and all tokens of the step's sequences.
     pub action_tokens: usize,
     pub tokens: usize,
+    /// The memorisation term: paths trained on, their tokens, and `L_M`, their NLL per token
+    /// (mean over optimizer steps, before the weight μ).
+    pub mem_paths: usize,
+    pub mem_tokens: usize,
+    pub mem_nll: f64,
+}
+
+/// The memorisation set of a step (R1-Searcher++): sequences whose every token after the prompt is
+/// the policy's, trained with `μ · NLL` beside the RL loss.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySet {
+    pub seqs: Vec<Sequence>,
+    /// μ (0 or no sequences: no term).
+    pub mu: f32,
 }
 
 fn tensor1(v: &[f32], device: &burn::tensor::Device) -> Tensor<1> {
@@ -57,6 +71,20 @@ fn tensor1(v: &[f32], device: &burn::tensor::Device) -> Tensor<1> {
 
 /// Experience and optimisation for `episodes`. Leaves the plain model equal to the trained top.
 pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &RlSettings) -> Result<StepStats> {
+    optimize_with_memory(split, opt, episodes, &MemorySet::default(), s)
+}
+
+/// [`optimize`] with R1-Searcher++'s memorisation term: each optimizer step's loss is
+/// `L = −J_batch + μ · NLL(T_b)`, where the memorisation paths are dealt round-robin to the train
+/// batches (`T_b`: path `j` goes to batch `j mod batches`) and `NLL(T_b)` is the mean negative
+/// log-likelihood over all their action tokens ([`crate::loss::memory_loss`]).
+pub fn optimize_with_memory(
+    split: &mut Split,
+    opt: &mut AdamW,
+    episodes: &[Episode],
+    memory: &MemorySet,
+    s: &RlSettings,
+) -> Result<StepStats> {
     let n = episodes.len();
     if n == 0 {
         return Err(TrainError::Options("a step with no episodes".into()));
@@ -80,6 +108,22 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
                 m.reference = m.score_plain(split, r, false)?.0;
             }
             micros.push((bi, m));
+        }
+    }
+    // the memorisation paths: frozen prefix once, dealt to the batches
+    let use_mem = memory.mu > 0.0 && !memory.seqs.is_empty();
+    let mut mem_micros: Vec<(usize, Micro, f32)> = Vec::new();
+    if use_mem {
+        let nb = batches.len();
+        for bi in 0..nb {
+            let members: Vec<usize> = (bi..memory.seqs.len()).step_by(nb).collect();
+            let tokens: usize = members.iter().map(|&j| memory.seqs[j].actions.len()).sum();
+            if tokens == 0 {
+                continue;
+            }
+            for mb in micro_batches(&memory.seqs, &members, s.micro_batch) {
+                mem_micros.push((bi, Micro::new(split, &memory.seqs, mb)?, tokens as f32));
+            }
         }
     }
     let ms: Vec<&Micro> = micros.iter().map(|(_, m)| m).collect();
@@ -145,8 +189,11 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
         entropy: loss::masked_mean(&entropy),
         action_tokens: old.iter().map(Vec::len).sum(),
         tokens: seqs.iter().map(|q| q.tokens.len()).sum(),
+        mem_paths: if use_mem { memory.seqs.len() } else { 0 },
+        mem_tokens: if use_mem { memory.seqs.iter().map(|q| q.actions.len()).sum() } else { 0 },
         ..StepStats::default()
     };
+    let mut mem_steps = 0usize;
     let (mut clipped, mut counted) = (0usize, 0usize);
     let dev = split.ad.clone();
     for _ in 0..s.epochs {
@@ -176,6 +223,20 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
                 let grads = l.backward();
                 opt.accumulate(split.params_mut(), &grads);
             }
+            let mut batch_nll = None;
+            for (_, m, tokens) in mem_micros.iter().filter(|(b, m, _)| *b == bi && !m.rows.is_empty()) {
+                let (logp, _) = split.score_trained(m.boundary.clone(), &m.step, &m.rows, &m.targets, false)?;
+                let l = loss::memory_loss(logp, *tokens, memory.mu);
+                let v = f64::from(l.clone().inner().into_scalar::<f32>());
+                batch_loss += v;
+                *batch_nll.get_or_insert(0.0) += v / f64::from(memory.mu);
+                let grads = l.backward();
+                opt.accumulate(split.params_mut(), &grads);
+            }
+            if let Some(nll) = batch_nll {
+                stats.mem_nll += nll;
+                mem_steps += 1;
+            }
             let info = opt.step(split.params_mut(), &dev);
             stats.loss += batch_loss;
             stats.grad_norm += info.grad_norm;
@@ -187,5 +248,6 @@ pub fn optimize(split: &mut Split, opt: &mut AdamW, episodes: &[Episode], s: &Rl
     stats.loss /= k;
     stats.grad_norm /= k;
     stats.clip_frac = if counted == 0 { 0.0 } else { clipped as f64 / counted as f64 };
+    stats.mem_nll /= mem_steps.max(1) as f64;
     Ok(stats)
 }

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainerState};
-use crate::episode::{Micro, Sequence, micro_batches, spans_of_text, tokenize};
+use crate::episode::{Micro, Sequence, micro_batches, tokenize};
 use crate::error::{Result, TrainError};
 use crate::loss::nll_loss;
 use crate::model::Split;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::prompt::PromptKind;
-use crate::trainer::step_questions;
+use crate::seed::{lora_seed, step_questions};
 
 /// SFT settings (the command's flags).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,10 +104,7 @@ pub fn read_examples(path: &Path, prompt: &PromptKind, protocol: r1s_agent::Prot
                 }
                 spans
             }
-            _ => match protocol {
-                r1s_agent::Protocol::R1Searcher => spans_of_text(&sol),
-                r1s_agent::Protocol::SearchR1 => r1s_agent::searchr1::spans_of_text(&sol),
-            },
+            _ => protocol.spans_of_text(&sol),
         };
         out.push(Example { prompt: p, sol, spans });
     }
@@ -144,9 +141,9 @@ pub fn sft(
             let state = checkpoint::read_state(dir)?;
             checkpoint::load_optimizer(dir, &mut opt, &device)?;
             // a resumed run replays the steps after the checkpoint
-            crate::trainer::truncate_after(&metrics, state.global_step)?;
+            checkpoint::truncate_after(&metrics, state.global_step)?;
             state.check_split(dir, o.train_blocks, o.lora.as_ref())?;
-            let seed = crate::trainer::lora_seed(o.seed, 0);
+            let seed = lora_seed(o.seed, 0);
             (checkpoint::load_split(dir, &device, o.train_blocks, false, o.lora.as_ref(), seed)?, state)
         }
         None => {
@@ -162,7 +159,7 @@ pub fn sft(
                 lora: o.lora.clone(),
                 config: serde_json::to_value(o).unwrap_or_default(),
             };
-            let seed = crate::trainer::lora_seed(o.seed, 0);
+            let seed = lora_seed(o.seed, 0);
             (Split::new(Policy::load(&o.init, &device)?, o.train_blocks, false, o.lora.as_ref(), seed)?, state)
         }
     };
@@ -222,7 +219,7 @@ pub fn sft(
             "action_tokens": action_tokens, "tokens": seqs.iter().map(|s| s.tokens.len()).sum::<usize>(),
             "lr": o.lr, "step_s": dt,
         });
-        crate::trainer::append(&metrics, &row)?;
+        checkpoint::append(&metrics, &row)?;
         on_step(&row);
         progress.advance(1);
         if state.global_step == steps || (o.save_every > 0 && state.global_step.is_multiple_of(o.save_every)) {

@@ -3,15 +3,17 @@
 //! sentence of an article's first passage with the title blanked out, and the answer is the title.
 //! Retrieval with the description finds the article; its title then sits in the first line of the
 //! retrieved passage. Also writes cold-start SFT trajectories through the real retriever: some
-//! search and copy the title of the first document, some answer directly.
+//! search and copy the title of the first document, some answer directly (under R1-Searcher++'s
+//! protocol: from an `<internal>` step that recalls the described sentence).
 
 use r1s_agent::protocol::{BEGIN_QUERY, format_docs, splice};
-use r1s_agent::{Protocol, Source, Span, searchr1};
+use r1s_agent::{Protocol, Source, Span, plus, searchr1};
 use r1s_core::{Passage, Retriever};
 use serde_json::json;
 
 use crate::error::{Result, TrainError};
-use crate::trainer::{mix, unit};
+pub use crate::seed::shuffle;
+use crate::seed::unit;
 
 /// One question of the task.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,15 +88,6 @@ pub fn description_query(description: &str) -> String {
     description.replace("___", " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A seeded shuffle.
-pub fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut s = seed;
-    for i in (1..v.len()).rev() {
-        s = mix(s, i as u64);
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-}
-
 /// The JSONL line of a question (R1-Searcher's format).
 pub fn question_line(q: &TitleQuestion) -> serde_json::Value {
     json!({ "idx": q.id, "question": q.question, "answer": q.title })
@@ -138,6 +131,13 @@ pub fn sft_lines<R: Retriever>(
                         format!(" The first document is \"{}\". </think>\n\n<answer> {} </answer>", q.title, q.title);
                     (mine, retrieved, rest)
                 }
+                Protocol::R1SearcherPlus => {
+                    let (mine, retrieved) =
+                        plus::splice(&format!("{} {query}", plus::EXTERNAL_OPEN), &format_docs(&docs));
+                    let rest =
+                        format!(" The first document is \"{}\". </think>\n\n<answer> {} </answer>", q.title, q.title);
+                    (mine, retrieved, rest)
+                }
                 Protocol::SearchR1 => {
                     let mine = format!("<think> I need to find the article. </think>\n<search> {query} </search>");
                     let retrieved = searchr1::information(&searchr1::format_docs(&docs));
@@ -165,6 +165,15 @@ pub fn sft_lines<R: Retriever>(
                 Protocol::SearchR1 => format!(
                     "<think> The description matches the article {}. </think>\n<answer> {} </answer>",
                     q.title, q.title
+                ),
+                // the fact recalled: the description's sentence with the title in place
+                Protocol::R1SearcherPlus => format!(
+                    " {} {} {} So the article is {}. </think>\n\n<answer> {} </answer>",
+                    plus::INTERNAL_OPEN,
+                    q.description.replace("___", &q.title),
+                    plus::INTERNAL_CLOSE,
+                    q.title,
+                    q.title
                 ),
             };
             let spans = vec![Span { source: Source::Policy, start: 0, end: sol.len() }];

@@ -5,8 +5,6 @@
 //! `OUT/rollouts.jsonl`, checkpoints to `OUT/checkpoints/step-N`. `--resume` continues from the
 //! newest checkpoint exactly: data order and sampling derive from `(seed, step)`.
 
-use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
 use r1s_agent::{LoopConfig, Question, Trajectory, read_questions};
@@ -15,55 +13,20 @@ use r1s_policy::Policy;
 use r1s_policy::chat::Template;
 use serde_json::json;
 
-use crate::checkpoint::{self, TrainerState};
+pub use crate::seed::{lora_seed, mix, step_questions, unit};
+
+use crate::checkpoint::{self, TrainerState, append, truncate_after};
 use crate::config::{Stage, TrainConfig};
 use crate::episode::{Sequence, tokenize};
 use crate::error::{Result, TrainError};
 use crate::model::Split;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::prompt::PromptKind;
-use crate::rl::{Episode, RlSettings, optimize};
+use crate::rl::{Episode, MemorySet, RlSettings, optimize_with_memory};
 
-/// SplitMix64 of `(a, b)`: every per-step random choice derives from it.
-pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A uniform draw in `[0, 1)` from [`mix`]`(a, b)` (its top 53 bits).
-pub fn unit(a: u64, b: u64) -> f64 {
-    (mix(a, b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// The seed of the LoRA adapters that stage `stage` starts with.
-pub fn lora_seed(seed: u64, stage: usize) -> u64 {
-    mix(seed ^ 0x4C6F_5241, stage as u64)
-}
-
-/// The `count` question indices of step `step`: passes over the data, each in its own seeded order.
-pub fn step_questions(n: usize, seed: u64, step: usize, count: usize) -> Vec<usize> {
-    let perm = |epoch: usize| {
-        let mut idx: Vec<usize> = (0..n).collect();
-        crate::task::shuffle(&mut idx, mix(seed, epoch as u64));
-        idx
-    };
-    let mut out = Vec::with_capacity(count);
-    let mut cached: Option<(usize, Vec<usize>)> = None;
-    for k in step * count..(step + 1) * count {
-        let epoch = k / n;
-        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            cached = Some((epoch, perm(epoch)));
-        }
-        if let Some((_, p)) = &cached {
-            out.push(p[k % n]);
-        }
-    }
-    out
-}
-
-/// Rollout statistics of a set of trajectories (the format judged by `protocol`'s rules).
+/// Rollout statistics of a set of trajectories (the format judged by `protocol`'s rules): RC (`rc`,
+/// external searches per rollout; also `retrievals`), the share with at least one (`retrieval_rate`)
+/// and with none (`zero_search`), recalled facts per rollout (`internal`), format and answers.
 pub fn rollout_stats(
     trajs: &[Trajectory],
     questions: &[&Question],
@@ -79,9 +42,13 @@ pub fn rollout_stats(
         em += s.em;
         cover += s.cover_em;
     }
+    let rc = trajs.iter().map(|t| t.queries.len()).sum::<usize>() as f64 / n;
     json!({
         "retrieval_rate": trajs.iter().filter(|t| !t.queries.is_empty()).count() as f64 / n,
-        "retrievals": trajs.iter().map(|t| t.queries.len()).sum::<usize>() as f64 / n,
+        "retrievals": rc,
+        "rc": rc,
+        "zero_search": trajs.iter().filter(|t| t.queries.is_empty()).count() as f64 / n,
+        "internal": trajs.iter().map(|t| protocol.internal_steps(&t.sol)).sum::<usize>() as f64 / n,
         "format_bad": trajs.iter().filter(|t| protocol.format_bad(&t.prompt, &t.sol)).count() as f64 / n,
         "f1": f1 / n,
         "em": em / n,
@@ -101,6 +68,12 @@ pub fn rollouts<R: Retriever>(
     Ok(r1s_agent::run(policy, retriever, prompts, &cfg)?)
 }
 
+/// The model of a model rewriter ([`crate::memorize::Rewriter::Model`]).
+enum RewriterModel {
+    Local(Box<Policy>),
+    Http(r1s_agent::HttpPolicy),
+}
+
 /// The trainer.
 pub struct Trainer<'a, R> {
     pub cfg: TrainConfig,
@@ -113,6 +86,8 @@ pub struct Trainer<'a, R> {
     cancel: &'a Cancel,
     /// Episodes generated in one batch.
     pub generate_batch: usize,
+    /// The memorisation rewriter's model, loaded when a stage first needs it.
+    rewriter: Option<RewriterModel>,
 }
 
 impl<R> std::fmt::Debug for Trainer<'_, R> {
@@ -131,28 +106,6 @@ fn adamw(cfg: &TrainConfig, lr: f64) -> AdamWConfig {
         weight_decay: t.weight_decay,
         max_grad_norm: t.max_grad_norm,
     }
-}
-
-pub(crate) fn append(path: &Path, line: &serde_json::Value) -> Result<()> {
-    let mut f =
-        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
-    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
-}
-
-/// Keeps the lines of a JSONL file whose `step` is at most `step` (a resumed run replays the rest).
-pub(crate) fn truncate_after(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(|e| TrainError::io(path, e))
 }
 
 impl<'a, R: Retriever> Trainer<'a, R> {
@@ -223,7 +176,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
         split.policy.continuous = cfg.train.continuous_batching;
         let prompt = PromptKind::parse(&cfg.train.prompt, template)?;
-        Ok(Trainer { cfg, split, opt, state, prompt, retriever, progress, cancel, generate_batch: 32 })
+        Ok(Trainer { cfg, split, opt, state, prompt, retriever, progress, cancel, generate_batch: 32, rewriter: None })
     }
 
     fn save(&self) -> Result<()> {
@@ -303,16 +256,26 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         if self.cancel.is_cancelled() {
             return Err(TrainError::Cancelled);
         }
+        // the group-level reward step: each prompt's rollouts scored together
+        let mut rewards = vec![0.0; trajs.len()];
+        for g in 0..picks.len() {
+            let members: Vec<usize> = (0..trajs.len()).filter(|&i| groups[i] == g).collect();
+            let Some(&first) = members.first() else { continue };
+            let rollouts: Vec<(&str, &str)> =
+                members.iter().map(|&i| (trajs[i].prompt.as_str(), trajs[i].sol.as_str())).collect();
+            let scored = r1s_agent::reward::score_group(stage.reward, &stage.group, &rollouts, &qrefs[first].answers);
+            for (&i, r) in members.iter().zip(scored) {
+                rewards[i] = r;
+            }
+        }
+        let memory = self.memory_set(stage, &trajs, &qrefs)?;
         let tok = &self.split.policy.tokenizer;
         let eos = tok.eos.first().copied();
         let mut episodes = Vec::with_capacity(trajs.len());
-        let mut rewards = Vec::with_capacity(trajs.len());
-        for ((t, q), &g) in trajs.iter().zip(&qrefs).zip(&groups) {
-            let reward = r1s_agent::reward::reward_of(stage.reward, &t.prompt, &t.sol, &q.answers);
+        for ((t, &reward), &g) in trajs.iter().zip(&rewards).zip(&groups) {
             let ended_eos = matches!(t.turn_finishes.last(), Some(Finish::Eos));
             let seq: Sequence =
                 tokenize(tok, &t.prompt, &t.sol, &t.spans, eos.filter(|_| ended_eos), self.cfg.train.max_len)?;
-            rewards.push(reward);
             episodes.push(Episode { group: g, reward, seq });
         }
         let settings = RlSettings {
@@ -327,7 +290,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         };
         self.opt.cfg.lr = stage.lr.unwrap_or(self.cfg.train.lr);
         let t1 = Instant::now();
-        let stats = optimize(&mut self.split, &mut self.opt, &episodes, &settings)?;
+        let stats = optimize_with_memory(&mut self.split, &mut self.opt, &episodes, &memory.0, &settings)?;
         let train_s = t1.elapsed().as_secs_f64();
         self.state.global_step += 1;
         self.state.stage_step += 1;
@@ -347,6 +310,13 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             "tokens_per_s": stats.tokens as f64 / step_s.max(1e-9),
             "rollout_s": rollout_s, "train_s": train_s, "step_s": step_s,
         });
+        let mut extra = extra;
+        if stage.memorize.is_some() {
+            extra["mem_candidates"] = json!(memory.1);
+            extra["mem_paths"] = json!(stats.mem_paths);
+            extra["mem_tokens"] = json!(stats.mem_tokens);
+            extra["mem_nll"] = json!(stats.mem_nll);
+        }
         if let (Some(r), Some(e)) = (row.as_object_mut(), extra.as_object()) {
             r.extend(e.clone());
         }
@@ -355,11 +325,70 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         for ((t, q), (&g, &r)) in trajs.iter().zip(&qrefs).zip(groups.iter().zip(&rewards)) {
             let line = json!({
                 "step": self.state.global_step, "group": g, "id": q.id, "question": q.question, "answer": q.answers,
-                "reward": r, "pred": t.pred, "queries": t.queries, "sol": t.sol, "stop_reason_final": t.stop_reason_final,
+                "reward": r, "pred": t.pred, "queries": t.queries, "searches": t.queries.len(),
+                "sol": t.sol, "stop_reason_final": t.stop_reason_final,
             });
             append(&out.join("rollouts.jsonl"), &line)?;
         }
         Ok(row)
+    }
+
+    /// The memorisation set of a step's rollouts under `stage.memorize` (empty without it), and how
+    /// many rollouts were offered to the rewriter (correct, well-formed, searched).
+    fn memory_set(&mut self, stage: &Stage, trajs: &[Trajectory], qs: &[&Question]) -> Result<(MemorySet, usize)> {
+        use crate::memorize::{
+            Candidate, Rewriter, collect_paths, model_prompt, retrieved_documents, rewrite_with_model,
+        };
+        let Some(m) = &stage.memorize else { return Ok((MemorySet::default(), 0)) };
+        let candidates: Vec<Candidate<'_>> = trajs
+            .iter()
+            .zip(qs)
+            .map(|(t, q)| Candidate { prompt: &t.prompt, question: &q.question, sol: &t.sol, golds: &q.answers })
+            .filter(Candidate::eligible)
+            .collect();
+        let paths = match m.rewriter {
+            Rewriter::Rule => crate::memorize::rule_paths(&candidates, m.max_paths),
+            Rewriter::Model => {
+                if self.rewriter.is_none() {
+                    self.rewriter = Some(match m.model.as_deref() {
+                        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                            RewriterModel::Http(r1s_agent::HttpPolicy::new(url, "default"))
+                        }
+                        other => {
+                            let path = other.map_or_else(|| self.cfg.model.init.clone(), std::path::PathBuf::from);
+                            let device = r1s_policy::device(&self.cfg.model.device)?;
+                            RewriterModel::Local(Box::new(Policy::load(&path, &device)?))
+                        }
+                    });
+                }
+                let contexts: Vec<String> = candidates
+                    .iter()
+                    .map(|c| {
+                        let gold = c.golds.first().map_or("", String::as_str);
+                        let ask = model_prompt(c.question, &retrieved_documents(c.sol), gold);
+                        self.prompt.render_with(r1s_agent::Protocol::R1SearcherPlus, &ask)
+                    })
+                    .collect();
+                let rewritten = match &self.rewriter {
+                    Some(RewriterModel::Local(p)) => {
+                        rewrite_with_model(p.as_ref(), &contexts, &candidates, m.max_new_tokens)?
+                    }
+                    Some(RewriterModel::Http(p)) => rewrite_with_model(p, &contexts, &candidates, m.max_new_tokens)?,
+                    None => Vec::new(),
+                };
+                collect_paths(&candidates, rewritten, m.max_paths)
+            }
+        };
+        let tok = &self.split.policy.tokenizer;
+        let eos = tok.eos.first().copied();
+        let seqs = paths
+            .iter()
+            .map(|p| {
+                let spans = [r1s_agent::Span { source: r1s_agent::Source::Policy, start: 0, end: p.sol.len() }];
+                tokenize(tok, &p.prompt, &p.sol, &spans, eos, self.cfg.train.max_len)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((MemorySet { seqs, mu: m.mu as f32 }, candidates.len()))
     }
 
     /// Runs the remaining stages; `on_step` sees every metrics line.

@@ -478,14 +478,21 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     r1s_train::plot::read_metrics(&dir.join("metrics.jsonl")).unwrap()
 }
 
+/// What a whole-trainer test needs in `dir`: a real retriever (MiniLM, flat index over 60 real
+/// passages) and a tiny random model saved as a checkpoint directory (its path).
+fn tiny_run(dir: &Path) -> (r1s_retrieve::DenseRetriever, PathBuf) {
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(dir), &Default::default()).unwrap();
+    let model = dir.join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    r1s_train::checkpoint::save_model(&tiny_policy(2, 11), &model).unwrap();
+    (retriever, model)
+}
+
 #[test]
 fn the_trainer_runs_resumes_exactly_and_plots() {
     use r1s_core::{Cancel, NoProgress};
     let tmp = tempfile::tempdir().unwrap();
-    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
-    let model = tmp.path().join("tiny");
-    std::fs::create_dir_all(&model).unwrap();
-    r1s_train::checkpoint::save_model(&tiny_policy(2, 11), &model).unwrap();
+    let (retriever, model) = tiny_run(tmp.path());
     let run_a = tmp.path().join("a");
     let toml = format!(
         r#"
@@ -589,6 +596,81 @@ max_retrievals = 1
     std::fs::write(&cfg_path, toml.replace("kl_beta", "kl_betta")).unwrap();
     let err = r1s_train::TrainConfig::read(&cfg_path).unwrap_err().to_string();
     assert!(err.contains("train.toml") && err.contains("kl_betta"), "{err}");
+}
+
+/// A stage under R1-Searcher++: the rollouts of each prompt are rewarded together (the logged rewards
+/// equal the group step's on the logged solutions), and the step logs RC, the share without search,
+/// recalled facts and the memorisation term.
+#[test]
+fn a_plus_stage_rewards_groups_and_logs_rc_and_memorisation() {
+    use r1s_core::{Cancel, NoProgress};
+    let tmp = tempfile::tempdir().unwrap();
+    let (retriever, model) = tiny_run(tmp.path());
+    let out = tmp.path().join("plus");
+    let toml = format!(
+        r#"
+[model]
+init = "{model}"
+[retriever]
+index = "unused"
+[train]
+out = "{out}"
+train_blocks = 1
+lr = 1e-3
+micro_batch = 2
+prompt = "base"
+protocol = "r1searcher-plus"
+[[stage]]
+name = "rl"
+data = "{data}"
+reward = "r1searcher-plus"
+steps = 1
+prompts_per_step = 2
+rollouts_per_prompt = 3
+max_new_tokens = 10
+max_retrievals = 1
+[stage.group]
+ddof = 1
+[stage.memorize]
+mu = 0.1
+"#,
+        model = model.display(),
+        out = out.display(),
+        data = shared("r1searcher/training_set/stage_1.jsonl").display(),
+    );
+    let cfg_path = tmp.path().join("train.toml");
+    std::fs::write(&cfg_path, &toml).unwrap();
+    let cfg = r1s_train::TrainConfig::read(&cfg_path).unwrap();
+    assert_eq!(cfg.stages[0].group.ddof, 1);
+    let cancel = Cancel::new();
+    let mut t = r1s_train::trainer::Trainer::new(cfg.clone(), false, &retriever, &NoProgress, &cancel).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    let rows = metrics(&out);
+    let step = rows.iter().find(|r| r["kind"] == "step").unwrap();
+    for k in ["rc", "zero_search", "internal", "mem_candidates", "mem_paths", "mem_nll", "reward_mean"] {
+        assert!(step[k].as_f64().is_some_and(f64::is_finite), "{k} in {step}");
+    }
+    let rollouts: Vec<serde_json::Value> = std::fs::read_to_string(out.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rollouts.len(), 6);
+    for g in 0..2 {
+        let members: Vec<&serde_json::Value> = rollouts.iter().filter(|r| r["group"] == g).collect();
+        let golds: Vec<String> = serde_json::from_value(members[0]["answer"].clone()).unwrap();
+        let sols: Vec<(&str, &str)> = members.iter().map(|r| ("", r["sol"].as_str().unwrap())).collect();
+        let want =
+            r1s_agent::reward::score_group(r1s_agent::Reward::R1SearcherPlus, &cfg.stages[0].group, &sols, &golds);
+        let got: Vec<f64> = members.iter().map(|r| r["reward"].as_f64().unwrap()).collect();
+        assert_eq!(got, want);
+    }
+    let rc = rollouts.iter().map(|r| r["searches"].as_f64().unwrap()).sum::<f64>() / 6.0;
+    assert!(close(step["rc"].as_f64().unwrap(), rc, 1e-12));
+    // memorize needs the protocol whose searches it rewrites
+    std::fs::write(&cfg_path, toml.replace("protocol = \"r1searcher-plus\"", "")).unwrap();
+    let err = r1s_train::TrainConfig::read(&cfg_path).unwrap_err().to_string();
+    assert!(err.contains("r1searcher-plus"), "{err}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -769,16 +851,131 @@ fn cold_start_trajectories_search_with_the_description_and_name_the_title_they_c
     assert!(ex[0].prompt.contains("Question: Which Wikipedia article is described as"), "{}", ex[0].prompt);
     let err = r1s_train::sft::read_examples(&f, &prompt, r1s_agent::Protocol::R1Searcher).unwrap_err();
     assert!(err.to_string().contains("--protocol search-r1"), "{err}");
+
+    // R1-Searcher++: searches through <external>, direct answers recall the sentence in <internal>;
+    // every line passes the protocol's format check, answers correctly, and has the spans its tags imply
+    use r1s_agent::{Protocol, plus};
+    let mixed = sft_lines(&qs, &retriever, 2, 0.5, 7, Protocol::R1SearcherPlus).unwrap();
+    let (searching, recalling): (Vec<_>, Vec<_>) = mixed.iter().partition(|l| l["search"] == true);
+    assert!(!searching.is_empty() && !recalling.is_empty(), "{} / {}", searching.len(), recalling.len());
+    for l in &mixed {
+        let (title, sol) = (l["answer"].as_str().unwrap(), l["sol"].as_str().unwrap());
+        assert_eq!(plus::format_problem(sol), None, "{sol}");
+        assert_eq!(plus::reward(sol, &[title.to_owned()]), 1.0, "{sol}");
+        let spans: Vec<r1s_agent::Span> = serde_json::from_value(l["spans"].clone()).unwrap();
+        assert_eq!(spans, Protocol::R1SearcherPlus.spans_of_text(sol));
+        if l["search"] == true {
+            assert!(
+                sol.starts_with("<external> ") && sol.contains(&format!("</external>\n\n<document>\n(1)\"{title}\"\n"))
+            );
+            assert_eq!((plus::searches(sol), plus::internal_steps(sol)), (1, 0));
+        } else {
+            assert!(sol.starts_with(" <internal> ") && sol.contains(title), "{sol}");
+            assert_eq!((plus::searches(sol), plus::internal_steps(sol)), (0, 1));
+        }
+    }
+}
+
+/// The memorisation term `μ · NLL(T)`: its gradient against finite differences on a tiny model, and one
+/// step with it raises the paths' log-likelihood where the same step without it does not (the
+/// episodes' advantages are all zero, so the RL part moves nothing).
+#[test]
+fn the_memorisation_term_has_the_gradient_of_its_nll_and_teaches_the_paths() {
+    use r1s_train::rl::{MemorySet, optimize_with_memory};
+    let tok = tokenizer();
+    let path = " <internal> Barbara Strozzi was an Italian singer. </internal> </think>\n\n<answer> Italian </answer>";
+    let spans = [r1s_agent::Span { source: r1s_agent::Source::Policy, start: 0, end: path.len() }];
+    let seq = tokenize(&tok, "Question: who? Answer:", path, &spans, tok.eos.first().copied(), 512).unwrap();
+    let split = Split::new(tiny_policy(2, 3), 1, false, None, 1).unwrap();
+    let seqs = vec![seq.clone()];
+    let m = Micro::new(&split, &seqs, vec![0]).unwrap();
+    let tokens = m.rows.len() as f32;
+    let mu = 0.1f32;
+    let loss_at = |top: &Top| -> Tensor<1> {
+        let (lp, _) = split.score(top, m.boundary.clone(), &m.step, &m.rows, &m.targets, false).unwrap();
+        loss::memory_loss(lp, tokens, mu)
+    };
+    // its value: μ times the mean NLL per token
+    let (lp, _) = m.score_plain(&split, &split.plain_top(), false).unwrap();
+    let nll = -lp.iter().map(|&x| f64::from(x)).sum::<f64>() / lp.len() as f64;
+    let v = f64::from(loss_at(&split.top).inner().into_scalar::<f32>());
+    assert!(close(v, f64::from(mu) * nll, 1e-5 * nll.max(1.0)), "{v} vs μ·NLL {}", f64::from(mu) * nll);
+    let grads = loss_at(&split.top).backward();
+    let mut top = split.top.clone();
+    let names: Vec<String> = top.params_mut(split.first).into_iter().map(|(n, _)| n).collect();
+    let mut checked = 0;
+    for name in names.iter().filter(|n| n.ends_with("model.norm.weight") || n.ends_with("mlp.down_proj.weight")) {
+        let g = {
+            let (_, p) = top.params_mut(split.first).into_iter().find(|(n, _)| n == name).unwrap();
+            to_vec(p.grad(&grads).expect("a trainable parameter has a gradient")).unwrap()
+        };
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &i in &idx[..3] {
+            let eval = |delta: f32| -> f64 {
+                let mut t = top.clone();
+                let (_, mut p) = t.params_mut(split.first).into_iter().find(|(n, _)| n == name).unwrap();
+                let mut v = to_vec(p.flat()).unwrap();
+                v[i] += delta;
+                let len = v.len();
+                p.set(Tensor::from_data(TensorData::new(v, [len]), &test_device()), &split.ad);
+                f64::from(loss_at(&t).inner().into_scalar::<f32>())
+            };
+            let h = 1e-2;
+            let fd = (eval(h) - eval(-h)) / (2.0 * f64::from(h));
+            let an = f64::from(g[i]);
+            assert!((fd - an).abs() <= 0.03 * an.abs() + 2e-5, "{name}[{i}]: finite difference {fd} vs backward {an}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+
+    // one step: equal rewards (zero advantages) leave the path alone without the term, raise it with it
+    let path_nll = |split: &Split| -> f64 {
+        let m = Micro::new(split, &seqs, vec![0]).unwrap();
+        let (lp, _) = m.score_plain(split, &split.plain_top(), false).unwrap();
+        -lp.iter().map(|&x| f64::from(x)).sum::<f64>() / lp.len() as f64
+    };
+    let eps = episodes(&tok, &[0.5, 0.5], &[0, 0]);
+    let mut without = Split::new(tiny_policy(2, 5), 0, false, None, 1).unwrap();
+    let before = path_nll(&without);
+    let stats =
+        optimize_with_memory(&mut without, &mut adam(3e-3), &eps, &MemorySet::default(), &settings(0.0)).unwrap();
+    assert_eq!((stats.mem_paths, stats.mem_nll), (0, 0.0));
+    assert!((path_nll(&without) - before).abs() < 1e-4, "{} → {}", before, path_nll(&without));
+    let mut with = Split::new(tiny_policy(2, 5), 0, false, None, 1).unwrap();
+    let memory = MemorySet { seqs: seqs.clone(), mu: 1.0 };
+    let stats = optimize_with_memory(&mut with, &mut adam(3e-3), &eps, &memory, &settings(0.0)).unwrap();
+    assert_eq!((stats.mem_paths, stats.mem_tokens), (1, seq.actions.len()));
+    assert!(close(stats.mem_nll, before, 1e-3), "L_M {} is the paths' NLL per token {before}", stats.mem_nll);
+    assert!(path_nll(&with) < before - 1e-2, "{before} → {}", path_nll(&with));
 }
 
 #[test]
 fn the_shipped_configurations_parse() {
     let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
         .join("../..");
-    for f in ["tools/title-task.toml", "tools/r1searcher.toml", "tools/title-task-search-r1.toml"] {
+    for (f, stages) in [
+        ("tools/title-task.toml", 2),
+        ("tools/r1searcher.toml", 2),
+        ("tools/title-task-search-r1.toml", 2),
+        ("tools/r1searcher-plus.toml", 1),
+        ("tools/title-task-plus.toml", 1),
+    ] {
         let c = r1s_train::TrainConfig::read(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-        assert_eq!(c.stages.len(), 2, "{f}");
+        assert_eq!(c.stages.len(), stages, "{f}");
     }
+    // R1-Searcher++'s recipe: 16 rollouts, KL 1e-4, lr 2e-6, at most 8 searches, μ 0.1, η 2, T 1 / top-p 0.95
+    let plus = r1s_train::TrainConfig::read(&root.join("tools/r1searcher-plus.toml")).unwrap();
+    let s = &plus.stages[0];
+    assert_eq!((s.rollouts_per_prompt, s.max_retrievals, s.temperature, s.top_p), (16, 8, 1.0, 0.95));
+    assert_eq!((plus.train.kl_beta, plus.train.lr), (1e-4, 2e-6));
+    assert_eq!(
+        (s.reward, s.protocol(&plus.train)),
+        (r1s_agent::Reward::R1SearcherPlus, r1s_agent::Protocol::R1SearcherPlus)
+    );
+    assert_eq!(s.group, r1s_agent::plus::GroupReward::default());
+    assert_eq!(s.memorize.as_ref().map(|m| (m.mu, m.rewriter)), Some((0.1, r1s_train::memorize::Rewriter::Rule)));
     let paper = r1s_train::TrainConfig::read(&root.join("tools/r1searcher.toml")).unwrap();
     let s = &paper.stages[0];
     assert_eq!(
@@ -925,4 +1122,76 @@ fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
     assert!(err.to_string().contains("not an adapter directory"), "{err}");
     assert!(ck1.join("model.safetensors").exists());
     adapter::stack(&adapters, &stacked, StoreDtype::F16).unwrap();
+}
+
+/// A rewriting model that answers each context with a fixed text (what a prompted model would write).
+struct FixedRewriter(Vec<&'static str>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("unused")]
+struct Never;
+
+impl r1s_core::Policy for FixedRewriter {
+    type Error = Never;
+    fn complete(
+        &self,
+        contexts: &[String],
+        s: &r1s_core::GenerateSettings,
+    ) -> Result<Vec<r1s_core::Completion>, Never> {
+        assert_eq!((s.temperature, s.max_new_tokens), (0.0, 64), "greedy, with the configured budget");
+        assert!(contexts.iter().all(|c| c.contains("Documents:\n<document>\n(1)\"Paris\"\n")), "{contexts:?}");
+        Ok(self
+            .0
+            .iter()
+            .map(|t| r1s_core::Completion {
+                text: (*t).to_owned(),
+                finish: r1s_core::Finish::Eos,
+                tokens: vec![],
+                logprobs: vec![],
+            })
+            .collect())
+    }
+}
+
+/// The memorisation set's rewriters: the rule rewriter keeps a correct rollout that searched, rewritten;
+/// the model rewriter's outputs are kept only when well-formed, search-free and correct; rollouts that
+/// are wrong, malformed or did not search are never offered.
+#[test]
+fn memorisation_keeps_only_well_formed_correct_internal_paths() {
+    use r1s_train::memorize::{
+        Candidate, collect_paths, model_prompt, retrieved_documents, rewrite_with_model, rule_paths,
+    };
+    let searched = "Let me check. <external> capital of France</external>\n\n<document>\n(1)\"Paris\"\nParis is the capital of France.\n</document>\n\n It is Paris. </think>\n\n<answer> Paris </answer>";
+    let wrong = searched.replace("<answer> Paris", "<answer> Lyon");
+    let memo = " <internal> Paris is the capital of France. </internal> </think>\n\n<answer> Paris </answer>";
+    let golds = vec!["Paris".to_owned()];
+    fn cand<'a>(sol: &'a str, golds: &'a [String]) -> Candidate<'a> {
+        Candidate { prompt: "P", question: "Capital of France?", sol, golds }
+    }
+    assert!(cand(searched, &golds).eligible());
+    assert!(
+        !cand(&wrong, &golds).eligible() && !cand(memo, &golds).eligible(),
+        "wrong answers and no search are not rewritten"
+    );
+    let paths = rule_paths(&[cand(searched, &golds), cand(searched, &golds), cand(&wrong, &golds)], 0);
+    assert_eq!(paths.len(), 1, "repeats are dropped");
+    assert_eq!(
+        paths[0].sol,
+        "Let me check. <internal> Paris is the capital of France. </internal>\n\n It is Paris. </think>\n\n<answer> Paris </answer>"
+    );
+    assert_eq!(retrieved_documents(searched), vec!["(1)\"Paris\"\nParis is the capital of France.\n"]);
+    let ask = model_prompt("Capital of France?", &retrieved_documents(searched), "Paris");
+    assert!(ask.contains("Question: Capital of France?") && ask.ends_with("Answer: Paris"), "{ask}");
+    let candidates = [cand(searched, &golds), cand(searched, &golds), cand(searched, &golds)];
+    let model = FixedRewriter(vec![
+        memo,
+        " <external> q </external> </think>\n\n<answer> Paris </answer>",
+        " <internal> Lyon is big. </internal> </think>\n\n<answer> Lyon </answer>",
+    ]);
+    let contexts = vec![format!("{ask}<think>"); 3];
+    let out = rewrite_with_model(&model, &contexts, &candidates, 64).unwrap();
+    assert_eq!(out, vec![Some(memo.to_owned()), None, None]);
+    let kept = collect_paths(&candidates, out, 0);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(collect_paths(&candidates, vec![Some("a".into()), Some("b".into())], 1).len(), 1, "max_paths");
 }
