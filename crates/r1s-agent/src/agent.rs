@@ -288,8 +288,10 @@ pub fn run_streaming<P: Policy, R: Retriever>(
         let stop = match cfg.protocol {
             Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
             // out of retrievals: the last turn, without the stop string
-            Protocol::R1Searcher | Protocol::R1SearcherPlus if ep.queries.len() >= cfg.max_retrievals => vec![],
+            Protocol::R1Searcher if ep.queries.len() >= cfg.max_retrievals => vec![],
             Protocol::R1Searcher => vec![END_QUERY.to_owned()],
+            // R1-Searcher++ always stops at </external>, so the policy never writes a document
+            // block itself; a search past the limit ends the episode (r1_searcher_turn)
             Protocol::R1SearcherPlus => vec![crate::plus::EXTERNAL_CLOSE.to_owned()],
         };
         Job { key: i, context: ep.text(), settings: GenerateSettings { stop, ..cfg.sampling.clone() } }
@@ -424,7 +426,9 @@ fn search_r1_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &Loo
 /// query (an empty one ends the episode; in evaluation, a query at turn `max_turns` gives up with
 /// "I don't know."); any other end finishes the episode. R1-Searcher++'s turns are the same with
 /// `</external>` and its `<external>` query ([`crate::plus::extract_query`]); an `<internal>` step
-/// is text the turn goes on writing.
+/// is text the turn goes on writing. Unlike R1-Searcher's, its last turn keeps the stop string: a
+/// search past `max_retrievals` ends the episode (`max_searches`, the `<external>` left open, which
+/// its format check refuses) instead of letting the policy write the documents itself.
 fn r1_searcher_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &LoopConfig) -> After {
     record(ep, &mut c);
     let plus = cfg.protocol == Protocol::R1SearcherPlus;
@@ -443,6 +447,7 @@ fn r1_searcher_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &L
             ep.pred = "I don't know.".into();
             return After::End;
         }
+        Some(_) if plus && ep.queries.len() >= cfg.max_retrievals => "max_searches",
         Some(query) => return After::Search { query, text: c.text },
         None => "finished",
     };

@@ -84,6 +84,8 @@ pub struct Row<'a> {
     pub golds: &'a [String],
     /// The rollout (`gen_text_store`), when the row has it: searches, recalled facts and format.
     pub sol: Option<&'a str>,
+    /// The searches the loop ran, when known (r1s eval's "retrievals"); else counted from `sol`.
+    pub searches: Option<usize>,
     /// The prompt, for Search-R1's format check (prompt + rollout).
     pub prompt: &'a str,
     pub reward: Option<f64>,
@@ -124,7 +126,7 @@ impl Summary {
             s.f1 += x.f1;
             if let Some(sol) = row.sol {
                 sol_rows += 1;
-                let searched = row.protocol.searches(sol);
+                let searched = row.searches.unwrap_or_else(|| row.protocol.searches(sol));
                 retr += searched;
                 zero += usize::from(searched == 0);
                 internal += row.protocol.internal_steps(sol);
@@ -183,8 +185,9 @@ impl Summary {
 }
 
 /// Scores a results file: `pred_ans` against `answer` (string or list) or `golden_answers`;
-/// `gen_text_store` for searches, recalled facts and format under the row's `protocol` (r1s eval
-/// writes it; R1-Searcher's released files have none: R1-Searcher's); `reward` when present.
+/// `gen_text_store` for searches (r1s eval's `retrievals` when the row has it: the searches the loop
+/// ran), recalled facts and format under the row's `protocol` (r1s eval writes it; R1-Searcher's
+/// released files have none: R1-Searcher's); `reward` when present.
 pub fn score_file(path: &Path) -> Result<Summary, DataError> {
     let rows = read_jsonl(path)?;
     let mut parsed = Vec::with_capacity(rows.len());
@@ -199,12 +202,14 @@ pub fn score_file(path: &Path) -> Result<Summary, DataError> {
             p => serde_json::from_value(p.clone()).map_err(|e| bad(&format!("protocol: {e}")))?,
         };
         let prompt = v["prompt"].as_str().unwrap_or("");
-        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64(), protocol, prompt));
+        let searches = v["retrievals"].as_u64().map(|n| n as usize);
+        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64(), protocol, prompt, searches));
     }
-    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt)| Row {
+    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt, searches)| Row {
         pred,
         golds: g.as_slice(),
         sol: *sol,
+        searches: *searches,
         prompt,
         reward: *reward,
         protocol: *protocol,

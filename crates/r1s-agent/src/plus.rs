@@ -72,14 +72,20 @@ pub fn splice(turn: &str, docs_body: &str) -> (String, String) {
     (format!("{}{EXTERNAL_CLOSE}\n\n", turn.trim()), format!("{DOC_OPEN}\n{docs_body}{DOC_CLOSE}\n\n"))
 }
 
-/// External searches of a rollout: its `<external>` tags.
-pub fn searches(sol: &str) -> usize {
-    sol.matches(EXTERNAL_OPEN).count()
+/// The policy's own text of a rollout: everything but the spliced document blocks.
+fn own_text(sol: &str) -> String {
+    spans_of_text(sol).iter().filter(|s| s.source == crate::Source::Policy).map(|s| &sol[s.start..s.end]).collect()
 }
 
-/// Recalled facts of a rollout: its `<internal>` tags.
+/// External searches of a rollout: the `<external>` tags the policy wrote (not those a retrieved
+/// document may hold).
+pub fn searches(sol: &str) -> usize {
+    own_text(sol).matches(EXTERNAL_OPEN).count()
+}
+
+/// Recalled facts of a rollout: the `<internal>` tags the policy wrote.
 pub fn internal_steps(sol: &str) -> usize {
-    sol.matches(INTERNAL_OPEN).count()
+    own_text(sol).matches(INTERNAL_OPEN).count()
 }
 
 /// One part of a well-formed rollout's reasoning (byte ranges of `sol`).
@@ -163,8 +169,7 @@ pub fn parse_steps(sol: &str) -> Result<Vec<Step>, &'static str> {
 /// `</think>` (in the answer), or reasoning that [`parse_steps`] refuses.
 pub fn format_problem(sol: &str) -> Option<&'static str> {
     // the counts read the policy's own text: a retrieved document may say "assistant"
-    let own: String =
-        spans_of_text(sol).iter().filter(|s| s.source == crate::Source::Policy).map(|s| &sol[s.start..s.end]).collect();
+    let own = own_text(sol);
     if own.contains("Assistant") || own.contains("assistant") {
         return Some("\"Assistant\" occurs");
     }
@@ -362,11 +367,13 @@ fn documents(body: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The fact a search brought, as one sentence: of all sentences of its documents (each read with its
-/// document's title), the first that covers a gold answer (cover-EM over the title and the sentence);
-/// failing that, the one sharing most words with the query. Written `{title}: {sentence}` (the
-/// sentence alone when it already names the title, or the document has none).
-pub fn fact_of(query: &str, docs_body: &str, golds: &[String]) -> Option<String> {
+/// The fact a search brought, as one sentence of its documents (each read with its document's
+/// title): among the sentences that cover a gold answer (cover-EM over the title and the sentence),
+/// the one sharing most words with the query (the first of equals); when none covers one, the one
+/// sharing most words with the query; `None` when no sentence does either (a search that brought
+/// nothing the question needs). Written `{title}: {sentence}` (the sentence alone when it already
+/// names the title, or the document has none). The flag says whether it covers a gold answer.
+pub fn fact_of(query: &str, docs_body: &str, golds: &[String]) -> Option<(String, bool)> {
     use crate::metrics::normalize;
     let q: std::collections::HashSet<String> = normalize(query).split_whitespace().map(str::to_owned).collect();
     let mut best: Option<(bool, usize, String)> = None;
@@ -385,13 +392,15 @@ pub fn fact_of(query: &str, docs_body: &str, golds: &[String]) -> Option<String>
             }
         }
     }
-    best.map(|(_, _, s)| s)
+    best.filter(|(covers, overlap, _)| *covers || *overlap > 0).map(|(covers, _, s)| (s, covers))
 }
 
 /// The deterministic rewriter of the memorisation step: the rollout `sol` with every search (its
 /// `<external>` query and the documents) replaced by `<internal> {fact} </internal>`, the fact
 /// being [`fact_of`] its documents. The text the policy wrote around it stays. `None` when `sol` is
-/// malformed, searched nothing, a search brought no sentence, or the rewritten path is not
+/// malformed or searched nothing, when a search brought no sentence that shares a word with its
+/// query or covers a gold answer, when no fact of the path covers a gold answer (the recalled facts
+/// must carry the answer, not only the unchanged answer line), or when the rewritten path is not
 /// well-formed with a correct answer (what the memorisation set keeps).
 pub fn rewrite_internal(sol: &str, golds: &[String]) -> Option<String> {
     if format_problem(sol).is_some() {
@@ -400,10 +409,11 @@ pub fn rewrite_internal(sol: &str, golds: &[String]) -> Option<String> {
     let steps = parse_steps(sol).ok()?;
     let mut out = String::with_capacity(sol.len());
     let mut last = 0;
-    let mut searched = false;
+    let (mut searched, mut carries) = (false, false);
     for s in &steps {
         if let Step::External { block, query, docs } = s {
-            let fact = fact_of(&sol[query.clone()], &sol[docs.clone()], golds)?;
+            let (fact, covers) = fact_of(&sol[query.clone()], &sol[docs.clone()], golds)?;
+            carries |= covers;
             out.push_str(&sol[last..block.start]);
             out.push_str(&format!("{INTERNAL_OPEN} {} {INTERNAL_CLOSE}\n\n", fact.trim()));
             last = block.end;
@@ -411,5 +421,6 @@ pub fn rewrite_internal(sol: &str, golds: &[String]) -> Option<String> {
         }
     }
     out.push_str(&sol[last..]);
-    (searched && format_problem(&out).is_none() && searches(&out) == 0 && answer_correct(&out, golds)).then_some(out)
+    (searched && carries && format_problem(&out).is_none() && searches(&out) == 0 && answer_correct(&out, golds))
+        .then_some(out)
 }

@@ -206,16 +206,48 @@ fn the_plus_loop_masks_documents_and_rewrites_searches_into_internal_steps() {
     assert_eq!(plus::rewrite_internal(&t.sol.replace("</think>", ""), &gold), None);
     // the fact covering the gold answer beats a sentence that only shares the query's words
     let body = "(1)\"Strozzi\"\nStrozzi was a Venetian composer. Her work survives.\n(2)\"Italy\"\nStrozzi was born in Italy.\n(3)\"Venice\"\nHer home city was a republic.\n";
-    assert_eq!(plus::fact_of("Strozzi composer", body, &golds("Italy")).unwrap(), "Strozzi was born in Italy.");
+    assert_eq!(plus::fact_of("Strozzi composer", body, &golds("Italy")).unwrap().0, "Strozzi was born in Italy.");
     // a sentence that does not name its document's title is written with it
     assert_eq!(
         plus::fact_of("Strozzi city", body, &golds("republic")).unwrap(),
-        "Venice: Her home city was a republic."
+        ("Venice: Her home city was a republic.".to_owned(), true)
     );
     assert_eq!(
         plus::fact_of("Venetian composer", body, &golds("nowhere")).unwrap(),
-        "Strozzi was a Venetian composer."
+        ("Strozzi was a Venetian composer.".to_owned(), false)
     );
+    // nothing covers the answer or shares a word with the query: no fact, and no path whose facts
+    // do not carry the answer
+    assert_eq!(plus::fact_of("Monteverdi opera", body, &golds("nowhere")), None);
+    let unrelated = format!(
+        "<external> Venetian composer</external>\n\n<document>\n{body}</document>\n\n</think>\n\n<answer> Italian </answer>"
+    );
+    assert_eq!(plus::format_problem(&unrelated), None);
+    assert_eq!(plus::rewrite_internal(&unrelated, &golds("Italian")), None);
+    // tags inside a retrieved document are not the policy's: they count as no search and no recall
+    let quoting = "<external> tags</external>\n\n<document>\n(1)\"Tags\"\nA page shows <external> and <internal> as text.\n</document>\n\n</think>\n\n<answer> Tags </answer>";
+    assert_eq!((plus::format_problem(quoting), plus::searches(quoting), plus::internal_steps(quoting)), (None, 1, 0));
+
+    // training: a search past max_retrievals ends the episode with the <external> left open (the
+    // last turn keeps the stop string, so the policy never writes documents itself): malformed
+    let again = " Not enough. <external> Strozzi birthplace ";
+    let policy = Scripted {
+        turns: vec![
+            (turn1, Finish::Stop(plus::EXTERNAL_CLOSE.into())),
+            (again, Finish::Stop(plus::EXTERNAL_CLOSE.into())),
+        ],
+        seen: Default::default(),
+    };
+    let train = r1s_agent::LoopConfig {
+        protocol: Protocol::R1SearcherPlus,
+        max_retrievals: 1,
+        ..r1s_agent::LoopConfig::training(3)
+    };
+    let x = r1s_agent::run(&policy, &retriever, std::slice::from_ref(&prompt), &train).unwrap().remove(0);
+    assert_eq!((x.queries.len(), x.stop_reason_final.as_str()), (1, "max_searches"));
+    assert!(x.sol.ends_with(again), "{}", x.sol);
+    assert!(plus::format_problem(&x.sol).is_some());
+    assert!(policy.seen.lock().unwrap().iter().all(|(_, stop)| stop == &vec!["</external>".to_owned()]));
 
     // a policy that answers from memory: no search, RC 0, and the group reward beside one that searched
     let memo =
@@ -228,6 +260,7 @@ fn the_plus_loop_masks_documents_and_rewrites_searches_into_internal_steps() {
         pred: &x.pred,
         golds: &gold,
         sol: Some(&x.sol),
+        searches: None,
         prompt: &x.prompt,
         reward: None,
         protocol: Protocol::R1SearcherPlus,
@@ -238,6 +271,7 @@ fn the_plus_loop_masks_documents_and_rewrites_searches_into_internal_steps() {
         pred: &m.pred,
         golds: &gold,
         sol: Some(&m.sol),
+        searches: None,
         prompt: &m.prompt,
         reward: None,
         protocol: Protocol::R1SearcherPlus,

@@ -172,16 +172,15 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
     }
     bars.finish("done");
-    let mut s = r1s_agent::Summary::of(rows.iter().map(|(pred, golds, sol, prompt, _, reward)| r1s_agent::Row {
+    let s = r1s_agent::Summary::of(rows.iter().map(|(pred, golds, sol, prompt, searches, reward)| r1s_agent::Row {
         pred,
         golds,
         sol: Some(sol),
+        searches: Some(*searches),
         prompt,
         reward: Some(*reward),
         protocol: a.protocol,
     }));
-    // RC: the searches the loop ran (the text's tags count the same for a finished episode)
-    s.mean_retrievals = rows.iter().map(|r| r.4).sum::<usize>() as f64 / rows.len().max(1) as f64;
     let noun = if rows.len() == 1 { "question" } else { "questions" };
     println!("{}\n{} {noun} in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())

@@ -18,7 +18,8 @@ pub(crate) struct RewardArgs {
     /// The reward: stage1, stage1-code, stage2, stage2-llama (R1-Searcher; on the rollout),
     /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (Search-R1; on prompt +
     /// rollout) or r1searcher-plus (R1-Searcher++; a group reward: the lines of one question, by their
-    /// "question" or the question their prompt holds, are scored together).
+    /// "question" or the question their prompt holds, and by their "step" and "group" when they have
+    /// them, are scored together).
     #[arg(long, value_parser = parse_reward)]
     reward: r1s_agent::Reward,
     #[command(flatten)]
@@ -106,14 +107,18 @@ struct Line {
     question: Option<String>,
 }
 
-/// The question a line belongs to (its group under a group reward): its "question", else the one its
-/// prompt holds.
-fn question_of(v: &serde_json::Value, prompt: &str, sol: &str) -> Option<String> {
-    if let Some(q) = v["question"].as_str() {
-        return Some(r1s_agent::reward_server::question_key(q));
-    }
-    let text = format!("{prompt}{sol}");
-    r1s_agent::reward_server::find_question(&text).map(|(q, _)| r1s_agent::reward_server::question_key(q))
+/// The group a line belongs to under a group reward: its question (its "question", else the one its
+/// prompt holds), and, when the line has them (as `policy train`'s rollouts.jsonl), its "step" and
+/// "group", so that the same question rolled out at two steps makes two groups.
+fn group_of(v: &serde_json::Value, prompt: &str, sol: &str) -> Option<String> {
+    let question = match v["question"].as_str() {
+        Some(q) => r1s_agent::reward_server::question_key(q),
+        None => {
+            let text = format!("{prompt}{sol}");
+            r1s_agent::reward_server::find_question(&text).map(|(q, _)| r1s_agent::reward_server::question_key(q))?
+        }
+    };
+    Some(format!("{}\u{1f}{}\u{1f}{question}", v["step"], v["group"]))
 }
 
 pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
@@ -139,7 +144,7 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let (prompt, sol, golds) = parts(&v, a.reward).map_err(bad)?;
         let key = if a.reward.is_group() {
-            Some(question_of(&v, &prompt, &sol).ok_or_else(|| {
+            Some(group_of(&v, &prompt, &sol).ok_or_else(|| {
                 bad("no \"question\" and no question in the prompt: a group reward scores a question's lines together"
                     .into())
             })?)
@@ -149,17 +154,22 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
         lines.push(Line { value: v, prompt, sol, golds, question: key });
     }
     let mut rewards = vec![0.0; lines.len()];
-    let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    // groups in order of their first line (a per-rollout reward: one line each)
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, l) in lines.iter().enumerate() {
         match l.question.as_deref() {
-            Some(k) => match groups.iter_mut().find(|(g, _)| *g == Some(k)) {
-                Some((_, m)) => m.push(i),
-                None => groups.push((Some(k), vec![i])),
+            Some(k) => match by_key.get(k) {
+                Some(&g) => groups[g].push(i),
+                None => {
+                    by_key.insert(k, groups.len());
+                    groups.push(vec![i]);
+                }
             },
-            None => groups.push((None, vec![i])),
+            None => groups.push(vec![i]),
         }
     }
-    for (_, members) in &groups {
+    for members in &groups {
         let rollouts: Vec<(&str, &str)> =
             members.iter().map(|&i| (lines[i].prompt.as_str(), lines[i].sol.as_str())).collect();
         let scored = r1s_agent::reward::score_group(a.reward, &group, &rollouts, &lines[members[0]].golds);

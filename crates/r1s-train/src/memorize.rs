@@ -39,6 +39,8 @@ pub struct Memorize {
     /// For `rewriter = "model"`: a GGUF file, a Hugging Face or r1s checkpoint directory, `smollm2`,
     /// or the URL of an OpenAI-compatible completions server; absent: the run's `model.init`.
     pub model: Option<String>,
+    /// The `model` name sent to a completions server (`model` a URL); "default" unless set.
+    pub served_model: Option<String>,
     /// Tokens the model rewriter may write per path.
     pub max_new_tokens: usize,
     /// Most paths trained on per step (0: all that were kept), in rollout order.
@@ -47,7 +49,14 @@ pub struct Memorize {
 
 impl Default for Memorize {
     fn default() -> Memorize {
-        Memorize { mu: 0.1, rewriter: Rewriter::Rule, model: None, max_new_tokens: 256, max_paths: 0 }
+        Memorize {
+            mu: 0.1,
+            rewriter: Rewriter::Rule,
+            model: None,
+            served_model: None,
+            max_new_tokens: 256,
+            max_paths: 0,
+        }
     }
 }
 
@@ -59,7 +68,7 @@ impl Memorize {
         if self.rewriter == Rewriter::Model && self.max_new_tokens == 0 {
             return Err("max_new_tokens must be ≥ 1 for the model rewriter".into());
         }
-        if self.rewriter == Rewriter::Rule && self.model.is_some() {
+        if self.rewriter == Rewriter::Rule && (self.model.is_some() || self.served_model.is_some()) {
             return Err("model is the model rewriter's: set rewriter = \"model\" or drop it".into());
         }
         Ok(())

@@ -352,7 +352,8 @@ impl<'a, R: Retriever> Trainer<'a, R> {
                 if self.rewriter.is_none() {
                     self.rewriter = Some(match m.model.as_deref() {
                         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                            RewriterModel::Http(r1s_agent::HttpPolicy::new(url, "default"))
+                            let served = m.served_model.as_deref().unwrap_or("default");
+                            RewriterModel::Http(r1s_agent::HttpPolicy::new(url, served))
                         }
                         other => {
                             let path = other.map_or_else(|| self.cfg.model.init.clone(), std::path::PathBuf::from);
