@@ -161,19 +161,22 @@ impl App {
         if !self.cfg.reward.is_group() {
             return Ok(parsed.iter().map(|(k, p, s)| reward_of(self.cfg.reward, p, s, &self.golds[k])).collect());
         }
-        // a group reward: the texts of one question, scored together
+        // a group reward: the texts of one question, scored together (groups in order of first text)
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_question: HashMap<&str, usize> = HashMap::new();
+        for (j, (key, ..)) in parsed.iter().enumerate() {
+            let g = *by_question.entry(key.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(j);
+        }
         let mut rewards = vec![0.0; parsed.len()];
-        let mut done = vec![false; parsed.len()];
-        for i in 0..parsed.len() {
-            if done[i] {
-                continue;
-            }
-            let members: Vec<usize> = (i..parsed.len()).filter(|&j| parsed[j].0 == parsed[i].0).collect();
+        for members in &groups {
             let rollouts: Vec<(&str, &str)> = members.iter().map(|&j| (parsed[j].1, parsed[j].2)).collect();
-            let scored = score_group(self.cfg.reward, &self.cfg.group, &rollouts, &self.golds[&parsed[i].0]);
+            let scored = score_group(self.cfg.reward, &self.cfg.group, &rollouts, &self.golds[&parsed[members[0]].0]);
             for (&j, r) in members.iter().zip(scored) {
                 rewards[j] = r;
-                done[j] = true;
             }
         }
         Ok(rewards)

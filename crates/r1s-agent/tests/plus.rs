@@ -90,6 +90,10 @@ fn plus_format_rules() {
         assert!(p.contains(why), "{s:?}: {p:?} does not say {why:?}");
         assert_eq!(plus::reward(s, &golds("a")), -2.0 + f64::from(u8::from(plus::answer_correct(s, &golds("a")))));
     }
+    // a long rollout of many steps parses in one pass (untrusted texts reach the reward server)
+    let many = format!("{}</think>\n\n<answer> a </answer>", "<internal> f </internal> < x ".repeat(20_000));
+    assert_eq!(plus::parse_steps(&many).unwrap().len(), 40_000);
+    assert_eq!(plus::format_problem(&many), None);
     // R_answer: cover-EM with at most 10 words
     assert!(plus::answer_correct(&searched(1, "the city of Paris"), &golds("Paris")));
     // ten words pass, eleven do not

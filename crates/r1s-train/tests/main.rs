@@ -1195,3 +1195,63 @@ fn memorisation_keeps_only_well_formed_correct_internal_paths() {
     assert_eq!(kept.len(), 1);
     assert_eq!(collect_paths(&candidates, vec![Some("a".into()), Some("b".into())], 1).len(), 1, "max_paths");
 }
+
+/// A policy that answers a question about France from memory and any other badly.
+struct MemoryOnly;
+
+impl r1s_core::Policy for MemoryOnly {
+    type Error = Never;
+    fn complete(
+        &self,
+        contexts: &[String],
+        _: &r1s_core::GenerateSettings,
+    ) -> Result<Vec<r1s_core::Completion>, Never> {
+        Ok(contexts
+            .iter()
+            .map(|c| r1s_core::Completion {
+                text: if c.contains("France") {
+                    " <internal> Paris is the capital of France. </internal> </think>\n\n<answer> Paris </answer>"
+                        .into()
+                } else {
+                    " no tags at all".into()
+                },
+                finish: r1s_core::Finish::Eos,
+                tokens: vec![],
+                logprobs: vec![],
+            })
+            .collect())
+    }
+}
+
+/// Rejection sampling keeps the well-formed, correct rollouts (distinct, at most `keep_per_question`),
+/// as SFT lines that `policy sft` reads under their protocol.
+#[test]
+fn rejection_sampling_keeps_well_formed_correct_rollouts() {
+    use r1s_train::reject::{RejectOptions, rejection_sample};
+    let tmp = tempfile::tempdir().unwrap();
+    let (retriever, _) = tiny_run(tmp.path());
+    let qs = vec![
+        r1s_agent::Question { id: "0".into(), question: "Capital of France?".into(), answers: vec!["Paris".into()] },
+        r1s_agent::Question { id: "1".into(), question: "Capital of Peru?".into(), answers: vec!["Lima".into()] },
+    ];
+    let prompt = r1s_train::prompt::PromptKind::Chat(r1s_policy::chat::Template::ChatMl { default_system: None });
+    let o = RejectOptions {
+        protocol: r1s_agent::Protocol::R1SearcherPlus,
+        samples: 3,
+        keep_per_question: 2,
+        loop_cfg: r1s_agent::LoopConfig::training(1),
+    };
+    let (lines, stats) = rejection_sample(&MemoryOnly, &retriever, &qs, &prompt, &o).unwrap();
+    assert_eq!((stats.rollouts, stats.kept, stats.questions_kept, stats.kept_recalling), (6, 1, 1, 1));
+    assert_eq!(lines.len(), 1, "three equal rollouts are one trajectory");
+    let l = &lines[0];
+    assert_eq!(
+        (l["question"].as_str(), l["searches"].as_u64(), l["internal"].as_u64()),
+        (Some("Capital of France?"), Some(0), Some(1))
+    );
+    let f = tmp.path().join("cold.jsonl");
+    std::fs::write(&f, format!("{l}\n")).unwrap();
+    let ex = r1s_train::sft::read_examples(&f, &prompt, r1s_agent::Protocol::R1SearcherPlus).unwrap();
+    assert!(ex[0].prompt.contains(r1s_agent::plus::SYSTEM_PROMPT) && ex[0].prompt.ends_with("<think>"));
+    assert_eq!(ex[0].spans.len(), 1);
+}
