@@ -213,6 +213,26 @@ pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
     }
 }
 
+/// Indices grouped by key, groups in order of their first index; a `None` key is a group of its
+/// own. What every caller of [`score_group`] groups its rollouts with.
+pub fn group_indices<K: Eq + std::hash::Hash>(keys: impl IntoIterator<Item = Option<K>>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        match key {
+            Some(k) => {
+                let g = *by_key.entry(k).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push(i);
+            }
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
 /// The group-level reward step: the rewards of one question's rollouts (`(prompt, sol)` each),
 /// scored together. A per-rollout reward is [`reward_of`] each; R1-Searcher++'s adds its group
 /// reward ([`crate::plus::GroupReward`]). A trainer calls this once per prompt group, a reward file

@@ -161,16 +161,8 @@ impl App {
         if !self.cfg.reward.is_group() {
             return Ok(parsed.iter().map(|(k, p, s)| reward_of(self.cfg.reward, p, s, &self.golds[k])).collect());
         }
-        // a group reward: the texts of one question, scored together (groups in order of first text)
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut by_question: HashMap<&str, usize> = HashMap::new();
-        for (j, (key, ..)) in parsed.iter().enumerate() {
-            let g = *by_question.entry(key.as_str()).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[g].push(j);
-        }
+        // a group reward: the texts of one question, scored together
+        let groups = crate::reward::group_indices(parsed.iter().map(|(key, ..)| Some(key.as_str())));
         let mut rewards = vec![0.0; parsed.len()];
         for members in &groups {
             let rollouts: Vec<(&str, &str)> = members.iter().map(|&j| (parsed[j].1, parsed[j].2)).collect();

@@ -155,20 +155,7 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
     }
     let mut rewards = vec![0.0; lines.len()];
     // groups in order of their first line (a per-rollout reward: one line each)
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (i, l) in lines.iter().enumerate() {
-        match l.question.as_deref() {
-            Some(k) => match by_key.get(k) {
-                Some(&g) => groups[g].push(i),
-                None => {
-                    by_key.insert(k, groups.len());
-                    groups.push(vec![i]);
-                }
-            },
-            None => groups.push(vec![i]),
-        }
-    }
+    let groups = r1s_agent::reward::group_indices(lines.iter().map(|l| l.question.as_deref()));
     for members in &groups {
         let rollouts: Vec<(&str, &str)> =
             members.iter().map(|&i| (lines[i].prompt.as_str(), lines[i].sol.as_str())).collect();

@@ -258,9 +258,8 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         }
         // the group-level reward step: each prompt's rollouts scored together
         let mut rewards = vec![0.0; trajs.len()];
-        for g in 0..picks.len() {
-            let members: Vec<usize> = (0..trajs.len()).filter(|&i| groups[i] == g).collect();
-            let Some(&first) = members.first() else { continue };
+        for members in r1s_agent::reward::group_indices(groups.iter().map(Some)) {
+            let first = members[0];
             let rollouts: Vec<(&str, &str)> =
                 members.iter().map(|&i| (trajs[i].prompt.as_str(), trajs[i].sol.as_str())).collect();
             let scored = r1s_agent::reward::score_group(stage.reward, &stage.group, &rollouts, &qrefs[first].answers);
@@ -300,7 +299,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         let gen_tokens: usize = trajs.iter().flat_map(|t| &t.turn_tokens).map(Vec::len).sum();
         let step_s = t0.elapsed().as_secs_f64();
         let mut row = rollout_stats(&trajs, &qrefs, protocol);
-        let extra = json!({
+        let mut extra = json!({
             "kind": "step", "stage": stage.name, "step": self.state.global_step, "stage_step": self.state.stage_step,
             "episodes": trajs.len(), "reward_mean": mean, "reward_std": std,
             "loss": stats.loss, "kl": stats.kl, "entropy": stats.entropy, "clip_frac": stats.clip_frac,
@@ -310,7 +309,6 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             "tokens_per_s": stats.tokens as f64 / step_s.max(1e-9),
             "rollout_s": rollout_s, "train_s": train_s, "step_s": step_s,
         });
-        let mut extra = extra;
         if stage.memorize.is_some() {
             extra["mem_candidates"] = json!(memory.1);
             extra["mem_paths"] = json!(stats.mem_paths);
