@@ -15,6 +15,9 @@ pub enum DataError {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("{}: line {line}: {reason}", path.display())]
     Bad { path: std::path::PathBuf, line: usize, reason: String },
+    /// A question file with no questions, where some are needed.
+    #[error("{}: no questions", path.display())]
+    Empty { path: std::path::PathBuf },
 }
 
 /// One question with its gold answers.

@@ -18,14 +18,19 @@ pub enum HttpError {
     Response { url: String, reason: String },
 }
 
+/// A transport error, its URL said once (reqwest's own message repeats it).
+fn request_error(url: &str, source: reqwest::Error) -> HttpError {
+    HttpError::Request { url: url.into(), source: source.without_url() }
+}
+
 fn client(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(timeout).build().unwrap_or_default()
 }
 
 fn post(c: &reqwest::blocking::Client, url: &str, body: &Value) -> Result<Value, HttpError> {
-    let r = c.post(url).json(body).send().map_err(|source| HttpError::Request { url: url.into(), source })?;
+    let r = c.post(url).json(body).send().map_err(|source| request_error(url, source))?;
     let status = r.status().as_u16();
-    let text = r.text().map_err(|source| HttpError::Request { url: url.into(), source })?;
+    let text = r.text().map_err(|source| request_error(url, source))?;
     if !(200..300).contains(&status) {
         return Err(HttpError::Status { url: url.into(), status, body: text.chars().take(300).collect() });
     }

@@ -235,7 +235,8 @@ pub fn build(
         rows,
         tokens,
         terms,
-        corpus: corpus_dir.display().to_string(),
+        // relative to the index: every spelling of the corpus records the same path
+        corpus: r1s_core::paths::relative_to(corpus_dir, out).display().to_string(),
         corpus_id,
         tantivy: tantivy::version_string().into(),
         build_seconds: started.elapsed().as_secs_f64(),

@@ -102,9 +102,32 @@ pub(crate) fn is_corpus_dir(p: &Path) -> bool {
     p.is_dir() && p.join("manifest.json").is_file() && p.join("docstore.idx").is_file()
 }
 
+/// Refuses --words and --chunking (when given) for inputs that are passages already (Search-R1 or
+/// FlashRAG JSONL, DPR TSV): those are stored as they are, and a manifest that says "words 20" of
+/// them would be wrong. Shared by `corpus ingest` and `index build`.
+pub(crate) fn check_chunking_flags(inputs: &[PathBuf], format: Format) -> anyhow::Result<()> {
+    let flags = crate::given_flags(&["words", "chunking"]);
+    if flags.is_empty() {
+        return Ok(());
+    }
+    for input in inputs.iter().filter(|i| i.is_file()) {
+        let f = if format == Format::Auto { r1s_corpus::formats::detect(input)? } else { format };
+        if matches!(f, Format::SearchR1Jsonl | Format::FlashragJsonl | Format::DprTsv) {
+            return Err(anyhow::Error::new(crate::UsageError(format!(
+                "{} cut documents (wiki-xml, kilt, wiki-summaries) into passages; {} is {}, passages already, stored as they are",
+                flags.join(" and "),
+                input.display(),
+                f.name()
+            ))));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     match cmd {
         CorpusCmd::Ingest(a) => {
+            check_chunking_flags(&a.inputs, a.format)?;
             let opts = IngestOptions {
                 format: a.format,
                 words: a.words,
@@ -204,13 +227,11 @@ pub(crate) fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Re
             let corpus = Corpus::open(&dir)?;
             let n = match out {
                 Some(path) => {
-                    let tmp = path.with_extension("part");
-                    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-                    let mut w = std::io::BufWriter::new(f);
-                    let n = corpus.export_search_r1(&mut w)?;
-                    drop(w);
-                    std::fs::rename(&tmp, &path)
-                        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+                    anyhow::ensure!(!path.is_dir(), "--out {} is a directory: give a file name", path.display());
+                    let mut w = r1s_core::fsutil::AtomicFile::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let n = corpus.export_search_r1(&mut crate::StopOnCancel(&mut w, cancel))?;
+                    w.commit().with_context(|| format!("writing {}", path.display()))?;
                     n
                 }
                 None => corpus.export_search_r1(&mut std::io::BufWriter::new(std::io::stdout().lock()))?,

@@ -86,7 +86,14 @@ pub(crate) struct EvalArgs {
     threads: usize,
 }
 
-pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+/// Where a stopped run's finished rows go: `x.jsonl` → `x.incomplete.jsonl`, beside it.
+fn incomplete_name(p: &Path) -> PathBuf {
+    let stem = p.file_stem().map_or_else(|| "results".into(), |s| s.to_string_lossy().into_owned());
+    let ext = p.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+    p.with_file_name(format!("{stem}.incomplete{ext}"))
+}
+
+pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) -> anyhow::Result<()> {
     use r1s_core::Progress;
     if !a.score.is_empty() {
         for f in &a.score {
@@ -98,7 +105,16 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     let Some(data) = &a.data else { anyhow::bail!("--data is required") };
     use_threads(a.threads);
     let questions = r1s_agent::read_questions(data, a.limit)?;
-    anyhow::ensure!(!questions.is_empty(), "{}: no questions", data.display());
+    if questions.is_empty() {
+        return Err(r1s_agent::eval::DataError::Empty { path: data.clone() }.into());
+    }
+    // the results file is written whole at the end, through a temporary file beside it: its
+    // directory must be there before the run, not found missing after it
+    if let Some(p) = &a.out
+        && let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        crate::must_exist(dir, "directory for --out")?;
+    }
     let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
     anyhow::ensure!(
         !remote_policy || a.adapter.is_empty(),
@@ -109,6 +125,8 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     } else {
         let mut p = load_policy(Path::new(&a.policy), &a.adapter, &a.device, g)?;
         p.continuous = !a.no_continuous;
+        // Ctrl-C stops the generation within a decode step, not at the end of the episodes
+        p.cancel = Some(cancel.clone());
         Some(p)
     };
     use r1s_policy::chat::Template;
@@ -133,16 +151,11 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
     let bars = progress::Bars::new(g);
     bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
     let t = std::time::Instant::now();
-    let mut out: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p.with_extension("part")).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::sink()),
-    };
-    let mut rows = Vec::new();
     // episodes end in any order: the bar counts them, the rows are written in question order
-    let mut on_end = |_: usize, _: &r1s_agent::Trajectory| {
+    let mut ended: Vec<Option<r1s_agent::Trajectory>> = vec![None; questions.len()];
+    let mut on_end = |i: usize, t: &r1s_agent::Trajectory| {
         bars.advance(1);
+        ended[i] = Some(t.clone());
         if cancel.is_cancelled() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
     };
     let ran = match (&local, &http_policy) {
@@ -150,11 +163,25 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
         (None, Some(p)) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
         (None, None) => anyhow::bail!("no policy"),
     };
-    let trajectories = match ran {
-        Err(r1s_agent::AgentError::Stopped) => anyhow::bail!("cancelled"),
-        other => other?,
+    let stopped = cancel.is_cancelled();
+    let trajectories: Vec<Option<r1s_agent::Trajectory>> = match ran {
+        Ok(t) => t.into_iter().map(Some).collect(),
+        Err(_) if stopped => ended,
+        Err(e) => return Err(e.into()),
     };
+    let finished = trajectories.iter().filter(|t| t.is_some()).count();
+    let mut out = match &a.out {
+        None => None,
+        Some(_) if stopped && finished == 0 => None,
+        // a stopped run keeps its finished rows beside the target, under a name that says so
+        Some(p) => Some(
+            r1s_core::fsutil::AtomicFile::create(&if stopped { incomplete_name(p) } else { p.clone() })
+                .with_context(|| format!("creating {}", p.display()))?,
+        ),
+    };
+    let mut rows = Vec::new();
     for (q, t) in questions.iter().zip(trajectories) {
+        let Some(t) = t else { continue };
         let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
         let row = serde_json::json!({
             "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
@@ -163,13 +190,28 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<
             "queries": t.queries, "retrieved": t.retrieved,
             "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
         });
-        writeln!(out, "{row}")?;
+        if let Some(out) = &mut out {
+            writeln!(out, "{row}").with_context(|| format!("writing {}", out.temp_path().display()))?;
+        }
         rows.push((t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
     }
-    out.flush()?;
-    drop(out);
-    if let Some(p) = &a.out {
-        std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
+    let written = out.as_ref().map(|o| o.dest().to_path_buf());
+    if let Some(out) = out {
+        let dest = out.dest().to_path_buf();
+        out.commit().with_context(|| format!("writing {}", dest.display()))?;
+        if !stopped {
+            // the rows a stopped run of the same output kept are superseded
+            let _ = std::fs::remove_file(incomplete_name(&dest));
+        }
+    }
+    if stopped {
+        bars.finish("stopped");
+        anyhow::bail!(
+            "after {} of {} questions{}",
+            rows.len(),
+            questions.len(),
+            written.map_or(String::new(), |p| format!(": their rows are in {} (no summary)", p.display()))
+        );
     }
     bars.finish("done");
     let s = r1s_agent::Summary::of(rows.iter().map(|(pred, golds, sol, prompt, searches, reward)| r1s_agent::Row {

@@ -137,13 +137,17 @@ pub(crate) struct IndexBuildArgs {
     /// milvus IVF: clusters searched per query.
     #[arg(long, default_value_t = 16)]
     nprobe: usize,
-    /// milvus: drop an existing collection of that name holding other vectors (else refused).
+    /// Replace what --out holds when it is another r1s index (another kind, or built from another
+    /// corpus): its files are removed before the build. milvus: also drop an existing collection of
+    /// that name holding other vectors. Without it both are refused. A directory holding a corpus
+    /// or files no index build wrote is refused either way.
     #[arg(long)]
     replace: bool,
     /// milvus: deadline of one call to the server, retries included, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     milvus_timeout_ms: u64,
-    /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out>).
+    /// Where to ingest a non-corpus INPUT (default: corpora/<name of --out> under the current
+    /// directory, not beside --out).
     #[arg(long)]
     corpus_out: Option<PathBuf>,
     /// Format of a non-corpus INPUT (auto: from the file name and first bytes; see `corpus ingest`).
@@ -324,6 +328,22 @@ pub(crate) struct IndexPlanArgs {
     ram: Option<u64>,
 }
 
+/// A byte count in binary units, in the largest unit that keeps it at least 1 (`60.2 GiB`,
+/// `14.3 MiB`, `512 B`): `index plan` prints every size this way, the units `--ram` reads.
+pub(crate) fn binary_size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if unit == "B" { format!("{b} B") } else { format!("{v:.1} {unit}") }
+}
+
 /// `64G`, `512M`, `1.5T`, `1000000` (bytes; K/M/G/T are powers of 1024).
 pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
@@ -364,6 +384,9 @@ pub(crate) fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Resu
         IndexCmd::Plan(a) => index_plan(&a),
         IndexCmd::Info { dir } => {
             must_exist(&dir, "index directory")?;
+            if is_corpus_dir(&dir) {
+                anyhow::bail!("{} is a corpus directory, not an index: see `r1s corpus stats {0}`", dir.display());
+            }
             // each kind is opened (its files checked against the manifest) before it is shown
             let manifest = match r1s_retrieve::index_kind(&dir).as_deref() {
                 Some(r1s_bm25::KIND) => serde_json::to_value(r1s_bm25::Bm25Index::open(&dir)?.manifest)?,
@@ -401,33 +424,134 @@ pub(crate) fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Resu
 }
 
 /// `index build`: ingest when INPUT is not a corpus, then the dense, bm25 or hybrid build.
+/// Which `index build` flags apply to which kinds (`--kind`, and a hybrid's `--dense-kind`): one
+/// that the kinds being built do not read is refused when given ("refused, not ignored"). --k1,
+/// --b, the fusion flags, --dense and --bm25 are checked in [`index_build`]; the ingest and embed
+/// flags in [`check_build_flags`], by what INPUT is.
+pub(crate) const BUILD_FLAGS: &[(&str, &[&str])] = &[
+    ("factory", &["faiss"]),
+    ("m", &["hnsw", "hnsw-rs", "milvus"]),
+    ("ef_construction", &["hnsw", "hnsw-rs", "milvus"]),
+    ("ef_search", &["hnsw", "hnsw-rs", "faiss", "milvus"]),
+    ("quantize", &["flat", "hnsw"]),
+    ("no_rerank", &["flat", "hnsw"]),
+    ("rerank_factor", &["flat"]),
+    ("checkpoint_every", &["hnsw"]),
+    ("no_resume", &["hnsw", "milvus"]),
+    ("milvus_uri", &["milvus"]),
+    ("collection", &["milvus"]),
+    ("milvus_index", &["milvus"]),
+    ("nlist", &["milvus"]),
+    ("nprobe", &["milvus"]),
+    ("milvus_timeout_ms", &["milvus"]),
+    ("dense_kind", &["hybrid"]),
+];
+
+/// Refuses the flags of [`BUILD_FLAGS`] that none of the kinds being built reads, and the ingest and
+/// embedding flags when nothing is ingested or embedded.
+fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
+    if let Some(input) = &a.input
+        && !is_corpus_dir(input)
+    {
+        crate::corpus::check_chunking_flags(std::slice::from_ref(input), a.format)?;
+    }
+    let building: Vec<&str> = match a.kind {
+        BuildKind::Dense(k) => vec![k.name()],
+        BuildKind::Bm25 => vec!["bm25"],
+        BuildKind::Hybrid if a.dense.is_some() => vec!["hybrid"],
+        BuildKind::Hybrid => vec!["hybrid", a.dense_kind.name(), "bm25"],
+    };
+    let unused: Vec<&str> = BUILD_FLAGS
+        .iter()
+        .filter(|(_, kinds)| !kinds.iter().any(|k| building.contains(k)))
+        .map(|(id, _)| *id)
+        .collect();
+    let refused = crate::given_flags(&unused);
+    let usage = |msg: String| Err(anyhow::Error::new(crate::UsageError(msg)));
+    if !refused.is_empty() {
+        return usage(format!(
+            "{} {} not apply to --kind {}{}: refused rather than ignored",
+            refused.join(", "),
+            if refused.len() == 1 { "does" } else { "do" },
+            building[0],
+            if building.len() > 1 { format!(" (with --dense-kind {})", building[1]) } else { String::new() }
+        ));
+    }
+    let sq8 = a.quantize != r1s_index::Quantize::None;
+    let refused = crate::given_flags(&["no_rerank", "rerank_factor"]);
+    if !sq8 && !refused.is_empty() {
+        return usage(format!("{} {} settings of --quantize sq8", refused.join(", "), "are"));
+    }
+    let ingests = a.input.as_deref().is_some_and(|i| !is_corpus_dir(i));
+    let refused = crate::given_flags(&["corpus_out", "format", "skip_bad", "chunking"]);
+    if !ingests && !refused.is_empty() {
+        return usage(format!(
+            "{} {} how INPUT is ingested, and {}",
+            refused.join(", "),
+            if refused.len() == 1 { "sets" } else { "set" },
+            if a.input.is_some() { "INPUT is a corpus already" } else { "no INPUT is given" }
+        ));
+    }
+    let embeds = a.input.is_some() && !matches!(a.kind, BuildKind::Bm25) && a.dense.is_none();
+    let refused = crate::given_flags(&["model", "preset", "dtype"]);
+    if !embeds && !refused.is_empty() {
+        return usage(format!(
+            "{}: nothing is embedded ({})",
+            refused.join(", "),
+            if matches!(a.kind, BuildKind::Bm25) {
+                "a bm25 index has no vectors"
+            } else {
+                "no INPUT: --out's embeddings.npy is indexed as it is"
+            }
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    check_build_flags(&a)?;
     let bars = progress::Bars::new(g);
     let lexical_flags = a.lexical.k1.is_some() || a.lexical.b.is_some();
     let fusion_flags = a.lexical.fusion.is_some()
         || a.lexical.rrf_k.is_some()
         || a.lexical.weight.is_some()
         || a.lexical.depth.is_some();
-    match a.kind {
-        BuildKind::Dense(_) => anyhow::ensure!(
-            !lexical_flags && !fusion_flags && a.dense.is_none(),
-            "--k1, --b, --fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind bm25 and hybrid"
+    let misplaced = match a.kind {
+        BuildKind::Dense(_) => (lexical_flags || fusion_flags || a.dense.is_some()).then_some(
+            "--k1, --b, --fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind bm25 and hybrid",
         ),
-        BuildKind::Bm25 => anyhow::ensure!(
-            !fusion_flags && a.dense.is_none(),
-            "--fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind hybrid"
-        ),
-        BuildKind::Hybrid => anyhow::ensure!(
-            a.dense.is_none() || (a.input.is_none() && !lexical_flags),
-            "with --dense and --bm25 nothing is built: INPUT, --k1 and --b do not apply"
-        ),
+        BuildKind::Bm25 => (fusion_flags || a.dense.is_some())
+            .then_some("--fusion, --rrf-k, --weight, --depth, --dense and --bm25 are settings of --kind hybrid"),
+        BuildKind::Hybrid => (a.dense.is_some() && (a.input.is_some() || lexical_flags))
+            .then_some("with --dense and --bm25 nothing is built: INPUT, --k1 and --b do not apply"),
+    };
+    if let Some(msg) = misplaced {
+        return Err(anyhow::Error::new(crate::UsageError(msg.into())));
     }
     if let Some(input) = &a.input {
         must_exist(input, "input")?;
+        if r1s_retrieve::index_kind(input).is_some() {
+            anyhow::bail!(
+                "INPUT {} is an index, not a corpus or a file to ingest (to build another kind from its corpus, give that corpus)",
+                input.display()
+            );
+        }
     }
     for part in [&a.dense, &a.bm25].into_iter().flatten() {
         must_exist(part, "index directory")?;
     }
+    let building = match a.kind {
+        BuildKind::Dense(_) => Family::Dense,
+        BuildKind::Bm25 => Family::Bm25,
+        BuildKind::Hybrid => Family::Hybrid,
+    };
+    let kind_name = match a.kind {
+        BuildKind::Dense(k) => k.name(),
+        BuildKind::Bm25 => "bm25",
+        BuildKind::Hybrid => "hybrid",
+    };
+    check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), a.replace)?;
+    let _lock = lock_out(&a.out)?;
     let corpus = match &a.input {
         None => None,
         Some(input) if is_corpus_dir(input) => Some(input.clone()),
@@ -454,21 +578,8 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
             Some(corpus)
         }
     };
-    // another kind's index in --out is replaced, but its files are not ours to delete
-    let building = match a.kind {
-        BuildKind::Dense(k) => k.name(),
-        BuildKind::Bm25 => "bm25",
-        BuildKind::Hybrid => "hybrid",
-    };
-    let dense_kinds = ["flat", "hnsw", "hnsw-rs", "faiss", "milvus"];
-    if let Some(old) = r1s_retrieve::index_kind(&a.out)
-        && old != building
-        && !(dense_kinds.contains(&old.as_str()) && dense_kinds.contains(&building))
-    {
-        eprintln!(
-            "warning: {} holds a {old} index; it becomes a {building} index, and the {old} index's files stay beside it (remove them to free the space)",
-            a.out.display()
-        );
+    if let Some(c) = &corpus {
+        check_out_corpus(&a.out, c, a.replace)?;
     }
     let needs_corpus = |what: &str| {
         corpus.clone().with_context(|| {
@@ -517,6 +628,189 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
             Ok(())
         }
     }
+}
+
+/// What an index directory's entries belong to: dense kinds share embeddings.npy (flat, hnsw,
+/// hnsw-rs, faiss and milvus over one matrix), bm25 and hybrid have their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Dense,
+    Bm25,
+    Hybrid,
+}
+
+impl Family {
+    fn of_kind(kind: &str) -> Family {
+        match kind {
+            r1s_bm25::KIND => Family::Bm25,
+            r1s_retrieve::hybrid::KIND => Family::Hybrid,
+            _ => Family::Dense,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Dense => "dense",
+            Family::Bm25 => "bm25",
+            Family::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Every entry an `index build` writes into its output directory (finished or in progress), and the
+/// family it belongs to (None: any, the manifest).
+const INDEX_ENTRIES: &[(&str, Option<Family>)] = &[
+    (r1s_index::MANIFEST_FILE, None),
+    (r1s_index::EMBEDDINGS_FILE, Some(Family::Dense)),
+    (r1s_index::EMBEDDINGS_META, Some(Family::Dense)),
+    ("embeddings.npy.partial", Some(Family::Dense)),
+    ("embeddings.state.json", Some(Family::Dense)),
+    (r1s_index::CODES_FILE, Some(Family::Dense)),
+    ("codes.sq8.part", Some(Family::Dense)),
+    (r1s_index::hnsw::GRAPH_FILE, Some(Family::Dense)),
+    ("hnsw.r1s.part", Some(Family::Dense)),
+    (r1s_index::CHECKPOINT_FILE, Some(Family::Dense)),
+    ("hnsw.r1s.ckpt.part", Some(Family::Dense)),
+    (r1s_index::hnsw_rs_index::FILES[0], Some(Family::Dense)),
+    (r1s_index::hnsw_rs_index::FILES[1], Some(Family::Dense)),
+    (r1s_index::faiss_index::FILE, Some(Family::Dense)),
+    (r1s_index::milvus::STATE_FILE, Some(Family::Dense)),
+    (r1s_bm25::TANTIVY_DIR, Some(Family::Bm25)),
+    (r1s_bm25::PART_DIR, Some(Family::Bm25)),
+    ("dense", Some(Family::Hybrid)),
+    ("bm25", Some(Family::Hybrid)),
+];
+
+/// Refuses an `index build --out` that would destroy or mix what the directory holds: the input
+/// itself, a corpus, a file, files no index build wrote, or (without --replace) an index of another
+/// family. With --replace, the other index's entries are removed first.
+fn check_out_dir(
+    out: &Path,
+    (building, kind_name): (Family, &str),
+    input: Option<&Path>,
+    replace: bool,
+) -> anyhow::Result<()> {
+    let refuse = |why: String| anyhow::Error::new(crate::UsageError(format!("--out {}: {why}", out.display())));
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(refuse("a file, not a directory: an index is a directory of its own".into()));
+    }
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(input) = input
+        && canonical(input).is_some_and(|i| Some(i) == canonical(out))
+    {
+        return Err(refuse("the input itself: an index goes in a directory of its own, e.g. indexes/NAME".into()));
+    }
+    if is_corpus_dir(out) {
+        return Err(refuse(
+            "holds a corpus (passages, docstore, manifest.json): an index goes in a directory of its own, \
+             e.g. indexes/NAME"
+                .into(),
+        ));
+    }
+    let mut ours = Vec::new();
+    let mut foreign = Vec::new();
+    for e in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
+        let name = e.with_context(|| format!("reading {}", out.display()))?.file_name().to_string_lossy().into_owned();
+        match INDEX_ENTRIES.iter().find(|(n, _)| *n == name) {
+            Some(&(_, family)) => ours.push((name, family)),
+            // hidden temporary files of r1s's own writers, and the build lock
+            None if name.starts_with('.') && name.ends_with(".tmp") || name == BUILD_LOCK => {}
+            None => foreign.push(name),
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        let shown: Vec<&str> = foreign.iter().take(5).map(String::as_str).collect();
+        return Err(refuse(format!(
+            "holds {} {} that no index build wrote ({}{}): give a new or empty directory",
+            foreign.len(),
+            if foreign.len() == 1 { "entry" } else { "entries" },
+            shown.join(", "),
+            if foreign.len() > shown.len() { ", …" } else { "" }
+        )));
+    }
+    // the family there: the manifest's kind, else that of its unfinished files
+    let there = r1s_retrieve::index_kind(out)
+        .map(|k| Family::of_kind(&k))
+        .or_else(|| ours.iter().find_map(|&(_, f)| f))
+        .filter(|&f| f != building);
+    if let Some(old) = there {
+        if !replace {
+            return Err(refuse(format!(
+                "holds a {} index; building a {kind_name} index there would replace it: pass --replace, or give another directory",
+                r1s_retrieve::index_kind(out).unwrap_or_else(|| format!("{} (unfinished)", old.name())),
+            )));
+        }
+        remove_entries(out, &ours)?;
+    }
+    Ok(())
+}
+
+/// The lock file an `index build` holds in its output directory while it writes there.
+const BUILD_LOCK: &str = ".r1s-build.lock";
+
+/// Takes the output directory's build lock (created with the directory), so that two builds into
+/// one directory never write the same files at once: the second is refused while the first runs.
+/// The lock is the operating system's (`flock`), released when the returned file is dropped or the
+/// process ends, however it ends.
+fn lock_out(out: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join(BUILD_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::Error::new(crate::UsageError(format!(
+            "another `r1s index build` is writing {}: wait for it to end, or give another --out",
+            out.display()
+        )))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// Refuses (without --replace) to build over an index of `out` that was built from another corpus
+/// than `corpus`; with --replace, removes its entries.
+fn check_out_corpus(out: &Path, corpus: &Path, replace: bool) -> anyhow::Result<()> {
+    let Some(built_from) = std::fs::read(out.join(r1s_index::MANIFEST_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| m["corpus_id"].as_str().map(str::to_owned))
+        .filter(|id| !id.is_empty())
+    else {
+        return Ok(());
+    };
+    let id = r1s_corpus::Manifest::read(corpus)?.content_id();
+    if id == built_from {
+        return Ok(());
+    }
+    if !replace {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "--out {} holds an index of another corpus than {} (corpus id {} vs {}): pass --replace, or give another directory",
+            out.display(),
+            corpus.display(),
+            &built_from[..built_from.len().min(12)],
+            &id[..id.len().min(12)]
+        ))));
+    }
+    let ours: Vec<(String, Option<Family>)> =
+        INDEX_ENTRIES.iter().filter(|(n, _)| out.join(n).exists()).map(|&(n, f)| (n.to_owned(), f)).collect();
+    remove_entries(out, &ours)
+}
+
+fn remove_entries(out: &Path, entries: &[(String, Option<Family>)]) -> anyhow::Result<()> {
+    for (name, _) in entries {
+        let p = out.join(name);
+        let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        removed.with_context(|| format!("removing {} (--replace)", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks that the existing corpus `corpus` was ingested from `input` as it is now (path, size, and
@@ -1024,10 +1318,10 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         }
         None => candidates(&base),
     };
-    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    let gb = binary_size;
     writeln!(
         out,
-        "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{}",
+        "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{} (sizes in binary units: 1 GiB = 2^30 bytes, as --ram reads G)",
         a.rows,
         a.dim,
         a.m,
@@ -1078,7 +1372,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "build: the graph alone (embedding not included), from tools/bench-scale's 2-thread builds at 100k-1M rows, assuming linear scaling with threads"
+        "build: the graph alone (embedding not included), from tools/bench-scale's 2-thread builds at 100k-1M rows at M 32, assuming linear scaling with threads and efConstruction; --m changes the sizes, not this estimate"
     )?;
     Ok(())
 }

@@ -108,8 +108,31 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// The matches of the command line's innermost subcommand (`index build`, `serve`, …).
+static LEAF: std::sync::OnceLock<clap::ArgMatches> = std::sync::OnceLock::new();
+
+/// Whether the user gave flag `id` (clap's id: the field's name, `ef_search`) on the command line,
+/// as opposed to its default or an environment variable. Settings that do not apply to what was
+/// asked are refused when given ("refused, not ignored"), never when defaulted.
+pub(crate) fn given(id: &str) -> bool {
+    LEAF.get().is_some_and(|m| {
+        m.ids().any(|i| i.as_str() == id) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    })
+}
+
+/// The flags of `ids` the user gave, spelled as on the command line (`--ef-search`).
+pub(crate) fn given_flags(ids: &[&str]) -> Vec<String> {
+    ids.iter().filter(|id| given(id)).map(|id| format!("--{}", id.replace('_', "-"))).collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut leaf = &matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    let _ = LEAF.set(leaf.clone());
     let serving = matches!(cli.command, Command::Serve(_) | Command::ServeReward(_));
     let level = match (cli.globals.quiet, cli.globals.verbose) {
         (true, _) => log::LevelFilter::Error,
@@ -126,9 +149,32 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cancel = Arc::new(Cancel::new());
+    // the commands that stop cleanly when asked (they check `cancel` and keep or remove their work);
+    // the others are quick or write nothing before their end, and quit at the first Ctrl-C
+    let watches_cancel = matches!(
+        cli.command,
+        Command::Corpus(corpus::CorpusCmd::Ingest(_) | corpus::CorpusCmd::Export { .. })
+            | Command::Embed(_)
+            | Command::Index(index::IndexCmd::Build(_))
+            | Command::Eval(_)
+            | Command::Policy(policy::PolicyCmd::Train(_) | policy::PolicyCmd::Sft(_))
+            | Command::Reward(_)
+            | Command::Serve(_)
+            | Command::ServeReward(_)
+    );
     {
         let c = cancel.clone();
-        let _ = ctrlc::set_handler(move || c.cancel());
+        let _ = ctrlc::set_handler(move || {
+            // the first Ctrl-C asks the command to stop where it can keep what is done; a second
+            // one quits at once (exit 130 either way)
+            if c.is_cancelled() || !watches_cancel {
+                std::process::exit(exit::CANCELLED.into());
+            }
+            c.cancel();
+            if !serving {
+                eprintln!("\nstopping (Ctrl-C again to quit at once)");
+            }
+        });
     }
     if matches!(
         cli.command,
@@ -151,6 +197,11 @@ fn main() -> ExitCode {
             }) =>
         {
             ExitCode::SUCCESS
+        }
+        // stopped by Ctrl-C: the command's own word on what it kept, and 130, as shells do
+        Err(e) if cancel.is_cancelled() && !serving => {
+            eprintln!("stopped: {}", message(&e));
+            ExitCode::from(exit::CANCELLED)
         }
         Err(e) => {
             eprintln!("error: {}", message(&e));
@@ -243,7 +294,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn data_exit_code(c: &r1s_agent::eval::DataError) -> u8 {
     match c {
         r1s_agent::eval::DataError::Io { .. } => exit::IO,
-        r1s_agent::eval::DataError::Bad { .. } => exit::DATA,
+        r1s_agent::eval::DataError::Bad { .. } | r1s_agent::eval::DataError::Empty { .. } => exit::DATA,
     }
 }
 
@@ -321,7 +372,24 @@ fn keep_freed_tensor_memory() {
     }
 }
 
-fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
+/// A writer that fails once `cancel` is set, so that a command writing its output stops at its next
+/// write after Ctrl-C, and its [`r1s_core::fsutil::AtomicFile`] is dropped (removed) uncommitted.
+pub(crate) struct StopOnCancel<'a, W: std::io::Write>(pub(crate) W, pub(crate) &'a Cancel);
+
+impl<W: std::io::Write> std::io::Write for StopOnCancel<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.1.is_cancelled() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+        }
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn run(cli: Cli, cancel: &Arc<Cancel>) -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => corpus::corpus(cmd, &cli.globals, cancel),
         Command::Embed(args) => embed::embed(args, &cli.globals, cancel),
@@ -335,7 +403,7 @@ fn run(cli: Cli, cancel: &Cancel) -> anyhow::Result<()> {
         Command::Policy(policy::PolicyCmd::StackAdapters(args)) => policy::stack_adapters(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Task(args)) => train::task(args, &cli.globals),
         Command::Policy(policy::PolicyCmd::Reject(args)) => policy::reject(args, &cli.globals),
-        Command::Reward(args) => reward::reward(args, &cli.globals),
+        Command::Reward(args) => reward::reward(args, &cli.globals, cancel),
         Command::ServeReward(args) => reward::serve_reward(args, &cli.globals, cancel),
         Command::Serve(args) => serve::serve(args, &cli.globals, cancel),
     }

@@ -66,8 +66,8 @@ pub(crate) struct RetrieveArgs {
     retriever: RetrieverArgs,
     /// Queries (none: read one per line from standard input).
     queries: Vec<String>,
-    /// Passages per query.
-    #[arg(long, short, default_value_t = 5)]
+    /// Passages per query (at least 1).
+    #[arg(long, short, default_value_t = 5, value_parser = crate::loaders::parse_count)]
     k: usize,
     /// One JSON object per query: {"query", "hits": [{"rank","row","id","score","title","contents"}]}.
     #[arg(long)]

@@ -121,16 +121,10 @@ fn group_of(v: &serde_json::Value, prompt: &str, sol: &str) -> Option<String> {
     Some(format!("{}\u{1f}{}\u{1f}{question}", v["step"], v["group"]))
 }
 
-pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
+pub(crate) fn reward(a: RewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     crate::must_exist(&a.input, "input file")?;
     let group = a.group.settings(a.reward)?;
     let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
-    let mut out: Box<dyn Write> = match &a.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p.with_extension("part")).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
     // every line first: a group reward scores the lines of one question together
     let mut lines: Vec<Line> = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -164,19 +158,25 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals) -> anyhow::Result<()> {
             rewards[i] = r;
         }
     }
-    let (mut n, mut sum) = (0usize, 0.0f64);
-    for (Line { value: mut v, .. }, r) in lines.into_iter().zip(rewards) {
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("reward".into(), r.into());
+    let n = lines.len();
+    let sum: f64 = rewards.iter().sum();
+    let emit = |out: &mut dyn Write| -> std::io::Result<()> {
+        for (Line { value: mut v, .. }, r) in lines.into_iter().zip(rewards) {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("reward".into(), r.into());
+            }
+            writeln!(out, "{v}")?;
         }
-        writeln!(out, "{v}")?;
-        n += 1;
-        sum += r;
-    }
-    out.flush()?;
-    drop(out);
-    if let Some(p) = &a.out {
-        std::fs::rename(p.with_extension("part"), p).with_context(|| format!("writing {}", p.display()))?;
+        out.flush()
+    };
+    match &a.out {
+        // through a temporary file beside it: a reader never sees a part, two writers never mix
+        Some(p) => {
+            let mut f = r1s_core::fsutil::AtomicFile::create(p).with_context(|| format!("creating {}", p.display()))?;
+            emit(&mut crate::StopOnCancel(&mut f, cancel)).with_context(|| format!("writing {}", p.display()))?;
+            f.commit().with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => emit(&mut std::io::BufWriter::new(std::io::stdout().lock()))?,
     }
     if !g.quiet {
         eprintln!("{n} lines scored with {}: mean reward {:.4}", serde_json::json!(a.reward), sum / n.max(1) as f64);
@@ -216,6 +216,10 @@ pub(crate) struct ServeRewardArgs {
 pub(crate) fn serve_reward(a: ServeRewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     crate::must_exist(&a.data, "question file")?;
     let questions = r1s_agent::read_questions(&a.data, None)?;
+    // as `eval`: a reward server with no questions would answer every request 422
+    if questions.is_empty() {
+        return Err(r1s_agent::eval::DataError::Empty { path: a.data.clone() }.into());
+    }
     let cfg = r1s_agent::reward_server::RewardServerConfig {
         reward: a.reward,
         group: a.group.settings(a.reward)?,

@@ -59,6 +59,12 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    if a.topk == 0 || a.topk > a.max_topk {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "--topk {} must be from 1 to --max-topk ({}): the default of a request cannot be one the server refuses",
+            a.topk, a.max_topk
+        ))));
+    }
     let t = std::time::Instant::now();
     let r = Arc::new(a.retriever.open()?);
     let info = r.describe();

@@ -335,6 +335,12 @@ pub fn plot(a: PlotArgs) -> anyhow::Result<()> {
 pub fn task(a: TaskArgs, g: &Globals) -> anyhow::Result<()> {
     use std::io::Write;
     use_threads(a.threads);
+    crate::must_exist(&a.corpus, "corpus directory")?;
+    anyhow::ensure!(
+        crate::corpus::is_corpus_dir(&a.corpus),
+        "{} is not a corpus directory (no manifest.json and docstore.idx): give one from `r1s corpus ingest`",
+        a.corpus.display()
+    );
     let store = r1s_corpus::Docstore::open(&a.corpus)?;
     let passages = store.iter().map(|p| p.map(|p| p.to_passage())).collect::<Result<Vec<_>, _>>()?;
     let mut qs = r1s_train::task::title_questions(passages, 6);

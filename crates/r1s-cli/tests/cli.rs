@@ -303,7 +303,8 @@ fn sq8_index_build_eval_serve_and_plan() {
     let sq8 = plan.lines().find(|l| l.starts_with("hnsw M32 sq8")).expect(&plan);
     assert!(sq8.ends_with("yes"), "{plan}");
     let f32 = plan.lines().find(|l| l.starts_with("hnsw M32 f32")).unwrap();
-    assert!(f32.ends_with("no") && f32.contains("64.6 GB"), "{plan}");
+    // 64.6 GB (10^9) of f32 vectors: 60.1 GiB, in the binary units --ram reads
+    assert!(f32.ends_with("no") && f32.contains("60.1 GiB"), "{plan}");
     for args in [
         &["--rows", "10", "--dim", "4", "--ram", "lots"][..],
         &["--rows", "10", "--dim", "4", "--ram", "64"],
@@ -749,4 +750,372 @@ fn plus_rewards_score_a_questions_lines_together() {
     assert_eq!(v["rewards"], serde_json::json!([1.5, 1.0]));
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// `r1s ARGS` must fail with exit code `code` and a message holding `needle`.
+fn refused_with<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(code: i32, args: &[S], needle: &str) {
+    let out = r1s().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
+}
+
+/// #37: `index build --out` onto something that is not this index (the input itself, another corpus,
+/// a directory of the user's files, an index of another kind or corpus, a file) is refused with what
+/// it holds, and nothing there changes; `--replace` replaces another index only.
+#[test]
+fn index_build_out_refuses_what_it_would_destroy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let src = some_passages(dir.path(), 40);
+    let (corpus, other) = (d("corpus"), d("other"));
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&src).args(["--out", &corpus]));
+    let five = dir.path().join("five.jsonl");
+    std::fs::write(&five, std::fs::read_to_string(&src).unwrap().lines().take(5).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&five).args(["--out", &other]));
+    let manifest = std::fs::read(dir.path().join("corpus/manifest.json")).unwrap();
+    let b = |args: &[&str]| -> Vec<String> { ["index", "build"].iter().chain(args).map(|s| s.to_string()).collect() };
+    refused_with(2, &b(&[&corpus, "--out", &corpus, "--kind", "bm25"]), "the input itself");
+    refused_with(2, &b(&[&corpus, "--out", &format!("{corpus}/"), "--kind", "flat"]), "the input itself");
+    refused_with(2, &b(&[&corpus, "--out", &other, "--kind", "flat"]), "holds a corpus");
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    refused_with(2, &b(&[&corpus, "--out", &d("mine"), "--kind", "bm25"]), "no index build wrote (notes.txt)");
+    refused_with(2, &b(&[&corpus, "--out", &src.display().to_string(), "--kind", "bm25"]), "a file, not a directory");
+    assert_eq!(std::fs::read(dir.path().join("corpus/manifest.json")).unwrap(), manifest);
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+
+    // another kind's index: refused, then replaced on request (its files go, not left beside)
+    let idx = d("idx");
+    ok(r1s().args(["-q", "index", "build", &corpus, "--out", &idx, "--kind", "bm25"]));
+    refused_with(2, &b(&[&corpus, "--out", &idx, "--kind", "flat"]), "holds a bm25 index");
+    assert!(dir.path().join("idx/tantivy").is_dir());
+    ok(r1s().args(["-q", "index", "build", &corpus, "--out", &idx, "--kind", "flat", "--replace", "-j", "2"]));
+    assert!(!dir.path().join("idx/tantivy").exists());
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info", &idx]))).unwrap();
+    assert_eq!(info["kind"], "flat");
+    // the same family (another dense kind over the same embeddings) goes on in place
+    ok(r1s().args(["-q", "index", "build", &corpus, "--out", &idx, "--kind", "hnsw", "-j", "2"]));
+    // `corpus ingest --force` replaces a corpus, not an index
+    refused_with(1, &["corpus", "ingest", src.to_str().unwrap(), "--out", &idx, "--force"], "is not a corpus");
+    assert!(dir.path().join("idx/embeddings.npy").is_file());
+    // an index of another corpus: refused
+    refused_with(2, &b(&[&other, "--out", &idx, "--kind", "hnsw"]), "holds an index of another corpus");
+    // an index as INPUT, a corpus as `index info`
+    refused_with(1, &b(&[&idx, "--out", &d("x"), "--kind", "bm25"]), "is an index, not a corpus");
+    refused_with(1, &["index", "info", &corpus], "is a corpus directory, not an index");
+
+    // a build holds its directory: a second one into it is refused while the first runs
+    std::fs::create_dir(dir.path().join("big")).unwrap();
+    let big = some_passages(&dir.path().join("big"), 2000);
+    let busy = d("busy");
+    let mut first = r1s()
+        .args(["-q", "index", "build"])
+        .arg(&big)
+        .args(["--out", &busy, "--kind", "flat", "-j", "1", "--corpus-out", &d("bigcorpus")])
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("busy/.r1s-build.lock");
+    let t = std::time::Instant::now();
+    while !lock.exists() && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if first.try_wait().unwrap().is_none() {
+        let second = [&big.display().to_string(), "--out", &busy, "--kind", "flat", "--corpus-out", &d("bigcorpus")];
+        refused_with(2, &b(&second), "another `r1s index build` is writing");
+    }
+    assert!(first.wait().unwrap().success());
+}
+
+/// Runs `args` twice at once and returns both outputs.
+fn twice_at_once(args: &[String]) -> [std::process::Output; 2] {
+    let spawn =
+        || r1s().args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (a, b) = (spawn(), spawn());
+    [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()]
+}
+
+/// Entries of `dir` that a writer left behind (hidden temporary files, `.part` files).
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.ends_with(".part"))
+        .collect()
+}
+
+/// #37: every command that writes an output file or directory, run twice at once on one output,
+/// leaves one complete run's output (the last to finish wins whole), nothing mixed and nothing
+/// behind; `x.jsonl` and `x.txt` do not share a temporary file.
+#[test]
+fn writers_of_one_output_at_once_leave_one_whole_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let src = some_passages(dir.path(), 300);
+    let corpus = p("corpus");
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&src).args(["--out", &corpus]));
+
+    // corpus ingest: both finish, the corpus is whole
+    let runs = twice_at_once(
+        &["-q", "corpus", "ingest", src.to_str().unwrap(), "--out", &p("twice"), "--force"].map(String::from),
+    );
+    assert!(runs.iter().all(|o| o.status.success()), "{runs:?}");
+    let stats = ok(r1s().args(["corpus", "stats", &p("twice")]));
+    assert!(stats.contains("300"), "{stats}");
+    // the last passage reads back through the docstore, whole
+    assert!(ok(r1s().args(["corpus", "show", &p("twice"), "299"])).contains("[299]"));
+
+    // corpus export, reward: the file equals one run alone
+    let alone = p("alone.jsonl");
+    ok(r1s().args(["-q", "corpus", "export", &corpus, "--out", &alone]));
+    let runs = twice_at_once(&["-q", "corpus", "export", &corpus, "--out", &p("export.jsonl")].map(String::from));
+    assert!(runs.iter().all(|o| o.status.success()), "{runs:?}");
+    assert_eq!(std::fs::read(p("export.jsonl")).unwrap(), std::fs::read(&alone).unwrap());
+    let cases = shared("searchr1/reward_cases.jsonl").display().to_string();
+    ok(r1s().args(["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &alone]));
+    let runs =
+        twice_at_once(&["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &p("x.jsonl")].map(String::from));
+    assert!(runs.iter().all(|o| o.status.success()), "{runs:?}");
+    assert_eq!(std::fs::read(p("x.jsonl")).unwrap(), std::fs::read(&alone).unwrap());
+    // x.jsonl and x.txt at once: each whole
+    let (a, b) = (
+        r1s().args(["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &p("y.jsonl")]).spawn().unwrap(),
+        r1s().args(["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &p("y.txt")]).spawn().unwrap(),
+    );
+    for mut c in [a, b] {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(std::fs::read(p("y.jsonl")).unwrap(), std::fs::read(&alone).unwrap());
+    assert_eq!(std::fs::read(p("y.txt")).unwrap(), std::fs::read(&alone).unwrap());
+    // a failed write (no such directory) leaves nothing
+    refused_with(66, &["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &p("none/z.jsonl")], "z.jsonl");
+    refused_with(1, &["corpus", "export", &corpus, "--out", &p("twice")], "is a directory");
+
+    // eval: two at once on one --out give one run's rows (greedy: the same rows as alone)
+    let bm25 = p("bm25");
+    ok(r1s().args(["-q", "index", "build", &corpus, "--out", &bm25, "--kind", "bm25"]));
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
+    let eval = |out: &str| -> Vec<String> {
+        ["-q", "eval", "--data", &questions, "--limit", "2", "--index", &bm25, "--max-new-tokens", "12", "-j", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--out".to_string(), out.to_string()])
+            .collect()
+    };
+    ok(r1s().args(eval(&alone)));
+    let runs = twice_at_once(&eval(&p("e.jsonl")));
+    assert!(runs.iter().all(|o| o.status.success()), "{runs:?}");
+    let rows = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (got, want) = (rows(&p("e.jsonl")), rows(&alone));
+    assert_eq!(got.len(), 2);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["gen_text_store"], w["gen_text_store"]);
+    }
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
+/// #37: after `index build corpora/x --out indexes/x`, every other spelling of the same corpus
+/// (trailing slash, `./`, absolute, from another working directory) finds the embeddings done, and
+/// `retrieve --index ../indexes/x` from a directory with its own, different `corpora/x` uses the
+/// corpus next to the index.
+#[test]
+fn the_same_corpus_spelled_another_way_is_not_embedded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = some_passages(root, 60);
+    ok(r1s().current_dir(root).args(["-q", "corpus", "ingest"]).arg(&src).args(["--out", "corpora/x"]));
+    let build = |cwd: &Path, corpus: &str, out: &str| {
+        let o = r1s()
+            .current_dir(cwd)
+            .args(["-v", "index", "build", corpus, "--out", out, "--kind", "flat", "-j", "2"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{corpus} from {}: {err}", cwd.display());
+        err
+    };
+    build(root, "corpora/x", "indexes/x");
+    let npy = root.join("indexes/x/embeddings.npy");
+    let built = std::fs::metadata(&npy).unwrap().modified().unwrap();
+    let abs = root.join("corpora/x").display().to_string();
+    std::fs::create_dir(root.join("elsewhere")).unwrap();
+    for (cwd, corpus, out) in [
+        (root.to_path_buf(), "corpora/x/", "indexes/x"),
+        (root.to_path_buf(), "./corpora/x", "./indexes/x/"),
+        (root.to_path_buf(), abs.as_str(), "indexes/x"),
+        (root.join("elsewhere"), "../corpora/x", "../indexes/x"),
+    ] {
+        let err = build(&cwd, corpus, out);
+        assert!(err.contains("complete for these settings"), "{corpus}: {err}");
+    }
+    assert_eq!(std::fs::metadata(&npy).unwrap().modified().unwrap(), built, "re-embedded");
+    // a different corpora/x in the working directory does not shadow the one beside the index
+    let five = root.join("five.jsonl");
+    std::fs::write(&five, std::fs::read_to_string(&src).unwrap().lines().take(5).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    ok(r1s()
+        .current_dir(root.join("elsewhere"))
+        .args(["-q", "corpus", "ingest"])
+        .arg(&five)
+        .args(["--out", "corpora/x"]));
+    let hits = ok(r1s().current_dir(root.join("elsewhere")).args([
+        "retrieve",
+        "--json",
+        "-k",
+        "3",
+        "-j",
+        "2",
+        "--index",
+        "../indexes/x",
+        "Cleveland Indians",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
+    assert_eq!(v["hits"].as_array().unwrap().len(), 3, "{hits}");
+    // another setting is named, not just "other settings"
+    let o = r1s()
+        .current_dir(root)
+        .args(["index", "build", "corpora/x", "--out", "indexes/x", "--kind", "flat", "--dtype", "f16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("dtype (F32 vs F16)"), "{err}");
+}
+
+/// #37: settings that do not apply to what was asked are refused (exit 2) rather than ignored, for
+/// every kind of `index build`; so are a server default above its own limit, `-k 0`, chunking flags
+/// on passage files, and an empty question file; `index plan` prints one unit convention.
+#[test]
+fn settings_that_do_not_apply_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 20);
+    let s = src.display().to_string();
+    let out = dir.path().join("o").display().to_string();
+    // (kind, flags it does not read)
+    let table: [(&str, &[&[&str]]); 6] = [
+        (
+            "bm25",
+            &[
+                &["--quantize", "sq8"],
+                &["--m", "8"],
+                &["--factory", "Flat"],
+                &["--ef-search", "9"],
+                &["--nlist", "4"],
+                &["--checkpoint-every", "5"],
+                &["--model", "minilm"],
+                &["--dtype", "f16"],
+                &["--collection", "c"],
+                &["--dense-kind", "flat"],
+            ],
+        ),
+        (
+            "flat",
+            &[
+                &["--m", "8"],
+                &["--ef-construction", "9"],
+                &["--factory", "Flat"],
+                &["--checkpoint-every", "5"],
+                &["--no-resume"],
+                &["--nprobe", "4"],
+                &["--milvus-index", "FLAT"],
+                &["--k1", "1"],
+            ],
+        ),
+        (
+            "hnsw",
+            &[&["--factory", "Flat"], &["--rerank-factor", "2"], &["--nlist", "4"], &["--milvus-timeout-ms", "9"]],
+        ),
+        ("hnsw-rs", &[&["--quantize", "sq8"], &["--checkpoint-every", "5"], &["--factory", "Flat"]]),
+        ("faiss", &[&["--m", "8"], &["--quantize", "sq8"], &["--ef-construction", "9"], &["--collection", "c"]]),
+        ("hybrid", &[&["--factory", "Flat"], &["--nlist", "4"]]),
+    ];
+    for (kind, flags) in table {
+        for flag in flags {
+            let args: Vec<&str> =
+                ["index", "build", &s, "--out", &out, "--kind", kind].into_iter().chain(flag.iter().copied()).collect();
+            let o = r1s().args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(flag[0]), "{args:?}: {err}");
+        }
+    }
+    assert!(!dir.path().join("o").exists(), "a refused build wrote");
+    refused_with(
+        2,
+        &["index", "build", &s, "--out", &out, "--kind", "flat", "--no-rerank"],
+        "settings of --quantize sq8",
+    );
+    refused_with(2, &["index", "build", &s, "--out", &out, "--kind", "bm25", "--dtype", "f16"], "nothing is embedded");
+    refused_with(2, &["corpus", "ingest", &s, "--out", &out, "--words", "20"], "passages already");
+    refused_with(2, &["corpus", "ingest", &s, "--out", &out, "--chunking", "dpr"], "passages already");
+    refused_with(2, &["serve", "--index", &out, "--topk", "5000"], "--max-topk");
+    refused_with(2, &["retrieve", "--index", &out, "-k", "0", "x"], "-k");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let e = empty.display().to_string();
+    refused_with(65, &["serve-reward", "--data", &e, "--port", "0"], "no questions");
+    refused_with(65, &["eval", "--data", &e, "--index", &out], "no questions");
+    refused_with(1, &["corpus", "ingest", "/dev/stdin", "--out", &out], "not a regular file");
+
+    // index plan: binary units throughout, as --ram reads them; small sizes below a GiB
+    let plan = ok(r1s().args(["index", "plan", "--rows", "14000", "--dim", "384", "--kind", "hnsw"]));
+    assert!(plan.contains("MiB") && !plan.contains(" GB"), "{plan}");
+}
+
+/// #37: Ctrl-C during `r1s eval` says it is stopping, stops within seconds, exits 130 and keeps the
+/// rows finished so far in `NAME.incomplete.jsonl` (never under the output's own name).
+#[test]
+fn eval_stopped_by_ctrl_c_keeps_finished_rows_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 60);
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    ok(r1s().args(["-q", "index", "build"]).arg(&src).args([
+        "--out",
+        &p("bm25"),
+        "--kind",
+        "bm25",
+        "--corpus-out",
+        &p("c"),
+    ]));
+    let out = p("results.jsonl");
+    let mut child = r1s()
+        .args(["eval", "--data"])
+        .arg(shared("r1searcher/eval_set/bamboogle.jsonl"))
+        .args(["--index", &p("bm25"), "--limit", "40", "--batch", "2", "--max-new-tokens", "200", "-j", "1"])
+        .args(["--out", &out, "--progress-every", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for the first finished question
+    use std::io::BufRead;
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("eval") && !line.contains(" 0 of") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("eval"), "{seen}");
+    let t = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let stopped_in = t.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(stopped_in.as_secs() < 5, "stopped in {stopped_in:?}");
+    assert!(rest.contains("stopping") && rest.contains("incomplete"), "{rest}");
+    assert!(!Path::new(&out).exists(), "a stopped run wrote the output's own name");
+    let kept = std::fs::read_to_string(p("results.incomplete.jsonl")).unwrap();
+    let n = kept.lines().count();
+    assert!((1..40).contains(&n), "{n} rows kept");
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
 }

@@ -122,8 +122,15 @@ pub fn ingest(
     let started = Instant::now();
     let mut formats_found = Vec::with_capacity(inputs.len());
     for path in inputs {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(CorpusError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such input file")));
+        }
+        if !path.is_file() {
+            return Err(CorpusError::Options(format!(
+                "{}: not a regular file (a directory, pipe or device): an ingest reads its inputs more than \
+                 once (format detection, checksum, byte progress); write the stream to a file first",
+                path.display()
+            )));
         }
         let f = if opts.format == Format::Auto { formats::detect(path)? } else { opts.format };
         formats_found.push(f);

@@ -133,9 +133,23 @@ pub struct StagingDir {
 
 impl StagingDir {
     /// Prepares a hidden temporary directory next to `dest`. Fails if `dest` exists and `!force`.
+    ///
+    /// `force` replaces a corpus (or an empty directory), never anything else: a directory holding
+    /// other files (an index, the user's own) or a file is refused either way, since the commit
+    /// removes what `dest` held.
     pub fn create(dest: &Path, force: bool) -> Result<StagingDir> {
         if dest.exists() && !force {
             return Err(CorpusError::OutputExists { path: dest.to_path_buf() });
+        }
+        if dest.exists() {
+            let is_corpus = dest.join(MANIFEST_FILE).is_file() && dest.join(DOCSTORE_INDEX).is_file();
+            let is_empty = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_none());
+            if !is_corpus && !is_empty {
+                return Err(CorpusError::Options(format!(
+                    "{}: exists and is not a corpus (--force replaces a corpus, never other files): give another --out",
+                    dest.display()
+                )));
+            }
         }
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -147,17 +161,24 @@ impl StagingDir {
             .ok_or_else(|| CorpusError::Options(format!("{}: not a directory name", dest.display())))?
             .to_string_lossy()
             .into_owned();
-        // leftovers of interrupted runs into the same destination
+        // leftovers of interrupted runs into the same destination: only those whose process is gone
+        // (another ingest into it may be running: its directory is not ours to remove)
         let prefix = format!(".{name}.tmp-");
         if let Ok(entries) = std::fs::read_dir(&parent) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let file_name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = file_name.strip_prefix(&prefix) else { continue };
+                let pid = rest.split(['-', '.']).next().and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !process_alive(p)) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
-        let tmp = parent.join(format!("{prefix}{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).at(&tmp)?;
+        // unique per process and call: two writers of one destination never share a directory
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!("{prefix}{}-{n}", std::process::id()));
+        std::fs::create_dir(&tmp).at(&tmp)?;
         Ok(StagingDir { tmp, dest: dest.to_path_buf(), committed: false })
     }
 
@@ -169,7 +190,9 @@ impl StagingDir {
     /// Moves the finished directory into place (replacing an existing one).
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.dest.exists() {
-            let old = self.tmp.with_extension("old");
+            let mut old = self.tmp.clone().into_os_string();
+            old.push(".old");
+            let old = PathBuf::from(old);
             std::fs::rename(&self.dest, &old).at(&self.dest)?;
             std::fs::rename(&self.tmp, &self.dest).at(&self.dest)?;
             let _ = std::fs::remove_dir_all(&old);
@@ -179,6 +202,16 @@ impl StagingDir {
         self.committed = true;
         Ok(self.dest.clone())
     }
+}
+
+/// Whether process `pid` is running (Linux: `/proc/PID`; elsewhere assumed running, so nothing
+/// is removed).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 impl Drop for StagingDir {

@@ -56,7 +56,8 @@ impl EmbedJob {
     }
 }
 
-/// Everything that must be equal for a resume to continue a partial file.
+/// Everything that must be equal for a resume to continue a partial file (see
+/// [`Settings::differences`]: the model and the corpus are compared by content, not by path).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub model: String,
@@ -67,9 +68,35 @@ pub struct Settings {
     pub dtype: Dtype,
     pub rows: u64,
     pub chunk_rows: usize,
+    /// The corpus directory, relative to the output directory ([`r1s_core::paths::relative_to`]).
     pub corpus: String,
     /// [`r1s_corpus::Manifest::content_id`] of the corpus.
     pub corpus_id: String,
+}
+
+impl Settings {
+    /// The settings that differ between `self` and `other`, each as `name (this vs that)`; empty
+    /// when a run with `other` may continue or reuse one with `self`. The model is compared by its
+    /// sha256 and the corpus by its content id, so that another spelling of the same path (or the
+    /// same files elsewhere) is the same setting.
+    pub fn differences(&self, other: &Settings) -> Vec<String> {
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        let mut d = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{name} ({a} vs {b})"));
+            }
+        };
+        cmp("model", short(&self.model_sha256), short(&other.model_sha256));
+        cmp("preset", format!("{:?}", self.preset), format!("{:?}", other.preset));
+        cmp("max_len", self.max_len.to_string(), other.max_len.to_string());
+        cmp("dim", self.dim.to_string(), other.dim.to_string());
+        cmp("dtype", format!("{:?}", self.dtype), format!("{:?}", other.dtype));
+        cmp("rows", self.rows.to_string(), other.rows.to_string());
+        cmp("chunk_rows", self.chunk_rows.to_string(), other.chunk_rows.to_string());
+        cmp("corpus", short(&self.corpus_id), short(&other.corpus_id));
+        d
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,23 +164,25 @@ pub fn embed_corpus(
         dtype: job.dtype,
         rows,
         chunk_rows: job.chunk_rows,
-        corpus: job.corpus.display().to_string(),
+        corpus: r1s_core::paths::relative_to(&job.corpus, &job.out).display().to_string(),
         corpus_id: corpus.manifest.content_id(),
     };
     let final_path = job.out.join(EMBEDDINGS_FILE);
     let meta_path = job.out.join(EMBEDDINGS_META);
     if final_path.exists() && !job.restart {
-        let same = std::fs::read(&meta_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<EmbeddingsMeta>(&b).ok())
-            .is_some_and(|m| m.settings == settings);
-        if same {
+        let differ =
+            match std::fs::read(&meta_path).ok().and_then(|b| serde_json::from_slice::<EmbeddingsMeta>(&b).ok()) {
+                Some(m) => m.settings.differences(&settings),
+                None => vec![format!("{} unreadable", meta_path.display())],
+            };
+        if differ.is_empty() {
             log::info!("{} is complete for these settings: nothing to do", final_path.display());
             return Ok(EmbedReport { path: final_path, rows, embedded: 0, resumed_from: rows, seconds: 0.0 });
         }
         return Err(EmbedError::Options(format!(
-            "{} exists with other settings (pass --restart to replace it)",
-            final_path.display()
+            "{} exists with other settings: {} (pass --restart to replace it)",
+            final_path.display(),
+            differ.join(", ")
         )));
     }
 
@@ -243,11 +272,12 @@ fn resume_state(
             return Ok(fresh);
         }
     };
-    if old.settings != *settings {
+    let differ = old.settings.differences(settings);
+    if !differ.is_empty() {
         return Err(EmbedError::Options(format!(
-            "{} holds a partial run with other settings (model, preset, corpus, dtype or chunking); \
-             pass --restart to discard it",
-            partial.display()
+            "{} holds a partial run with other settings: {}; pass --restart to discard it",
+            partial.display(),
+            differ.join(", ")
         )));
     }
     let on_disk = NpyHeader::read(partial)

@@ -115,6 +115,16 @@ pub fn read(dir: &Path) -> Result<Adapter> {
             reason: format!("an r1s checkpoint: its adapter is {}", dir.join("adapter").display()),
         });
     }
+    if dir.is_dir() && !cpath.exists() {
+        return Err(PolicyError::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a PEFT LoRA adapter directory (no adapter_config.json; an adapter is adapter_config.json \
+                 + adapter_model.safetensors, as `policy train --lora-rank` writes under checkpoints/step-N/adapter)",
+            ),
+        ));
+    }
     let bytes = std::fs::read(&cpath).map_err(|e| PolicyError::io(&cpath, e))?;
     let cfg: AdapterConfig = serde_json::from_slice(&bytes)
         .map_err(|e| PolicyError::Config { path: cpath.clone(), reason: format!("not a PEFT adapter config: {e}") })?;

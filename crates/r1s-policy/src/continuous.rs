@@ -121,6 +121,7 @@ impl Policy {
         let mut ended: Vec<usize> = Vec::new();
         let mut ended_key: HashMap<usize, usize> = HashMap::new();
         loop {
+            self.check_cancel()?;
             // the new requests reuse the cache of the ended row of their key, or are prefilled afresh
             let t = Instant::now();
             let mut finished: Vec<(usize, Generation)> = Vec::new();

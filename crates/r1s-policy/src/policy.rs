@@ -50,6 +50,10 @@ pub struct Policy {
     /// [`Policy::generate_continuous`]) or in rounds ([`r1s_core::complete_in_rounds`], each round
     /// one [`Policy::generate`] per settings).
     pub continuous: bool,
+    /// Checked before every decode step of [`Policy::generate`] and
+    /// [`Policy::generate_continuous`]: once set, they return [`PolicyError::Cancelled`] within one
+    /// step (a Ctrl-C stops a long generation in about a token's time, not at its end). None: never.
+    pub cancel: Option<std::sync::Arc<r1s_core::Cancel>>,
     rope: Rope,
     device: Device,
 }
@@ -164,7 +168,16 @@ impl Policy {
     /// Puts the parts together.
     pub fn new(model: Llama, cfg: LlamaConfig, tokenizer: TextTokenizer, device: &Device) -> Policy {
         let rope = Rope::new(&cfg, cfg.max_position_embeddings.max(1), device);
-        Policy { model, cfg, tokenizer, share_prefill: true, continuous: true, rope, device: device.clone() }
+        Policy {
+            model,
+            cfg,
+            tokenizer,
+            share_prefill: true,
+            continuous: true,
+            cancel: None,
+            rope,
+            device: device.clone(),
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -218,6 +231,14 @@ impl Policy {
             (self.bools(keys, [b, cached + t]), self.bools(pad.clone(), [b, t]))
         });
         Ok((self.ints(ids, [b, t]), Step { positions: self.ints(pos, [b, t]), pad }))
+    }
+
+    /// [`PolicyError::Cancelled`] once [`Policy::cancel`] is set.
+    pub(crate) fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.is_cancelled() => Err(PolicyError::Cancelled),
+            _ => Ok(()),
+        }
     }
 
     /// Generates a continuation of each prompt (token ids), all in one batch with a KV cache;
@@ -283,6 +304,7 @@ impl Policy {
         let mut key_pad: Vec<Vec<bool>> = prompts.iter().map(|p| (0..t0).map(|i| i < t0 - p.len()).collect()).collect();
         let max_new = s.max_new_tokens.min(self.rope.max_positions().saturating_sub(t0));
         for step in 0..max_new {
+            self.check_cancel()?;
             let rows = to_vec(last.clone())?;
             let vsz = self.cfg.vocab_size;
             let mut chosen = Vec::with_capacity(live.len());

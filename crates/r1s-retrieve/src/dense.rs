@@ -55,28 +55,48 @@ pub fn query_embedder(m: &IndexManifest, o: &DenseOptions) -> Result<OnnxEmbedde
     })?)
 }
 
-/// Finds the corpus of an index: the recorded path as given (absolute, or relative to the working
-/// directory), else that relative path under each ancestor of the index directory (so
-/// `corpora/x` recorded when building from a checkout is found from anywhere).
+/// Finds the corpus of an index (see [`find_corpus`]).
 pub fn resolve_corpus(index_dir: &Path, m: &IndexManifest) -> Result<PathBuf> {
-    find_corpus(index_dir, &m.corpus)
+    find_corpus(index_dir, &m.corpus, &m.corpus_id)
 }
 
-/// [`resolve_corpus`] for any index kind: `recorded` is the corpus path its manifest holds.
-pub fn find_corpus(index_dir: &Path, recorded: &str) -> Result<PathBuf> {
+/// Finds the corpus an index was built from. `recorded` is the corpus path its manifest holds:
+/// relative to the index directory (what r1s records), or, from older builds, relative to the
+/// directory the build ran in. Tried in order: `recorded` under the index directory, under each of
+/// its ancestors, then as given (absolute, or from the working directory). The first of those that
+/// is a corpus with content id `corpus_id` wins (any corpus when `corpus_id` is empty), so that a
+/// `corpora/x` of the working directory never shadows the one next to the index.
+///
+/// Errors: [`RetrieveError::CorpusNotFound`] when none is a corpus; [`RetrieveError::Mismatch`] when
+/// corpora were found but none has the recorded content id.
+pub fn find_corpus(index_dir: &Path, recorded: &str, corpus_id: &str) -> Result<PathBuf> {
     let recorded_str = recorded;
     let recorded = Path::new(recorded_str);
-    let mut tried = vec![recorded.to_path_buf()];
+    let mut tried = Vec::new();
     if recorded.is_relative() {
         let abs = std::path::absolute(index_dir).unwrap_or_else(|_| index_dir.to_path_buf());
-        tried.extend(abs.ancestors().skip(1).map(|a| a.join(recorded)));
+        tried.extend(abs.ancestors().map(|a| a.join(recorded)));
     }
-    tried.iter().find(|p| p.join(r1s_corpus::store::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
-        RetrieveError::CorpusNotFound {
-            index: index_dir.to_path_buf(),
-            corpus: recorded_str.to_owned(),
-            tried: tried.iter().take(4).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        }
+    tried.push(recorded.to_path_buf());
+    let corpora: Vec<&PathBuf> = tried.iter().filter(|p| p.join(r1s_corpus::store::MANIFEST_FILE).is_file()).collect();
+    let id_of = |p: &Path| r1s_corpus::Manifest::read(p).map(|m| m.content_id()).ok();
+    if let Some(found) = corpora.iter().find(|p| corpus_id.is_empty() || id_of(p).as_deref() == Some(corpus_id)) {
+        return Ok((*found).clone());
+    }
+    if let Some(other) = corpora.first() {
+        return Err(RetrieveError::Mismatch(format!(
+            "index {} was built from corpus {recorded_str} (corpus id {}); {} is another corpus (corpus id {}): \
+             give the right one with --corpus",
+            index_dir.display(),
+            &corpus_id[..corpus_id.len().min(12)],
+            other.display(),
+            id_of(other).map_or_else(|| "unreadable".to_owned(), |id| id[..id.len().min(12)].to_owned())
+        )));
+    }
+    Err(RetrieveError::CorpusNotFound {
+        index: index_dir.to_path_buf(),
+        corpus: recorded_str.to_owned(),
+        tried: tried.iter().take(4).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
     })
 }
 

@@ -208,6 +208,8 @@ pub fn write_manifest(dir: &Path, dense: &Path, bm25: &Path, fusion: Fusion, dep
             bm.len()
         )));
     }
+    // the directory first: the corpus is recorded relative to it
+    std::fs::create_dir_all(dir).map_err(|e| RetrieveError::Options(format!("creating {}: {e}", dir.display())))?;
     let m = HybridManifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -218,7 +220,11 @@ pub fn write_manifest(dir: &Path, dense: &Path, bm25: &Path, fusion: Fusion, dep
         fusion,
         depth,
         rows: dm.rows,
-        corpus: bm.manifest.corpus.clone(),
+        // relative to this directory, as the parts record theirs relative to theirs
+        corpus: crate::dense::find_corpus(bm25, &bm.manifest.corpus, &bm.manifest.corpus_id).map_or_else(
+            |_| bm.manifest.corpus.clone(),
+            |c| r1s_core::paths::relative_to(&c, dir).display().to_string(),
+        ),
         corpus_id: dm.corpus_id,
     };
     let path = dir.join(r1s_index::MANIFEST_FILE);

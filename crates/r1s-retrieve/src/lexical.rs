@@ -48,7 +48,7 @@ impl Bm25Retriever {
         }
         let corpus_dir = match corpus {
             Some(c) => c.to_path_buf(),
-            None => crate::dense::find_corpus(dir, &index.manifest.corpus)?,
+            None => crate::dense::find_corpus(dir, &index.manifest.corpus, &index.manifest.corpus_id)?,
         };
         let corpus = Corpus::open(&corpus_dir)?;
         check_bm25_corpus(&index, &corpus)?;
