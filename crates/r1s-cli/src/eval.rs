@@ -52,11 +52,11 @@ pub(crate) struct EvalArgs {
     #[arg(long, default_value = "r1-searcher", value_parser = crate::loaders::parse_protocol)]
     protocol: r1s_agent::Protocol,
     /// Documents per query (default: 5 under r1-searcher, 3 under search-r1).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::loaders::parse_count)]
     topk: Option<usize>,
     /// Turns before giving up (r1-searcher, default 9) or turns that may search before the final one
     /// (search-r1, default 4).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::loaders::parse_count)]
     max_turns: Option<usize>,
     /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
     #[arg(long, default_value = "chat")]
@@ -93,8 +93,57 @@ fn incomplete_name(p: &Path) -> PathBuf {
     p.with_file_name(format!("{stem}.incomplete{ext}"))
 }
 
+/// The flags of `eval` that a run reads and `--score` does not.
+const RUN_FLAGS: &[&str] = &[
+    "data",
+    "index",
+    "retriever_url",
+    "policy",
+    "adapter",
+    "device",
+    "policy_model",
+    "chat_template",
+    "limit",
+    "protocol",
+    "topk",
+    "max_turns",
+    "prompt",
+    "max_new_tokens",
+    "batch",
+    "no_continuous",
+    "reward",
+    "out",
+];
+
+/// Refuses the flags given for a case that does not read them ("refused, not ignored").
+fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
+    let refuse = |flags: Vec<String>, why: &str| -> anyhow::Result<()> {
+        if flags.is_empty() {
+            return Ok(());
+        }
+        Err(anyhow::Error::new(crate::UsageError(format!("{} {why}", flags.join(", ")))))
+    };
+    if !a.score.is_empty() {
+        return refuse(crate::given_flags(RUN_FLAGS), "run a policy: --score only scores the files given");
+    }
+    if remote_policy {
+        refuse(crate::given_flags(&["device"]), "is a setting of a local policy, not of a completions server")?;
+    } else {
+        refuse(
+            crate::given_flags(&["policy_model"]),
+            "is the model name sent to a completions server (--policy http://…)",
+        )?;
+    }
+    if a.prompt == "base" {
+        refuse(crate::given_flags(&["chat_template"]), "applies to --prompt chat")?;
+    }
+    Ok(())
+}
+
 pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) -> anyhow::Result<()> {
     use r1s_core::Progress;
+    let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
+    check_eval_flags(&a, remote_policy)?;
     if !a.score.is_empty() {
         for f in &a.score {
             let s = r1s_agent::score_file(f)?;
@@ -115,7 +164,6 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     {
         crate::must_exist(dir, "directory for --out")?;
     }
-    let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
     anyhow::ensure!(
         !remote_policy || a.adapter.is_empty(),
         "--adapter merges into a local policy; a completions server loads its adapters itself"

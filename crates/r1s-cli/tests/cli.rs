@@ -570,7 +570,7 @@ fn progress_lines_appear_when_stderr_is_a_file() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} {value}");
     }
     // and an evaluation with no episode slots or no tokens to write
-    for flag in ["--batch", "--max-new-tokens", "--limit"] {
+    for flag in ["--batch", "--max-new-tokens", "--limit", "--topk", "--max-turns"] {
         let bad = r1s().args(["eval", "--data", "q.jsonl", "--index", "i", flag, "0"]).output().unwrap();
         assert_eq!(bad.status.code(), Some(2), "{flag} 0");
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} 0");
@@ -1062,6 +1062,20 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
     refused_with(65, &["eval", "--data", &e, "--index", &out], "no questions");
     refused_with(1, &["corpus", "ingest", "/dev/stdin", "--out", &out], "not a regular file");
 
+    // eval: flags for another case than the one asked
+    let released = shared("r1searcher/eval_results/bamboogle_qwen.jsonl").display().to_string();
+    refused_with(2, &["eval", "--score", &released, "--max-new-tokens", "9"], "--score only scores");
+    refused_with(2, &["eval", "--data", &e, "--index", &out, "--policy-model", "m"], "completions server");
+    refused_with(
+        2,
+        &["eval", "--data", &e, "--index", &out, "--policy", "http://127.0.0.1:9", "--device", "cpu"],
+        "local policy",
+    );
+    refused_with(
+        2,
+        &["eval", "--data", &e, "--index", &out, "--prompt", "base", "--chat-template", "chatml"],
+        "--prompt chat",
+    );
     // index plan: binary units throughout, as --ram reads them; small sizes below a GiB
     let plan = ok(r1s().args(["index", "plan", "--rows", "14000", "--dim", "384", "--kind", "hnsw"]));
     assert!(plan.contains("MiB") && !plan.contains(" GB"), "{plan}");
