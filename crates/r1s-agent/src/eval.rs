@@ -15,9 +15,9 @@ pub enum DataError {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("{}: line {line}: {reason}", path.display())]
     Bad { path: std::path::PathBuf, line: usize, reason: String },
-    /// A question file with no questions, where some are needed.
-    #[error("{}: no questions", path.display())]
-    Empty { path: std::path::PathBuf },
+    /// A file with no rows (questions, results, rollouts: `what`), where some are needed.
+    #[error("{}: no {what}", path.display())]
+    Empty { path: std::path::PathBuf, what: &'static str },
 }
 
 /// One question with its gold answers.
@@ -193,6 +193,9 @@ impl Summary {
 /// released files have none: R1-Searcher's); `reward` when present.
 pub fn score_file(path: &Path) -> Result<Summary, DataError> {
     let rows = read_jsonl(path)?;
+    if rows.is_empty() {
+        return Err(DataError::Empty { path: path.into(), what: "result rows" });
+    }
     let mut parsed = Vec::with_capacity(rows.len());
     for (line, v) in &rows {
         let bad = |reason: &str| DataError::Bad { path: path.into(), line: *line, reason: reason.into() };

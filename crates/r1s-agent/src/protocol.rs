@@ -7,11 +7,12 @@ pub const END_QUERY: &str = "<|end_of_query|>";
 pub const BEGIN_DOCS: &str = "<|begin_of_documents|>";
 pub const END_DOCS: &str = "<|end_of_documents|>";
 
-/// The base-model prompt before the question (its `\\n` inside the quoted format is a literal
-/// backslash-n).
+/// The base-model prompt before the question. The quoted output format's `\n\n` are two newline
+/// characters: R1-Searcher's prompts are non-raw Python strings (`prompts_dataset.py`), so python3
+/// reads the escapes; `tests/fixtures/r1searcher_prompts.json` holds python3's bytes.
 pub const BASE_PROMPT_HEAD: &str = "The User asks a question, and the Assistant solves it.
 The Assistant first thinks about the reasoning process in the mind and then provides the User with the final answer.
-The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\".
+The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\n\n<answer> final answer here </answer>\".
 During the thinking process, **the Assistant can perform searching** for uncertain knowledge if necessary with the format of \"<|begin_of_query|> search query (only list keywords, such as **\"keyword_1 keyword_2 ...\"**)<|end_of_query|>\". **A query must involve only a single triple**.
 Then, the search system will provide the Assistant with the retrieval information with the format of \"<|begin_of_documents|> ...search results... <|end_of_documents|>\".
 
@@ -20,7 +21,7 @@ Then, the search system will provide the Assistant with the retrieval informatio
 /// The chat models' system message.
 pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.
 Given a question, you should answer it by first thinking about the reasoning process in the mind and then providing the final answer.
-The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\".
+The output format of reasoning process and final answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., \"<think> reasoning process here </think>\n\n<answer> final answer here </answer>\".
 During the thinking process, **you can perform searching for uncertain knowledge** if necessary with the format of \"<|begin_of_query|> search query (only list keywords, such as **\"keyword_1 keyword_2 ...\"**)<|end_of_query|>\". **A query must involve only a single triple**.
 Then, the search system will provide you with the retrieval information with the format of \"<|begin_of_documents|> ...search results... <|end_of_documents|>\".";
 

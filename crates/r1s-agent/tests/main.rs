@@ -121,11 +121,13 @@ fn rewards_on_released_trajectories() {
 #[test]
 fn prompts_are_r1_searchers() {
     use r1s_agent::protocol::*;
-    let p = base_prompt("Who?");
-    assert!(p.starts_with("The User asks a question, and the Assistant solves it.\nThe Assistant first thinks"));
-    assert!(p.contains("i.e., \"<think> reasoning process here </think>\\n\\n<answer> final answer here </answer>\"."));
-    assert!(p.ends_with("<|end_of_documents|>\".\n\nUser:Who?\nAssistant: <think>"));
-    assert!(SYSTEM_PROMPT.starts_with("You are a helpful assistant.\nGiven a question"));
+    // byte for byte against R1-Searcher's prompt strings as python3 evaluates their source (the
+    // `\n\n` of the quoted format are newlines; tests/fixtures/make_r1searcher_prompts.py)
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/r1searcher_prompts.json")).expect("the prompt fixture");
+    assert_eq!(base_prompt("Who?"), fixture["base_prompt_who"].as_str().unwrap());
+    assert_eq!(SYSTEM_PROMPT, fixture["system_prompt"].as_str().unwrap());
+    assert!(SYSTEM_PROMPT.contains("</think>\n\n<answer>") && !SYSTEM_PROMPT.contains("\\n"));
     assert_eq!(
         extract_query(" so <|begin_of_query|> \"Evan\"   Morris 's\tjob... ", true).unwrap(),
         "Evan Morris s job"

@@ -168,6 +168,7 @@ pub(crate) fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Re
             Ok(())
         }
         CorpusCmd::Stats { dir, json } => {
+            crate::must_exist(&dir, "corpus directory")?;
             let corpus = Corpus::open(&dir)?;
             let m = &corpus.manifest;
             if json {
@@ -206,6 +207,7 @@ pub(crate) fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Re
             Ok(())
         }
         CorpusCmd::Show { dir, rows, json } => {
+            crate::must_exist(&dir, "corpus directory")?;
             let corpus = Corpus::open(&dir)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -224,10 +226,26 @@ pub(crate) fn corpus(cmd: CorpusCmd, g: &Globals, cancel: &Cancel) -> anyhow::Re
                 format == "search-r1-jsonl",
                 "unknown export format {format:?} (supported: search-r1-jsonl)"
             );
+            crate::must_exist(&dir, "corpus directory")?;
+            let dir_of_corpus = dir.clone();
             let corpus = Corpus::open(&dir)?;
             let n = match out {
                 Some(path) => {
                     anyhow::ensure!(!path.is_dir(), "--out {} is a directory: give a file name", path.display());
+                    let inside = |p: &Path| {
+                        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                        std::fs::canonicalize(dir)
+                            .ok()
+                            .zip(std::fs::canonicalize(&dir_of_corpus).ok())
+                            .is_some_and(|(d, c)| d.starts_with(c))
+                    };
+                    if inside(&path) {
+                        return Err(anyhow::Error::new(crate::UsageError(format!(
+                            "--out {} is inside the corpus {}: write the export elsewhere",
+                            path.display(),
+                            dir_of_corpus.display()
+                        ))));
+                    }
                     let mut w = r1s_core::fsutil::AtomicFile::create(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
                     let n = corpus.export_search_r1(&mut crate::StopOnCancel(&mut w, cancel))?;

@@ -140,6 +140,7 @@ pub(crate) fn embed(a: EmbedArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
         return Ok(());
     }
     let (Some(corpus), Some(out)) = (a.corpus, a.out) else { anyhow::bail!("--corpus and --out are required") };
+    crate::must_exist(&corpus, "corpus directory")?;
     let job = r1s_embed::EmbedJob {
         corpus,
         out,

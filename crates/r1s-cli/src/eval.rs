@@ -155,7 +155,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     use_threads(a.threads);
     let questions = r1s_agent::read_questions(data, a.limit)?;
     if questions.is_empty() {
-        return Err(r1s_agent::eval::DataError::Empty { path: data.clone() }.into());
+        return Err(r1s_agent::eval::DataError::Empty { path: data.clone(), what: "questions" }.into());
     }
     // the results file is written whole at the end, through a temporary file beside it: its
     // directory must be there before the run, not found missing after it
@@ -163,6 +163,13 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         && let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
     {
         crate::must_exist(dir, "directory for --out")?;
+    }
+    if let Some(p) = &a.out {
+        crate::not_an_input(p, &[data.as_path()])?;
+    }
+    // a missing index is found before the model loads
+    if let Some(index) = &a.index {
+        crate::must_exist(index, "index directory")?;
     }
     anyhow::ensure!(
         !remote_policy || a.adapter.is_empty(),

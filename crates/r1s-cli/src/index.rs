@@ -510,7 +510,6 @@ fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
 
 pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     check_build_flags(&a)?;
-    let bars = progress::Bars::new(g);
     let lexical_flags = a.lexical.k1.is_some() || a.lexical.b.is_some();
     let fusion_flags = a.lexical.fusion.is_some()
         || a.lexical.rrf_k.is_some()
@@ -550,14 +549,64 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
         BuildKind::Bm25 => "bm25",
         BuildKind::Hybrid => "hybrid",
     };
-    check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), a.replace)?;
-    let _lock = lock_out(&a.out)?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    for (flag, part) in [("--dense", &a.dense), ("--bm25", &a.bm25)] {
+        if let Some(part) = part
+            && canonical(part).is_some_and(|c| Some(c) == canonical(&a.out))
+        {
+            return Err(anyhow::Error::new(crate::UsageError(format!(
+                "--out {} is the {flag} index itself: a hybrid index goes in a directory of its own",
+                a.out.display()
+            ))));
+        }
+    }
+    if let Some(input) = a.input.as_deref().filter(|i| !is_corpus_dir(i))
+        && std::path::absolute(ingest_target(&a)).ok() == std::path::absolute(&a.out).ok()
+    {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "{} would be ingested into {} (corpora/<name of --out>), which is --out itself: give --corpus-out or another --out",
+            input.display(),
+            a.out.display()
+        ))));
+    }
+    check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), (a.replace, false))?;
+    // the lock first: nothing in --out is removed (--replace) while another build writes there
+    let created = !a.out.exists();
+    let lock = lock_out(&a.out)?;
+    let built = build_locked(&a, (building, kind_name), g, cancel);
+    if built.is_err() {
+        // a build that failed before writing anything leaves no directory that looks like an index
+        let only_lock =
+            std::fs::read_dir(&a.out).map(|d| d.flatten().all(|e| e.file_name() == BUILD_LOCK)).unwrap_or(false);
+        if created && only_lock {
+            drop(lock);
+            let _ = std::fs::remove_dir_all(&a.out);
+        }
+    }
+    built
+}
+
+/// Where `index build` ingests a non-corpus INPUT: --corpus-out, else corpora/<name of --out> under
+/// the current directory.
+fn ingest_target(a: &IndexBuildArgs) -> PathBuf {
+    let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
+    a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name))
+}
+
+/// [`index_build`] once its output directory is locked.
+fn build_locked(
+    a: &IndexBuildArgs,
+    (building, kind_name): (Family, &str),
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    let bars = progress::Bars::new(g);
+    check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), (a.replace, true))?;
     let corpus = match &a.input {
         None => None,
         Some(input) if is_corpus_dir(input) => Some(input.clone()),
         Some(input) => {
-            let name = a.out.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "corpus".into());
-            let corpus = a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name));
+            let corpus = ingest_target(a);
             if is_corpus_dir(&corpus) {
                 same_input(&corpus, input)?;
                 eprintln!(
@@ -588,9 +637,9 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
     };
     match a.kind {
         BuildKind::Dense(kind) => {
-            build_dense(&a, kind, corpus.as_deref(), &a.out, default_collection(&a.out), &bars, g, cancel)
+            build_dense(a, kind, corpus.as_deref(), &a.out, default_collection(&a.out), &bars, g, cancel)
         }
-        BuildKind::Bm25 => build_bm25(&a, &needs_corpus("bm25")?, &a.out, &bars, g, cancel),
+        BuildKind::Bm25 => build_bm25(a, &needs_corpus("bm25")?, &a.out, &bars, g, cancel),
         BuildKind::Hybrid => {
             let hybrid_manifest = a.out.join(r1s_index::MANIFEST_FILE);
             let (dense, bm25) = match (&a.dense, &a.bm25) {
@@ -607,8 +656,8 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
                     }
                     let (d, b) = (a.out.join("dense"), a.out.join("bm25"));
                     let collection = format!("{}_dense", default_collection(&a.out));
-                    build_dense(&a, a.dense_kind, Some(&corpus), &d, collection, &bars, g, cancel)?;
-                    build_bm25(&a, &corpus, &b, &bars, g, cancel)?;
+                    build_dense(a, a.dense_kind, Some(&corpus), &d, collection, &bars, g, cancel)?;
+                    build_bm25(a, &corpus, &b, &bars, g, cancel)?;
                     (d, b)
                 }
             };
@@ -684,11 +733,15 @@ const INDEX_ENTRIES: &[(&str, Option<Family>)] = &[
 /// Refuses an `index build --out` that would destroy or mix what the directory holds: the input
 /// itself, a corpus, a file, files no index build wrote, or (without --replace) an index of another
 /// family. With --replace, the other index's entries are removed first.
+///
+/// Run twice: before the build lock is taken (`remove` false: refusals only, so a refused build
+/// writes nothing, not even its lock file, into what it refused), then under the lock (`remove`
+/// true: --replace's removal happens only while no other build can be writing there).
 fn check_out_dir(
     out: &Path,
     (building, kind_name): (Family, &str),
     input: Option<&Path>,
-    replace: bool,
+    (replace, remove): (bool, bool),
 ) -> anyhow::Result<()> {
     let refuse = |why: String| anyhow::Error::new(crate::UsageError(format!("--out {}: {why}", out.display())));
     if !out.exists() {
@@ -744,7 +797,9 @@ fn check_out_dir(
                 r1s_retrieve::index_kind(out).unwrap_or_else(|| format!("{} (unfinished)", old.name())),
             )));
         }
-        remove_entries(out, &ours)?;
+        if remove {
+            remove_entries(out, &ours)?;
+        }
     }
     Ok(())
 }

@@ -26,6 +26,14 @@ pub(crate) fn parse_top_p(s: &str) -> Result<f32, String> {
     }
 }
 
+/// A share in [0, 1] (`--search-share`).
+pub(crate) fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a share in [0, 1]")),
+    }
+}
+
 /// An agent protocol by name.
 pub(crate) fn parse_protocol(s: &str) -> Result<r1s_agent::Protocol, String> {
     s.parse()
@@ -74,6 +82,7 @@ pub(crate) fn open_retriever(index: Option<&Path>, url: Option<&str>, threads: u
             Box::new(move |q, k| Ok(r1s_core::Retriever::retrieve(&r, q, k)?))
         }
         (Some(index), None) => {
+            crate::must_exist(index, "index directory")?;
             let r = r1s_retrieve::AnyRetriever::open(
                 index,
                 &r1s_retrieve::RetrieverOptions {

@@ -224,6 +224,22 @@ fn message(e: &anyhow::Error) -> String {
     msg
 }
 
+/// A usage error (exit 2) when `out` is the same file as one of `inputs` (any spelling, links
+/// followed): writing it would destroy the input before, or while, it is read.
+fn not_an_input(out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canonical(out)
+        && let Some(i) = inputs.iter().find(|i| canonical(i).as_ref() == Some(&o))
+    {
+        return Err(anyhow::Error::new(UsageError(format!(
+            "--out {} is the input {}: write the output elsewhere",
+            out.display(),
+            i.display()
+        ))));
+    }
+    Ok(())
+}
+
 /// An error if `path` does not exist (exit 66, as other missing inputs).
 fn must_exist(path: &Path, what: &str) -> anyhow::Result<()> {
     if path.exists() {
@@ -240,6 +256,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound))
     {
         return exit::NO_INPUT;
+    }
+    // a directory given where a file is expected, or the reverse: a usage mistake
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory))
+    }) {
+        return exit::USAGE;
     }
     for cause in e.chain() {
         if cause.downcast_ref::<UsageError>().is_some() {
@@ -347,6 +370,7 @@ fn embed_exit_code(c: &r1s_embed::EmbedError) -> u8 {
 fn corpus_exit_code(c: &CorpusError) -> u8 {
     match c {
         CorpusError::Cancelled => exit::CANCELLED,
+        CorpusError::OutputExists { .. } | CorpusError::OutputNotCorpus { .. } => exit::USAGE,
         CorpusError::Io { .. } => exit::IO,
         c if c.is_bad_input() => exit::DATA,
         _ => exit::FAILURE,
@@ -379,7 +403,8 @@ pub(crate) struct StopOnCancel<'a, W: std::io::Write>(pub(crate) W, pub(crate) &
 impl<W: std::io::Write> std::io::Write for StopOnCancel<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.1.is_cancelled() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+            // not ErrorKind::Interrupted: `write_all` retries that kind forever
+            return Err(std::io::Error::other("cancelled"));
         }
         self.0.write(buf)
     }
@@ -418,4 +443,22 @@ fn use_threads(threads: usize) {
 
 fn rayon_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
     Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    /// After Ctrl-C a write fails at once: `write_all` must not retry it (it retries `Interrupted`).
+    #[test]
+    fn a_write_after_ctrl_c_fails_at_once() {
+        let cancel = r1s_core::Cancel::new();
+        let mut sink = Vec::new();
+        let mut w = super::StopOnCancel(&mut sink, &cancel);
+        w.write_all(b"kept\n").unwrap();
+        cancel.cancel();
+        let err = w.write_all(b"lost\n").unwrap_err();
+        assert_ne!(err.kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(sink, b"kept\n");
+    }
 }

@@ -80,13 +80,10 @@ pub(crate) fn retrieve(a: RetrieveArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut answer = |queries: &[String]| -> anyhow::Result<()> {
-        // a blank query gets no hits from every kind, without asking the retriever
-        let refs: Vec<&str> = queries.iter().map(String::as_str).filter(|q| !q.trim().is_empty()).collect();
-        let mut found = r.retrieve(&refs, a.k)?.into_iter();
-        let hits: Vec<Vec<r1s_core::Hit>> = queries
-            .iter()
-            .map(|q| if q.trim().is_empty() { Vec::new() } else { found.next().unwrap_or_default() })
-            .collect();
+        // every query goes to the retriever, a blank one too, as `serve` does: each kind answers it as
+        // any other query (dense: its nearest passages; bm25: none; hybrid: the fusion of the two)
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        let hits = r.retrieve(&refs, a.k)?;
         for (q, hits) in queries.iter().zip(hits) {
             if a.json {
                 #[derive(serde::Serialize)]

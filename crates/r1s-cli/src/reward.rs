@@ -123,11 +123,20 @@ fn group_of(v: &serde_json::Value, prompt: &str, sol: &str) -> Option<String> {
 
 pub(crate) fn reward(a: RewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     crate::must_exist(&a.input, "input file")?;
+    if let Some(out) = &a.out {
+        crate::not_an_input(out, &[a.input.as_path()])?;
+    }
     let group = a.group.settings(a.reward)?;
     let file = std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     // every line first: a group reward scores the lines of one question together
     let mut lines: Vec<Line> = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        anyhow::ensure!(
+            !cancel.is_cancelled(),
+            "cancelled at line {} of {}: nothing written",
+            i + 1,
+            a.input.display()
+        );
         let line = line.with_context(|| format!("{}: line {}", a.input.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
@@ -146,6 +155,9 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Res
             None
         };
         lines.push(Line { value: v, prompt, sol, golds, question: key });
+    }
+    if lines.is_empty() {
+        return Err(r1s_agent::eval::DataError::Empty { path: a.input.clone(), what: "lines to score" }.into());
     }
     let mut rewards = vec![0.0; lines.len()];
     // groups in order of their first line (a per-rollout reward: one line each)
@@ -176,7 +188,7 @@ pub(crate) fn reward(a: RewardArgs, g: &Globals, cancel: &Cancel) -> anyhow::Res
             emit(&mut crate::StopOnCancel(&mut f, cancel)).with_context(|| format!("writing {}", p.display()))?;
             f.commit().with_context(|| format!("writing {}", p.display()))?;
         }
-        None => emit(&mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+        None => emit(&mut crate::StopOnCancel(std::io::BufWriter::new(std::io::stdout().lock()), cancel))?,
     }
     if !g.quiet {
         eprintln!("{n} lines scored with {}: mean reward {:.4}", serde_json::json!(a.reward), sum / n.max(1) as f64);
@@ -218,7 +230,7 @@ pub(crate) fn serve_reward(a: ServeRewardArgs, g: &Globals, cancel: &Cancel) -> 
     let questions = r1s_agent::read_questions(&a.data, None)?;
     // as `eval`: a reward server with no questions would answer every request 422
     if questions.is_empty() {
-        return Err(r1s_agent::eval::DataError::Empty { path: a.data.clone() }.into());
+        return Err(r1s_agent::eval::DataError::Empty { path: a.data.clone(), what: "questions" }.into());
     }
     let cfg = r1s_agent::reward_server::RewardServerConfig {
         reward: a.reward,

@@ -171,10 +171,10 @@ pub struct TaskArgs {
     #[arg(long, default_value_t = 128)]
     sft: usize,
     /// Share of the cold-start trajectories that search (the others answer directly).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::loaders::parse_share)]
     search_share: f64,
     /// Documents per query in the cold-start trajectories.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::loaders::parse_count)]
     topk: usize,
     /// The cold-start trajectories' protocol: r1-searcher, search-r1 or r1searcher-plus (whose
     /// direct answers recall the described sentence in an `<internal>` step).
@@ -336,6 +336,29 @@ pub fn task(a: TaskArgs, g: &Globals) -> anyhow::Result<()> {
     use std::io::Write;
     use_threads(a.threads);
     crate::must_exist(&a.corpus, "corpus directory")?;
+    crate::must_exist(&a.index, "index directory")?;
+    // --out holds the task's three files: never a corpus, an index or a directory of other files
+    if a.out.is_dir() {
+        let ours = ["train.jsonl", "test.jsonl", "sft.jsonl"];
+        let foreign: Vec<String> = std::fs::read_dir(&a.out)
+            .with_context(|| format!("reading {}", a.out.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !(ours.contains(&n.as_str()) || n.starts_with('.') && n.ends_with(".tmp")))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(anyhow::Error::new(crate::UsageError(format!(
+                "--out {} holds other files than a task's train/test/sft.jsonl ({}): give a new or empty directory",
+                a.out.display(),
+                foreign.join(", ")
+            ))));
+        }
+    }
+    if a.search_share == 0.0 && crate::given("topk") {
+        return Err(anyhow::Error::new(crate::UsageError(
+            "--topk sets the documents of searching trajectories, and --search-share 0 makes none".into(),
+        )));
+    }
     anyhow::ensure!(
         crate::corpus::is_corpus_dir(&a.corpus),
         "{} is not a corpus directory (no manifest.json and docstore.idx): give one from `r1s corpus ingest`",
@@ -350,6 +373,21 @@ pub fn task(a: TaskArgs, g: &Globals) -> anyhow::Result<()> {
     let (test, rest) = qs.split_at(a.test);
     let (train, rest) = rest.split_at(a.train);
     let sft_qs = &rest[..a.sft];
+    // the questions come from --corpus and the documents from --index: one corpus
+    let corpus_id = r1s_corpus::Manifest::read(&a.corpus)?.content_id();
+    let index_corpus = std::fs::read(a.index.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| m["corpus_id"].as_str().map(str::to_owned));
+    if let Some(id) = index_corpus.filter(|id| *id != corpus_id) {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "--index {} was built from another corpus than --corpus {} (corpus id {} vs {})",
+            a.index.display(),
+            a.corpus.display(),
+            &id[..id.len().min(12)],
+            &corpus_id[..corpus_id.len().min(12)]
+        ))));
+    }
     let retriever = open_retriever(Some(&a.index), None, a.threads)?;
     let sft = r1s_train::task::sft_lines(sft_qs, &retriever, a.topk, a.search_share, a.seed, a.protocol)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

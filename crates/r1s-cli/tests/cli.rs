@@ -81,8 +81,9 @@ fn bad_input_exit_code_and_message() {
     assert!(err.contains("bad.jsonl: line 2"), "{err}");
     assert!(!dir.path().join("o").exists());
 
+    // a corpus that is not there is a missing input (66), as a missing index or file is
     let missing = r1s().args(["corpus", "show"]).arg(dir.path().join("nope")).arg("0").output().unwrap();
-    assert_eq!(missing.status.code(), Some(65));
+    assert_eq!(missing.status.code(), Some(66));
     let usage = r1s().args(["corpus", "ingest"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
 }
@@ -800,7 +801,29 @@ fn index_build_out_refuses_what_it_would_destroy() {
     // the same family (another dense kind over the same embeddings) goes on in place
     ok(r1s().args(["-q", "index", "build", &corpus, "--out", &idx, "--kind", "hnsw", "-j", "2"]));
     // `corpus ingest --force` replaces a corpus, not an index
-    refused_with(1, &["corpus", "ingest", src.to_str().unwrap(), "--out", &idx, "--force"], "is not a corpus");
+    refused_with(2, &["corpus", "ingest", src.to_str().unwrap(), "--out", &idx, "--force"], "is not a corpus");
+    // a hybrid's part as its --out: refused, the part untouched
+    let kept = std::fs::read(dir.path().join("idx/manifest.json")).unwrap();
+    let bm = d("bm");
+    ok(r1s().args(["-q", "index", "build", &corpus, "--out", &bm, "--kind", "bm25"]));
+    refused_with(
+        2,
+        &b(&["--kind", "hybrid", "--dense", &idx, "--bm25", &bm, "--out", &idx, "--replace"]),
+        "is the --dense index itself",
+    );
+    assert_eq!(std::fs::read(dir.path().join("idx/manifest.json")).unwrap(), kept);
+    // an INPUT file whose default corpus directory would be --out itself
+    let target = dir.path().join("corpora");
+    std::fs::create_dir(&target).unwrap();
+    let o = r1s()
+        .current_dir(dir.path())
+        .args(["index", "build"])
+        .arg(&src)
+        .args(["--out", "corpora/y", "--kind", "bm25"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.path().join("corpora/y").exists(), "a refused build left its --out");
     assert!(dir.path().join("idx/embeddings.npy").is_file());
     // an index of another corpus: refused
     refused_with(2, &b(&[&other, "--out", &idx, "--kind", "hnsw"]), "holds an index of another corpus");
@@ -825,7 +848,17 @@ fn index_build_out_refuses_what_it_would_destroy() {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     if first.try_wait().unwrap().is_none() {
-        let second = [&big.display().to_string(), "--out", &busy, "--kind", "flat", "--corpus-out", &d("bigcorpus")];
+        // with --replace too: nothing of the running build is removed
+        let second = [
+            &big.display().to_string(),
+            "--out",
+            &busy,
+            "--kind",
+            "bm25",
+            "--replace",
+            "--corpus-out",
+            &d("bigcorpus"),
+        ];
         refused_with(2, &b(&second), "another `r1s index build` is writing");
     }
     assert!(first.wait().unwrap().success());
@@ -891,6 +924,23 @@ fn writers_of_one_output_at_once_leave_one_whole_output() {
     }
     assert_eq!(std::fs::read(p("y.jsonl")).unwrap(), std::fs::read(&alone).unwrap());
     assert_eq!(std::fs::read(p("y.txt")).unwrap(), std::fs::read(&alone).unwrap());
+    // an output that is the input: refused, the input intact
+    refused_with(
+        2,
+        &["-q", "reward", "--reward", "searchr1-em", &p("x.jsonl"), "--out", &p("x.jsonl")],
+        "is the input",
+    );
+    assert_eq!(std::fs::read(p("x.jsonl")).unwrap(), std::fs::read(&alone).unwrap());
+    refused_with(2, &["corpus", "export", &corpus, "--out", &format!("{corpus}/manifest.json")], "inside the corpus");
+    // the same inputs ingested with --force and another -j: the same corpus (content id)
+    ok(r1s().args(["-q", "corpus", "ingest", src.to_str().unwrap(), "--out", &p("again"), "-j", "1"]));
+    let strip = |d: &str| {
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{d}/manifest.json")).unwrap()).unwrap();
+        m["created_unix"] = 0.into();
+        m
+    };
+    assert_eq!(strip(&p("again")), strip(&p("twice")));
     // a failed write (no such directory) leaves nothing
     refused_with(66, &["-q", "reward", "--reward", "searchr1-em", &cases, "--out", &p("none/z.jsonl")], "z.jsonl");
     refused_with(1, &["corpus", "export", &corpus, "--out", &p("twice")], "is a directory");
@@ -913,6 +963,9 @@ fn writers_of_one_output_at_once_leave_one_whole_output() {
         std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     };
     let (got, want) = (rows(&p("e.jsonl")), rows(&alone));
+    let mut into_data = eval(&questions);
+    into_data.retain(|x| x != "-q");
+    refused_with(2, &into_data, "is the input");
     assert_eq!(got.len(), 2);
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["gen_text_store"], w["gen_text_store"]);
@@ -1076,6 +1129,32 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
         &["eval", "--data", &e, "--index", &out, "--prompt", "base", "--chat-template", "chatml"],
         "--prompt chat",
     );
+    // one exit code for one mistake, whichever command meets it
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
+    refused_with(66, &["eval", "--data", &questions, "--index", "/nonexistent/idx"], "/nonexistent/idx");
+    refused_with(66, &["corpus", "stats", "/nonexistent/c"], "/nonexistent/c");
+    refused_with(2, &["eval", "--data", dir.path().to_str().unwrap(), "--index", &out], "");
+    refused_with(65, &["eval", "--score", &e], "no result rows");
+    refused_with(65, &["reward", "--reward", "searchr1-em", &e], "no lines to score");
+    // policy task: its --out holds its three files only; shares and counts in range
+    let c = dir.path().join("c").display().to_string();
+    ok(r1s().args(["-q", "corpus", "ingest", &s, "--out", &c]));
+    let task = |extra: &[&str]| -> Vec<String> {
+        ["policy", "task", "--corpus", &c, "--index", &out, "--out", &c, "--train", "1", "--test", "1", "--sft", "1"]
+            .iter()
+            .chain(extra)
+            .map(|x| x.to_string())
+            .collect()
+    };
+    refused_with(66, &task(&[]), "index directory");
+    refused_with(2, &task(&["--search-share", "2"]), "--search-share");
+    refused_with(2, &task(&["--topk", "0"]), "--topk");
+    let ib = dir.path().join("ib").display().to_string();
+    ok(r1s().args(["-q", "index", "build", &c, "--out", &ib, "--kind", "bm25"]));
+    let mut into_corpus = task(&[]);
+    into_corpus[5] = ib.clone();
+    refused_with(2, &into_corpus, "holds other files");
+    assert!(!Path::new(&c).join("train.jsonl").exists());
     // index plan: binary units throughout, as --ram reads them; small sizes below a GiB
     let plan = ok(r1s().args(["index", "plan", "--rows", "14000", "--dim", "384", "--kind", "hnsw"]));
     assert!(plan.contains("MiB") && !plan.contains(" GB"), "{plan}");
@@ -1132,4 +1211,38 @@ fn eval_stopped_by_ctrl_c_keeps_finished_rows_apart() {
     let n = kept.lines().count();
     assert!((1..40).contains(&n), "{n} rows kept");
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
+/// #35: `eval --score` of a file `eval --out` wrote prints the same table as that eval, under every
+/// protocol (the searches per row are the ones the loop recorded, not recounted from the text).
+#[test]
+fn eval_score_agrees_with_eval_under_every_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 60);
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    ok(r1s().args(["-q", "index", "build"]).arg(&src).args([
+        "--out",
+        &p("bm25"),
+        "--kind",
+        "bm25",
+        "--corpus-out",
+        &p("c"),
+    ]));
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
+    for protocol in ["r1-searcher", "search-r1", "r1searcher-plus"] {
+        let out = p(&format!("{protocol}.jsonl"));
+        let run = ok(r1s()
+            .args(["--progress-every", "0", "eval", "--data", &questions, "--limit", "3", "--index", &p("bm25")])
+            .args(["--protocol", protocol, "--max-new-tokens", "48", "-j", "2", "--out", &out]));
+        let scored = ok(r1s().args(["eval", "--score", &out]));
+        // the eval's table, without its timing line; the scored file's, without its file name
+        let table = |s: &str| {
+            s.lines()
+                .filter(|l| l.trim_start().starts_with(|c: char| c == 'n' || c.is_ascii_digit()) && !l.contains(" in "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(table(&run), table(&scored), "{protocol}:\n{run}\n{scored}");
+        assert_eq!(table(&run).len(), 2, "{run}");
+    }
 }

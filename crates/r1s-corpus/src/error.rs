@@ -52,6 +52,9 @@ pub enum CorpusError {
     /// The output exists already.
     #[error("{}: already exists (pass --force to replace it)", path.display())]
     OutputExists { path: PathBuf },
+    /// The output exists and is not a corpus (nor empty): never replaced, even with force.
+    #[error("{}: exists and is not a corpus (--force replaces a corpus or an empty directory, never other files): give another --out", path.display())]
+    OutputNotCorpus { path: PathBuf },
     /// A corpus directory is missing a file or has an incompatible format.
     #[error("{}: not a usable r1s corpus: {reason}", path.display())]
     BadCorpus { path: PathBuf, reason: String },

@@ -31,7 +31,9 @@ pub struct IngestOptions {
     pub words: usize,
     /// How documents are cut into windows of about `words` words.
     pub chunking: crate::chunk::Chunking,
-    /// Worker threads (0 = all cores).
+    /// Worker threads (0 = all cores). A setting of the run, not of the corpus: not recorded in the
+    /// manifest, so that it never changes the corpus's content id.
+    #[serde(skip)]
     pub threads: usize,
     /// `-multistream-index.txt.bz2` of a multistream dump.
     pub multistream_index: Option<PathBuf>,
@@ -43,7 +45,9 @@ pub struct IngestOptions {
     pub keep_lists: bool,
     /// Skip malformed records of line formats instead of failing (they are counted).
     pub skip_bad: bool,
-    /// Replace an existing output directory.
+    /// Replace an existing output directory (a corpus or an empty directory). Not recorded, as
+    /// `threads`: re-ingesting the same inputs with `--force` gives the same content id.
+    #[serde(skip)]
     pub force: bool,
     /// Record sha256 of every input in the manifest.
     pub checksums: bool,

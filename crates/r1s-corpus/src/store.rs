@@ -145,10 +145,7 @@ impl StagingDir {
             let is_corpus = dest.join(MANIFEST_FILE).is_file() && dest.join(DOCSTORE_INDEX).is_file();
             let is_empty = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_none());
             if !is_corpus && !is_empty {
-                return Err(CorpusError::Options(format!(
-                    "{}: exists and is not a corpus (--force replaces a corpus, never other files): give another --out",
-                    dest.display()
-                )));
+                return Err(CorpusError::OutputNotCorpus { path: dest.to_path_buf() });
             }
         }
         let parent = match dest.parent() {

@@ -5,8 +5,11 @@
 //! Format (PEFT's `LoraConfig` and `get_peft_model_state_dict`): tensors named
 //! `base_model.model.model.layers.{L}.{self_attn|mlp}.{proj}.lora_A.weight` `[r, in]` and
 //! `….lora_B.weight` `[out, r]`; each targeted projection becomes `W + s·B·A` (`W` `[out, in]`) with
-//! `s = lora_alpha / r`, or `lora_alpha / √r` under `use_rslora`. DoRA, per-module ranks or alphas,
-//! `fan_in_fan_out` and adapters of other modules (embeddings, `modules_to_save`) are refused.
+//! `s = lora_alpha / r`, or `lora_alpha / √r` under `use_rslora`. DoRA, per-module ranks or alphas
+//! and adapters of other modules (embeddings, `modules_to_save`) are refused. `fan_in_fan_out: true`
+//! is loaded as PEFT loads it on `torch.nn.Linear` targets (every projection of a Llama): PEFT warns
+//! that the flag does not apply to `Linear`, sets it to false and merges `B·A` (its
+//! `tuners/lora/layer.py`, `Linear.__init__`); r1s warns the same and merges the same weights.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -139,7 +142,10 @@ pub fn read(dir: &Path) -> Result<Adapter> {
         return Err(refuse("use_dora: DoRA adapters are not merged by r1s".into()));
     }
     if cfg.fan_in_fan_out {
-        return Err(refuse("fan_in_fan_out: Conv1D-layout (GPT-2) adapters do not fit a Llama model".into()));
+        log::warn!(
+            "{}: fan_in_fan_out is true, but the targets are Linear layers: read as false (as PEFT does)",
+            cpath.display()
+        );
     }
     if !cfg.rank_pattern.is_empty() || !cfg.alpha_pattern.is_empty() {
         return Err(refuse("rank_pattern / alpha_pattern: r1s merges adapters with one rank and alpha".into()));

@@ -327,14 +327,10 @@ impl HybridRetriever {
         if k == 0 || queries.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
         }
-        // a blank query has no hits (as on the BM25 side), not the dense side's guesses
-        let asked: Vec<&str> = queries.iter().copied().filter(|q| !q.trim().is_empty()).collect();
-        let (dense, bm25) = self.candidates(&asked, k.saturating_mul(self.depth))?;
-        let mut fused = dense.iter().zip(&bm25).map(|(d, b)| fuse(fusion, d, b, k));
-        Ok(queries
-            .iter()
-            .map(|q| if q.trim().is_empty() { Vec::new() } else { fused.next().unwrap_or_default() })
-            .collect())
+        // every query the same way, a blank one too: fused with an empty BM25 list, RRF of the dense
+        // list alone is that list (scores 1/(k + rank)), as for a stop-word-only query
+        let (dense, bm25) = self.candidates(queries, k.saturating_mul(self.depth))?;
+        Ok(dense.iter().zip(&bm25).map(|(d, b)| fuse(fusion, d, b, k)).collect())
     }
 }
 

@@ -93,6 +93,16 @@ fn bm25_and_hybrid_indexes_open_by_kind_and_find_passages_byte_for_byte() {
     // an empty or stop-word-only query: no BM25 hits
     let got = bm25.retrieve(&["", "the of and", "?!"], 5).unwrap();
     assert!(got.iter().all(Vec::is_empty), "{got:?}");
+    // hybrid: a blank query follows the rule of every query (RRF of the dense list and an empty BM25
+    // list is the dense list, scored 1/(60 + rank)), as a stop-word-only one does
+    let dense = open_any(&f.flat, &Default::default());
+    for q in ["", "the of and"] {
+        let (h, d) = (hybrid.retrieve(&[q], 3).unwrap().remove(0), dense.retrieve(&[q], 3).unwrap().remove(0));
+        assert_eq!(h.iter().map(|x| x.row).collect::<Vec<_>>(), d.iter().map(|x| x.row).collect::<Vec<_>>(), "{q:?}");
+        for (rank, x) in h.iter().enumerate() {
+            assert!((x.score - 1.0 / (61.0 + rank as f32)).abs() < 1e-6, "{q:?}: {x:?}");
+        }
+    }
     // hybrid scores are fused scores; query-time overrides are applied and checked
     let h = hybrid.retrieve(&["Evan Morris lobbyist Genentech"], 3).unwrap().remove(0);
     assert!((h[0].score - 2.0 / 61.0).abs() < 1e-6, "top of both lists: {:?}", h[0].score);

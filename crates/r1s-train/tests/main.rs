@@ -1090,6 +1090,15 @@ fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
             std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
         }
     };
+    // fan_in_fan_out on Linear targets: PEFT warns, reads it as false and merges B·A; so does r1s
+    let fifo = tmp.path().join("fan-in-fan-out");
+    copy_dir(&ck1.join("adapter"), &fifo);
+    set("fan_in_fan_out", true.into())(&fifo);
+    let mut f = tiny_policy(3, 9);
+    f.apply_adapter(&fifo).unwrap();
+    let mut plain = tiny_policy(3, 9);
+    plain.apply_adapter(&ck1.join("adapter")).unwrap();
+    assert_eq!(max_weight_diff(&f, &plain), 0.0);
     assert!(broken("dora", &set("use_dora", true.into())).contains("DoRA"));
     assert!(broken("rank", &set("r", 3.into())).contains("r = 3"));
     assert!(broken("pattern", &set("rank_pattern", serde_json::json!({"q_proj": 2}))).contains("rank_pattern"));
