@@ -1160,21 +1160,26 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
     assert!(plan.contains("MiB") && !plan.contains(" GB"), "{plan}");
 }
 
+/// A BM25 index of 60 R1-Searcher passages in `dir/bm25` (its corpus in `dir/c`).
+fn small_bm25(dir: &Path) {
+    let src = some_passages(dir, 60);
+    let index = dir.join("bm25");
+    ok(r1s()
+        .args(["-q", "index", "build"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&index)
+        .args(["--kind", "bm25", "--corpus-out"])
+        .arg(dir.join("c")));
+}
+
 /// #37: Ctrl-C during `r1s eval` says it is stopping, stops within seconds, exits 130 and keeps the
 /// rows finished so far in `NAME.incomplete.jsonl` (never under the output's own name).
 #[test]
 fn eval_stopped_by_ctrl_c_keeps_finished_rows_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let src = some_passages(dir.path(), 60);
     let p = |name: &str| dir.path().join(name).display().to_string();
-    ok(r1s().args(["-q", "index", "build"]).arg(&src).args([
-        "--out",
-        &p("bm25"),
-        "--kind",
-        "bm25",
-        "--corpus-out",
-        &p("c"),
-    ]));
+    small_bm25(dir.path());
     let out = p("results.jsonl");
     let mut child = r1s()
         .args(["eval", "--data"])
@@ -1218,16 +1223,8 @@ fn eval_stopped_by_ctrl_c_keeps_finished_rows_apart() {
 #[test]
 fn eval_score_agrees_with_eval_under_every_protocol() {
     let dir = tempfile::tempdir().unwrap();
-    let src = some_passages(dir.path(), 60);
     let p = |name: &str| dir.path().join(name).display().to_string();
-    ok(r1s().args(["-q", "index", "build"]).arg(&src).args([
-        "--out",
-        &p("bm25"),
-        "--kind",
-        "bm25",
-        "--corpus-out",
-        &p("c"),
-    ]));
+    small_bm25(dir.path());
     let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
     for protocol in ["r1-searcher", "search-r1", "r1searcher-plus"] {
         let out = p(&format!("{protocol}.jsonl"));
