@@ -480,7 +480,7 @@ fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
     let sq8 = a.quantize != r1s_index::Quantize::None;
     let refused = crate::given_flags(&["no_rerank", "rerank_factor"]);
     if !sq8 && !refused.is_empty() {
-        return usage(format!("{} {} settings of --quantize sq8", refused.join(", "), "are"));
+        return usage(format!("{} are settings of --quantize sq8", refused.join(", ")));
     }
     let ingests = a.input.as_deref().is_some_and(|i| !is_corpus_dir(i));
     let refused = crate::given_flags(&["corpus_out", "format", "skip_bad", "chunking"]);
@@ -539,20 +539,14 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
     for part in [&a.dense, &a.bm25].into_iter().flatten() {
         must_exist(part, "index directory")?;
     }
-    let building = match a.kind {
-        BuildKind::Dense(_) => Family::Dense,
-        BuildKind::Bm25 => Family::Bm25,
-        BuildKind::Hybrid => Family::Hybrid,
+    let (building, kind_name) = match a.kind {
+        BuildKind::Dense(k) => (Family::Dense, k.name()),
+        BuildKind::Bm25 => (Family::Bm25, "bm25"),
+        BuildKind::Hybrid => (Family::Hybrid, "hybrid"),
     };
-    let kind_name = match a.kind {
-        BuildKind::Dense(k) => k.name(),
-        BuildKind::Bm25 => "bm25",
-        BuildKind::Hybrid => "hybrid",
-    };
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
     for (flag, part) in [("--dense", &a.dense), ("--bm25", &a.bm25)] {
         if let Some(part) = part
-            && canonical(part).is_some_and(|c| Some(c) == canonical(&a.out))
+            && crate::same_path(part, &a.out)
         {
             return Err(anyhow::Error::new(crate::UsageError(format!(
                 "--out {} is the {flag} index itself: a hybrid index goes in a directory of its own",
@@ -750,10 +744,7 @@ fn check_out_dir(
     if !out.is_dir() {
         return Err(refuse("a file, not a directory: an index is a directory of its own".into()));
     }
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    if let Some(input) = input
-        && canonical(input).is_some_and(|i| Some(i) == canonical(out))
-    {
+    if input.is_some_and(|i| crate::same_path(i, out)) {
         return Err(refuse("the input itself: an index goes in a directory of its own, e.g. indexes/NAME".into()));
     }
     if is_corpus_dir(out) {

@@ -224,13 +224,18 @@ fn message(e: &anyhow::Error) -> String {
     msg
 }
 
-/// A usage error (exit 2) when `out` is the same file as one of `inputs` (any spelling, links
-/// followed): writing it would destroy the input before, or while, it is read.
+/// Whether `a` and `b` name the same existing file or directory (any spelling, links followed).
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A usage error (exit 2) when `out` is the same file as one of `inputs` (see [`same_path`]):
+/// writing it would destroy the input before, or while, it is read.
 fn not_an_input(out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    if let Some(o) = canonical(out)
-        && let Some(i) = inputs.iter().find(|i| canonical(i).as_ref() == Some(&o))
-    {
+    if let Some(i) = inputs.iter().find(|i| same_path(out, i)) {
         return Err(anyhow::Error::new(UsageError(format!(
             "--out {} is the input {}: write the output elsewhere",
             out.display(),
