@@ -11,7 +11,7 @@ use r1s_core::{Completion, Finish, GenerateSettings, Job, Policy, Retriever};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::extract_answer;
-use crate::protocol::{END_QUERY, extract_query, format_docs, splice};
+use crate::protocol::{BEGIN_QUERY, END_ANSWER, END_QUERY, EVAL_STOPS, extract_query, format_docs, splice};
 
 /// Errors of the loop: the policy's or the retriever's.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +209,12 @@ pub struct Trajectory {
     pub retrieved: Vec<Vec<String>>,
     /// How each turn's generation ended.
     pub turn_finishes: Vec<Finish>,
-    /// `finished` (EOS or token cap after the answer), `empty_query`, `gave_up`.
+    /// Why the episode ended. R1-Searcher's evaluation uses its script's names: `finished` (a turn
+    /// stopped at `</answer>` after an `<answer>`), `many_retrieve` (a search at the last turn),
+    /// `query_inst_error` (an empty query), `shot_down` (any other end of a turn: the token budget,
+    /// EOS, `<|im_end|>`, `<|endoftext|>`, a stop without its opening tag). Training and
+    /// R1-Searcher++: `finished` (EOS or token cap), `empty_query`, `gave_up`, `max_searches`;
+    /// Search-R1: `finished`, `max_turns`.
     pub stop_reason_final: String,
     /// The extracted answer (`I don't know.` when the evaluation gave up).
     pub pred: String,
@@ -288,6 +293,8 @@ pub fn run_streaming<P: Policy, R: Retriever>(
         let stop = match cfg.protocol {
             Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
             // out of retrievals: the last turn, without the stop string
+            // R1-Searcher's evaluation stops at these four (evaluation/eval_search_loacl.py)
+            Protocol::R1Searcher if cfg.evaluation => EVAL_STOPS.iter().map(|s| s.to_string()).collect(),
             Protocol::R1Searcher if ep.queries.len() >= cfg.max_retrievals => vec![],
             Protocol::R1Searcher => vec![END_QUERY.to_owned()],
             // R1-Searcher++ always stops at </external>, so the policy never writes a document
@@ -307,6 +314,7 @@ pub fn run_streaming<P: Policy, R: Retriever>(
                 // this turn's number, from 1
                 let turn = eps[i].turn_finishes.len() + 1;
                 let after = match cfg.protocol {
+                    Protocol::R1Searcher if cfg.evaluation => r1_searcher_eval_turn(&mut eps[i], c, turn, cfg),
                     Protocol::R1Searcher | Protocol::R1SearcherPlus => r1_searcher_turn(&mut eps[i], c, turn, cfg),
                     Protocol::SearchR1 => search_r1_turn(&mut eps[i], c, turn, cfg),
                 };
@@ -421,6 +429,47 @@ fn search_r1_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &Loo
         }
     }
 }
+
+/// A turn of R1-Searcher's evaluation, as its `evaluation/eval_search_loacl.py` decides it: generation
+/// stops at [`EVAL_STOPS`]; a turn that stopped at `</answer>` and wrote `<answer>` finishes the row,
+/// its answer the turn's text after its last `<answer>` (not stripped); a turn that stopped at
+/// `<|end_of_query|>` and wrote `<|begin_of_query|>` searches for its query (cleaned with `"`, `'`,
+/// `...` removed and tabs made spaces; empty → `query_inst_error`), unless it is turn `max_turns`
+/// (`many_retrieve`: the script's tenth generation is discarded whatever it holds, so a search at the
+/// ninth gives up; its documents are never read, so they are not fetched here); any other end is
+/// `shot_down`. A row that does not finish is answered "I don't know.". The text kept is the turn's
+/// with the stop string that ended it; a search's is spliced as in training ([`splice`]).
+fn r1_searcher_eval_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cfg: &LoopConfig) -> After {
+    record(ep, &mut c);
+    let stop = match &c.finish {
+        Finish::Stop(s) => s.as_str(),
+        _ => "",
+    };
+    let (reason, pred) = if stop == END_ANSWER && c.text.contains("<answer>") {
+        let pred = c.text.rsplit("<answer>").next().unwrap_or_default().to_owned();
+        ("finished", pred)
+    } else if stop == END_QUERY && c.text.contains(BEGIN_QUERY) {
+        let raw = c.text.rsplit(BEGIN_QUERY).next().unwrap_or_default();
+        let cleaned = crate::protocol::eval_query_chars(raw);
+        if cleaned.is_empty() {
+            ("query_inst_error", IDK.to_owned())
+        } else if turn >= cfg.max_turns {
+            ("many_retrieve", IDK.to_owned())
+        } else {
+            let query = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+            return After::Search { query, text: c.text };
+        }
+    } else {
+        ("shot_down", IDK.to_owned())
+    };
+    ep.push(Source::Policy, &format!("{}{stop}", c.text));
+    ep.stop_reason_final = reason.into();
+    ep.pred = pred;
+    After::End
+}
+
+/// The answer R1-Searcher's evaluation gives a row that did not finish.
+const IDK: &str = "I don't know.";
 
 /// A turn under R1-Searcher's protocol: a turn that stopped at `<|end_of_query|>` searches for its
 /// query (an empty one ends the episode; in evaluation, a query at turn `max_turns` gives up with

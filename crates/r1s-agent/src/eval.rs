@@ -47,7 +47,9 @@ pub fn gold_answers(v: &serde_json::Value) -> Option<Vec<String>> {
     }
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError> {
+/// The rows of a JSONL file with their line numbers (from 1; blank lines skipped). A line that is not
+/// JSON is an error naming it.
+pub fn read_rows(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -64,7 +66,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, DataError>
 /// Reads questions (R1-Searcher or FlashRAG format), at most `limit`.
 pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>, DataError> {
     let mut out = Vec::new();
-    for (line, v) in read_jsonl(path)? {
+    for (line, v) in read_rows(path)? {
         if limit.is_some_and(|l| out.len() >= l) {
             break;
         }
@@ -93,6 +95,9 @@ pub struct Row<'a> {
     pub prompt: &'a str,
     pub reward: Option<f64>,
     pub protocol: crate::Protocol,
+    /// The LLM judge's verdict: `None` when the row was not judged, `Some(None)` when it was and no
+    /// verdict came (a failed request or an unreadable reply).
+    pub judge: Option<Option<bool>>,
 }
 
 /// The summary of a results file.
@@ -114,6 +119,10 @@ pub struct Summary {
     /// Percentage of solutions whose format is bad under their protocol (rows with a rollout).
     pub format_bad: f64,
     pub mean_reward: Option<f64>,
+    /// LLM-as-judge accuracy, percent of the rows with a verdict (when any row was judged).
+    pub judge: Option<f64>,
+    /// Judged rows without a verdict (failed or unreadable): counted here, never scored.
+    pub unjudged: usize,
 }
 
 impl Summary {
@@ -121,6 +130,7 @@ impl Summary {
     pub fn of<'a>(rows: impl IntoIterator<Item = Row<'a>>) -> Summary {
         let (mut s, mut sol_rows, mut bad, mut rewards, mut nrew) = (Scores::default(), 0usize, 0usize, 0.0, 0usize);
         let (mut n, mut retr, mut internal, mut zero) = (0, 0usize, 0usize, 0usize);
+        let (mut judged, mut correct, mut unjudged) = (0usize, 0usize, 0usize);
         for row in rows {
             let x = score(row.pred, row.golds);
             s.em += x.em;
@@ -139,6 +149,14 @@ impl Summary {
                 rewards += r;
                 nrew += 1;
             }
+            match row.judge {
+                Some(Some(v)) => {
+                    judged += 1;
+                    correct += usize::from(v);
+                }
+                Some(None) => unjudged += 1,
+                None => {}
+            }
             n += 1;
         }
         let pct = |x: f64| 100.0 * x / n.max(1) as f64;
@@ -154,11 +172,14 @@ impl Summary {
             zero_search: 100.0 * per_sol(zero),
             format_bad: 100.0 * per_sol(bad),
             mean_reward: (nrew > 0).then(|| rewards / nrew as f64),
+            judge: (judged + unjudged > 0).then(|| 100.0 * correct as f64 / judged.max(1) as f64),
+            unjudged,
         }
     }
 
     /// A two-line table (RC: external searches per question; `internal`: recalled facts per
-    /// question; `no-search`: share answered without searching).
+    /// question; `no-search`: share answered without searching; `judge`: LLM-as-judge accuracy, the
+    /// rows left without a verdict named after it).
     pub fn table(&self) -> String {
         let mut s = format!(
             "{:>6} {:>6} {:>9} {:>10} {:>6} {:>6} {:>9} {:>10} {:>11}",
@@ -166,6 +187,9 @@ impl Summary {
         );
         if self.mean_reward.is_some() {
             s.push_str(&format!(" {:>7}", "reward"));
+        }
+        if self.judge.is_some() {
+            s.push_str(&format!(" {:>6}", "judge"));
         }
         s.push('\n');
         s.push_str(&format!(
@@ -183,6 +207,12 @@ impl Summary {
         if let Some(r) = self.mean_reward {
             s.push_str(&format!(" {r:>7.3}"));
         }
+        if let Some(j) = self.judge {
+            s.push_str(&format!(" {j:>6.1}"));
+            if self.unjudged > 0 {
+                s.push_str(&format!(" ({} without a verdict)", self.unjudged));
+            }
+        }
         s
     }
 }
@@ -190,14 +220,20 @@ impl Summary {
 /// Scores a results file: `pred_ans` against `answer` (string or list) or `golden_answers`;
 /// `gen_text_store` for searches (r1s eval's `retrievals` when the row has it: the searches the loop
 /// ran), recalled facts and format under the row's `protocol` (r1s eval writes it; R1-Searcher's
-/// released files have none: R1-Searcher's); `reward` when present.
+/// released files have none: R1-Searcher's); `reward` when present; the judge's verdicts when the rows
+/// carry them ([`row_verdict`]).
 pub fn score_file(path: &Path) -> Result<Summary, DataError> {
-    let rows = read_jsonl(path)?;
+    let rows = read_rows(path)?;
     if rows.is_empty() {
         return Err(DataError::Empty { path: path.into(), what: "result rows" });
     }
+    score_rows(path, &rows)
+}
+
+/// [`score_file`] on rows already read (`path` names them in errors).
+pub fn score_rows(path: &Path, rows: &[(usize, serde_json::Value)]) -> Result<Summary, DataError> {
     let mut parsed = Vec::with_capacity(rows.len());
-    for (line, v) in &rows {
+    for (line, v) in rows {
         let bad = |reason: &str| DataError::Bad { path: path.into(), line: *line, reason: reason.into() };
         let pred = v["pred_ans"].as_str().ok_or_else(|| bad("no \"pred_ans\" string"))?;
         let golds = strings(&v["answer"])
@@ -209,9 +245,19 @@ pub fn score_file(path: &Path) -> Result<Summary, DataError> {
         };
         let prompt = v["prompt"].as_str().unwrap_or("");
         let searches = v["retrievals"].as_u64().map(|n| n as usize);
-        parsed.push((pred, golds, v["gen_text_store"].as_str(), v["reward"].as_f64(), protocol, prompt, searches));
+        let judge = row_verdict(v);
+        parsed.push((
+            pred,
+            golds,
+            v["gen_text_store"].as_str(),
+            v["reward"].as_f64(),
+            protocol,
+            prompt,
+            searches,
+            judge,
+        ));
     }
-    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt, searches)| Row {
+    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt, searches, judge)| Row {
         pred,
         golds: g.as_slice(),
         sol: *sol,
@@ -219,5 +265,20 @@ pub fn score_file(path: &Path) -> Result<Summary, DataError> {
         prompt,
         reward: *reward,
         protocol: *protocol,
+        judge: *judge,
     })))
+}
+
+/// A result row's judge verdict: r1s's `judge` (true/false; null when judged without a verdict, as
+/// its `judge_reply` or `judge_error` says) or R1-Searcher's `gpt4o_output` reply; `None` when the row
+/// was not judged.
+pub fn row_verdict(v: &serde_json::Value) -> Option<Option<bool>> {
+    match (&v["judge"], &v["gpt4o_output"]) {
+        (serde_json::Value::Bool(b), _) => Some(Some(*b)),
+        (serde_json::Value::Null, serde_json::Value::Null) => {
+            (!v["judge_reply"].is_null() || !v["judge_error"].is_null()).then_some(None)
+        }
+        (serde_json::Value::Null, reply) => Some(reply.as_str().and_then(crate::judge::parse_verdict)),
+        _ => Some(None),
+    }
 }

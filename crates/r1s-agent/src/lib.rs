@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod eval;
 pub mod http;
+pub mod judge;
 pub mod metrics;
 pub mod plus;
 pub mod prompt;

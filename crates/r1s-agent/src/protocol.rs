@@ -39,14 +39,25 @@ pub fn extract_query(turn: &str, evaluation: bool) -> Option<String> {
 }
 
 /// R1-Searcher's query cleaning: `"` removed, trimmed, inner whitespace collapsed; for evaluation
-/// also without `'`, tabs and `...`.
+/// also without `'`, tabs and `...` ([`eval_query_chars`]).
 pub fn clean_query(raw: &str, evaluation: bool) -> String {
-    let mut q = raw.replace('"', "");
-    if evaluation {
-        q = q.replace('\'', "").replace('\t', " ").replace("...", "");
-    }
+    let q = if evaluation { eval_query_chars(raw) } else { raw.replace('"', "") };
     q.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// The replacements of R1-Searcher's evaluation script, in its order: `"` and `'` removed, tabs
+/// made spaces, `...` removed. The script searches when the result is not empty (whitespace counts).
+pub fn eval_query_chars(raw: &str) -> String {
+    raw.replace(['"', '\''], "").replace('\t', " ").replace("...", "")
+}
+
+/// `</answer>`.
+pub const END_ANSWER: &str = "</answer>";
+
+/// The stop strings of R1-Searcher's evaluation (`evaluation/eval_search_loacl.py`'s `stop_tokens`):
+/// Qwen's two end tokens as text, the end of a query and the end of an answer. Its training stops at
+/// `<|end_of_query|>` only.
+pub const EVAL_STOPS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", END_QUERY, END_ANSWER];
 
 /// Strips a leading corpus index (`^\d+\s+`) from a retrieved document.
 fn strip_index(doc: &str) -> &str {

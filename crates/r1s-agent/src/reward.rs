@@ -107,7 +107,8 @@ pub fn think_answer_tags_ok(sol: &str) -> bool {
         && count(sol, "</answer>") == 1
 }
 
-/// A CJK character (U+4E00–U+9FFF) outside the document blocks.
+/// A CJK character (U+4E00–U+9FFF) outside the document blocks (`<|begin_of_documents|>` through the
+/// next `<|end_of_documents|>`; an unclosed one is no block).
 pub fn cjk_outside_documents(sol: &str) -> bool {
     let mut rest = sol;
     let mut outside = String::new();
@@ -115,8 +116,10 @@ pub fn cjk_outside_documents(sol: &str) -> bool {
         outside.push_str(&rest[..start]);
         match rest[start..].find(END_DOCS) {
             Some(end) => rest = &rest[start + end + END_DOCS.len()..],
+            // an unclosed block is not removed (R1-Searcher's servers use a non-greedy regex for
+            // whole blocks): the text after its opening tag is checked too
             None => {
-                rest = "";
+                rest = &rest[start..];
                 break;
             }
         }

@@ -8,9 +8,12 @@
 //!
 //! The question is read from the text as the prompt placed it: R1-Searcher's base prompt
 //! (`…\n\nUser:{question}\nAssistant: <think>`; the rollout is what follows), Search-R1's
-//! (its instruction then `{question}\n`, raw or as the user turn), or a ChatML user turn
-//! (`<|im_start|>user\n{question}<|im_end|>`). It and the
-//! file's questions are compared with whitespace collapsed and without a final `?`.
+//! (its instruction then `{question}\n`, raw or as the user turn), a Llama 3 chat rendering (R1-Searcher's
+//! Llama 3.1 reward servers': `…<|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|>
+//! <|start_header_id|>assistant<|end_header_id|>\n\n<think>`), or a ChatML user turn
+//! (`<|im_start|>user\n{question}<|im_end|>`). It and the file's questions are compared by
+//! [`question_key`], R1-Searcher's servers' `normalize_text`; questions of the file with one key share
+//! their gold answers (R1-Searcher's servers keep the last one's).
 //!
 //! Errors are FastAPI's shape, `{"detail": message}`: 422 for a body that is not `{"query": [str…]}`,
 //! is larger than the limit, holds too many texts, or a text whose question is not in the file (the
@@ -60,15 +63,96 @@ impl Default for RewardServerConfig {
     }
 }
 
-/// The lookup key of a question: whitespace collapsed, without a final `?` (Search-R1's prompt adds
-/// one to questions that lack it).
+/// The characters R1-Searcher's reward servers' `normalize_text` turns into spaces: its class
+/// `[,.:\"'\[\]\-=\+\\|!@#$%^&*();<>?/！￥…（）—\{\}：”“《》？]` as python3 reads the (non-raw) string.
+const KEY_PUNCT: &str = "!\"#$%&'()*+,-./:;<=>?@[]^{|}—“”…《》！（）：？￥";
+
+/// Whitespace as Python's `re` `\s` and `str.strip` read it: Unicode's, and the separators
+/// U+001C–U+001F.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// The lookup key of a question, R1-Searcher's `normalize_text` (`train/reward_server_*.py`, with
+/// which its servers key both the question file and the question a text holds): lower-cased, the
+/// characters of [`KEY_PUNCT`] made spaces, `import X as Y` lines removed, whitespace runs made one
+/// space, stripped. Search-R1's prompt adds a `?` to questions that lack one; the key drops it.
 pub fn question_key(q: &str) -> String {
-    let k = q.split_whitespace().collect::<Vec<_>>().join(" ");
-    k.strip_suffix('?').map_or(k.clone(), |s| s.trim_end().to_owned())
+    let lowered: String = q.to_lowercase().chars().map(|c| if KEY_PUNCT.contains(c) { ' ' } else { c }).collect();
+    let text = drop_import_lines(&lowered);
+    let mut key = String::with_capacity(text.len());
+    for word in text.split(py_space).filter(|w| !w.is_empty()) {
+        if !key.is_empty() {
+            key.push(' ');
+        }
+        key.push_str(word);
+    }
+    key
+}
+
+/// `re.sub("import\s[a-zA-Z\.]+(\sas\s[a-zA-Z\.]+)\n", " ", text)`, the second step of
+/// R1-Searcher's `normalize_text`, without a regex engine: each match, left to right, becomes a space.
+fn drop_import_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("import") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // the end of a match starting at `at`: import, \s, name, \s, as, \s, name, \n
+    let match_at = |at: usize| -> Option<usize> {
+        let name = |from: usize| {
+            let n = text[from..].bytes().take_while(|b| b.is_ascii_alphabetic() || *b == b'.').count();
+            (n > 0).then_some(from + n)
+        };
+        let space = |from: usize| text[from..].chars().next().filter(|&c| py_space(c)).map(|c| from + c.len_utf8());
+        let mut i = at.checked_add(6).filter(|_| text[at..].starts_with("import"))?;
+        i = name(space(i)?)?;
+        i = space(i)?;
+        i = space(i.checked_add(2).filter(|_| text[i..].starts_with("as"))?)?;
+        i = name(i)?;
+        text[i..].starts_with('\n').then_some(i + 1)
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < text.len() {
+        if let Some(end) = match_at(at) {
+            out.push(' ');
+            at = end;
+        } else {
+            let c = text[at..].chars().next().unwrap_or(' ');
+            out.push(c);
+            at += c.len_utf8();
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Llama 3's user header, after which its chat template writes the (trimmed) user message.
+const LLAMA_USER: &str = "<|start_header_id|>user<|end_header_id|>\n\n";
+/// Llama 3's end of a turn and assistant header, as its chat template writes them before a reply.
+const LLAMA_ASSISTANT: &str = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+/// The assistant headers of the chat templates read here (ChatML's, Llama 3's).
+const ASSISTANT_HEADERS: [&str; 2] = ["<|im_start|>assistant", "<|start_header_id|>assistant<|end_header_id|>"];
+
+/// Where a reply starts after byte `from` of `text`: past the first assistant header and the
+/// whitespace after it. `None` when no header follows.
+fn after_assistant_header(text: &str, from: usize) -> Option<usize> {
+    let rest = &text[from..];
+    let (at, len) = ASSISTANT_HEADERS.iter().filter_map(|h| rest.find(h).map(|i| (i, h.len()))).min()?;
+    let after = from + at + len;
+    Some(after + text[after..].len() - text[after..].trim_start().len())
+}
+
+/// `at` moved past a `<think>` that starts there (R1-Searcher's chat prompts end with it).
+fn past_think(text: &str, at: usize) -> usize {
+    if text[at..].starts_with("<think>") { at + "<think>".len() } else { at }
 }
 
 /// The question a prompt + rollout text holds, and where the rollout starts (byte offset), for
 /// the prompt formats named in the module docs.
+///
+/// R1-Searcher's Llama 3.1 reward servers (`train/reward_server_llama_stage{1,2}.py`) read the question
+/// as the text after the last Llama 3 user header up to `<|eot_id|>` + the assistant header +
+/// `<think>`, stripped, and the rollout as what follows the last such assistant header + `<think>`;
+/// so does this (the `<think>` may be missing here).
 pub fn find_question(text: &str) -> Option<(&str, usize)> {
     const BASE_ASSISTANT: &str = "\nAssistant: <think>";
     if let (Some(u), Some(a)) = (text.find("\n\nUser:"), text.find(BASE_ASSISTANT)) {
@@ -78,32 +162,27 @@ pub fn find_question(text: &str) -> Option<(&str, usize)> {
         }
     }
     // Search-R1's prompt, raw (a base model's) or as the user turn: its instruction, then the question
-    // up to the end of the line
+    // up to the end of the line (or of the turn: Llama 3's template trims the message's newline)
     if let Some(i) = text.find(crate::searchr1::INSTRUCTION) {
         let start = i + crate::searchr1::INSTRUCTION.len();
-        let end = start + text[start..].find('\n')?;
-        let after = end + 1;
-        let rollout = match text[after..].find("<|im_start|>assistant") {
-            Some(a) => {
-                let marker = after + a + "<|im_start|>assistant".len();
-                marker + text[marker..].len() - text[marker..].trim_start().len()
-            }
-            None => after,
-        };
+        let line = &text[start..];
+        let end = start + ["\n", "<|eot_id|>", "<|im_end|>"].iter().filter_map(|m| line.find(m)).min()?;
+        let rollout = after_assistant_header(text, end).unwrap_or(end + usize::from(text[end..].starts_with('\n')));
         return Some((&text[start..end], rollout));
+    }
+    if let Some(u) = text.rfind(LLAMA_USER) {
+        let start = u + LLAMA_USER.len();
+        let end = start + text[start..].find(LLAMA_ASSISTANT)?;
+        let reply = text.rfind(LLAMA_ASSISTANT).map_or(end, |a| a + LLAMA_ASSISTANT.len());
+        return Some((text[start..end].trim_matches(py_space), past_think(text, reply)));
     }
     if let Some(u) = text.find("<|im_start|>user\n") {
         let start = u + "<|im_start|>user\n".len();
         let end = start + text[start..].find("<|im_end|>")?;
-        let q = &text[start..end];
         // the rollout starts after the assistant marker, its whitespace and the `<think>` that
         // R1-Searcher's chat prompt ends with
-        let rollout = text[end..].find("<|im_start|>assistant").map_or(end, |a| {
-            let after = end + a + "<|im_start|>assistant".len();
-            let body = after + text[after..].len() - text[after..].trim_start().len();
-            if text[body..].starts_with("<think>") { body + "<think>".len() } else { body }
-        });
-        return Some((q, rollout));
+        let rollout = after_assistant_header(text, end).map_or(end, |body| past_think(text, body));
+        return Some((&text[start..end], rollout));
     }
     None
 }
@@ -246,7 +325,7 @@ mod tests {
         let user = crate::searchr1::user_message("Trivia Question: who wrote hamlet");
         let sr1 = format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n<think> x");
         let (q, at) = find_question(&sr1).unwrap();
-        assert_eq!((question_key(q), &sr1[at..]), ("Trivia Question: who wrote hamlet".into(), "<think> x"));
+        assert_eq!((question_key(q), &sr1[at..]), ("trivia question who wrote hamlet".into(), "<think> x"));
         let raw = format!("{user}<think> y");
         let (q, at) = find_question(&raw).unwrap();
         assert_eq!((q, &raw[at..]), ("Trivia Question: who wrote hamlet?", "<think> y"));

@@ -79,6 +79,12 @@ fn every_format_rule_and_reward_variant() {
     }
     // CJK inside documents is fine
     assert_eq!(format_problem(&good.replace("was a lobbyist", "was a 说客")), None);
+    // an unclosed documents block is no block: R1-Searcher's servers remove whole blocks
+    // (`<\|begin_of_documents\|>.*?<\|end_of_documents\|>`), so CJK after an unclosed opening counts
+    use r1s_agent::reward::cjk_outside_documents;
+    assert!(cjk_outside_documents("x <|begin_of_documents|>\n说客 </think>"));
+    assert!(!cjk_outside_documents("x <|begin_of_documents|>\n说客<|end_of_documents|> y"));
+    assert!(cjk_outside_documents("<|begin_of_documents|>a<|end_of_documents|> <|begin_of_documents|> 说"));
     // no retrieval: stage 1 pays only for the format
     let no_search = " Easy. </think>\n\n<answer> Genentech </answer>";
     assert_eq!(reward(Reward::Stage1, no_search, &golds), 0.5);
@@ -205,9 +211,10 @@ fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
     let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
 
     let turn1 = " I need the Strozzi family. <|begin_of_query|> \"Barbara Strozzi\" composer ";
-    let turn2 = " She was a composer. </think>\n\n<answer> Italian </answer>";
+    // R1-Searcher's evaluation stops at `</answer>`: the text comes without it
+    let turn2 = " She was a composer. </think>\n\n<answer> Italian ";
     let policy = Scripted {
-        turns: vec![(turn1, Finish::Stop(END_QUERY.into())), (turn2, Finish::Eos)],
+        turns: vec![(turn1, Finish::Stop(END_QUERY.into())), (turn2, Finish::Stop("</answer>".into()))],
         seen: Default::default(),
     };
     let prompt = base_prompt("What nationality was Barbara Strozzi?");
@@ -221,6 +228,7 @@ fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
     }
     let mine1 = "I need the Strozzi family. <|begin_of_query|> \"Barbara Strozzi\" composer<|end_of_query|>\n\n";
     let retrieved = format!("<|begin_of_documents|>\n{docs}<|end_of_documents|>\n\n");
+    let turn2 = format!("{turn2}</answer>");
     assert_eq!(t.sol, format!("{mine1}{retrieved}{turn2}"));
     let spans: Vec<(r1s_agent::Source, &str)> = t.spans.iter().map(|s| (s.source, &t.sol[s.start..s.end])).collect();
     assert_eq!(
@@ -228,23 +236,26 @@ fn the_loop_splices_byte_for_byte_with_a_real_retriever() {
         vec![
             (r1s_agent::Source::Policy, mine1),
             (r1s_agent::Source::Retrieval, retrieved.as_str()),
-            (r1s_agent::Source::Policy, turn2)
+            (r1s_agent::Source::Policy, turn2.as_str())
         ]
     );
     assert_eq!(t.queries, vec!["Barbara Strozzi composer"]);
     assert_eq!(t.retrieved[0], hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>());
-    assert_eq!(t.pred, "Italian");
+    // the script's answer: the turn's text after `<answer>`, not stripped
+    assert_eq!(t.pred, " Italian ");
     assert_eq!(t.stop_reason_final, "finished");
-    // the second turn continued from exactly prompt + everything so far, with the stop string set
+    // the second turn continued from exactly prompt + everything so far, with the stop strings set
     let seen = policy.seen.lock().unwrap();
-    assert_eq!(seen[0], (prompt.clone(), vec![END_QUERY.to_owned()]));
+    let stops: Vec<String> = r1s_agent::protocol::EVAL_STOPS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen[0], (prompt.clone(), stops));
     assert_eq!(seen[1].0, format!("{prompt}{mine1}{retrieved}"));
     assert_eq!(r1s_agent::reward::reward(r1s_agent::Reward::Stage1, &t.sol, &["Italian".into()]), 1.0);
 }
 
 /// A minimal OpenAI-style completions server on a loopback port (std only): the first turn asks a
-/// query (finish "stop" with vLLM's `stop_reason`), a context with documents gets the answer
-/// (finish "stop" without one, as llama.cpp answers). Returns the base URL.
+/// query (finish "stop" with vLLM's `stop_reason`), a context with documents gets the answer up to
+/// the `</answer>` it stopped at (finish "stop" without naming it, as llama.cpp answers). Every
+/// request must carry R1-Searcher's evaluation stop strings. Returns the base URL.
 fn completions_server() -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -268,6 +279,7 @@ fn completions_server() -> String {
             let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(req["model"], "scripted");
             assert_eq!(req["temperature"], 0.0);
+            assert_eq!(req["stop"], serde_json::json!(r1s_agent::protocol::EVAL_STOPS));
             let choices: Vec<serde_json::Value> = req["prompt"]
                 .as_array()
                 .unwrap()
@@ -275,7 +287,7 @@ fn completions_server() -> String {
                 .enumerate()
                 .map(|(i, p)| {
                     if p.as_str().unwrap().contains("<|begin_of_documents|>\n(1)") {
-                        serde_json::json!({"index": i, "text": " She composed. </think>\n\n<answer> Italian </answer>", "finish_reason": "stop"})
+                        serde_json::json!({"index": i, "text": " She composed. </think>\n\n<answer> Italian", "finish_reason": "stop"})
                     } else {
                         serde_json::json!({"index": i, "text": " Look up. <|begin_of_query|> Barbara Strozzi composer", "finish_reason": "stop", "stop_reason": "<|end_of_query|>"})
                     }
@@ -316,13 +328,195 @@ fn the_loop_over_http_policy_and_http_retriever() {
         let ts = r1s_agent::run(&policy, &remote, &prompts, &cfg).unwrap();
         let hits = local.retrieve(&["Barbara Strozzi composer"], 5).unwrap().remove(0);
         for t in &ts {
-            assert_eq!(t.pred, "Italian");
+            assert_eq!((t.pred.as_str(), t.stop_reason_final.as_str()), (" Italian", "finished"));
             assert_eq!(t.queries, vec!["Barbara Strozzi composer"]);
             for (j, h) in hits.iter().enumerate() {
                 assert!(t.sol.contains(&format!("({}){}\n", j + 1, h.contents)), "{url}: document {j} missing");
             }
             assert_eq!(t.spans.len(), 3);
         }
+    }
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+}
+
+/// R1-Searcher's evaluation decisions replayed on scripted turns, each expectation read off its
+/// `evaluation/eval_search_loacl.py` (the turn loop of `main`; seen in the copy at
+/// sonam13/Capstone_UOA `evaluation/search_loacl.py`, commit e8637712): generation stops at
+/// `<|im_end|>`, `<|endoftext|>`, `<|end_of_query|>`, `</answer>`; `"<answer>" in generated_text and
+/// stop_reason == "</answer>"` finishes with `generated_text.split("<answer>")[-1].split("</answer>")[0]`;
+/// `"<|begin_of_query|>" in generated_text and stop_reason == "<|end_of_query|>"` searches when the
+/// query, with `"` `'` `...` removed and tabs made spaces, is not empty (else `query_inst_error`);
+/// anything else is `shot_down`; the tenth generation (`k == 9`) is `many_retrieve`; the three
+/// give "I don't know.".
+#[test]
+fn r1_searcher_evaluation_stops_where_its_script_stops() {
+    use r1s_agent::protocol::{END_QUERY, base_prompt};
+    use r1s_core::Finish;
+    let stop = |s: &str| Finish::Stop(s.to_owned());
+    let q = |t: &'static str| (t, stop(END_QUERY));
+    let idk = "I don't know.";
+    let tmp = tempfile::tempdir().unwrap();
+    let retriever = r1s_retrieve::DenseRetriever::open(&small_index(tmp.path()), &Default::default()).unwrap();
+    // (what broke, the turns, the expected reason, answer and searches)
+    type Turns = Vec<(&'static str, Finish)>;
+    let cases: Vec<(&str, Turns, &str, &str, usize)> = vec![
+        (
+            "an answer closed by the stop",
+            vec![(" t </think>\n\n<answer> Paris ", stop("</answer>"))],
+            "finished",
+            " Paris ",
+            0,
+        ),
+        ("the last <answer> of the turn", vec![("<answer> a <answer> b", stop("</answer>"))], "finished", " b", 0),
+        (
+            "a budget-cut answer is no answer",
+            vec![(" t </think>\n\n<answer> Paris", Finish::Length)],
+            "shot_down",
+            idk,
+            0,
+        ),
+        ("an answer ended by EOS", vec![("<answer> Paris", Finish::Eos)], "shot_down", idk, 0),
+        ("an answer ended by <|im_end|>", vec![("<answer> Paris", stop("<|im_end|>"))], "shot_down", idk, 0),
+        ("</answer> without <answer>", vec![(" Paris", stop("</answer>"))], "shot_down", idk, 0),
+        ("<|end_of_query|> without <|begin_of_query|>", vec![(" Strozzi", stop(END_QUERY))], "shot_down", idk, 0),
+        ("an empty query", vec![q(" <|begin_of_query|>\"...\"")], "query_inst_error", idk, 0),
+        (
+            "a query of whitespace is searched",
+            vec![q("<|begin_of_query|> ' \t'"), ("<answer> x", stop("</answer>"))],
+            "finished",
+            " x",
+            1,
+        ),
+        (
+            "the answer of an earlier turn does not count",
+            vec![q("<answer> early <|begin_of_query|> Barbara Strozzi"), (" so </think>", stop("</answer>"))],
+            "shot_down",
+            idk,
+            1,
+        ),
+        (
+            "a search, then the answer",
+            vec![
+                q(" <|begin_of_query|> \"Barbara Strozzi\"\tcomposer..."),
+                (" </think>\n\n<answer> Italian", stop("</answer>")),
+            ],
+            "finished",
+            " Italian",
+            1,
+        ),
+        ("searching at the ninth turn", vec![q("<|begin_of_query|> Barbara Strozzi"); 9], "many_retrieve", idk, 8),
+        (
+            "an answer at the ninth turn",
+            [vec![q("<|begin_of_query|> Barbara Strozzi"); 8], vec![("<answer> Venice", stop("</answer>"))]].concat(),
+            "finished",
+            " Venice",
+            8,
+        ),
+    ];
+    let prompt = base_prompt("What nationality was Barbara Strozzi?");
+    let cfg = r1s_agent::LoopConfig::evaluation();
+    for (what, turns, reason, pred, searches) in cases {
+        let n = turns.len();
+        let policy = Scripted { turns, seen: Default::default() };
+        let t = r1s_agent::run(&policy, &retriever, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+        assert_eq!(
+            (t.stop_reason_final.as_str(), t.pred.as_str(), t.queries.len(), t.turn_finishes.len()),
+            (reason, pred, searches, n),
+            "{what}"
+        );
+        let seen = policy.seen.lock().unwrap();
+        assert!(seen.iter().all(|(_, stops)| stops == &r1s_agent::protocol::EVAL_STOPS), "{what}: stop strings");
+    }
+    // the query as the script cleans it (whitespace collapsed here)
+    let policy = Scripted {
+        turns: vec![q(" <|begin_of_query|> \"Barbara Strozzi's\"\tcomposer..."), ("<answer> x", stop("</answer>"))],
+        seen: Default::default(),
+    };
+    let t = r1s_agent::run(&policy, &retriever, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+    assert_eq!(t.queries, vec!["Barbara Strozzis composer"]);
+}
+
+/// The real local policy (SmolLM2) under R1-Searcher's evaluation: the loop hands it the script's
+/// four stop strings and the turn that writes `</answer>` ends there, its answer the turn's text after
+/// `<answer>`, instead of running on to EOS or the token budget.
+#[test]
+fn the_local_policy_stops_at_the_answer_under_r1_searchers_evaluation() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("no search was expected")]
+    struct Unexpected;
+    struct NoSearch;
+    impl r1s_core::Retriever for NoSearch {
+        type Error = Unexpected;
+        fn retrieve(&self, _: &[&str], _: usize) -> Result<Vec<Vec<r1s_core::Hit>>, Unexpected> {
+            Err(Unexpected)
+        }
+    }
+    let path = r1s_core::paths::r1s_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let policy = r1s_policy::Policy::load(&path, &r1s_policy::device("cpu").unwrap()).unwrap();
+    let shots = "Question: What is the capital of Italy?\n<answer> Rome </answer>\n\n\
+                 Question: What is the capital of Spain?\n<answer> Madrid </answer>\n\n\
+                 Question: What is the capital of France?\n";
+    let mut cfg = r1s_agent::LoopConfig::evaluation();
+    cfg.sampling.max_new_tokens = 24;
+    let t = r1s_agent::run(&policy, &NoSearch, &[shots.to_owned()], &cfg).unwrap().remove(0);
+    assert_eq!(t.turn_finishes, vec![r1s_core::Finish::Stop("</answer>".into())], "{:?}", t.sol);
+    assert_eq!((t.stop_reason_final.as_str(), t.pred.trim()), ("finished", "Paris"), "{:?}", t.sol);
+    assert!(t.sol.ends_with("</answer>") && t.sol.matches("</answer>").count() == 1, "{:?}", t.sol);
+}
+
+/// R1-Searcher's Llama 3.1 reward servers' inputs: prompt + rollout texts rendered by the real Llama
+/// 3.1 and Llama 3 chat templates (fixture written by python3 + jinja2, `fixtures/make_llama3_reward_texts.py`).
+/// The question found is the one the upstream server's `get_qa` reads, its key the server's
+/// `normalize_text` of the file's question, and `serve_rewards` under `stage2-llama` (with the real
+/// stage-2 question file) answers each text with the reward the server's rules give.
+#[test]
+fn llama3_chat_texts_are_read_as_r1_searchers_llama_reward_server_reads_them() {
+    use r1s_agent::reward_server::{RewardServerConfig, find_question, question_key, serve_rewards};
+    let fx: serde_json::Value = serde_json::from_str(include_str!("fixtures/llama3_reward_texts.json")).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    let s = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap().to_owned();
+    for c in cases {
+        let text = s(c, "text");
+        let (q, at) = find_question(&text).unwrap_or_else(|| panic!("no question in {text:?}"));
+        assert_eq!((q, &text[at..]), (s(c, "question").as_str(), s(c, "rollout").as_str()), "{}", s(c, "template"));
+        assert_eq!((question_key(q), question_key(&s(c, "question"))), (s(c, "key"), s(c, "file_key")));
+    }
+    // each step of normalize_text, against python3's result
+    for pair in fx["keys"].as_array().unwrap() {
+        assert_eq!(question_key(pair[0].as_str().unwrap()), pair[1].as_str().unwrap(), "{pair}");
+    }
+    let questions = r1s_agent::read_questions(&shared("r1searcher/training_set/stage_2.jsonl"), None).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}/get_reward", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = RewardServerConfig { reward: r1s_agent::Reward::Stage2Llama, ..Default::default() };
+    let server = rt.spawn(async move {
+        serve_rewards(&questions, cfg, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let texts: Vec<String> = cases.iter().map(|c| s(c, "text")).collect();
+    let v: serde_json::Value = reqwest::blocking::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({ "query": texts }))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    for (c, got) in cases.iter().zip(v["rewards"].as_array().unwrap()) {
+        let want = c["stage2_llama"].as_f64().unwrap();
+        assert!(
+            (got.as_f64().unwrap() - want).abs() < 1e-12,
+            "{}: {got} vs {want} ({})",
+            s(c, "template"),
+            s(c, "why")
+        );
     }
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
@@ -563,4 +757,92 @@ fn continuous_batching_writes_the_episodes_of_rounds() {
     assert!(cont.iter().all(|t| t.turn_finishes.len() >= 2), "every episode took a second turn");
 }
 
+mod judge_replay;
 mod plus;
+use judge_replay::ReplayJudge;
+
+/// `r1s_agent::judge` sends R1-Searcher's judge requests byte for byte: judged through a replay of its
+/// judge (which knows only the messages R1-Searcher sent), each of the five released results files
+/// gets back every verdict it recorded, and so the judge accuracy computed from its `gpt4o_output`
+/// fields (65.0, 54.4, 54.4, 74.6, 75.0 %). Retries ride out 503s and 429s; the cache answers a rerun
+/// without a request; a reply that is no verdict is counted apart, not scored.
+#[test]
+fn the_judge_reproduces_r1_searchers_released_judge_accuracy() {
+    use r1s_agent::judge::{Judge, judge_message, parse_verdict, reference_text, row_message};
+    let fx: serde_json::Value = serde_json::from_str(include_str!("fixtures/judge_replay.json")).unwrap();
+    assert_eq!(
+        judge_message("Who?", &reference_text(&serde_json::json!(true)), "yes"),
+        fx["example"].as_str().unwrap()
+    );
+    let cancel = r1s_core::Cancel::new();
+    let mut figures = Vec::new();
+    for (file, rec) in fx["files"].as_object().unwrap() {
+        let server = ReplayJudge::start(judge_replay::verdicts(&fx, file), 0);
+        let path = shared(&format!("r1searcher/eval_results/{file}"));
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let messages: Vec<String> = rows.iter().map(|r| row_message(r).unwrap()).collect();
+        let judge = Judge::new(&server.url, "gpt-4o-mini");
+        let judged = judge.judge_all(&messages, &cancel, &|_| {}).unwrap();
+        assert_eq!(server.requests(), rows.len(), "{file}: one request a row");
+        for (row, j) in rows.iter().zip(&judged) {
+            assert_eq!(j.verdict, parse_verdict(row["gpt4o_output"].as_str().unwrap()), "{file}: {j:?}");
+        }
+        let correct = judged.iter().filter(|j| j.verdict == Some(true)).count();
+        assert_eq!(correct, rec["true"].as_u64().unwrap() as usize, "{file}");
+        // the summary of the released file reads the same accuracy from its gpt4o_output fields
+        let released = r1s_agent::score_file(&path).unwrap().judge.unwrap();
+        let ours = 100.0 * correct as f64 / rows.len() as f64;
+        assert!((released - ours).abs() < 1e-9, "{file}: {released} vs {ours}");
+        figures.push(format!("{ours:.1}"));
+    }
+    assert_eq!(figures, ["65.0", "54.4", "54.4", "74.6", "75.0"]);
+
+    // retries (503, 429 + Retry-After), the cache, a reply that is no verdict, a refused request
+    let server = ReplayJudge::start(judge_replay::verdicts(&fx, "bamboogle_qwen.jsonl"), 3);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(shared("r1searcher/eval_results/bamboogle_qwen.jsonl"))
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut messages: Vec<String> = rows.iter().map(|r| row_message(r).unwrap()).collect();
+    messages.push(judge_message("Unsure?", "x", "y"));
+    messages.push(judge_message("Never sent?", "x", "y"));
+    let cache = tempfile::tempdir().unwrap();
+    let judge = Judge {
+        cache: Some(cache.path().to_path_buf()),
+        concurrency: 1,
+        backoff: std::time::Duration::from_millis(20),
+        ..Judge::new(&format!("{}/v1", server.url), "gpt-4o-mini")
+    };
+    let first = judge.judge_all(&messages, &cancel, &|_| {}).unwrap();
+    assert_eq!(server.requests(), 3 + messages.len(), "three refused, then one a message");
+    for (row, j) in rows.iter().zip(&first) {
+        assert_eq!((j.verdict, j.cached), (parse_verdict(row["gpt4o_output"].as_str().unwrap()), false));
+    }
+    assert_eq!((first[4].reply.as_deref(), first[4].verdict), (Some("I cannot tell."), None));
+    assert!(first[5].error.as_deref().is_some_and(|e| e.contains("400")), "{:?}", first[5]);
+    let again = judge.judge_all(&messages, &cancel, &|_| {}).unwrap();
+    assert_eq!(server.requests(), 3 + messages.len() + 1, "a rerun asks only what has no reply");
+    assert!(again[..5].iter().all(|j| j.cached) && !again[5].cached);
+    assert_eq!(
+        again.iter().map(|j| j.verdict).collect::<Vec<_>>(),
+        first.iter().map(|j| j.verdict).collect::<Vec<_>>()
+    );
+    // the summary counts the rows left without a verdict apart
+    let gold = vec!["x".to_owned()];
+    let s = r1s_agent::Summary::of(again.iter().map(|j| r1s_agent::Row {
+        pred: "x",
+        golds: &gold,
+        sol: None,
+        searches: None,
+        prompt: "",
+        reward: None,
+        protocol: r1s_agent::Protocol::R1Searcher,
+        judge: Some(j.verdict),
+    }));
+    let correct = again[..4].iter().filter(|j| j.verdict == Some(true)).count();
+    assert_eq!((s.judge, s.unjudged), (Some(100.0 * correct as f64 / 4.0), 2));
+    assert!(s.table().contains("(2 without a verdict)"), "{}", s.table());
+}

@@ -268,6 +268,7 @@ fn the_plus_loop_masks_documents_and_rewrites_searches_into_internal_steps() {
         prompt: &x.prompt,
         reward: None,
         protocol: Protocol::R1SearcherPlus,
+        judge: None,
     }));
     assert_eq!((summary.mean_retrievals, summary.mean_internal, summary.zero_search), (0.5, 1.0, 50.0));
     assert_eq!(summary.format_bad, 0.0);
@@ -279,6 +280,7 @@ fn the_plus_loop_masks_documents_and_rewrites_searches_into_internal_steps() {
         prompt: &m.prompt,
         reward: None,
         protocol: Protocol::R1SearcherPlus,
+        judge: None,
     }]);
     assert_eq!((alone.mean_retrievals, alone.zero_search, alone.cover_em), (0.0, 100.0, 100.0));
     let r = r1s_agent::reward::score_group(

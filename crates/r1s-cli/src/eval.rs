@@ -16,10 +16,10 @@ pub(crate) struct EvalArgs {
     #[arg(long, num_args = 1.., conflicts_with_all = ["data", "index", "retriever_url"])]
     score: Vec<PathBuf>,
     /// Questions: R1-Searcher {"idx","question","answer"} or FlashRAG {"id","question","golden_answers"} JSONL.
-    #[arg(long, required_unless_present = "score")]
+    #[arg(long, required_unless_present_any = ["score", "judge_only"])]
     data: Option<PathBuf>,
     /// Index directory to retrieve from (in-process).
-    #[arg(long, required_unless_present_any = ["score", "retriever_url"])]
+    #[arg(long, required_unless_present_any = ["score", "retriever_url", "judge_only"])]
     index: Option<PathBuf>,
     /// A retrieval server instead: Search-R1 `http://host:port[/retrieve]` or R1-Searcher
     /// `http://host:port/queries` (`r1s serve` speaks both).
@@ -54,8 +54,9 @@ pub(crate) struct EvalArgs {
     /// Documents per query (default: 5 under r1-searcher, 3 under search-r1).
     #[arg(long, value_parser = crate::loaders::parse_count)]
     topk: Option<usize>,
-    /// Turns before giving up (r1-searcher, default 9) or turns that may search before the final one
-    /// (search-r1, default 4).
+    /// Turns before giving up (r1-searcher, default 9: a search at that turn gives up with "I don't
+    /// know.", as R1-Searcher's evaluation script discards its tenth generation) or turns that may
+    /// search before the final one (search-r1, default 4).
     #[arg(long, value_parser = crate::loaders::parse_count)]
     max_turns: Option<usize>,
     /// Prompt format: chat (the model's template with R1-Searcher's system message) or base.
@@ -78,9 +79,34 @@ pub(crate) struct EvalArgs {
     /// Default: stage2 under r1-searcher, searchr1-em under search-r1.
     #[arg(long, value_parser = parse_reward)]
     reward: Option<r1s_agent::Reward>,
-    /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields).
+    /// Results JSONL (R1-Searcher's eval_results shape plus r1s fields; with --judge-only, the judged
+    /// rows: each file's own fields plus judge, judge_reply, judge_model).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Judge each row with an LLM as R1-Searcher reports its accuracy (its judge prompt, one user
+    /// message, max_tokens 1024): the URL of an OpenAI-compatible chat endpoint (`https://api.openai.com`,
+    /// a vLLM server, `http://host:port`, or a full `…/v1/chat/completions`).
+    #[arg(long, value_name = "URL")]
+    judge: Option<String>,
+    /// Judge these results files (R1-Searcher's released eval_results or `r1s eval --out`) instead of
+    /// running a policy; needs --judge. With --out (one file; it may be the file itself) the judged rows
+    /// are written.
+    #[arg(long, num_args = 1.., value_name = "RESULTS", requires = "judge", conflicts_with_all = ["score", "data", "index", "retriever_url"])]
+    judge_only: Vec<PathBuf>,
+    /// The judge's model (R1-Searcher's: gpt-4o-mini).
+    #[arg(long, default_value = r1s_agent::judge::DEFAULT_JUDGE_MODEL)]
+    judge_model: String,
+    /// The environment variable that holds the judge's API key (sent as a Bearer token; never printed,
+    /// logged or cached). Unset or empty: no key is sent.
+    #[arg(long, default_value = "OPENAI_API_KEY", value_name = "VAR")]
+    judge_key_env: String,
+    /// Judge requests in flight at once (at least 1).
+    #[arg(long, default_value_t = 8, value_parser = crate::loaders::parse_count)]
+    judge_concurrency: usize,
+    /// Where judge replies are kept, keyed by the model and the exact request: a rerun sends no
+    /// request already answered (default: $R1S_HOME/judge-cache).
+    #[arg(long, value_name = "DIR")]
+    judge_cache: Option<PathBuf>,
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
@@ -115,6 +141,82 @@ const RUN_FLAGS: &[&str] = &[
     "out",
 ];
 
+/// The flags of `eval` that set the judge (read only with --judge).
+const JUDGE_FLAGS: &[&str] = &["judge_model", "judge_key_env", "judge_concurrency", "judge_cache"];
+
+/// The judge of `--judge URL` with its flags, or `None`.
+fn judge_of(a: &EvalArgs) -> Option<r1s_agent::judge::Judge> {
+    let url = a.judge.as_deref()?;
+    let cache = a.judge_cache.clone().unwrap_or_else(|| r1s_core::paths::r1s_home().join("judge-cache"));
+    Some(r1s_agent::judge::Judge {
+        api_key: std::env::var(&a.judge_key_env).ok().filter(|k| !k.is_empty()),
+        cache: Some(cache),
+        concurrency: a.judge_concurrency,
+        ..r1s_agent::judge::Judge::new(url, &a.judge_model)
+    })
+}
+
+/// Judges result rows in place: each gets `judge` (true, false, or null when no verdict came),
+/// `judge_reply` (the judge's words) or `judge_error`, and `judge_model`. A row that cannot be judged
+/// (no question or gold answer) is an error naming its line in `path`.
+fn judge_rows(
+    judge: &r1s_agent::judge::Judge,
+    path: &Path,
+    rows: &mut [(usize, serde_json::Value)],
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    use r1s_core::Progress;
+    let mut messages = Vec::with_capacity(rows.len());
+    for (line, v) in rows.iter() {
+        let m = r1s_agent::judge::row_message(v).map_err(|reason| r1s_agent::eval::DataError::Bad {
+            path: path.to_path_buf(),
+            line: *line,
+            reason,
+        })?;
+        messages.push(m);
+    }
+    let bars = progress::Bars::new(g);
+    bars.start("judge", Some(messages.len() as u64), r1s_core::Unit::Items);
+    let judged = judge.judge_all(&messages, cancel, &|_| bars.advance(1))?;
+    bars.finish("judged");
+    for ((_, v), j) in rows.iter_mut().zip(judged) {
+        v["judge"] = j.verdict.map_or(serde_json::Value::Null, serde_json::Value::Bool);
+        match (j.reply, j.error) {
+            (Some(reply), _) => v["judge_reply"] = reply.into(),
+            (None, Some(e)) => v["judge_error"] = e.into(),
+            (None, None) => {}
+        }
+        v["judge_model"] = judge.model.clone().into();
+    }
+    Ok(())
+}
+
+/// `--judge-only`: judges each results file, prints its summary with the judge column, and writes the
+/// judged rows to `--out` (whole or not at all, through a temporary file: `--out` may be the input).
+fn judge_files(a: &EvalArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
+    let Some(judge) = judge_of(a) else { anyhow::bail!("--judge-only needs --judge URL") };
+    for f in &a.judge_only {
+        crate::must_exist(f, "results file")?;
+        let mut rows = r1s_agent::eval::read_rows(f)?;
+        if rows.is_empty() {
+            return Err(r1s_agent::eval::DataError::Empty { path: f.clone(), what: "result rows" }.into());
+        }
+        judge_rows(&judge, f, &mut rows, g, cancel)?;
+        if let Some(out) = &a.out {
+            let mut file =
+                r1s_core::fsutil::AtomicFile::create(out).with_context(|| format!("creating {}", out.display()))?;
+            for (_, v) in &rows {
+                writeln!(file, "{v}").with_context(|| format!("writing {}", file.temp_path().display()))?;
+            }
+            file.commit().with_context(|| format!("writing {}", out.display()))?;
+        }
+        let s = r1s_agent::eval::score_rows(f, &rows)?;
+        println!("{}\n{}\n", f.display(), s.table());
+    }
+    Ok(())
+}
+
 /// Refuses the flags given for a case that does not read them ("refused, not ignored").
 fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
     let refuse = |flags: Vec<String>, why: &str| -> anyhow::Result<()> {
@@ -123,8 +225,25 @@ fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
         }
         Err(anyhow::Error::new(crate::UsageError(format!("{} {why}", flags.join(", ")))))
     };
+    if a.judge.is_none() {
+        refuse(crate::given_flags(JUDGE_FLAGS), "set the LLM judge: give --judge URL")?;
+    }
     if !a.score.is_empty() {
+        refuse(
+            crate::given_flags(&["judge"]),
+            "judges rows: --judge-only judges results files, --score only scores them",
+        )?;
         return refuse(crate::given_flags(RUN_FLAGS), "run a policy: --score only scores the files given");
+    }
+    if !a.judge_only.is_empty() {
+        let run: Vec<&str> = RUN_FLAGS.iter().copied().filter(|f| *f != "out").collect();
+        refuse(crate::given_flags(&run), "run a policy: --judge-only only judges the files given")?;
+        if a.out.is_some() && a.judge_only.len() > 1 {
+            return Err(anyhow::Error::new(crate::UsageError(
+                "--out takes the judged rows of one file: give --judge-only one file".into(),
+            )));
+        }
+        return Ok(());
     }
     if remote_policy {
         refuse(crate::given_flags(&["device"]), "is a setting of a local policy, not of a completions server")?;
@@ -144,6 +263,9 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     use r1s_core::Progress;
     let remote_policy = a.policy.starts_with("http://") || a.policy.starts_with("https://");
     check_eval_flags(&a, remote_policy)?;
+    if !a.judge_only.is_empty() {
+        return judge_files(&a, g, cancel);
+    }
     if !a.score.is_empty() {
         for f in &a.score {
             let s = r1s_agent::score_file(f)?;
@@ -235,6 +357,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         ),
     };
     let mut rows = Vec::new();
+    let mut lines = Vec::new();
     for (q, t) in questions.iter().zip(trajectories) {
         let Some(t) = t else { continue };
         let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
@@ -245,10 +368,19 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
             "queries": t.queries, "retrieved": t.retrieved,
             "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
         });
-        if let Some(out) = &mut out {
+        lines.push((lines.len() + 1, row));
+        rows.push((t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
+    }
+    // the judge reads the finished rows; a stopped run's rows are kept unjudged
+    let judge = judge_of(&a);
+    if let Some(judge) = judge.as_ref().filter(|_| !stopped) {
+        let label = a.out.clone().unwrap_or_else(|| PathBuf::from("results"));
+        judge_rows(judge, &label, &mut lines, g, cancel)?;
+    }
+    if let Some(out) = &mut out {
+        for (_, row) in &lines {
             writeln!(out, "{row}").with_context(|| format!("writing {}", out.temp_path().display()))?;
         }
-        rows.push((t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
     }
     let written = out.as_ref().map(|o| o.dest().to_path_buf());
     if let Some(out) = out {
@@ -269,15 +401,18 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         );
     }
     bars.finish("done");
-    let s = r1s_agent::Summary::of(rows.iter().map(|(pred, golds, sol, prompt, searches, reward)| r1s_agent::Row {
-        pred,
-        golds,
-        sol: Some(sol),
-        searches: Some(*searches),
-        prompt,
-        reward: Some(*reward),
-        protocol: a.protocol,
-    }));
+    let s = r1s_agent::Summary::of(rows.iter().zip(&lines).map(
+        |((pred, golds, sol, prompt, searches, reward), (_, line))| r1s_agent::Row {
+            pred,
+            golds,
+            sol: Some(sol),
+            searches: Some(*searches),
+            prompt,
+            reward: Some(*reward),
+            protocol: a.protocol,
+            judge: judge.as_ref().map(|_| line["judge"].as_bool()),
+        },
+    ));
     let noun = if rows.len() == 1 { "question" } else { "questions" };
     println!("{}\n{} {noun} in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
     Ok(())

@@ -411,6 +411,8 @@ fn eval_score_reproduces_released_figures_and_names_bad_lines() {
     let out = ok(r1s().args(["eval", "--score"]).arg(shared("r1searcher/eval_results/bamboogle_qwen.jsonl")));
     let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["125", "45.6", "52.8", "48.8", "57.7"], "{out}");
+    // the judge column, from the file's gpt4o_output verdicts (R1-Searcher's LLM-as-judge, 54.4)
+    assert!(out.lines().nth(1).unwrap().ends_with("judge") && row.last() == Some(&"54.4"), "{out}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"pred_ans\": \"a\", \"answer\": \"a\"}\n{\"pred_ans\": 3}\n").unwrap();
@@ -1242,4 +1244,71 @@ fn eval_score_agrees_with_eval_under_every_protocol() {
         assert_eq!(table(&run), table(&scored), "{protocol}:\n{run}\n{scored}");
         assert_eq!(table(&run).len(), 2, "{run}");
     }
+}
+
+#[path = "../../r1s-agent/tests/judge_replay.rs"]
+mod judge_replay;
+
+/// `r1s eval --judge-only` judges R1-Searcher's released results through a replay of its judge (which
+/// answers only the requests R1-Searcher sent): the judge column is the released accuracy, the judged
+/// rows carry each verdict, a rerun is answered from the cache, `--score` reads the verdicts back, the
+/// API key is sent but never printed, and the judge's flags are refused without --judge.
+#[test]
+fn eval_judge_only_reproduces_r1_searchers_judge() {
+    let fx: serde_json::Value =
+        serde_json::from_str(include_str!("../../r1s-agent/tests/fixtures/judge_replay.json")).unwrap();
+    let server = judge_replay::ReplayJudge::start(judge_replay::verdicts(&fx, "bamboogle_llama.jsonl"), 0);
+    let released = shared("r1searcher/eval_results/bamboogle_llama.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("judged.jsonl"), dir.path().join("cache"));
+    let judge = |extra: &[&str]| {
+        let o = r1s()
+            .args(["eval", "--judge-only"])
+            .arg(&released)
+            .args(["--judge", &server.url, "--judge-cache"])
+            .arg(&cache)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .env("OPENAI_API_KEY", "sk-r1s-test-secret")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{text}");
+        assert!(!text.contains("sk-r1s-test-secret"), "the key was printed: {text}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let table = judge(&[]);
+    let last = |t: &str| t.lines().nth(2).unwrap().split_whitespace().last().unwrap().to_owned();
+    assert_eq!(last(&table), "54.4", "{table}");
+    assert_eq!(server.requests(), 125);
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 125);
+    for r in &rows {
+        assert_eq!(r["judge"], serde_json::json!(r["gpt4o_output"] == "True"), "{r}");
+        assert_eq!(
+            (r["judge_reply"].clone(), r["judge_model"].as_str()),
+            (r["gpt4o_output"].clone(), Some("gpt-4o-mini"))
+        );
+    }
+    // judged again in place, from the cache: no request
+    let again = r1s()
+        .args(["-q", "eval", "--judge-only"])
+        .arg(&out)
+        .args(["--judge", &server.url, "--judge-cache"])
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(server.requests(), 125, "the cache answered the rerun");
+    let scored = ok(r1s().args(["eval", "--score"]).arg(&out));
+    assert_eq!(last(&scored), "54.4", "{scored}");
+    let e = released.to_string_lossy().into_owned();
+    refused_with(2, &["eval", "--score", &e, "--judge-model", "m"], "--judge");
+    refused_with(2, &["eval", "--score", &e, "--judge", &server.url], "--judge-only");
+    refused_with(2, &["eval", "--judge-only", &e], "--judge");
+    refused_with(2, &["eval", "--judge-only", &e, &e, "--judge", &server.url, "--out", "x.jsonl"], "one file");
 }
