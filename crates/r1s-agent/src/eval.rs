@@ -282,3 +282,65 @@ pub fn row_verdict(v: &serde_json::Value) -> Option<Option<bool>> {
         _ => Some(None),
     }
 }
+
+/// Pass@k: the share of questions (percent) that at least one of their k samples gets right.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct PassAtK {
+    /// Samples per question.
+    pub k: usize,
+    /// Questions.
+    pub n: usize,
+    pub em: f64,
+    pub cover_em: f64,
+    pub cover_em_2: f64,
+    /// The best sample's F1, averaged over questions.
+    pub f1: f64,
+    /// Questions with a sample the judge found correct (when the rows were judged).
+    pub judge: Option<f64>,
+}
+
+impl PassAtK {
+    /// Pass@k of questions given as the rows of their samples (`samples[i]` holds question `i`'s; each
+    /// a [`Row`] as [`Summary::of`] reads it). The Avg@k figures are [`Summary::of`] over all rows.
+    pub fn of(samples: &[Vec<Row<'_>>]) -> PassAtK {
+        let mut p =
+            PassAtK { k: samples.iter().map(Vec::len).max().unwrap_or(0), n: samples.len(), ..Default::default() };
+        let (mut judged, mut judge_hits) = (0usize, 0usize);
+        for rows in samples {
+            let best = rows.iter().map(|r| score(r.pred, r.golds)).fold(Scores::default(), |a, x| Scores {
+                em: a.em.max(x.em),
+                cover_em: a.cover_em.max(x.cover_em),
+                cover_em_2: a.cover_em_2.max(x.cover_em_2),
+                f1: a.f1.max(x.f1),
+            });
+            p.em += best.em;
+            p.cover_em += best.cover_em;
+            p.cover_em_2 += best.cover_em_2;
+            p.f1 += best.f1;
+            if rows.iter().any(|r| r.judge.is_some()) {
+                judged += 1;
+                judge_hits += usize::from(rows.iter().any(|r| r.judge == Some(Some(true))));
+            }
+        }
+        let pct = |x: f64| 100.0 * x / p.n.max(1) as f64;
+        (p.em, p.cover_em, p.cover_em_2, p.f1) = (pct(p.em), pct(p.cover_em), pct(p.cover_em_2), pct(p.f1));
+        p.judge = (judged > 0).then(|| 100.0 * judge_hits as f64 / judged as f64);
+        p
+    }
+
+    /// One line: `pass@k` and the figures under the table's headings.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:>6} {:>6.1} {:>9.1} {:>10.1} {:>6.1}",
+            format!("pass@{}", self.k),
+            self.em,
+            self.cover_em,
+            self.cover_em_2,
+            self.f1
+        );
+        if let Some(j) = self.judge {
+            s.push_str(&format!("  judge {j:.1}"));
+        }
+        s
+    }
+}

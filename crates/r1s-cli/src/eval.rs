@@ -74,6 +74,20 @@ pub(crate) struct EvalArgs {
     /// the time differs. A completions server (--policy http://…) always runs in rounds.
     #[arg(long)]
     no_continuous: bool,
+    /// Samples per question (at least 1): with k above 1 the table is Avg@k (every figure the mean over
+    /// the k samples) and a pass@k line follows (a question counts when any sample is right; F1 its best
+    /// sample's). Needs --temperature above 0; sample j runs with seed --seed + j.
+    #[arg(long, default_value_t = 1, value_parser = crate::loaders::parse_count)]
+    samples: usize,
+    /// Sampling temperature (0: greedy, R1-Searcher's evaluation).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling (R1-Searcher's evaluation script: 0.95); used when --temperature is above 0.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// The first sample's seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
     /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout).
     /// Default: stage2 under r1-searcher, searchr1-em under search-r1.
@@ -139,6 +153,10 @@ const RUN_FLAGS: &[&str] = &[
     "no_continuous",
     "reward",
     "out",
+    "samples",
+    "temperature",
+    "top_p",
+    "seed",
 ];
 
 /// The flags of `eval` that set the judge (read only with --judge).
@@ -253,6 +271,21 @@ fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
             "is the model name sent to a completions server (--policy http://…)",
         )?;
     }
+    if a.samples > 1 && a.temperature <= 0.0 {
+        return refuse(
+            vec!["--samples".into()],
+            "above 1 needs --temperature above 0 (greedy samples are all the same)",
+        );
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
+        return refuse(
+            vec!["--temperature, --top-p".into()],
+            "must be a temperature of at least 0 and a top-p in (0, 1]",
+        );
+    }
+    if a.temperature == 0.0 {
+        refuse(crate::given_flags(&["top_p", "seed"]), "apply to sampling: give --temperature above 0")?;
+    }
     if a.prompt == "base" {
         refuse(crate::given_flags(&["chat_template"]), "applies to --prompt chat")?;
     }
@@ -325,28 +358,41 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     cfg.max_turns = a.max_turns.unwrap_or(cfg.max_turns);
     cfg.sampling.max_new_tokens = a.max_new_tokens;
     cfg.max_live = a.batch;
+    cfg.sampling.temperature = a.temperature;
+    cfg.sampling.top_p = if a.temperature > 0.0 { a.top_p } else { 1.0 };
+    let n = questions.len();
     let bars = progress::Bars::new(g);
-    bars.start("eval", Some(questions.len() as u64), r1s_core::Unit::Items);
+    bars.start("eval", Some((n * a.samples) as u64), r1s_core::Unit::Items);
     let t = std::time::Instant::now();
-    // episodes end in any order: the bar counts them, the rows are written in question order
-    let mut ended: Vec<Option<r1s_agent::Trajectory>> = vec![None; questions.len()];
-    let mut on_end = |i: usize, t: &r1s_agent::Trajectory| {
-        bars.advance(1);
-        ended[i] = Some(t.clone());
-        if cancel.is_cancelled() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
-    };
-    let ran = match (&local, &http_policy) {
-        (Some(p), _) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
-        (None, Some(p)) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
-        (None, None) => anyhow::bail!("no policy"),
-    };
-    let stopped = cancel.is_cancelled();
-    let trajectories: Vec<Option<r1s_agent::Trajectory>> = match ran {
-        Ok(t) => t.into_iter().map(Some).collect(),
-        Err(_) if stopped => ended,
-        Err(e) => return Err(e.into()),
-    };
-    let finished = trajectories.iter().filter(|t| t.is_some()).count();
+    // sample j of every question, then sample j + 1: each a run with its own seed (a completions
+    // server seeds a request, not each prompt of it)
+    let mut runs: Vec<Vec<Option<r1s_agent::Trajectory>>> = Vec::new();
+    let mut stopped = false;
+    for j in 0..a.samples {
+        cfg.sampling.seed = a.seed.wrapping_add(j as u64);
+        // episodes end in any order: the bar counts them, the rows are written in question order
+        let mut ended: Vec<Option<r1s_agent::Trajectory>> = vec![None; n];
+        let mut on_end = |i: usize, t: &r1s_agent::Trajectory| {
+            bars.advance(1);
+            ended[i] = Some(t.clone());
+            if cancel.is_cancelled() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+        };
+        let ran = match (&local, &http_policy) {
+            (Some(p), _) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
+            (None, Some(p)) => r1s_agent::run_streaming(p, &retriever, &prompts, &cfg, &mut on_end),
+            (None, None) => anyhow::bail!("no policy"),
+        };
+        stopped = cancel.is_cancelled();
+        runs.push(match ran {
+            Ok(t) => t.into_iter().map(Some).collect(),
+            Err(_) if stopped => ended,
+            Err(e) => return Err(e.into()),
+        });
+        if stopped {
+            break;
+        }
+    }
+    let finished = runs.iter().flatten().filter(|t| t.is_some()).count();
     let mut out = match &a.out {
         None => None,
         Some(_) if stopped && finished == 0 => None,
@@ -358,7 +404,12 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     };
     let mut rows = Vec::new();
     let mut lines = Vec::new();
-    for (q, t) in questions.iter().zip(trajectories) {
+    let qs = &questions;
+    for (j, (i, q, t)) in runs
+        .into_iter()
+        .enumerate()
+        .flat_map(|(j, run)| run.into_iter().enumerate().map(move |(i, t)| (j, (i, &qs[i], t))))
+    {
         let Some(t) = t else { continue };
         let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
         let row = serde_json::json!({
@@ -368,15 +419,23 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
             "queries": t.queries, "retrieved": t.retrieved,
             "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
         });
+        let mut row = row;
+        if a.samples > 1 {
+            row["sample"] = j.into();
+        }
         lines.push((lines.len() + 1, row));
-        rows.push((t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
+        rows.push((i, t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
     }
-    // the judge reads the finished rows; a stopped run's rows are kept unjudged
+    // the judge reads the finished rows; a stopped run's rows are kept unjudged, and so are a
+    // finished run's when the judge fails or is stopped (they are written first, then the error)
     let judge = judge_of(&a);
-    if let Some(judge) = judge.as_ref().filter(|_| !stopped) {
-        let label = a.out.clone().unwrap_or_else(|| PathBuf::from("results"));
-        judge_rows(judge, &label, &mut lines, g, cancel)?;
-    }
+    let judged = match judge.as_ref().filter(|_| !stopped) {
+        Some(judge) => {
+            let label = a.out.clone().unwrap_or_else(|| PathBuf::from("results"));
+            judge_rows(judge, &label, &mut lines, g, cancel)
+        }
+        None => Ok(()),
+    };
     if let Some(out) = &mut out {
         for (_, row) in &lines {
             writeln!(out, "{row}").with_context(|| format!("writing {}", out.temp_path().display()))?;
@@ -391,29 +450,59 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
             let _ = std::fs::remove_file(incomplete_name(&dest));
         }
     }
+    judged.with_context(|| {
+        format!(
+            "judging (the rows{} are unjudged)",
+            written.as_ref().map_or(String::new(), |p| format!(" in {}", p.display()))
+        )
+    })?;
     if stopped {
         bars.finish("stopped");
         anyhow::bail!(
-            "after {} of {} questions{}",
+            "after {} of {} episodes{}",
             rows.len(),
-            questions.len(),
+            n * a.samples,
             written.map_or(String::new(), |p| format!(": their rows are in {} (no summary)", p.display()))
         );
     }
     bars.finish("done");
-    let s = r1s_agent::Summary::of(rows.iter().zip(&lines).map(
-        |((pred, golds, sol, prompt, searches, reward), (_, line))| r1s_agent::Row {
+    /// The summary's view of a row (its question index, pred, golds, sol, prompt, searches, reward)
+    /// and its results line.
+    fn row_of<'a>(
+        (_, pred, golds, sol, prompt, searches, reward): &'a (usize, String, Vec<String>, String, String, usize, f64),
+        line: &serde_json::Value,
+        protocol: r1s_agent::Protocol,
+        judged: bool,
+    ) -> r1s_agent::Row<'a> {
+        r1s_agent::Row {
             pred,
             golds,
             sol: Some(sol),
             searches: Some(*searches),
             prompt,
             reward: Some(*reward),
-            protocol: a.protocol,
-            judge: judge.as_ref().map(|_| line["judge"].as_bool()),
-        },
-    ));
-    let noun = if rows.len() == 1 { "question" } else { "questions" };
-    println!("{}\n{} {noun} in {:.1} s", s.table(), rows.len(), t.elapsed().as_secs_f64());
+            protocol,
+            judge: judged.then(|| line["judge"].as_bool()),
+        }
+    }
+    let judged = judge.is_some();
+    let s = r1s_agent::Summary::of(rows.iter().zip(&lines).map(|(r, (_, l))| row_of(r, l, a.protocol, judged)));
+    let noun = if n == 1 { "question" } else { "questions" };
+    if a.samples == 1 {
+        println!("{}\n{n} {noun} in {:.1} s", s.table(), t.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let mut by_question: Vec<Vec<r1s_agent::Row<'_>>> = vec![Vec::new(); n];
+    for (r, (_, l)) in rows.iter().zip(&lines) {
+        by_question[r.0].push(row_of(r, l, a.protocol, judged));
+    }
+    let pass = r1s_agent::eval::PassAtK::of(&by_question);
+    println!(
+        "{}  avg@{k}\n{}\n(avg@{k} above, pass@{k} below) {n} {noun} x {k} samples in {:.1} s",
+        s.table(),
+        pass.line(),
+        t.elapsed().as_secs_f64(),
+        k = a.samples
+    );
     Ok(())
 }

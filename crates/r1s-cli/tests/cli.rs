@@ -1312,3 +1312,56 @@ fn eval_judge_only_reproduces_r1_searchers_judge() {
     refused_with(2, &["eval", "--judge-only", &e], "--judge");
     refused_with(2, &["eval", "--judge-only", &e, &e, "--judge", &server.url, "--out", "x.jsonl"], "one file");
 }
+
+/// `r1s eval --samples k`: k sampled runs of every question (seed, seed + 1, …), each row marked with
+/// its sample; the table is Avg@k — the figures of all rows, so `--score` of the written file agrees —
+/// and a pass@k line follows, at least as high; the same seed writes the same rows; greedy samples are
+/// refused.
+#[test]
+fn eval_samples_report_avg_and_pass_at_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    small_bm25(dir.path());
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
+    let run = |out: &str| {
+        ok(r1s()
+            .args(["--progress-every", "0", "eval", "--data", &questions, "--limit", "2", "--index", &p("bm25")])
+            .args(["--samples", "3", "--temperature", "1.0", "--seed", "7", "--max-new-tokens", "24", "-j", "2"])
+            .args(["--out", out]))
+    };
+    let printed = run(&p("a.jsonl"));
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(p("a.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let marks: Vec<(u64, String)> =
+        rows.iter().map(|r| (r["sample"].as_u64().unwrap(), r["question"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(marks.len(), 6, "{printed}");
+    assert_eq!(marks.iter().map(|m| m.0).collect::<Vec<_>>(), [0, 0, 1, 1, 2, 2]);
+    assert!(
+        rows.iter().map(|r| r["gen_text_store"].as_str().unwrap()).collect::<std::collections::HashSet<_>>().len() > 2,
+        "the samples differ"
+    );
+    let avg: Vec<&str> = printed.lines().find(|l| l.ends_with("avg@3")).unwrap().split_whitespace().collect();
+    let header: Vec<&str> =
+        printed.lines().nth(1).map_or(vec![], |_| printed.lines().next().unwrap().split_whitespace().collect());
+    assert_eq!(header[..2], ["n", "EM"], "{printed}");
+    let pass: Vec<f64> = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("pass@3"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (i, pass) in pass.iter().enumerate() {
+        let a: f64 = avg[1 + i].parse().unwrap();
+        assert!(*pass >= a, "pass@3 below avg@3 in column {i}: {printed}");
+    }
+    // Avg@k is the summary of all rows: --score of the file agrees
+    let scored = ok(r1s().args(["eval", "--score", &p("a.jsonl")]));
+    let scored_row: Vec<&str> = scored.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(scored_row[..6], avg[..6], "{printed}\n{scored}");
+    run(&p("b.jsonl"));
+    assert_eq!(std::fs::read(p("a.jsonl")).unwrap(), std::fs::read(p("b.jsonl")).unwrap(), "one seed, one output");
+    refused_with(2, &["eval", "--data", &questions, "--index", &p("bm25"), "--samples", "2"], "--temperature");
+    refused_with(2, &["eval", "--data", &questions, "--index", &p("bm25"), "--seed", "3"], "--temperature");
+}
