@@ -133,7 +133,10 @@ fn main() -> ExitCode {
         leaf = sub;
     }
     let _ = LEAF.set(leaf.clone());
-    let serving = matches!(cli.command, Command::Serve(_) | Command::ServeReward(_));
+    let serving = matches!(
+        cli.command,
+        Command::Serve(_) | Command::ServeReward(_) | Command::Policy(policy::PolicyCmd::Serve(_))
+    );
     let level = match (cli.globals.quiet, cli.globals.verbose) {
         (true, _) => log::LevelFilter::Error,
         (false, 0) if serving => log::LevelFilter::Info,
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
             | Command::Reward(_)
             | Command::Serve(_)
             | Command::ServeReward(_)
+            | Command::Policy(policy::PolicyCmd::Serve(_))
     );
     {
         let c = cancel.clone();
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         Command::Eval(_)
             | Command::Policy(
                 policy::PolicyCmd::Generate(_)
+                    | policy::PolicyCmd::Serve(_)
                     | policy::PolicyCmd::Train(_)
                     | policy::PolicyCmd::Sft(_)
                     | policy::PolicyCmd::Reject(_)
@@ -427,6 +432,7 @@ fn run(cli: Cli, cancel: &Arc<Cancel>) -> anyhow::Result<()> {
         Command::Retrieve(args) => retrieve::retrieve(args),
         Command::Eval(args) => eval::eval(args, &cli.globals, cancel),
         Command::Policy(policy::PolicyCmd::Generate(args)) => policy::generate(args, &cli.globals),
+        Command::Policy(policy::PolicyCmd::Serve(args)) => policy::serve(args, &cli.globals, cancel),
         Command::Policy(policy::PolicyCmd::Train(args)) => train::train(args, &cli.globals, cancel),
         Command::Policy(policy::PolicyCmd::Sft(args)) => train::sft(args, &cli.globals, cancel),
         Command::Policy(policy::PolicyCmd::Plot(args)) => train::plot(args),

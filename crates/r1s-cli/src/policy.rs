@@ -12,6 +12,9 @@ use crate::{Globals, train, use_threads};
 pub(crate) enum PolicyCmd {
     /// Generate a continuation of a prompt, streamed to the terminal.
     Generate(GenerateArgs),
+    /// Serve the policy over OpenAI's API (vLLM's shapes): /v1/completions, /v1/chat/completions,
+    /// /v1/models; concurrent requests share one continuously batched decode.
+    Serve(ServeArgs),
     /// Two-stage RL (R1-Searcher): rollouts through the agent loop with the retriever, rule-based
     /// rewards, REINFORCE++ / GRPO advantages, PPO-clip with retrieved documents masked out, KL.
     Train(train::TrainArgs),
@@ -287,6 +290,71 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
             n as f64 / secs.max(1e-9),
             out[0].stop
         );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// A .gguf file, a Hugging Face or r1s checkpoint directory, or `smollm2`.
+    #[arg(long, default_value = "smollm2", env = "R1S_POLICY")]
+    model: PathBuf,
+    /// A PEFT LoRA adapter directory merged into the model (repeatable, merged in order).
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<PathBuf>,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+    device: String,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8001)]
+    port: u16,
+    /// The model's name in /v1/models and in responses (default: the model's file or directory name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Most choices decoded together (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = parse_count)]
+    max_batch: usize,
+    /// Most choices waiting or running; past it requests get 503 with Retry-After (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = parse_count)]
+    max_queue: usize,
+    /// Most new tokens per choice, whatever a request's max_tokens asks (as llama.cpp's -n; default:
+    /// the model's context bounds it).
+    #[arg(long, value_parser = parse_count)]
+    max_tokens: Option<usize>,
+    /// Threads for decoding (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
+}
+
+pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &r1s_core::Cancel) -> anyhow::Result<()> {
+    use_threads(a.threads);
+    let t = std::time::Instant::now();
+    let policy = std::sync::Arc::new(load_policy(&a.model, &a.adapter, &a.device, g)?);
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        let stem = a.model.file_stem().map_or_else(|| "r1s".into(), |s| s.to_string_lossy().into_owned());
+        if a.adapter.is_empty() { stem } else { format!("{stem}+adapter") }
+    });
+    let cfg = r1s_policy::serve::ServeConfig {
+        model_name: name.clone(),
+        max_rows: a.max_batch,
+        max_queue: a.max_queue,
+        max_new_tokens: a.max_tokens,
+        ..Default::default()
+    };
+    let ready = t.elapsed().as_secs_f64();
+    let banner = |addr: std::net::SocketAddr| {
+        format!(
+            "r1s policy serve: listening on http://{addr} (model {name}, ready in {ready:.2} s); POST /v1/completions, \
+             POST /v1/chat/completions, GET /v1/models, GET /health"
+        )
+    };
+    crate::serve::run_server(&a.host, a.port, 2, g, cancel, banner, move |listener, stopped| async move {
+        r1s_policy::serve::serve(policy, cfg, listener, stopped).await
+    })?;
+    if !g.quiet {
+        eprintln!("r1s policy serve: stopped");
     }
     Ok(())
 }

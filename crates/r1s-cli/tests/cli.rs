@@ -1365,3 +1365,156 @@ fn eval_samples_report_avg_and_pass_at_k() {
     refused_with(2, &["eval", "--data", &questions, "--index", &p("bm25"), "--samples", "2"], "--temperature");
     refused_with(2, &["eval", "--data", &questions, "--index", &p("bm25"), "--seed", "3"], "--temperature");
 }
+
+/// `r1s policy serve` (SmolLM2): a greedy completion and a chat reply are `r1s policy generate`'s
+/// (plain and `--chat`) byte for byte; requests sent at once get what each gets alone; stop strings
+/// cut and are named in `stop_reason`; a seeded request samples the same twice; `n`, usage and
+/// logprobs; bad requests get 400 naming the field; a request past the queue 503 with Retry-After;
+/// the official `openai` Python client round-trips; `r1s eval` runs against it as its policy and as
+/// its judge.
+#[test]
+fn policy_serve_answers_as_policy_generate_and_the_openai_client() {
+    use serde_json::json;
+    let (mut server, url, _stderr) = spawn_listening(r1s().args([
+        "policy",
+        "serve",
+        "--port",
+        "0",
+        "-j",
+        "2",
+        "--max-queue",
+        "8",
+        "--max-tokens",
+        "24",
+    ]));
+    let c = reqwest::blocking::Client::new();
+    let post = |path: &str, body: &serde_json::Value| -> (u16, serde_json::Value, Option<String>) {
+        let r = c.post(format!("{url}{path}")).json(body).send().unwrap();
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        (status, r.json().unwrap(), retry)
+    };
+    let text = |v: &serde_json::Value, i: usize| v["choices"][i]["text"].as_str().unwrap().to_owned();
+
+    // greedy: policy generate's text
+    let prompt = "The capital of France is";
+    let generated = ok(r1s().args(["-q", "policy", "generate", prompt, "--max-new-tokens", "12", "-j", "2"]));
+    let (s, v, _) = post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(format!("{}\n", text(&v, 0)), generated, "{v}");
+    assert_eq!((v["object"].as_str(), v["usage"]["prompt_tokens"].as_u64()), (Some("text_completion"), Some(5)), "{v}");
+    let chat_said =
+        ok(r1s().args(["-q", "policy", "generate", "--chat", "Name a river.", "--max-new-tokens", "16", "-j", "2"]));
+    let (_, v, _) = post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Name a river."}], "max_tokens": 16, "temperature": 0, "logprobs": true}),
+    );
+    assert_eq!(format!("{}\n", v["choices"][0]["message"]["content"].as_str().unwrap()), chat_said, "{v}");
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"].as_array().unwrap().len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+
+    // at once = alone
+    let prompts = ["Once upon a time", "The river Nile", "def add(a, b):", "Paris is", "1, 2, 3,", "Dear Sir,"];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| text(&post("/v1/completions", &json!({"prompt": p, "max_tokens": 10, "temperature": 0})).1, 0))
+        .collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let post = &post;
+                s.spawn(move || {
+                    text(&post("/v1/completions", &json!({"prompt": p, "max_tokens": 10, "temperature": 0})).1, 0)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    // a list of prompts: one choice each, in order
+    let (_, v, _) = post("/v1/completions", &json!({"prompt": prompts[..2], "max_tokens": 10, "temperature": 0}));
+    assert_eq!((text(&v, 0), text(&v, 1)), (alone[0].clone(), alone[1].clone()));
+
+    // stop strings
+    let (_, v, _) =
+        post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": ["."]}));
+    assert_eq!(
+        (text(&v, 0).as_str(), v["choices"][0]["finish_reason"].as_str(), v["choices"][0]["stop_reason"].as_str()),
+        (" Paris", Some("stop"), Some("."))
+    );
+    // seeded sampling, n, logprobs
+    let sampled =
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": 11, "n": 2, "logprobs": 0});
+    let (_, a, _) = post("/v1/completions", &sampled);
+    let (_, b, _) = post("/v1/completions", &sampled);
+    assert_eq!(a["choices"], b["choices"], "one seed, one sample");
+    assert_eq!(a["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(a["usage"]["completion_tokens"], 24, "{a}");
+    assert_eq!(a["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), 12);
+
+    // refused: 400 naming the field; past the queue: 503
+    for (body, param) in [
+        (json!({"prompt": "x", "stream": true}), "stream"),
+        (json!({"prompt": "x", "temperature": 5}), "temperature"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": 3}), "prompt"),
+        (json!({"prompt": "x", "n": 0}), "n"),
+        (json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
+        (json!({"prompt": "x", "presence_penalty": 0.5}), "presence_penalty"),
+        (json!({"messages": []}), "messages"),
+    ] {
+        let path = if body["messages"].is_null() { "/v1/completions" } else { "/v1/chat/completions" };
+        let (s, v, _) = post(path, &body);
+        assert_eq!((s, v["error"]["param"].as_str()), (400, Some(param)), "{body}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let r = c.post(format!("{url}/v1/completions")).body("not json").send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (s, v, retry) = post("/v1/completions", &json!({"prompt": "x", "n": 9, "max_tokens": 2}));
+    assert_eq!((s, retry.as_deref()), (503, Some("1")), "{v}");
+
+    // the official openai client
+    if let Some(py) = python() {
+        let script = r#"
+import json, sys, openai
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="none")
+m = c.models.list().data[0].id
+r = c.completions.create(model=m, prompt="The capital of France is", max_tokens=12, temperature=0)
+print(json.dumps([r.choices[0].text, r.usage.completion_tokens]))
+ch = c.chat.completions.create(model=m, messages=[{"role": "user", "content": "Name a river."}], max_tokens=16, temperature=0)
+print(json.dumps([ch.choices[0].message.content, ch.choices[0].finish_reason]))
+try:
+    c.completions.create(model=m, prompt="x", temperature=5)
+except openai.BadRequestError as e:
+    print(json.dumps(["refused", e.status_code]))
+"#;
+        let out = ok(Command::new(py).arg("-c").arg(script).arg(&url));
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0], json!([generated.trim_end_matches('\n'), 12]), "{out}");
+        assert_eq!(lines[1][0], json!(chat_said.trim_end_matches('\n')), "{out}");
+        assert_eq!(lines[2], json!(["refused", 400]), "{out}");
+    }
+
+    // r1s eval with it as the policy (a completions server) and as the judge (the protocol, not
+    // the quality of a 135M judge's verdicts)
+    let dir = tempfile::tempdir().unwrap();
+    small_bm25(dir.path());
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let questions = shared("r1searcher/eval_set/bamboogle.jsonl").display().to_string();
+    let printed = ok(r1s()
+        .args(["--progress-every", "0", "eval", "--data", &questions, "--limit", "2", "--index", &p("bm25")])
+        .args(["--policy", &url, "--prompt", "base", "--max-new-tokens", "24", "--out", &p("r.jsonl")])
+        .args(["--judge", &url, "--judge-model", "smollm2", "--judge-cache", &p("cache")]));
+    assert!(printed.lines().next().unwrap().ends_with("judge"), "{printed}");
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(p("r.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert!(r["judge_reply"].is_string() && r["judge_model"] == "smollm2", "{r}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

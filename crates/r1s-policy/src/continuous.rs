@@ -37,8 +37,13 @@ pub struct Request {
     /// Token ids to continue (not empty).
     pub prompt: Vec<u32>,
     /// Sampling, stop strings and token budget of this request; its random stream is seeded by
-    /// `sampling.seed`, `key` and the number of earlier requests of `key` ([`stream_seed`]).
+    /// `sampling.seed`, `key` and the number of earlier requests of `key` ([`stream_seed`]), unless
+    /// `stream` names it.
     pub sampling: Sampling,
+    /// The seed of this request's random stream when the caller chooses it (a server: from the
+    /// client's seed and the choice's index, so that one seeded request samples the same whatever
+    /// else runs); `None`: derived from the seed, key and count ([`stream_seed`]).
+    pub stream: Option<u64>,
 }
 
 /// What a [`Policy::generate_continuous`] run did.
@@ -112,6 +117,18 @@ impl Policy {
         requests: Vec<Request>,
         done: &mut dyn FnMut(Vec<(usize, Generation)>) -> ControlFlow<(), Vec<Request>>,
     ) -> Result<ContinuousStats> {
+        self.generate_continuous_polled(requests, done, &mut Vec::new)
+    }
+
+    /// [`Policy::generate_continuous`] that also takes the requests `poll` returns before every step
+    /// (a server's arrivals): they join the batch at the next step, not when a sequence ends. Returns
+    /// when no sequence is left (a caller that waits for arrivals calls it again).
+    pub fn generate_continuous_polled(
+        &self,
+        requests: Vec<Request>,
+        done: &mut dyn FnMut(Vec<(usize, Generation)>) -> ControlFlow<(), Vec<Request>>,
+        poll: &mut dyn FnMut() -> Vec<Request>,
+    ) -> Result<ContinuousStats> {
         let started = Instant::now();
         let mut stats = ContinuousStats::default();
         let mut nth: HashMap<usize, usize> = HashMap::new();
@@ -122,6 +139,7 @@ impl Policy {
         let mut ended_key: HashMap<usize, usize> = HashMap::new();
         loop {
             self.check_cancel()?;
+            pending.extend(poll());
             // the new requests reuse the cache of the ended row of their key, or are prefilled afresh
             let t = Instant::now();
             let mut finished: Vec<(usize, Generation)> = Vec::new();
@@ -215,7 +233,7 @@ impl Policy {
             )));
         }
         let n = nth.entry(r.key).or_insert(0);
-        let rng = Rng::new(stream_seed(r.sampling.seed, r.key, *n));
+        let rng = Rng::new(r.stream.unwrap_or_else(|| stream_seed(r.sampling.seed, r.key, *n)));
         *n += 1;
         let max_new = r.sampling.max_new_tokens.min(max_pos - r.prompt.len());
         Ok(Row {

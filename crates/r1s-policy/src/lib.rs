@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod policy;
+pub mod serve;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

@@ -497,7 +497,12 @@ impl r1s_core::Policy for Policy {
         let requests = |jobs: Vec<r1s_core::Job>| -> Result<Vec<crate::Request>> {
             jobs.into_iter()
                 .map(|j| {
-                    Ok(crate::Request { key: j.key, prompt: self.tokenizer.encode(&j.context)?, sampling: j.settings })
+                    Ok(crate::Request {
+                        key: j.key,
+                        prompt: self.tokenizer.encode(&j.context)?,
+                        sampling: j.settings,
+                        stream: None,
+                    })
                 })
                 .collect()
         };

@@ -373,7 +373,12 @@ fn continuous_batching_matches_generate_and_reuses_caches() {
         let mut second: HashMap<usize, Vec<u32>> = HashMap::new();
         let first: Vec<Request> = keys
             .iter()
-            .map(|&k| Request { key: k, prompt: p.tokenizer.encode(&prompts[k]).unwrap(), sampling: s.clone() })
+            .map(|&k| Request {
+                key: k,
+                prompt: p.tokenizer.encode(&prompts[k]).unwrap(),
+                sampling: s.clone(),
+                stream: None,
+            })
             .collect();
         let stats = p
             .generate_continuous(first, &mut |ended| {
@@ -384,7 +389,7 @@ fn continuous_batching_matches_generate_and_reuses_caches() {
                         // the next turn extends the text; its ids need not extend the sampled ones
                         let ids = p.tokenizer.encode(&format!("{}{}. Tell me more:", prompts[k], g.text)).unwrap();
                         second.insert(k, ids.clone());
-                        next.push(Request { key: k, prompt: ids, sampling: s.clone() });
+                        next.push(Request { key: k, prompt: ids, sampling: s.clone(), stream: None });
                     }
                     results.insert((k, turn), g);
                 }
