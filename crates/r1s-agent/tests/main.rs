@@ -483,6 +483,24 @@ fn llama3_chat_texts_are_read_as_r1_searchers_llama_reward_server_reads_them() {
         assert_eq!((q, &text[at..]), (s(c, "question").as_str(), s(c, "rollout").as_str()), "{}", s(c, "template"));
         assert_eq!((question_key(q), question_key(&s(c, "question"))), (s(c, "key"), s(c, "file_key")));
     }
+    // r1s renders R1-Searcher's chat prompt as the real templates do (the text up to the assistant
+    // header is the prompt; R1-Searcher adds `<think>` after it)
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/r1searcher_prompts.json")).unwrap();
+    let system = fixture["system_prompt"].as_str().unwrap();
+    for c in cases {
+        let text = s(c, "text");
+        let header = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+        let prompt = &text[..text.find(header).unwrap() + header.len()];
+        let template = match s(c, "template").as_str() {
+            "llama-3.1" => r1s_policy::chat::Template::Llama31,
+            _ => r1s_policy::chat::Template::Llama3,
+        };
+        let messages = [
+            r1s_policy::chat::Message::new("system", system),
+            r1s_policy::chat::Message::new("user", &s(c, "question")),
+        ];
+        assert_eq!(template.render(&messages), prompt, "{}", s(c, "template"));
+    }
     // each step of normalize_text, against python3's result
     for pair in fx["keys"].as_array().unwrap() {
         assert_eq!(question_key(pair[0].as_str().unwrap()), pair[1].as_str().unwrap(), "{pair}");

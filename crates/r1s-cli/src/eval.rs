@@ -39,7 +39,8 @@ pub(crate) struct EvalArgs {
     /// The `model` name sent to a completions server.
     #[arg(long, default_value = "default")]
     policy_model: String,
-    /// Chat template for --prompt chat: auto (the local model's own; ChatML for a server), chatml, llama3.
+    /// Chat template for --prompt chat: auto (the local model's own; ChatML for a server), chatml, llama3,
+    /// llama3.1 (Llama 3's with 3.1's dated system turn).
     #[arg(long, default_value = "auto")]
     chat_template: String,
     /// Use the first N questions (at least 1).
@@ -346,7 +347,8 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         }),
         "chatml" => Template::ChatMl { default_system: None },
         "llama3" => Template::Llama3,
-        other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3)"),
+        "llama3.1" => Template::Llama31,
+        other => anyhow::bail!("unknown --chat-template {other:?} (auto, chatml, llama3, llama3.1)"),
     };
     let kind = r1s_agent::prompt::PromptKind::parse(&a.prompt, template)?;
     let prompts: Vec<String> = questions.iter().map(|q| kind.render_with(a.protocol, &q.question)).collect();

@@ -19,8 +19,15 @@ impl Message {
 pub enum Template {
     /// `<|im_start|>{role}\n{content}<|im_end|>\n` …, then `<|im_start|>assistant\n`.
     ChatMl { default_system: Option<String> },
-    /// `<|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>` ….
+    /// `<|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>` …
+    /// (Meta-Llama-3-Instruct's template; contents trimmed).
     Llama3,
+    /// Llama 3.1-Instruct's template (its `tokenizer_config.json`, without tools): Llama 3's, with a
+    /// system turn always first that opens with `Cutting Knowledge Date: December 2023\nToday Date: 26
+    /// Jul 2024\n\n` (the template's default date) before the system message, empty when there is none.
+    /// (Llama 3.2's templates take today's date through `strftime_now` where transformers provides it;
+    /// this renders the default date.)
+    Llama31,
     /// Messages' contents joined by newlines (for base models).
     Raw,
 }
@@ -30,7 +37,7 @@ impl Template {
     pub fn detect(jinja: Option<&str>) -> Template {
         let Some(j) = jinja else { return Template::Raw };
         if j.contains("<|start_header_id|>") {
-            return Template::Llama3;
+            return if j.contains("Cutting Knowledge Date") { Template::Llama31 } else { Template::Llama3 };
         }
         if j.contains("<|im_start|>") {
             return Template::ChatMl { default_system: default_system(j) };
@@ -53,8 +60,20 @@ impl Template {
                 }
                 s.push_str("<|im_start|>assistant\n");
             }
-            Template::Llama3 => {
+            Template::Llama3 | Template::Llama31 => {
                 s.push_str("<|begin_of_text|>");
+                let mut messages = messages;
+                if *self == Template::Llama31 {
+                    let (system, rest) = match messages.split_first() {
+                        Some((m, rest)) if m.role == "system" => (m.content.trim(), rest),
+                        _ => ("", messages),
+                    };
+                    s.push_str("<|start_header_id|>system<|end_header_id|>\n\n");
+                    s.push_str("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
+                    s.push_str(system);
+                    s.push_str("<|eot_id|>");
+                    messages = rest;
+                }
                 for m in messages {
                     s.push_str(&format!(
                         "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
@@ -83,4 +102,23 @@ fn default_system(j: &str) -> Option<String> {
     let end = rest.find("<|im_end|>")?;
     let text = &rest[..end];
     (!text.contains("{{") && !text.contains('\'') && !text.is_empty()).then(|| text.replace("\\n", "\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_3_1_is_told_from_llama_3_and_opens_with_its_dated_system_turn() {
+        let l3 = "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' %}";
+        let l31 = "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}";
+        assert_eq!((Template::detect(Some(l3)), Template::detect(Some(l31))), (Template::Llama3, Template::Llama31));
+        // no system message: the dated system turn is there, empty
+        assert_eq!(
+            Template::Llama31.render(&[Message::new("user", " Hi ")]),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\
+             Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+    }
 }
