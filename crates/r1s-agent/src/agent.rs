@@ -292,9 +292,9 @@ pub fn run_streaming<P: Policy, R: Retriever>(
     let job = |i: usize, ep: &Trajectory| {
         let stop = match cfg.protocol {
             Protocol::SearchR1 => crate::searchr1::STOPS.iter().map(|s| s.to_string()).collect(),
-            // out of retrievals: the last turn, without the stop string
             // R1-Searcher's evaluation stops at these four (evaluation/eval_search_loacl.py)
             Protocol::R1Searcher if cfg.evaluation => EVAL_STOPS.iter().map(|s| s.to_string()).collect(),
+            // out of retrievals: the last turn, without the stop string
             Protocol::R1Searcher if ep.queries.len() >= cfg.max_retrievals => vec![],
             Protocol::R1Searcher => vec![END_QUERY.to_owned()],
             // R1-Searcher++ always stops at </external>, so the policy never writes a document
@@ -450,14 +450,13 @@ fn r1_searcher_eval_turn(ep: &mut Trajectory, mut c: Completion, turn: usize, cf
         ("finished", pred)
     } else if stop == END_QUERY && c.text.contains(BEGIN_QUERY) {
         let raw = c.text.rsplit(BEGIN_QUERY).next().unwrap_or_default();
-        let cleaned = crate::protocol::eval_query_chars(raw);
-        if cleaned.is_empty() {
+        // the script searches when its cleaning leaves anything, whitespace included
+        if crate::protocol::eval_query_chars(raw).is_empty() {
             ("query_inst_error", IDK.to_owned())
         } else if turn >= cfg.max_turns {
             ("many_retrieve", IDK.to_owned())
         } else {
-            let query = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
-            return After::Search { query, text: c.text };
+            return After::Search { query: crate::protocol::clean_query(raw, true), text: c.text };
         }
     } else {
         ("shot_down", IDK.to_owned())

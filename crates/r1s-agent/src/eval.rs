@@ -232,6 +232,44 @@ pub fn score_file(path: &Path) -> Result<Summary, DataError> {
 
 /// [`score_file`] on rows already read (`path` names them in errors).
 pub fn score_rows(path: &Path, rows: &[(usize, serde_json::Value)]) -> Result<Summary, DataError> {
+    Ok(Summary::of(parse_rows(path, rows)?.iter().map(ResultRow::row)))
+}
+
+/// A results row as the summary reads it, parsed from its JSON (its strings borrowed): see
+/// [`parse_rows`] and [`ResultRow::row`].
+#[derive(Debug, Clone)]
+pub struct ResultRow<'a> {
+    pred: &'a str,
+    golds: Vec<String>,
+    sol: Option<&'a str>,
+    reward: Option<f64>,
+    protocol: crate::Protocol,
+    prompt: &'a str,
+    searches: Option<usize>,
+    judge: Option<Option<bool>>,
+}
+
+impl ResultRow<'_> {
+    /// The [`Row`] that [`Summary::of`] and [`PassAtK::of`] read.
+    pub fn row(&self) -> Row<'_> {
+        Row {
+            pred: self.pred,
+            golds: &self.golds,
+            sol: self.sol,
+            searches: self.searches,
+            prompt: self.prompt,
+            reward: self.reward,
+            protocol: self.protocol,
+            judge: self.judge,
+        }
+    }
+}
+
+/// Parses results rows (line number, JSON): `pred_ans` against `answer` (string or list) or
+/// `golden_answers`; `gen_text_store`, `retrievals`, `prompt`, `reward` and `protocol` when present
+/// (R1-Searcher's when absent); the judge's verdict ([`row_verdict`]). A row without a `pred_ans`
+/// string or gold answers, or with an unknown protocol, is an error naming `path` and its line.
+pub fn parse_rows<'a>(path: &Path, rows: &'a [(usize, serde_json::Value)]) -> Result<Vec<ResultRow<'a>>, DataError> {
     let mut parsed = Vec::with_capacity(rows.len());
     for (line, v) in rows {
         let bad = |reason: &str| DataError::Bad { path: path.into(), line: *line, reason: reason.into() };
@@ -243,30 +281,18 @@ pub fn score_rows(path: &Path, rows: &[(usize, serde_json::Value)]) -> Result<Su
             serde_json::Value::Null => crate::Protocol::R1Searcher,
             p => serde_json::from_value(p.clone()).map_err(|e| bad(&format!("protocol: {e}")))?,
         };
-        let prompt = v["prompt"].as_str().unwrap_or("");
-        let searches = v["retrievals"].as_u64().map(|n| n as usize);
-        let judge = row_verdict(v);
-        parsed.push((
+        parsed.push(ResultRow {
             pred,
             golds,
-            v["gen_text_store"].as_str(),
-            v["reward"].as_f64(),
+            sol: v["gen_text_store"].as_str(),
+            reward: v["reward"].as_f64(),
             protocol,
-            prompt,
-            searches,
-            judge,
-        ));
+            prompt: v["prompt"].as_str().unwrap_or(""),
+            searches: v["retrievals"].as_u64().map(|n| n as usize),
+            judge: row_verdict(v),
+        });
     }
-    Ok(Summary::of(parsed.iter().map(|(pred, g, sol, reward, protocol, prompt, searches, judge)| Row {
-        pred,
-        golds: g.as_slice(),
-        sol: *sol,
-        searches: *searches,
-        prompt,
-        reward: *reward,
-        protocol: *protocol,
-        judge: *judge,
-    })))
+    Ok(parsed)
 }
 
 /// A result row's judge verdict: r1s's `judge` (true/false; null when judged without a verdict, as

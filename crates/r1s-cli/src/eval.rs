@@ -404,8 +404,9 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
                 .with_context(|| format!("creating {}", p.display()))?,
         ),
     };
-    let mut rows = Vec::new();
+    // the results lines, and the question each answers
     let mut lines = Vec::new();
+    let mut of_question = Vec::new();
     let qs = &questions;
     for (j, (i, q, t)) in runs
         .into_iter()
@@ -414,28 +415,24 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     {
         let Some(t) = t else { continue };
         let reward = r1s_agent::reward::reward_of(reward_kind, &t.prompt, &t.sol, &q.answers);
-        let row = serde_json::json!({
+        let mut row = serde_json::json!({
             "question": q.question, "answer": if q.answers.len() == 1 { serde_json::json!(q.answers[0]) } else { serde_json::json!(q.answers) },
             "pred_ans": t.pred, "stop_reason_final": t.stop_reason_final, "gen_text_store": t.sol,
             "id": q.id, "retrievals": t.queries.len(), "internal": a.protocol.internal_steps(&t.sol),
             "queries": t.queries, "retrieved": t.retrieved,
             "reward": reward, "reward_kind": reward_kind, "protocol": a.protocol, "spans": t.spans, "prompt": t.prompt,
         });
-        let mut row = row;
         if a.samples > 1 {
             row["sample"] = j.into();
         }
         lines.push((lines.len() + 1, row));
-        rows.push((i, t.pred, q.answers.clone(), t.sol, t.prompt, t.queries.len(), reward));
+        of_question.push(i);
     }
     // the judge reads the finished rows; a stopped run's rows are kept unjudged, and so are a
     // finished run's when the judge fails or is stopped (they are written first, then the error)
-    let judge = judge_of(&a);
-    let judged = match judge.as_ref().filter(|_| !stopped) {
-        Some(judge) => {
-            let label = a.out.clone().unwrap_or_else(|| PathBuf::from("results"));
-            judge_rows(judge, &label, &mut lines, g, cancel)
-        }
+    let label = a.out.clone().unwrap_or_else(|| PathBuf::from("results"));
+    let judged = match judge_of(&a).filter(|_| !stopped) {
+        Some(judge) => judge_rows(&judge, &label, &mut lines, g, cancel),
         None => Ok(()),
     };
     if let Some(out) = &mut out {
@@ -462,41 +459,23 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         bars.finish("stopped");
         anyhow::bail!(
             "after {} of {} episodes{}",
-            rows.len(),
+            lines.len(),
             n * a.samples,
             written.map_or(String::new(), |p| format!(": their rows are in {} (no summary)", p.display()))
         );
     }
     bars.finish("done");
-    /// The summary's view of a row (its question index, pred, golds, sol, prompt, searches, reward)
-    /// and its results line.
-    fn row_of<'a>(
-        (_, pred, golds, sol, prompt, searches, reward): &'a (usize, String, Vec<String>, String, String, usize, f64),
-        line: &serde_json::Value,
-        protocol: r1s_agent::Protocol,
-        judged: bool,
-    ) -> r1s_agent::Row<'a> {
-        r1s_agent::Row {
-            pred,
-            golds,
-            sol: Some(sol),
-            searches: Some(*searches),
-            prompt,
-            reward: Some(*reward),
-            protocol,
-            judge: judged.then(|| line["judge"].as_bool()),
-        }
-    }
-    let judged = judge.is_some();
-    let s = r1s_agent::Summary::of(rows.iter().zip(&lines).map(|(r, (_, l))| row_of(r, l, a.protocol, judged)));
+    // the summary reads the rows as written, as `--score` of the file does
+    let parsed = r1s_agent::eval::parse_rows(&label, &lines)?;
+    let s = r1s_agent::Summary::of(parsed.iter().map(|r| r.row()));
     let noun = if n == 1 { "question" } else { "questions" };
     if a.samples == 1 {
         println!("{}\n{n} {noun} in {:.1} s", s.table(), t.elapsed().as_secs_f64());
         return Ok(());
     }
     let mut by_question: Vec<Vec<r1s_agent::Row<'_>>> = vec![Vec::new(); n];
-    for (r, (_, l)) in rows.iter().zip(&lines) {
-        by_question[r.0].push(row_of(r, l, a.protocol, judged));
+    for (r, &i) in parsed.iter().zip(&of_question) {
+        by_question[i].push(r.row());
     }
     let pass = r1s_agent::eval::PassAtK::of(&by_question);
     println!(
