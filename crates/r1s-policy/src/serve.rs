@@ -120,8 +120,8 @@ impl Book {
         self.waiting.drain(..k).collect()
     }
 
-    /// Records ended choices; answers the requests whose choices are all done. Returns how many
-    /// choices left the books.
+    /// Records ended choices; answers the requests whose choices are all done and takes their
+    /// choices off `outstanding`.
     fn ended(&mut self, ended: Vec<(usize, Generation)>, outstanding: &AtomicUsize) {
         for (key, g) in ended {
             self.live = self.live.saturating_sub(1);
