@@ -295,17 +295,16 @@ pub fn parse_rows<'a>(path: &Path, rows: &'a [(usize, serde_json::Value)]) -> Re
     Ok(parsed)
 }
 
-/// A result row's judge verdict: r1s's `judge` (true/false; null when judged without a verdict, as
-/// its `judge_reply` or `judge_error` says) or R1-Searcher's `gpt4o_output` reply; `None` when the row
-/// was not judged.
+/// A result row's judge verdict: r1s's when the row was judged by r1s (it has a `judge` field: true,
+/// false, or null for no verdict), else R1-Searcher's `gpt4o_output` reply; `None` when the row was not
+/// judged. A row r1s judged is read by its own verdict only, whatever `gpt4o_output` it carries.
 pub fn row_verdict(v: &serde_json::Value) -> Option<Option<bool>> {
-    match (&v["judge"], &v["gpt4o_output"]) {
-        (serde_json::Value::Bool(b), _) => Some(Some(*b)),
-        (serde_json::Value::Null, serde_json::Value::Null) => {
-            (!v["judge_reply"].is_null() || !v["judge_error"].is_null()).then_some(None)
-        }
-        (serde_json::Value::Null, reply) => Some(reply.as_str().and_then(crate::judge::parse_verdict)),
-        _ => Some(None),
+    if let Some(judge) = v.get("judge") {
+        return Some(judge.as_bool());
+    }
+    match &v["gpt4o_output"] {
+        serde_json::Value::Null => None,
+        reply => Some(reply.as_str().and_then(crate::judge::parse_verdict)),
     }
 }
 

@@ -815,6 +815,13 @@ fn the_judge_reproduces_r1_searchers_released_judge_accuracy() {
         figures.push(format!("{ours:.1}"));
     }
     assert_eq!(figures, ["65.0", "54.4", "54.4", "74.6", "75.0"]);
+    // a released row that r1s judged again is read by r1s's verdict only, never by its gpt4o_output
+    use r1s_agent::eval::row_verdict;
+    let v = |j: serde_json::Value| row_verdict(&j);
+    assert_eq!(v(serde_json::json!({"gpt4o_output": "True", "judge": null, "judge_reply": "?"})), Some(None));
+    assert_eq!(v(serde_json::json!({"gpt4o_output": "True", "judge": false})), Some(Some(false)));
+    assert_eq!(v(serde_json::json!({"gpt4o_output": "True"})), Some(Some(true)));
+    assert_eq!(v(serde_json::json!({"pred_ans": "x"})), None);
 
     // retries (503, 429 + Retry-After), the cache, a reply that is no verdict, a refused request
     let server = ReplayJudge::start(judge_replay::verdicts(&fx, "bamboogle_qwen.jsonl"), 3);

@@ -199,6 +199,15 @@ fn judge_rows(
     bars.start("judge", Some(messages.len() as u64), r1s_core::Unit::Items);
     let judged = judge.judge_all(&messages, cancel, &|_| bars.advance(1))?;
     bars.finish("judged");
+    // requests that failed for good are counted apart from replies that are no verdict, and said
+    if let Some(first) = judged.iter().find_map(|j| j.error.as_deref()) {
+        let failed = judged.iter().filter(|j| j.error.is_some()).count();
+        log::warn!(
+            "judge {}: {failed} of {} requests failed (rows without a verdict); the first: {first}",
+            judge.url,
+            judged.len()
+        );
+    }
     for ((_, v), j) in rows.iter_mut().zip(judged) {
         v["judge"] = j.verdict.map_or(serde_json::Value::Null, serde_json::Value::Bool);
         match (j.reply, j.error) {
@@ -246,6 +255,9 @@ fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
     };
     if a.judge.is_none() {
         refuse(crate::given_flags(JUDGE_FLAGS), "set the LLM judge: give --judge URL")?;
+    }
+    if let Some(url) = a.judge.as_deref().filter(|u| !u.starts_with("http://") && !u.starts_with("https://")) {
+        return refuse(vec![format!("--judge {url}")], "is not an http:// or https:// URL");
     }
     if !a.score.is_empty() {
         refuse(

@@ -1310,6 +1310,7 @@ fn eval_judge_only_reproduces_r1_searchers_judge() {
     refused_with(2, &["eval", "--score", &e, "--judge-model", "m"], "--judge");
     refused_with(2, &["eval", "--score", &e, "--judge", &server.url], "--judge-only");
     refused_with(2, &["eval", "--judge-only", &e], "--judge");
+    refused_with(2, &["eval", "--judge-only", &e, "--judge", "notaurl"], "not an http");
     refused_with(2, &["eval", "--judge-only", &e, &e, "--judge", &server.url, "--out", "x.jsonl"], "one file");
 }
 
