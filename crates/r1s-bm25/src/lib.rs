@@ -125,6 +125,19 @@ fn register(index: &Index) {
     index.tokenizers().register(analyzer::ANALYZER, analyzer::english());
 }
 
+/// The manifest of `dir` when it is a finished BM25 index that [`build`] of `corpus_dir` with `o`
+/// would make again (same corpus content id, analyzer and k1 / b) and that opens; `None` otherwise.
+///
+/// Errors: [`Bm25Error::Corpus`] when `corpus_dir` cannot be read.
+pub fn up_to_date(dir: &Path, corpus_dir: &Path, o: &BuildOptions) -> Result<Option<Bm25Manifest>> {
+    let Ok(index) = Bm25Index::open(dir) else {
+        return Ok(None);
+    };
+    let corpus_id = r1s_corpus::Manifest::read(corpus_dir)?.content_id();
+    let m = index.manifest;
+    Ok((m.corpus_id == corpus_id && m.analyzer == analyzer::ANALYZER && m.params == o.params).then_some(m))
+}
+
 /// Builds the BM25 index of the corpus in `corpus_dir` into `out` (see the crate docs for the
 /// layout). Returns the manifest it wrote.
 ///

@@ -587,7 +587,11 @@ fn ingest_target(a: &IndexBuildArgs) -> PathBuf {
     a.corpus_out.clone().unwrap_or_else(|| PathBuf::from("corpora").join(name))
 }
 
-/// [`index_build`] once its output directory is locked.
+/// [`index_build`] once its output directory is locked. A finished index in --out is rebuilt
+/// beside it ([`side_dir`]) and swapped in whole when the new one is complete (or left as it is
+/// when the build would make it again: a no-op that says so), so that an interrupted or failed
+/// rebuild leaves the previous index answering; an unfinished one (an interrupted first build) goes
+/// on in place. Milvus builds stay in place: their vectors live in the server, not in --out.
 fn build_locked(
     a: &IndexBuildArgs,
     (building, kind_name): (Family, &str),
@@ -595,7 +599,15 @@ fn build_locked(
     cancel: &Cancel,
 ) -> anyhow::Result<()> {
     let bars = progress::Bars::new(g);
-    check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), (a.replace, true))?;
+    let milvus = match a.kind {
+        BuildKind::Dense(k) => k == r1s_index::Kind::Milvus,
+        BuildKind::Hybrid => a.dense_kind == r1s_index::Kind::Milvus && a.dense.is_none(),
+        BuildKind::Bm25 => false,
+    };
+    let rebuild = a.out.join(r1s_index::MANIFEST_FILE).is_file() && !milvus;
+    if !rebuild {
+        check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), (a.replace, true))?;
+    }
     let corpus = match &a.input {
         None => None,
         Some(input) if is_corpus_dir(input) => Some(input.clone()),
@@ -622,25 +634,90 @@ fn build_locked(
         }
     };
     if let Some(c) = &corpus {
-        check_out_corpus(&a.out, c, a.replace)?;
+        check_out_corpus(&a.out, c, (a.replace, !rebuild))?;
     }
+    if !rebuild {
+        let at = Target { dir: &a.out, shown: &a.out, previous: None };
+        return build_into(a, at, corpus.as_deref(), &bars, g, cancel).map(|_| ());
+    }
+    let side = side_dir(&a.out)?;
+    // the side directory is r1s's own: leftovers of another family or corpus go, those of an
+    // interrupted rebuild of this one are continued
+    let side_lock = lock_out(&side)?;
+    check_out_dir(&side, (building, kind_name), None, (true, true))?;
+    if let Some(c) = &corpus {
+        check_out_corpus(&side, c, (true, true))?;
+    }
+    seed_embeddings(&a.out, &side, corpus.as_deref())?;
+    let at = Target { dir: &side, shown: &a.out, previous: Some(&a.out) };
+    match build_into(a, at, corpus.as_deref(), &bars, g, cancel) {
+        Ok(Built::Unchanged) => {
+            drop(side_lock);
+            std::fs::remove_dir_all(&side).with_context(|| format!("removing {}", side.display()))?;
+            Ok(())
+        }
+        Ok(Built::New) => {
+            exchange_dirs(&side, &a.out)
+                .with_context(|| format!("swapping the rebuilt index {} into {}", side.display(), a.out.display()))?;
+            // the previous index, now at the side path (processes that mapped it keep their pages)
+            std::fs::remove_dir_all(&side)
+                .with_context(|| format!("removing the previous index at {}", side.display()))?;
+            drop(side_lock);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "{} still holds the previous index, unchanged; the rebuild's progress is kept in {} (rerun the same command to continue it)",
+                a.out.display(),
+                side.display()
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Where an `index build` writes: the directory, the name it shows (--out), and the finished index
+/// it replaces, if any (compared with what it would build: equal, nothing is built).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    dir: &'a Path,
+    shown: &'a Path,
+    previous: Option<&'a Path>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Built {
+    /// Wrote a new index.
+    New,
+    /// Found the previous index to be what it would build: wrote nothing.
+    Unchanged,
+}
+
+/// The ingest, embed and index stages of [`build_locked`] into `at`.
+fn build_into(
+    a: &IndexBuildArgs,
+    at: Target<'_>,
+    corpus: Option<&Path>,
+    bars: &progress::Bars,
+    g: &Globals,
+    cancel: &Cancel,
+) -> anyhow::Result<Built> {
     let needs_corpus = |what: &str| {
-        corpus.clone().with_context(|| {
+        corpus.map(Path::to_path_buf).with_context(|| {
             format!("--kind {what} needs INPUT: a corpus directory, or a dump / JSONL / TSV file to ingest first")
         })
     };
     match a.kind {
-        BuildKind::Dense(kind) => {
-            build_dense(a, kind, corpus.as_deref(), &a.out, default_collection(&a.out), &bars, g, cancel)
-        }
-        BuildKind::Bm25 => build_bm25(a, &needs_corpus("bm25")?, &a.out, &bars, g, cancel),
+        BuildKind::Dense(kind) => build_dense(a, kind, corpus, at, default_collection(&a.out), bars, g, cancel),
+        BuildKind::Bm25 => build_bm25(a, &needs_corpus("bm25")?, at, bars, g, cancel),
         BuildKind::Hybrid => {
-            let hybrid_manifest = a.out.join(r1s_index::MANIFEST_FILE);
-            let (dense, bm25) = match (&a.dense, &a.bm25) {
-                (Some(d), Some(b)) => (d.clone(), b.clone()),
+            let hybrid_manifest = at.dir.join(r1s_index::MANIFEST_FILE);
+            let (dense, bm25, parts) = match (&a.dense, &a.bm25) {
+                (Some(d), Some(b)) => (d.clone(), b.clone(), Built::New),
                 _ => {
                     let corpus = needs_corpus("hybrid")?;
-                    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+                    std::fs::create_dir_all(at.dir).with_context(|| format!("creating {}", at.dir.display()))?;
                     // not a finished hybrid index until its parts are
                     match std::fs::remove_file(&hybrid_manifest) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -648,29 +725,166 @@ fn build_locked(
                         }
                         _ => {}
                     }
-                    let (d, b) = (a.out.join("dense"), a.out.join("bm25"));
+                    let (d, b) = (at.dir.join("dense"), at.dir.join("bm25"));
+                    let (shown_d, shown_b) = (at.shown.join("dense"), at.shown.join("bm25"));
+                    let (prev_d, prev_b) = (at.previous.map(|p| p.join("dense")), at.previous.map(|p| p.join("bm25")));
                     let collection = format!("{}_dense", default_collection(&a.out));
-                    build_dense(a, a.dense_kind, Some(&corpus), &d, collection, &bars, g, cancel)?;
-                    build_bm25(a, &corpus, &b, &bars, g, cancel)?;
-                    (d, b)
+                    let dense_at = Target { dir: &d, shown: &shown_d, previous: prev_d.as_deref() };
+                    let dense_built =
+                        build_dense(a, a.dense_kind, Some(&corpus), dense_at, collection, bars, g, cancel)?;
+                    let bm25_at = Target { dir: &b, shown: &shown_b, previous: prev_b.as_deref() };
+                    let bm25_built = build_bm25(a, &corpus, bm25_at, bars, g, cancel)?;
+                    // an unchanged part is the previous one, linked into the new index whole
+                    for (built, part, prev) in [(dense_built, &d, &prev_d), (bm25_built, &b, &prev_b)] {
+                        if let (Built::Unchanged, Some(prev)) = (built, prev) {
+                            link_tree(prev, part)?;
+                        }
+                    }
+                    let parts = if dense_built == Built::Unchanged && bm25_built == Built::Unchanged {
+                        Built::Unchanged
+                    } else {
+                        Built::New
+                    };
+                    (d, b, parts)
                 }
             };
             let fusion = a.lexical.fusion()?.unwrap_or_default();
             let depth = a.lexical.depth.map_or(r1s_retrieve::hybrid::DEFAULT_DEPTH, |d| d as usize);
-            let m = r1s_retrieve::hybrid::write_manifest(&a.out, &dense, &bm25, fusion, depth)?;
+            let m = r1s_retrieve::hybrid::write_manifest(at.dir, &dense, &bm25, fusion, depth)?;
+            if parts == Built::Unchanged
+                && let Some(prev) = at.previous
+                && r1s_retrieve::HybridManifest::read(prev).is_ok_and(|p| same_hybrid(&p, &m))
+            {
+                if !g.quiet {
+                    println!(
+                        "{}: this hybrid index is already built with these settings: nothing to do",
+                        at.shown.display()
+                    );
+                }
+                return Ok(Built::Unchanged);
+            }
             if !g.quiet {
                 println!(
                     "{}: hybrid index of {} passages (dense {}, bm25 {}; {} fusion of {depth} x k candidates per side)",
-                    a.out.display(),
+                    at.shown.display(),
                     m.rows,
                     m.dense,
                     m.bm25,
                     fusion.name()
                 );
             }
-            Ok(())
+            Ok(Built::New)
         }
     }
+}
+
+/// Whether two hybrid manifests describe the same index (all but the version that wrote them).
+fn same_hybrid(a: &r1s_retrieve::HybridManifest, b: &r1s_retrieve::HybridManifest) -> bool {
+    let strip = |m: &r1s_retrieve::HybridManifest| {
+        let mut v = serde_json::to_value(m).unwrap_or_default();
+        v["r1s_version"] = serde_json::Value::Null;
+        v
+    };
+    strip(a) == strip(b)
+}
+
+/// The directory a finished index in `out` is rebuilt in: a hidden sibling (`.NAME.r1s-rebuild`,
+/// same filesystem, so that the swap is a rename; same depth, so that the paths recorded relative
+/// to the index, e.g. its corpus, hold in both).
+fn side_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let real = std::fs::canonicalize(out).with_context(|| format!("reading {}", out.display()))?;
+    let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
+        anyhow::bail!("--out {}: an index directory needs a parent directory to be rebuilt beside", out.display());
+    };
+    Ok(parent.join(format!(".{}.r1s-rebuild", name.to_string_lossy())))
+}
+
+/// Hard-links the previous index's embeddings (`embeddings.npy`, `embeddings.json`, also those of a
+/// hybrid's `dense/`) into the side directory when they embed the corpus being built (or when there
+/// is no INPUT: they are the input), so that a rebuild over the same vectors does not embed again.
+/// Never written in place (r1s's writers replace files by rename), so sharing the inode is safe.
+fn seed_embeddings(out: &Path, side: &Path, corpus: Option<&Path>) -> anyhow::Result<()> {
+    let corpus_id = corpus.map(|c| r1s_corpus::Manifest::read(c).map(|m| m.content_id())).transpose()?;
+    for sub in ["", "dense"] {
+        let (from, to) = (out.join(sub), side.join(sub));
+        let meta = from.join(r1s_index::EMBEDDINGS_META);
+        let embedded: Option<String> = std::fs::read(&meta)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["corpus_id"].as_str().map(str::to_owned));
+        let Some(embedded) = embedded else { continue };
+        if corpus_id.as_ref().is_some_and(|id| *id != embedded) || !from.join(r1s_index::EMBEDDINGS_FILE).is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for name in [r1s_index::EMBEDDINGS_FILE, r1s_index::EMBEDDINGS_META] {
+            relink(&from.join(name), &to.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `to` a hard link of `from`, replacing what `to` was.
+fn relink(from: &Path, to: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", to.display()));
+        }
+        _ => {}
+    }
+    std::fs::hard_link(from, to).with_context(|| format!("linking {} to {}", to.display(), from.display()))
+}
+
+/// Replaces directory `to` by a tree of hard links to the files of `from` (an unchanged index part
+/// taken into a rebuilt index whole); r1s's build lock and temporary files are left out.
+fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n == BUILD_LOCK || n.starts_with('.') && n.ends_with(".tmp") {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        if e.file_type().with_context(|| format!("reading {}", src.display()))?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else {
+            relink(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Swaps directories `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`): there is no
+/// moment at which either path is missing, so a server opening `b` finds the old or the new index,
+/// never neither. Elsewhere, or where the filesystem cannot exchange, three renames.
+fn exchange_dirs(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let (ca, cb) = (c(a)?, c(b)?);
+        // SAFETY: two valid NUL-terminated paths, relative to the working directory
+        let r =
+            unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
+            return Err(e);
+        }
+    }
+    let mut parked = b.as_os_str().to_owned();
+    parked.push(".r1s-swap");
+    let parked = PathBuf::from(parked);
+    std::fs::rename(b, &parked)?;
+    std::fs::rename(a, b)?;
+    std::fs::rename(&parked, a)
 }
 
 /// What an index directory's entries belong to: dense kinds share embeddings.npy (flat, hnsw,
@@ -822,8 +1036,9 @@ fn lock_out(out: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Refuses (without --replace) to build over an index of `out` that was built from another corpus
-/// than `corpus`; with --replace, removes its entries.
-fn check_out_corpus(out: &Path, corpus: &Path, replace: bool) -> anyhow::Result<()> {
+/// than `corpus`; with --replace and `remove`, removes its entries (a rebuild beside it removes
+/// nothing: the swap replaces it whole).
+fn check_out_corpus(out: &Path, corpus: &Path, (replace, remove): (bool, bool)) -> anyhow::Result<()> {
     let Some(built_from) = std::fs::read(out.join(r1s_index::MANIFEST_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -844,6 +1059,9 @@ fn check_out_corpus(out: &Path, corpus: &Path, replace: bool) -> anyhow::Result<
             &built_from[..built_from.len().min(12)],
             &id[..id.len().min(12)]
         ))));
+    }
+    if !remove {
+        return Ok(());
     }
     let ours: Vec<(String, Option<Family>)> =
         INDEX_ENTRIES.iter().filter(|(n, _)| out.join(n).exists()).map(|&(n, f)| (n.to_owned(), f)).collect();
@@ -894,15 +1112,15 @@ pub(crate) fn same_input(corpus: &Path, input: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Builds a bm25 index of `corpus` into `out`.
-pub(crate) fn build_bm25(
+/// Builds a bm25 index of `corpus` into `at` (nothing when the previous index is what it would build).
+fn build_bm25(
     a: &IndexBuildArgs,
     corpus: &Path,
-    out: &Path,
+    at: Target<'_>,
     bars: &progress::Bars,
     g: &Globals,
     cancel: &Cancel,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Built> {
     let o = r1s_bm25::BuildOptions {
         params: a.lexical.bm25(r1s_bm25::Bm25Params::default()).unwrap_or_default(),
         threads: a.threads,
@@ -910,18 +1128,32 @@ pub(crate) fn build_bm25(
         resume: !a.no_resume,
         ..Default::default()
     };
-    let built = r1s_bm25::build(corpus, out, &o, bars, cancel);
+    if let Some(prev) = at.previous
+        && let Some(m) = r1s_bm25::up_to_date(prev, corpus, &o)?
+    {
+        if !g.quiet {
+            println!(
+                "{}: this bm25 index of {} passages (k1 {}, b {}) is already built from this corpus: nothing to do",
+                at.shown.display(),
+                m.rows,
+                m.params.k1,
+                m.params.b
+            );
+        }
+        return Ok(Built::Unchanged);
+    }
+    let built = r1s_bm25::build(corpus, at.dir, &o, bars, cancel);
     if matches!(built, Err(r1s_bm25::Bm25Error::Cancelled)) {
         eprintln!(
             "the BM25 build committed its progress in {}: rerun the same command to resume it",
-            out.join(r1s_bm25::PART_DIR).display()
+            at.dir.join(r1s_bm25::PART_DIR).display()
         );
     }
     let m = built?;
     if !g.quiet {
         println!(
             "{}: bm25 index of {} passages, {} terms, {:.1} terms per passage (k1 {}, b {}; corpus {}) built in {:.1} s",
-            out.display(),
+            at.shown.display(),
             m.rows,
             m.terms,
             m.tokens as f64 / m.rows.max(1) as f64,
@@ -931,21 +1163,23 @@ pub(crate) fn build_bm25(
             m.build_seconds
         );
     }
-    Ok(())
+    Ok(Built::New)
 }
 
-/// Embeds `corpus` (when given) into `out` and builds the dense index of `kind` there.
+/// Embeds `corpus` (when given) into `at` and builds the dense index of `kind` there (nothing when
+/// the previous index is what it would build over these embeddings).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn build_dense(
+fn build_dense(
     a: &IndexBuildArgs,
     kind: r1s_index::Kind,
     corpus: Option<&Path>,
-    out: &Path,
+    at: Target<'_>,
     collection: String,
     bars: &progress::Bars,
     g: &Globals,
     cancel: &Cancel,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Built> {
+    let out = at.dir;
     if let Some(corpus) = corpus {
         let preset = a.preset.as_deref().map(r1s_embed::Preset::named).transpose()?;
         let cfg =
@@ -989,6 +1223,21 @@ pub(crate) fn build_dense(
         },
     };
     let pool = rayon_pool(a.threads)?;
+    if let Some(prev) = at.previous
+        && let Some(m) =
+            pool.install(|| r1s_index::up_to_date(prev, &out.join(r1s_index::EMBEDDINGS_FILE), kind, &params))?
+    {
+        if !g.quiet {
+            println!(
+                "{}: this {:?} index of {} x {} vectors is already built with these settings over these embeddings: nothing to do",
+                at.shown.display(),
+                m.kind,
+                m.rows,
+                m.dim
+            );
+        }
+        return Ok(Built::Unchanged);
+    }
     let built = pool.install(|| r1s_index::build(out, kind, &params, bars, cancel));
     if matches!(built, Err(r1s_index::IndexError::Cancelled)) && out.join(r1s_index::CHECKPOINT_FILE).exists() {
         eprintln!(
@@ -1001,7 +1250,7 @@ pub(crate) fn build_dense(
         let q = if a.quantize == r1s_index::Quantize::Sq8 { " sq8" } else { "" };
         println!(
             "{}: {:?}{q} index of {} x {} vectors (corpus {}) built in {:.1} s",
-            out.display(),
+            at.shown.display(),
             m.kind,
             m.rows,
             m.dim,
@@ -1020,7 +1269,7 @@ pub(crate) fn build_dense(
             println!("peak RSS {:.0} MiB", peak as f64 / 1048576.0);
         }
     }
-    Ok(())
+    Ok(Built::New)
 }
 
 /// `index eval --answers`: answer recall@k of the index's retriever (and, for a hybrid index, of

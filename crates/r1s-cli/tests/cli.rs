@@ -866,6 +866,104 @@ fn index_build_out_refuses_what_it_would_destroy() {
     assert!(first.wait().unwrap().success());
 }
 
+/// #36: a finished index in --out is rebuilt beside it and swapped in whole: the same build again
+/// is a no-op that says so; another parameter builds a new graph over the same vectors (not
+/// embedded again); a rebuild killed mid-way leaves the previous index answering as before, and
+/// the same command then finishes it; a hybrid whose bm25 settings change rebuilds that part only.
+#[test]
+fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 120);
+    let corpus = dir.path().join("corpus");
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&src).arg("--out").arg(&corpus));
+    let idx = dir.path().join("idx");
+    let build = |input: &Path, args: &[&str]| {
+        ok(r1s().args(["index", "build"]).arg(input).arg("--out").arg(&idx).args(["-j", "2"]).args(args))
+    };
+    build(&corpus, &["--kind", "hnsw"]);
+    let ino = |f: &str| std::fs::metadata(idx.join(f)).unwrap().ino();
+    let (npy, graph) = (ino("embeddings.npy"), ino("hnsw.r1s"));
+    let q = "Who was the first president of the Cleveland Indians?";
+    let hits = || ok(r1s().args(["retrieve", "--json", "-k", "3", "-j", "2", "--index"]).arg(&idx).arg(q));
+    let before = hits();
+
+    let again = build(&corpus, &["--kind", "hnsw"]);
+    assert!(again.contains("already built") && again.contains("nothing to do"), "{again}");
+    assert_eq!((ino("embeddings.npy"), ino("hnsw.r1s")), (npy, graph), "a no-op rewrote files");
+    let m16 = build(&corpus, &["--kind", "hnsw", "--m", "16"]);
+    assert!(m16.contains("built in"), "{m16}");
+    assert_eq!(ino("embeddings.npy"), npy, "the same vectors were embedded again");
+    assert_ne!(ino("hnsw.r1s"), graph);
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["params"]["m"], 16);
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    let before = {
+        let now = hits();
+        assert_eq!(now.lines().count(), before.lines().count());
+        now
+    };
+
+    // a rebuild over another corpus, killed while it embeds: the previous index answers as before
+    std::fs::create_dir(dir.path().join("big")).unwrap();
+    let big = some_passages(&dir.path().join("big"), 1500);
+    let big_corpus = dir.path().join("bigcorpus");
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&big).arg("--out").arg(&big_corpus));
+    let side = dir.path().join(".idx.r1s-rebuild");
+    let mut child = r1s()
+        .args(["-q", "index", "build"])
+        .arg(&big_corpus)
+        .arg("--out")
+        .arg(&idx)
+        .args(["--kind", "hnsw", "--replace", "-j", "1"])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !side.join("embeddings.npy.partial").exists() && t.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the rebuild ended before it could be killed");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(hits(), before, "the previous index changed under a killed rebuild");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["params"]["m"], 16);
+    assert!(side.is_dir(), "the rebuild's progress is kept beside");
+    let done = build(&big_corpus, &["--kind", "hnsw", "--replace"]);
+    assert!(done.contains("1500 x 384"), "{done}");
+    assert!(!side.exists());
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["rows"], 1500);
+
+    // a hybrid: the same build is a no-op; new bm25 settings rebuild that part, the dense part is kept
+    let hyb = dir.path().join("hyb");
+    let hybrid = |args: &[&str]| {
+        ok(r1s()
+            .args(["index", "build"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(&hyb)
+            .args(["--kind", "hybrid", "--dense-kind", "flat", "-j", "2"])
+            .args(args))
+    };
+    hybrid(&[]);
+    let hino = |f: &str| std::fs::metadata(hyb.join(f)).unwrap().ino();
+    let (dense_npy, dense_manifest, bm25_manifest) =
+        (hino("dense/embeddings.npy"), hino("dense/manifest.json"), hino("bm25/manifest.json"));
+    let again = hybrid(&[]);
+    assert!(again.contains("hybrid index is already built"), "{again}");
+    assert_eq!(hino("bm25/manifest.json"), bm25_manifest);
+    let k1 = hybrid(&["--k1", "1.2"]);
+    assert!(k1.contains("bm25 index of 120 passages") && k1.contains("k1 1.2"), "{k1}");
+    assert_eq!((hino("dense/embeddings.npy"), hino("dense/manifest.json")), (dense_npy, dense_manifest));
+    assert_ne!(hino("bm25/manifest.json"), bm25_manifest);
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&hyb))).unwrap();
+    assert_eq!(info["parts"]["bm25"]["params"]["k1"].as_f64().unwrap() as f32, 1.2);
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
 /// Runs `args` twice at once and returns both outputs.
 fn twice_at_once(args: &[String]) -> [std::process::Output; 2] {
     let spawn =

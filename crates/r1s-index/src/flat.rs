@@ -8,6 +8,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use r1s_core::npy::{Dtype, NpyHeader};
 use r1s_core::{Scored, VectorIndex};
@@ -15,12 +16,15 @@ use rayon::prelude::*;
 
 use crate::error::{IndexError, Result};
 
-/// A memory-mapped `[rows, dim]` matrix from a `.npy` file.
-#[derive(Debug)]
+/// A memory-mapped `[rows, dim]` matrix from a `.npy` file. Clones share one mapping (an index
+/// with a graph or codes and its exact twin map `embeddings.npy` once) and one cached
+/// [`crate::sq8::fingerprint`].
+#[derive(Debug, Clone)]
 pub struct Matrix {
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
     header: NpyHeader,
     path: PathBuf,
+    pub(crate) fingerprint: Arc<OnceLock<u64>>,
 }
 
 impl Matrix {
@@ -47,7 +51,7 @@ impl Matrix {
         // SAFETY: the file is only read; its size was checked above. Rewriting it while mapped is a
         // misuse (r1s writes new files and renames them into place).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(path, e))?;
-        Ok(Matrix { map, header, path: path.to_path_buf() })
+        Ok(Matrix { map: Arc::new(map), header, path: path.to_path_buf(), fingerprint: Arc::default() })
     }
 
     pub fn rows(&self) -> u64 {
@@ -68,7 +72,8 @@ impl Matrix {
 
     /// Tells the kernel that rows will be read at random (`madvise(MADV_RANDOM)`): no read-ahead and
     /// no fault-around, so that re-ranking a few rows maps (and keeps resident) those rows' pages
-    /// only, not the 64 KiB around each. A hint: errors are ignored.
+    /// only, not the 64 KiB around each. A hint: errors are ignored. It applies to every clone (one
+    /// mapping): an exact scan through a clone then reads without read-ahead.
     pub fn advise_random(&self) {
         #[cfg(unix)]
         let _ = self.map.advise(memmap2::Advice::Random);
@@ -200,6 +205,11 @@ impl FlatIndex {
 
     pub fn matrix(&self) -> &Matrix {
         &self.matrix
+    }
+
+    /// An exact index over an already mapped matrix (sharing its mapping).
+    pub fn over(matrix: Matrix) -> FlatIndex {
+        FlatIndex { matrix }
     }
 }
 

@@ -924,7 +924,7 @@ impl HnswIndex {
         cancel: &Cancel,
     ) -> Result<HnswIndex> {
         params.check()?;
-        let matrix = Matrix::open(matrix.path())?;
+        let matrix = matrix.clone();
         let n = usize::try_from(matrix.rows()).ok().filter(|&n| n < u32::MAX as usize).ok_or_else(|| {
             IndexError::Options(format!("{} rows: an r1s HNSW graph holds fewer than 2^32", matrix.rows()))
         })?;
@@ -1041,6 +1041,28 @@ impl HnswIndex {
         codes: Option<Sq8>,
         quant: QuantParams,
     ) -> Result<HnswIndex> {
+        let matrix = Matrix::open(embeddings)?;
+        if matrix.dim() != dim {
+            return Err(IndexError::Mismatch(format!(
+                "{}: dimension {}, the graph was given {dim}",
+                embeddings.display(),
+                matrix.dim()
+            )));
+        }
+        Self::load_over(dir, matrix, rows, params, codes, quant)
+    }
+
+    /// [`HnswIndex::load_with`] over an already mapped matrix (an index and its exact twin share
+    /// one mapping of `embeddings.npy`).
+    pub fn load_over(
+        dir: &Path,
+        matrix: Matrix,
+        rows: u64,
+        params: HnswParams,
+        codes: Option<Sq8>,
+        quant: QuantParams,
+    ) -> Result<HnswIndex> {
+        let dim = matrix.dim();
         let path: PathBuf = dir.join(GRAPH_FILE);
         let file = std::fs::File::open(&path).map_err(|e| IndexError::io(&path, e))?;
         let len = file.metadata().map_err(|e| IndexError::io(&path, e))?.len();
@@ -1051,7 +1073,13 @@ impl HnswIndex {
         // place (a rebuild writes a new file and renames it).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IndexError::io(&path, e))?;
         let graph = Frozen::parse(Words::Mapped(map), &path, dim, rows)?;
-        let matrix = Matrix::open(embeddings)?;
+        if matrix.rows() != rows {
+            return Err(IndexError::Mismatch(format!(
+                "{}: {} rows, the graph was given {rows}",
+                matrix.path().display(),
+                matrix.rows()
+            )));
+        }
         if codes.is_some() {
             // the vectors serve only the re-ranking of a few rows per query
             matrix.advise_random();

@@ -108,6 +108,10 @@ pub struct IndexManifest {
     pub corpus: String,
     pub corpus_id: String,
     pub build_seconds: f64,
+    /// [`sq8::fingerprint`] of the `embeddings.npy` indexed, hex (absent in indexes built before
+    /// r1s recorded it: such an index is never taken as up to date by [`up_to_date`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings_fingerprint: Option<String>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -273,7 +277,7 @@ impl OpenIndex {
         let index = match manifest.kind {
             Kind::Flat => match codes {
                 Some(codes) => {
-                    let index = Sq8FlatIndex::new(codes, Matrix::open(&dir.join(EMBEDDINGS_FILE))?, quant)?;
+                    let index = Sq8FlatIndex::new(codes, flat.matrix().clone(), quant)?;
                     Index::FlatSq8 { index, flat }
                 }
                 None => Index::Flat(flat),
@@ -286,15 +290,8 @@ impl OpenIndex {
                 if manifest.kind == Kind::HnswRs || legacy {
                     Index::HnswRs { graph: HnswRsIndex::load(dir, manifest.dim, manifest.rows, params)?, flat }
                 } else {
-                    let graph = HnswIndex::load_with(
-                        dir,
-                        &dir.join(EMBEDDINGS_FILE),
-                        manifest.dim,
-                        manifest.rows,
-                        params,
-                        codes,
-                        quant,
-                    )?;
+                    // the graph's vectors and the exact twin: one mapping of embeddings.npy
+                    let graph = HnswIndex::load_over(dir, flat.matrix().clone(), manifest.rows, params, codes, quant)?;
                     Index::Hnsw { graph, flat }
                 }
             }
@@ -412,6 +409,55 @@ impl VectorIndex for OpenIndex {
     }
 }
 
+/// The manifest `params` that [`build`] records for `kind` built with `p` (`None` for Milvus, whose
+/// parameters come back from the server).
+fn planned_params(kind: Kind, p: &BuildParams) -> Option<serde_json::Value> {
+    Some(match kind {
+        Kind::Flat => with_quant(serde_json::json!({}), &p.quant),
+        Kind::Hnsw => with_quant(serde_json::to_value(p.hnsw).unwrap_or_default(), &p.quant),
+        Kind::HnswRs => serde_json::to_value(p.hnsw).unwrap_or_default(),
+        Kind::Faiss => {
+            serde_json::to_value(FaissParams { factory: p.faiss_factory.clone(), ef_search: p.faiss_ef_search })
+                .unwrap_or_default()
+        }
+        Kind::Milvus => return None,
+    })
+}
+
+/// The manifest of `dir` when it is a finished index that [`build`] of `kind` with `p` over the
+/// matrix `embeddings` (with its `embeddings.json` beside it) would make again: same kind and
+/// parameters, the same embedder and corpus, embeddings of the same shape, dtype and
+/// [`sq8::fingerprint`], and an index that opens. `None` otherwise — always for Milvus (its state
+/// is the server's) and for indexes built before manifests recorded the fingerprint. Reads the
+/// whole `embeddings.npy` once (the fingerprint) when everything else matches.
+///
+/// Errors: only when `embeddings` cannot be read.
+pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) -> Result<Option<IndexManifest>> {
+    let Ok(old) = read_json::<IndexManifest>(&dir.join(MANIFEST_FILE)) else {
+        return Ok(None);
+    };
+    let Some(params) = planned_params(kind, p) else {
+        return Ok(None);
+    };
+    let meta: serde_json::Value = match embeddings.parent() {
+        Some(d) => read_json(&d.join(EMBEDDINGS_META)).unwrap_or_default(),
+        None => serde_json::Value::Null,
+    };
+    let same_source = old.embedder["model_sha256"] == meta["model_sha256"]
+        && old.embedder["preset"] == meta["preset"]
+        && meta["corpus_id"].as_str() == Some(old.corpus_id.as_str());
+    if old.kind != kind || old.params != params || !same_source || old.embeddings_fingerprint.is_none() {
+        return Ok(None);
+    }
+    let matrix = Matrix::open(embeddings)?;
+    if (matrix.rows(), matrix.dim(), matrix.dtype()) != (old.rows, old.dim, old.dtype)
+        || old.embeddings_fingerprint != Some(format!("{:016x}", sq8::fingerprint(&matrix)?))
+    {
+        return Ok(None);
+    }
+    Ok(OpenIndex::open(dir).is_ok().then_some(old))
+}
+
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).
 pub fn build(
     dir: &Path,
@@ -481,7 +527,7 @@ pub fn build(
         None
     };
     let params = match kind {
-        Kind::Flat => with_quant(serde_json::json!({}), &p.quant),
+        Kind::Flat => planned_params(kind, p).unwrap_or_default(),
         Kind::Hnsw => {
             let ckpt = Checkpoints { path: Some(dir.join(CHECKPOINT_FILE)), every: p.checkpoint_every };
             let graph = HnswIndex::build_with(&matrix, p.hnsw, codes, p.quant, &ckpt, progress, cancel)?;
@@ -490,18 +536,17 @@ pub fn build(
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
             }
-            with_quant(serde_json::to_value(p.hnsw).unwrap_or_default(), &p.quant)
+            planned_params(kind, p).unwrap_or_default()
         }
         Kind::HnswRs => {
             let graph = HnswRsIndex::build(&matrix, p.hnsw, progress, cancel)?;
             graph.dump(dir)?;
-            serde_json::to_value(p.hnsw).unwrap_or_default()
+            planned_params(kind, p).unwrap_or_default()
         }
         Kind::Faiss => {
             let index = FaissIndex::build(&matrix, &p.faiss_factory, progress, cancel)?;
             index.write(dir)?;
-            serde_json::to_value(FaissParams { factory: p.faiss_factory.clone(), ef_search: p.faiss_ef_search })
-                .unwrap_or_default()
+            planned_params(kind, p).unwrap_or_default()
         }
         Kind::Milvus => {
             let identity = milvus::Identity {
@@ -532,6 +577,7 @@ pub fn build(
         corpus: meta["corpus"].as_str().unwrap_or_default().to_owned(),
         corpus_id: meta["corpus_id"].as_str().unwrap_or_default().to_owned(),
         build_seconds: started.elapsed().as_secs_f64(),
+        embeddings_fingerprint: Some(format!("{:016x}", sq8::fingerprint(&matrix)?)),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::io(&mpath, e.into()))?;
     write_atomic(&mpath, &json)?;

@@ -94,26 +94,42 @@ impl Default for QuantParams {
     }
 }
 
-/// A 64-bit FNV-1a over the matrix file's length and its first and last 64 KiB: ties a codes file
-/// or a build checkpoint to the embeddings it came from (cheap; a re-embedding changes the bytes).
+/// Ties a codes file, a build checkpoint, a Milvus collection or a manifest to the embeddings they
+/// came from: the first 8 bytes (little-endian) of a SHA-256 over the file's length and the
+/// SHA-256 digests of its consecutive 64 MiB chunks — the whole file, header included, so any
+/// change of any byte changes it. Chunks are hashed in parallel (rayon) through plain reads, not
+/// the map (a pass over a matrix larger than RAM must not grow the resident set); the value is
+/// cached in `m` and its clones. Cost: one read of the file (a few seconds per GB on 2 cores).
 pub fn fingerprint(m: &Matrix) -> Result<u64> {
+    if let Some(&f) = m.fingerprint.get() {
+        return Ok(f);
+    }
+    use rayon::prelude::*;
+    use sha2::Digest;
+    const CHUNK: u64 = 64 << 20;
     let path = m.path();
     let file = File::open(path).map_err(|e| IndexError::io(path, e))?;
     let len = file.metadata().map_err(|e| IndexError::io(path, e))?.len();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(&len.to_le_bytes());
-    let span = len.min(64 << 10);
-    let mut buf = vec![0u8; span as usize];
-    for at in [0, len - span] {
-        file.read_exact_at(&mut buf, at).map_err(|e| IndexError::io(path, e))?;
-        eat(&buf);
+    let digests = (0..len.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| {
+            let start = k * CHUNK;
+            let mut buf = vec![0u8; (len - start).min(CHUNK) as usize];
+            file.read_exact_at(&mut buf, start).map_err(|e| IndexError::io(path, e))?;
+            Ok(sha2::Sha256::digest(&buf))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut h = sha2::Sha256::new();
+    h.update(len.to_le_bytes());
+    for d in &digests {
+        h.update(d);
     }
-    Ok(h)
+    let top = h.finalize();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&top[..8]);
+    let f = u64::from_le_bytes(word);
+    let _ = m.fingerprint.set(f);
+    Ok(f)
 }
 
 /// Reads rows `start..end` of `m` as f32 through plain reads (not the map: a pass over a matrix

@@ -397,8 +397,23 @@ fn hnsw_sq8_walks_codes_and_reranks_exactly() {
     // a k far beyond the rows (times the re-rank factor) returns every row, sized by the rows
     assert_eq!(flat.search(&q[..dim], 1_000_000_000).unwrap()[0].len(), rows);
     // mapped and resident bytes of the index's files are visible
-    let mem = flat.memory().unwrap();
-    assert!(mem.iter().any(|f| f.path.ends_with("embeddings.npy") && f.mapped_bytes > 0), "{mem:?}");
+    // embeddings.npy is mapped once, shared by the codes' re-ranking and the exact twin (#36)
+    drop(idx); // (mappings are counted per process)
+    let npy_len = std::fs::metadata(dir.join("embeddings.npy")).unwrap().len();
+    let once = |idx: &OpenIndex| {
+        let mem = idx.memory().unwrap();
+        let e = mem.iter().find(|f| f.path.ends_with("embeddings.npy")).expect("embeddings.npy mapped");
+        assert!(e.mapped_bytes >= npy_len && e.mapped_bytes < npy_len + 8192, "mapped twice? {mem:?} vs {npy_len}");
+    };
+    once(&flat);
+    let hnsw_dir = dir.with_extension("hnsw");
+    std::fs::create_dir_all(&hnsw_dir).unwrap();
+    for f in ["embeddings.npy", "embeddings.json"] {
+        std::fs::copy(dir.join(f), hnsw_dir.join(f)).unwrap();
+    }
+    r1s_index::build(&hnsw_dir, Kind::Hnsw, &pf, &NoProgress, &Cancel::new()).unwrap();
+    once(&OpenIndex::open(&hnsw_dir).unwrap());
+    std::fs::remove_dir_all(&hnsw_dir).unwrap();
     // damaged codes are kept by a resuming rebuild (same embeddings) but re-encoded by --no-resume
     drop(flat);
     let codes_path = dir.join(r1s_index::CODES_FILE);
@@ -574,4 +589,46 @@ fn a_graph_build_killed_mid_way_resumes() {
     let exact = FlatIndex::open(&dir.join("embeddings.npy")).unwrap().search(&q, 10).unwrap();
     let recall = recall_at_k(&exact, &OpenIndex::open(&dir).unwrap().search(&q, 10).unwrap(), 10);
     assert!(recall >= 0.95, "recall@10 {recall} after a resumed build");
+}
+
+/// #36: the embeddings' fingerprint reads the whole file (a change in the middle, past the first
+/// and last 64 KiB, is seen), and `up_to_date` takes a finished index as built only for the same
+/// kind, parameters and embeddings.
+#[test]
+fn fingerprint_covers_the_whole_file_and_up_to_date_sees_every_change() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{BuildParams, HnswParams, Kind, Matrix, sq8};
+    let (rows, dim) = (2000, 64); // 512 KB of f32: the middle is past both 64 KiB ends
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    let data = matrix(rows, dim, 3);
+    vectors_dir(&dir, Dtype::F32, rows, dim, &data);
+    let npy = dir.join("embeddings.npy");
+    let before = sq8::fingerprint(&Matrix::open(&npy).unwrap()).unwrap();
+    let p = BuildParams::default();
+    let built = r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(built.embeddings_fingerprint, Some(format!("{before:016x}")));
+    let up = r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &p).unwrap();
+    assert_eq!(up.as_ref().map(|m| m.params.clone()), Some(built.params.clone()));
+    // another kind or another parameter: not up to date
+    assert!(r1s_index::up_to_date(&dir, &npy, Kind::Flat, &p).unwrap().is_none());
+    let m16 = BuildParams { hnsw: HnswParams { m: 16, ..p.hnsw }, ..p.clone() };
+    assert!(r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &m16).unwrap().is_none());
+    // one float in the middle of the file changed, same size
+    let mut bytes = std::fs::read(&npy).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let changed = dir.join("changed.npy");
+    std::fs::write(&changed, &bytes).unwrap();
+    let after = sq8::fingerprint(&Matrix::open(&changed).unwrap()).unwrap();
+    assert_ne!(before, after, "a change in the middle went unseen");
+    std::fs::rename(&changed, &npy).unwrap();
+    assert!(r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &p).unwrap().is_none());
+    // a damaged graph: not up to date either
+    let rebuilt = r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(rebuilt.embeddings_fingerprint, Some(format!("{after:016x}")));
+    let graph = dir.join(r1s_index::hnsw::GRAPH_FILE);
+    let g = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, &g[..g.len() - 4]).unwrap();
+    assert!(r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &p).unwrap().is_none());
 }
