@@ -15,7 +15,7 @@ use crate::{must_exist, use_threads};
 pub(crate) struct RetrieverArgs {
     /// Index directory (from `r1s index build`).
     #[arg(long)]
-    index: PathBuf,
+    pub(crate) index: PathBuf,
     /// The corpus directory (default: the one recorded in the index).
     #[arg(long)]
     corpus: Option<PathBuf>,

@@ -65,10 +65,14 @@ pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
             a.topk, a.max_topk
         ))));
     }
+    // before anything slow: a SIGHUP during start-up must not end the process (its default)
+    catch_hangup();
     let t = std::time::Instant::now();
-    let r = Arc::new(a.retriever.open()?);
-    let info = r.describe();
-    let rows = r.corpus().docstore.len();
+    let live = Arc::new(r1s_retrieve::Live::new(a.retriever.open()?));
+    let r = live.current();
+    let swaps =
+        Arc::new(std::sync::Mutex::new(Swaps { info: described(&r, &a.retriever.index), reloads: 0, last: None }));
+    let (rows, kind) = (r.corpus().docstore.len(), r.kind());
     let cfg = r1s_retrieve::ServeConfig {
         default_topk: a.topk,
         max_topk: a.max_topk,
@@ -87,18 +91,129 @@ pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &Cancel) -> anyhow::Resul
     let banner = |addr: std::net::SocketAddr| {
         format!(
             "r1s serve: listening on http://{addr} ({} index of {rows} passages, ready in {:.2} s); POST /retrieve, POST /queries, GET /health, GET /metrics",
-            r.kind(),
+            kind,
             t.elapsed().as_secs_f64()
         )
     };
-    let served = r.clone();
-    run_server(&a.host, a.port, a.http_threads, g, cancel, banner, move |listener, stopped| {
-        r1s_retrieve::serve(served, listener, cfg, info, stopped)
-    })?;
+    let served = live.clone();
+    let shown = swaps.clone();
+    let info: r1s_retrieve::InfoFn = Arc::new(move || shown.lock().unwrap_or_else(|e| e.into_inner()).health());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (done, live, swaps) = (done.clone(), live.clone(), swaps.clone());
+        let (retriever, quiet) = (a.retriever, g.quiet);
+        std::thread::Builder::new().name("r1s-reload".into()).spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if HANGUP.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    reload(&retriever, &live, &swaps, quiet);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })?
+    };
+    // (the old retriever must go once swapped out: nothing here keeps it)
+    drop(r);
+    let served = run_server(&a.host, a.port, a.http_threads, g, cancel, banner, move |listener, stopped| {
+        r1s_retrieve::serve_with_info(served, listener, cfg, info, stopped)
+    });
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = reloader.join();
+    served?;
     if !g.quiet {
         eprintln!("r1s serve: stopped");
     }
     Ok(())
+}
+
+/// Set by SIGHUP: re-open the index.
+static HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_hangup(_: libc::c_int) {
+    // async-signal-safe: one atomic store
+    HANGUP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// SIGHUP asks `r1s serve` to re-open its index (the daemons' convention: nginx, HAProxy), instead
+/// of ending it.
+fn catch_hangup() {
+    // SAFETY: installs a handler that only stores to an atomic
+    unsafe {
+        libc::signal(libc::SIGHUP, on_hangup as *const () as libc::sighandler_t);
+    }
+}
+
+/// The index facts `/health` shows, and what the reloads did.
+struct Swaps {
+    info: serde_json::Value,
+    reloads: u64,
+    /// The last reload: when (Unix seconds), whether it swapped, and what it said.
+    last: Option<(u64, bool, String)>,
+}
+
+impl Swaps {
+    fn health(&self) -> serde_json::Value {
+        let mut v = self.info.clone();
+        v["reloads"] = self.reloads.into();
+        if let Some((at, swapped, message)) = &self.last {
+            v["last_reload"] = serde_json::json!({"at_unix": at, "swapped": swapped, "message": message});
+        }
+        v
+    }
+}
+
+/// `describe()` with the live index's identity ([`r1s_retrieve::live::index_id`]).
+fn described(r: &r1s_retrieve::AnyRetriever, dir: &std::path::Path) -> serde_json::Value {
+    let mut v = r.describe();
+    let (id, built) = r1s_retrieve::live::index_id(dir);
+    v["index_id"] = id.into();
+    v["index_built_unix"] = built.into();
+    v
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// On SIGHUP: opens `--index` again (after `index build` swapped a rebuilt index in) and, when it
+/// is compatible ([`r1s_retrieve::live::compatible`]: same corpus, family and query embedder),
+/// makes it the one answering; requests in flight finish on the old one. Otherwise the old one
+/// keeps answering and `/health`'s `last_reload` says why.
+fn reload(
+    args: &RetrieverArgs,
+    live: &r1s_retrieve::Live<r1s_retrieve::AnyRetriever>,
+    swaps: &std::sync::Mutex<Swaps>,
+    quiet: bool,
+) {
+    let t = std::time::Instant::now();
+    let outcome = args.open().map_err(|e| format!("{e:#}")).and_then(|new| {
+        r1s_retrieve::live::compatible(&live.current(), &new)?;
+        Ok(new)
+    });
+    let mut s = swaps.lock().unwrap_or_else(|e| e.into_inner());
+    let message = match outcome {
+        Ok(new) => {
+            let info = described(&new, &args.index);
+            let message = format!(
+                "now answering from index {} ({}), opened in {:.2} s",
+                info["index_id"].as_str().unwrap_or_default(),
+                args.index.display(),
+                t.elapsed().as_secs_f64()
+            );
+            live.replace(new);
+            s.info = info;
+            s.reloads += 1;
+            s.last = Some((now_unix(), true, message.clone()));
+            message
+        }
+        Err(why) => {
+            let message = format!("SIGHUP: the index was not swapped, the old one keeps answering: {why}");
+            s.last = Some((now_unix(), false, message.clone()));
+            message
+        }
+    };
+    if !quiet {
+        eprintln!("r1s serve: {message}");
+    }
 }
 
 fn parse_overload_status(s: &str) -> Result<u16, String> {

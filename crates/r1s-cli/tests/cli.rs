@@ -1617,3 +1617,5 @@ except openai.BadRequestError as e:
     server.kill().unwrap();
     server.wait().unwrap();
 }
+#[path = "cli/cluster.rs"]
+mod cluster;

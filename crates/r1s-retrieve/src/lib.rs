@@ -8,7 +8,8 @@
 //! - [`Batcher`]: dedicated threads that coalesce concurrent requests into one embed + search batch,
 //!   behind a bounded queue.
 //! - [`server`]: the HTTP server (`r1s serve`) speaking Search-R1's `POST /retrieve` and
-//!   R1-Searcher's `POST /queries` byte for byte, plus `GET /health` and `GET /metrics`.
+//!   R1-Searcher's `POST /queries` byte for byte, plus `GET /health` and `GET /metrics`; [`Live`]:
+//!   a retriever replaced while it serves (`r1s serve` re-opens its index on SIGHUP).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod hybrid;
 pub mod json;
 pub mod lexical;
+pub mod live;
 pub mod metrics;
 pub mod server;
 
@@ -30,5 +32,6 @@ pub use dense::{DenseOptions, DenseRetriever, find_corpus, query_embedder, resol
 pub use error::{Result, RetrieveError};
 pub use hybrid::{Fusion, HybridManifest, HybridOptions, HybridRetriever, fuse};
 pub use lexical::Bm25Retriever;
+pub use live::Live;
 pub use r1s_core::{Hit, Retriever};
-pub use server::{ServeConfig, serve};
+pub use server::{InfoFn, ServeConfig, serve, serve_with_info};

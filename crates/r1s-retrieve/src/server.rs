@@ -85,11 +85,15 @@ struct HttpCounters {
 
 type BackendProbe = Box<dyn Fn(Duration) -> Option<BackendHealth> + Send + Sync>;
 
+/// What `/health` shows of the index and corpus, asked at each call (it changes when the index is
+/// swapped: [`crate::Live`]).
+pub type InfoFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
 struct App {
     batcher: Batcher,
     backend: Arc<BackendProbe>,
     cfg: ServeConfig,
-    info: Value,
+    info: InfoFn,
     started: Instant,
     http: HttpCounters,
 }
@@ -101,6 +105,21 @@ pub async fn serve<R, F>(
     listener: tokio::net::TcpListener,
     cfg: ServeConfig,
     info: Value,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    R: Retriever + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_with_info(retriever, listener, cfg, Arc::new(move || info.clone()), shutdown).await
+}
+
+/// [`serve`] with the `/health` facts asked of `info` at each call.
+pub async fn serve_with_info<R, F>(
+    retriever: Arc<R>,
+    listener: tokio::net::TcpListener,
+    cfg: ServeConfig,
+    info: InfoFn,
     shutdown: F,
 ) -> std::io::Result<()>
 where
@@ -418,7 +437,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "queued_queries": app.batcher.queued(),
     });
-    if let (Some(obj), Some(info)) = (v.as_object_mut(), app.info.as_object()) {
+    let info = (app.info)();
+    if let (Some(obj), Some(info)) = (v.as_object_mut(), info.as_object()) {
         obj.extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
         obj.insert("memory".into(), memory(info));
         if let Some(b) = backend {
