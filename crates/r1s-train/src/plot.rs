@@ -188,3 +188,68 @@ pub fn plot(rows: &[serde_json::Value], out: &Path, title: &str) -> Result<usize
     draw().map_err(|e| TrainError::Plot(format!("{}: {e}", out.display())))?;
     Ok(panels.len())
 }
+
+/// One panel of [`plot_series`]: its title and lines (legend, points in x order).
+#[derive(Debug, Clone, Default)]
+pub struct SeriesPanel {
+    pub title: String,
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Draws `panels`, two per row, into a PNG at `out` with `title` above them and `x_desc` under each
+/// x axis (e.g. the per-minute figures of `tools/soak-serve`). Panels without points are left out.
+///
+/// Errors: [`TrainError::Plot`] when no panel has a point, no font is found, or the PNG cannot be
+/// written.
+pub fn plot_series(out: &Path, title: &str, x_desc: &str, panels: &[SeriesPanel]) -> Result<()> {
+    register_font()?;
+    let panels: Vec<&SeriesPanel> = panels.iter().filter(|p| p.lines.iter().any(|(_, v)| !v.is_empty())).collect();
+    if panels.is_empty() {
+        return Err(TrainError::Plot("no points to draw".into()));
+    }
+    let cols = 2usize.min(panels.len());
+    let nrows = panels.len().div_ceil(cols);
+    let (w, h) = (620 * cols as u32, 330 * nrows as u32 + 50);
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(out, (w, h)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 24))?;
+        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+        for (panel, area) in panels.iter().zip(root.split_evenly((nrows, cols))) {
+            let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+            for &(x, y) in panel.lines.iter().flat_map(|(_, v)| v) {
+                (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+            }
+            if x1 <= x0 {
+                x1 = x0 + 1.0;
+            }
+            // from zero where the values are non-negative: a flat line reads as flat (and all
+            // zeros as zero on a unit axis)
+            let y0 = if y0 >= 0.0 { 0.0 } else { y0 };
+            let pad = if y1 - y0 < 1e-9 { y1.abs().max(1.0) } else { (y1 - y0) * 0.08 };
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x0..x1, y0..(y1 + pad))?;
+            chart.configure_mesh().x_desc(x_desc).light_line_style(WHITE.mix(0.0)).draw()?;
+            for (j, (label, data)) in panel.lines.iter().enumerate().filter(|(_, (_, d))| !d.is_empty()) {
+                let c = colors[j % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(data.iter().copied(), ShapeStyle::from(&c).stroke_width(2)))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(RGBColor(200, 200, 200))
+                .label_font(("sans-serif", 13))
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| TrainError::Plot(format!("{}: {e}", out.display())))
+}

@@ -351,3 +351,74 @@ fn serve_cluster_survives_a_killed_replica_and_swaps_its_index_under_load() {
         assert!(!alive(p), "process {p} outlived serve-cluster stop");
     }
 }
+
+/// #32: N replicas over one Milvus: `serve-cluster` runs replicas of a Milvus index (the directory
+/// holds only the manifest) behind HAProxy; a replica SIGKILLed under load loses no request and
+/// every answer equals the same request answered by one replica alone. Skipped without
+/// `R1S_MILVUS_URI` (tools/test starts a server and sets it) unless `R1S_REQUIRE_MILVUS=1`.
+#[test]
+fn serve_cluster_replicas_over_one_milvus() {
+    let uri = match std::env::var("R1S_MILVUS_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            assert!(
+                std::env::var("R1S_REQUIRE_MILVUS").as_deref() != Ok("1"),
+                "R1S_REQUIRE_MILVUS=1 without R1S_MILVUS_URI"
+            );
+            eprintln!("R1S_MILVUS_URI is not set: skipped");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 200);
+    let idx = dir.path().join("milvus-idx");
+    ok(r1s()
+        .args(["-q", "index", "build"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&idx)
+        .arg("--corpus-out")
+        .arg(dir.path().join("corpus"))
+        .args([
+            "--kind",
+            "milvus",
+            "--milvus-uri",
+            &uri,
+            "--collection",
+            "r1s_cluster_test",
+            "--milvus-index",
+            "FLAT",
+            "--replace",
+            "-j",
+            "2",
+        ]));
+    let questions: Vec<String> = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl"))
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
+        .collect();
+    let bodies: Arc<Vec<String>> =
+        Arc::new(questions.chunks(2).map(|q| serde_json::json!({"queries": q, "topk": 3}).to_string()).collect());
+    let cluster = Cluster::start(&idx, &dir.path().join("run"), free_ports());
+    assert_eq!(cluster.health(1)["backend"]["up"], true, "{}", cluster.health(1));
+    let alone = answers_alone(&cluster.url(Some(2)), &bodies);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&cluster.url(None), &bodies, 4, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    kill(cluster.pid("1"), "-KILL");
+    cluster.wait_seen(1, "DOWN");
+    cluster.cmd(&["restart", "1"]);
+    cluster.wait_seen(1, "UP");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = 0;
+    for c in clients {
+        for (i, _, reply) in c.join().unwrap() {
+            let reply = reply.unwrap_or_else(|e| panic!("request {i} failed for good across the kill: {e}"));
+            assert!(reply == alone[i], "request {i}: its answer differs from the same request alone");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 8, "only {answered} requests");
+}
