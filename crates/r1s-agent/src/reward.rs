@@ -28,6 +28,14 @@ pub enum Reward {
     /// Search-R1 `qa_em_format` as v0.3's scripts weight it (0.2, 0.1, retrieval 0).
     #[serde(rename = "searchr1-format-v03")]
     SearchR1FormatV03,
+    /// verl's port of Search-R1's EM (`search_r1_like_qa_em.compute_score`), on the response alone:
+    /// the last answer of at least one; 1/4 with more than 10 answer tags.
+    #[serde(rename = "verl-searchr1-em")]
+    VerlSearchR1Em,
+    /// verl's port of Search-R1's sub-EM (`search_r1_like_qa_em.compute_score_subem`), on the
+    /// response alone.
+    #[serde(rename = "verl-searchr1-subem")]
+    VerlSearchR1SubEm,
     /// R1-Searcher++: `R_format` (0 / −2) + `R_answer` (cover-EM with at most 10 words: 1 / 0) per
     /// rollout, plus the group reward `min(2σ², η)` for the correct rollout(s) of a question that
     /// searched least ([`crate::plus`]). A group reward: score a question's rollouts together with
@@ -44,7 +52,8 @@ impl Reward {
 
     /// Every reward's name, as parsed.
     pub const NAMES: &'static str = "stage1, stage1-code, stage2, stage2-llama, searchr1-em, searchr1-subem, \
-                                     searchr1-format, searchr1-format-v03, r1searcher-plus";
+                                     searchr1-format, searchr1-format-v03, verl-searchr1-em, verl-searchr1-subem, \
+                                     r1searcher-plus";
 
     /// Whether a rollout's reward depends on the other rollouts of its question (score them together
     /// with [`score_group`]).
@@ -56,6 +65,7 @@ impl Reward {
     pub fn protocol(self) -> crate::Protocol {
         match self {
             _ if self.reads_prompt() => crate::Protocol::SearchR1,
+            Reward::VerlSearchR1Em | Reward::VerlSearchR1SubEm => crate::Protocol::SearchR1,
             Reward::R1SearcherPlus => crate::Protocol::R1SearcherPlus,
             _ => crate::Protocol::R1Searcher,
         }
@@ -74,6 +84,8 @@ impl std::str::FromStr for Reward {
             "searchr1-subem" => Ok(Reward::SearchR1SubEm),
             "searchr1-format" => Ok(Reward::SearchR1Format),
             "searchr1-format-v03" => Ok(Reward::SearchR1FormatV03),
+            "verl-searchr1-em" => Ok(Reward::VerlSearchR1Em),
+            "verl-searchr1-subem" => Ok(Reward::VerlSearchR1SubEm),
             "r1searcher-plus" | "r1-searcher-plus" => Ok(Reward::R1SearcherPlus),
             _ => Err(format!("unknown reward {s:?} ({})", Reward::NAMES)),
         }
@@ -211,6 +223,8 @@ pub fn reward(kind: Reward, sol: &str, golds: &[String]) -> f64 {
         Reward::SearchR1Em | Reward::SearchR1SubEm | Reward::SearchR1Format | Reward::SearchR1FormatV03 => {
             reward_of(kind, "", sol, golds)
         }
+        Reward::VerlSearchR1Em => crate::searchr1::score_verl_em(sol, golds),
+        Reward::VerlSearchR1SubEm => crate::searchr1::score_verl_subem(sol, golds),
         // the per-rollout part; the group bonus needs the group (score_group)
         Reward::R1SearcherPlus => crate::plus::reward(sol, golds),
     }

@@ -211,6 +211,29 @@ pub fn extract_answer(sequence: &str) -> Option<&str> {
     b.last().map(|a| py_strip(a))
 }
 
+/// verl's port of `qa_em` (`verl/utils/reward_score/search_r1_like_qa_em.py`, what verl's
+/// `default_compute_score` gives Search-R1's datasets), which is handed the response alone: the
+/// last `<answer>` block of at least one, stripped; EM scores 1, or 1/4 when the response holds more
+/// than 10 `<answer>` or more than 10 `</answer>` tags; otherwise 0.
+pub fn score_verl_em(response: &str, golds: &[String]) -> f64 {
+    match blocks(response, "answer").last() {
+        Some(a) if em(py_strip(a), golds) => {
+            let many = response.matches("<answer>").count() > 10 || response.matches("</answer>").count() > 10;
+            if many { 0.25 } else { 1.0 }
+        }
+        _ => 0.0,
+    }
+}
+
+/// verl's port of `qa_em`'s sub-EM (`compute_score_subem` there): the last `<answer>` block of at
+/// least one contains a gold answer (normalised): 1, else 0.
+pub fn score_verl_subem(response: &str, golds: &[String]) -> f64 {
+    match blocks(response, "answer").last() {
+        Some(a) if subem(py_strip(a), golds) => 1.0,
+        _ => 0.0,
+    }
+}
+
 /// `em_check`: the normalised answer equals a normalised gold answer.
 pub fn em(answer: &str, golds: &[String]) -> bool {
     let a = normalize_answer(answer);

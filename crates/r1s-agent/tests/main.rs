@@ -567,7 +567,7 @@ fn questions_in_both_formats() {
 fn search_r1_rewards_equal_the_reference_on_every_case() {
     use r1s_agent::searchr1 as s;
     let text = std::fs::read_to_string(shared("searchr1/reward_cases.jsonl")).unwrap();
-    let mut n = 0;
+    let (mut n, mut verl) = (0, 0);
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let seq = v["solution_str"].as_str().unwrap();
@@ -591,9 +591,37 @@ fn search_r1_rewards_equal_the_reference_on_every_case() {
         let cut = seq.char_indices().nth(seq.chars().count() / 2).map_or(0, |(b, _)| b);
         let (p, r) = seq.split_at(cut);
         assert_eq!(r1s_agent::reward::reward_of(Reward::SearchR1Em, p, r, &golds), f("em"));
+        // verl's port reads the response alone (after the assistant header): the same EM where the
+        // response holds an answer, quartered past 10 answer tags; sub-EM likewise, never quartered
+        if let Some(at) = seq.find("<|im_start|>assistant\n") {
+            let response = &seq[at..];
+            let many = response.matches("<answer>").count() > 10 || response.matches("</answer>").count() > 10;
+            let answered = response.contains("<answer>") && response.contains("</answer>");
+            let em = if answered { f("em") } else { 0.0 };
+            assert_eq!(
+                reward(Reward::VerlSearchR1Em, response, &golds),
+                if many { em / 4.0 } else { em },
+                "line {line_no}"
+            );
+            let subem = if answered { f("subem") } else { 0.0 };
+            assert_eq!(reward(Reward::VerlSearchR1SubEm, response, &golds), subem, "line {line_no}: verl subem");
+            verl += 1;
+        }
         n += 1;
     }
     assert_eq!(n, 400);
+    assert!(verl >= 150, "{verl} cases with an assistant header");
+    // one answer only (the prompt's example is not there): Search-R1's rule finds none, verl's finds it
+    let golds = vec!["Canberra".to_owned()];
+    let one = "<think> … </think> <answer> Canberra </answer>";
+    assert_eq!(reward(Reward::SearchR1Em, one, &golds), 0.0);
+    assert_eq!(reward(Reward::VerlSearchR1Em, one, &golds), 1.0);
+    assert_eq!(
+        reward(Reward::VerlSearchR1Em, &"<answer> x </answer>".repeat(11).replace(" x ", " Canberra "), &golds),
+        0.25
+    );
+    assert_eq!(reward(Reward::VerlSearchR1SubEm, "<answer> in Canberra, ACT </answer>", &golds), 1.0);
+    assert_eq!("verl-searchr1-em".parse::<Reward>(), Ok(Reward::VerlSearchR1Em));
 }
 
 /// The Search-R1 loop with a scripted policy over the same real retriever: an invalid turn gets the

@@ -90,7 +90,8 @@ pub(crate) struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Reward recorded per row: R1-Searcher's stage1, stage1-code, stage2, stage2-llama, or Search-R1's
-    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout).
+    /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (on prompt + rollout), or
+    /// verl's ports verl-searchr1-em, verl-searchr1-subem (on the rollout).
     /// Default: stage2 under r1-searcher, searchr1-em under search-r1.
     #[arg(long, value_parser = parse_reward)]
     reward: Option<r1s_agent::Reward>,

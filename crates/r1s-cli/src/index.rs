@@ -296,9 +296,13 @@ impl LexicalArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct IndexPlanArgs {
-    /// Passages (vectors).
-    #[arg(long)]
-    rows: u64,
+    /// Passages (vectors); with --corpus, the corpus's by default.
+    #[arg(long, required_unless_present = "corpus")]
+    rows: Option<u64>,
+    /// A corpus directory to size: its passage count (unless --rows) and its measured bytes per
+    /// passage (the docstore's records, title and text) instead of --passage-bytes's assumption.
+    #[arg(long, conflicts_with = "passage_bytes")]
+    corpus: Option<PathBuf>,
     /// Dimensions (MiniLM 384, e5-base/bge-base 768, bge-large 1024).
     #[arg(long)]
     dim: usize,
@@ -317,15 +321,30 @@ pub(crate) struct IndexPlanArgs {
     /// HNSW candidates while building (index build's default).
     #[arg(long, default_value_t = 200)]
     ef_construction: usize,
-    /// Mean bytes of a passage's text and title (100-word Wikipedia passages: about 600).
-    #[arg(long, default_value_t = 600)]
-    passage_bytes: u64,
+    /// Mean bytes of a passage's text and title (default 600: 100-word Wikipedia passages).
+    #[arg(long)]
+    passage_bytes: Option<u64>,
     /// Threads of the build.
     #[arg(long, short = 'j', default_value_t = 16)]
     threads: usize,
     /// RAM budget (e.g. 64G, 512M): marks the configurations whose serving and build fit.
     #[arg(long, value_parser = parse_bytes)]
     ram: Option<u64>,
+}
+
+/// A corpus directory's passage count and mean bytes per passage as its docstore stores them
+/// (`docstore.bin` past its header over the passages: ids, title and text), what `index plan`
+/// sizes the passage store from.
+fn corpus_passage_bytes(dir: &Path) -> anyhow::Result<(u64, u64)> {
+    must_exist(dir, "corpus directory")?;
+    if !is_corpus_dir(dir) {
+        anyhow::bail!("{} is not a corpus directory (no docstore and manifest.json)", dir.display());
+    }
+    let rows = r1s_corpus::Manifest::read(dir)?.counts.passages;
+    anyhow::ensure!(rows >= 1, "{}: the corpus holds no passages", dir.display());
+    let data = dir.join(r1s_corpus::store::DOCSTORE_DATA);
+    let len = std::fs::metadata(&data).with_context(|| format!("reading {}", data.display()))?.len();
+    Ok((rows, (len / rows).max(1)))
 }
 
 /// A byte count in binary units, in the largest unit that keeps it at least 1 (`60.2 GiB`,
@@ -1574,7 +1593,14 @@ pub(crate) fn index_eval(
 pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     use r1s_index::plan::{PlanInput, candidates, plan};
     use std::io::Write;
-    anyhow::ensure!(a.rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1");
+    let (rows, passage_bytes, measured) = match &a.corpus {
+        Some(dir) => {
+            let (rows, bytes) = corpus_passage_bytes(dir)?;
+            (a.rows.unwrap_or(rows), bytes, format!(" (measured in {})", dir.display()))
+        }
+        None => (a.rows.unwrap_or(0), a.passage_bytes.unwrap_or(600), String::new()),
+    };
+    anyhow::ensure!(rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1");
     anyhow::ensure!((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)");
     anyhow::ensure!(a.ef_construction >= 1 && a.threads >= 1, "--ef-construction and --threads must be at least 1");
     anyhow::ensure!(
@@ -1586,19 +1612,19 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         "--quantize and --dtype choose one configuration: give --kind too (without it every configuration is shown)"
     );
     anyhow::ensure!(
-        a.kind != Some(r1s_index::Kind::Hnsw) || a.rows < u64::from(u32::MAX),
+        a.kind != Some(r1s_index::Kind::Hnsw) || rows < u64::from(u32::MAX),
         "an r1s HNSW graph holds fewer than 2^32 rows: shard the corpus"
     );
     let mut out = std::io::stdout().lock();
     let base = PlanInput {
-        rows: a.rows,
+        rows,
         dim: a.dim,
         dtype: a.dtype,
         kind: a.kind.unwrap_or(r1s_index::Kind::Hnsw),
         quantize: a.quantize,
         m: a.m,
         ef_construction: a.ef_construction,
-        passage_bytes: a.passage_bytes,
+        passage_bytes,
         threads: a.threads.max(1),
     };
     let configs = match a.kind {
@@ -1617,13 +1643,13 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{} (sizes in binary units: 1 GiB = 2^30 bytes, as --ram reads G)",
-        a.rows,
+        rows,
         a.dim,
         a.m,
         a.ef_construction,
         a.threads,
-        a.passage_bytes,
-        a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
+        passage_bytes,
+        measured + &a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
     )?;
     writeln!(
         out,

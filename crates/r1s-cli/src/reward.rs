@@ -17,7 +17,8 @@ pub(crate) struct RewardArgs {
     input: PathBuf,
     /// The reward: stage1, stage1-code, stage2, stage2-llama (R1-Searcher; on the rollout),
     /// searchr1-em, searchr1-subem, searchr1-format, searchr1-format-v03 (Search-R1; on prompt +
-    /// rollout) or r1searcher-plus (R1-Searcher++; a group reward: the lines of one question, by their
+    /// rollout), verl-searchr1-em, verl-searchr1-subem (verl's port of Search-R1's; on the rollout)
+    /// or r1searcher-plus (R1-Searcher++; a group reward: the lines of one question, by their
     /// "question" or the question their prompt holds, and by their "step" and "group" when they have
     /// them, are scored together).
     #[arg(long, value_parser = parse_reward)]

@@ -306,6 +306,13 @@ fn sq8_index_build_eval_serve_and_plan() {
     let f32 = plan.lines().find(|l| l.starts_with("hnsw M32 f32")).unwrap();
     // 64.6 GB (10^9) of f32 vectors: 60.1 GiB, in the binary units --ram reads
     assert!(f32.ends_with("no") && f32.contains("60.1 GiB"), "{plan}");
+    // #36: --corpus measures the bytes per passage (and the rows) instead of assuming 600
+    let corpus = dir.path().join("corpus");
+    let docstore = std::fs::metadata(corpus.join("docstore.bin")).unwrap().len();
+    let sized = ok(r1s().args(["index", "plan", "--dim", "384", "--corpus"]).arg(&corpus));
+    let head = sized.lines().next().unwrap();
+    assert!(head.starts_with("300 passages x 384 dims"), "{sized}");
+    assert!(head.contains(&format!("{} bytes a passage (measured in", docstore / 300)), "{sized}");
     for args in [
         &["--rows", "10", "--dim", "4", "--ram", "lots"][..],
         &["--rows", "10", "--dim", "4", "--ram", "64"],
@@ -314,6 +321,9 @@ fn sq8_index_build_eval_serve_and_plan() {
         &["--rows", "10", "--dim", "4", "--kind", "faiss"],
         &["--rows", "10", "--dim", "4", "--quantize", "sq8"],
         &["--rows", "5000000000", "--dim", "4", "--kind", "hnsw"],
+        &["--dim", "4"],
+        &["--dim", "4", "--corpus", "/nonexistent"],
+        &["--dim", "4", "--corpus", "corpus", "--passage-bytes", "500"],
     ] {
         let bad = r1s().args(["index", "plan"]).args(args).output().unwrap();
         assert!(!bad.status.success() && bad.status.code() != Some(101), "{args:?}: {:?}", bad.status);
