@@ -463,6 +463,9 @@ impl Bm25Index {
     }
 
     fn search_one(&self, query: &str, k: usize) -> Result<Vec<Scored>> {
+        // more hits than passages is every passage: the heap is sized by what can be found, never
+        // by an untrusted k
+        let k = k.min(usize::try_from(self.len()).unwrap_or(usize::MAX));
         if k == 0 {
             return Ok(Vec::new());
         }

@@ -103,7 +103,7 @@ struct TopK {
 
 impl TopK {
     fn new(k: usize) -> TopK {
-        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
+        TopK { k, heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)) }
     }
     /// The score a new document must reach to enter (−∞ while fewer than k are held).
     fn threshold(&self) -> f32 {

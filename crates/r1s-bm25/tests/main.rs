@@ -123,6 +123,12 @@ fn query_text_is_never_syntax() {
         assert!(hits.is_empty(), "{q:?} has no index term: {hits:?}");
     }
     assert!(idx.search(&["banana"], 0).unwrap()[0].is_empty());
+    // a k far beyond the passages (from a request or a Python caller) finds every match, sized by
+    // the passages, never allocating k
+    let all = idx.search(&["banana"], 10).unwrap().remove(0);
+    for huge in [1usize << 40, usize::MAX] {
+        assert_eq!(idx.search(&["banana"], huge).unwrap()[0], all);
+    }
     assert!(idx.search(&[], 5).unwrap().is_empty());
 }
 

@@ -332,14 +332,20 @@ pub(crate) struct IndexPlanArgs {
     ram: Option<u64>,
 }
 
+/// `Ok` when `ok`, else a usage error (exit 2) saying `msg`.
+fn usage(ok: bool, msg: &str) -> anyhow::Result<()> {
+    if ok { Ok(()) } else { Err(anyhow::Error::new(crate::UsageError(msg.to_owned()))) }
+}
+
 /// A corpus directory's passage count and mean bytes per passage as its docstore stores them
 /// (`docstore.bin` past its header over the passages: ids, title and text), what `index plan`
 /// sizes the passage store from.
 fn corpus_passage_bytes(dir: &Path) -> anyhow::Result<(u64, u64)> {
     must_exist(dir, "corpus directory")?;
-    if !is_corpus_dir(dir) {
-        anyhow::bail!("{} is not a corpus directory (no docstore and manifest.json)", dir.display());
-    }
+    usage(
+        is_corpus_dir(dir),
+        &format!("--corpus {}: not a corpus directory (no docstore and manifest.json)", dir.display()),
+    )?;
     let rows = r1s_corpus::Manifest::read(dir)?.counts.passages;
     anyhow::ensure!(rows >= 1, "{}: the corpus holds no passages", dir.display());
     let data = dir.join(r1s_corpus::store::DOCSTORE_DATA);
@@ -582,6 +588,17 @@ pub(crate) fn index_build(a: IndexBuildArgs, g: &Globals, cancel: &Cancel) -> an
             a.out.display()
         ))));
     }
+    // inside another index, the build would be files that index's rebuilds refuse (or a hybrid's
+    // part, which its own build owns)
+    if let Ok(abs) = std::path::absolute(&a.out)
+        && let Some(parent) = abs.ancestors().skip(1).find(|d| r1s_retrieve::index_kind(d).is_some())
+    {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "--out {} is inside the index {}: an index goes in a directory of its own, beside it",
+            a.out.display(),
+            parent.display()
+        ))));
+    }
     check_out_dir(&a.out, (building, kind_name), a.input.as_deref(), (a.replace, false))?;
     // the lock first: nothing in --out is removed (--replace) while another build writes there
     let created = !a.out.exists();
@@ -659,7 +676,7 @@ fn build_locked(
         let at = Target { dir: &a.out, shown: &a.out, previous: None };
         return build_into(a, at, corpus.as_deref(), &bars, g, cancel).map(|_| ());
     }
-    let side = side_dir(&a.out)?;
+    let (side, real_out) = side_dir(&a.out)?;
     // the side directory is r1s's own: leftovers of another family or corpus go, those of an
     // interrupted rebuild of this one are continued
     let side_lock = lock_out(&side)?;
@@ -676,8 +693,16 @@ fn build_locked(
             Ok(())
         }
         Ok(Built::New) => {
-            exchange_dirs(&side, &a.out)
-                .with_context(|| format!("swapping the rebuilt index {} into {}", side.display(), a.out.display()))?;
+            // the real directory is swapped: `--out .` names the working directory (which cannot be
+            // renamed by that name), and a symlink given as --out keeps pointing at the new index
+            exchange_dirs(&side, &real_out).with_context(|| {
+                format!(
+                    "swapping the rebuilt index {} into {} ({} still holds the previous index)",
+                    side.display(),
+                    real_out.display(),
+                    a.out.display()
+                )
+            })?;
             // the previous index, now at the side path (processes that mapped it keep their pages)
             std::fs::remove_dir_all(&side)
                 .with_context(|| format!("removing the previous index at {}", side.display()))?;
@@ -810,12 +835,14 @@ fn same_hybrid(a: &r1s_retrieve::HybridManifest, b: &r1s_retrieve::HybridManifes
 /// The directory a finished index in `out` is rebuilt in: a hidden sibling (`.NAME.r1s-rebuild`,
 /// same filesystem, so that the swap is a rename; same depth, so that the paths recorded relative
 /// to the index, e.g. its corpus, hold in both).
-fn side_dir(out: &Path) -> anyhow::Result<PathBuf> {
+/// Returns it with the real directory `out` names (symlinks and `.` resolved), which is what is
+/// swapped.
+fn side_dir(out: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let real = std::fs::canonicalize(out).with_context(|| format!("reading {}", out.display()))?;
     let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
         anyhow::bail!("--out {}: an index directory needs a parent directory to be rebuilt beside", out.display());
     };
-    Ok(parent.join(format!(".{}.r1s-rebuild", name.to_string_lossy())))
+    Ok((parent.join(format!(".{}.r1s-rebuild", name.to_string_lossy())), real))
 }
 
 /// Hard-links the previous index's embeddings (`embeddings.npy`, `embeddings.json`, also those of a
@@ -1600,21 +1627,22 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         }
         None => (a.rows.unwrap_or(0), a.passage_bytes.unwrap_or(600), String::new()),
     };
-    anyhow::ensure!(rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1");
-    anyhow::ensure!((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)");
-    anyhow::ensure!(a.ef_construction >= 1 && a.threads >= 1, "--ef-construction and --threads must be at least 1");
-    anyhow::ensure!(
+    usage(rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1")?;
+    usage((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)")?;
+    usage(a.ef_construction >= 1, "--ef-construction must be at least 1")?;
+    usage(a.threads >= 1, "--threads (-j) must be at least 1")?;
+    usage(
         matches!(a.kind, None | Some(r1s_index::Kind::Flat | r1s_index::Kind::Hnsw)),
-        "index plan sizes the flat and hnsw kinds"
-    );
-    anyhow::ensure!(
+        "index plan sizes the flat and hnsw kinds",
+    )?;
+    usage(
         a.kind.is_some() || (a.quantize == r1s_index::Quantize::None && a.dtype == r1s_embed::Dtype::F32),
-        "--quantize and --dtype choose one configuration: give --kind too (without it every configuration is shown)"
-    );
-    anyhow::ensure!(
+        "--quantize and --dtype choose one configuration: give --kind too (without it every configuration is shown)",
+    )?;
+    usage(
         a.kind != Some(r1s_index::Kind::Hnsw) || rows < u64::from(u32::MAX),
-        "an r1s HNSW graph holds fewer than 2^32 rows: shard the corpus"
-    );
+        "an r1s HNSW graph holds fewer than 2^32 rows: shard the corpus",
+    )?;
     let mut out = std::io::stdout().lock();
     let base = PlanInput {
         rows,

@@ -484,8 +484,14 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     };
     let (hybrid_s, dense_s, bm25_s) =
         (hybrid.to_str().unwrap(), hybrid.join("dense").display().to_string(), bm25.to_str().unwrap());
-    refused(&["index", "build", "--kind", "bm25", "--out", bm25_s], "needs INPUT");
-    refused(&["index", "build", src.to_str().unwrap(), "--kind", "flat", "--k1", "1", "--out", bm25_s], "settings of");
+    let elsewhere = dir.path().join("elsewhere").display().to_string();
+    refused(&["index", "build", "--kind", "bm25", "--out", &elsewhere], "needs INPUT");
+    refused(
+        &["index", "build", src.to_str().unwrap(), "--kind", "flat", "--k1", "1", "--out", &elsewhere],
+        "settings of",
+    );
+    // a hybrid's part is rebuilt by rebuilding the hybrid, not as an index of its own inside it
+    refused(&["index", "build", src.to_str().unwrap(), "--kind", "bm25", "--out", bm25_s], "is inside the index");
     refused(&["retrieve", "--index", &dense_s, "--fusion", "rrf", "x"], "apply to bm25 and hybrid");
     refused(&["retrieve", "--index", bm25_s, "--ef", "10", "x"], "--ef is a setting of dense");
     refused(&["retrieve", "--index", hybrid_s, "--b", "2", "x"], "invalid value '2' for '--b <B>'");
@@ -913,6 +919,29 @@ fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
         assert_eq!(now.lines().count(), before.lines().count());
         now
     };
+
+    // `--out .` from inside the index, and a symlink as --out: the real directory is swapped (the
+    // link keeps naming it), and a build inside an index is refused
+    ok(r1s()
+        .current_dir(&idx)
+        .args(["-q", "index", "build"])
+        .arg(&corpus)
+        .args(["--out", ".", "--kind", "hnsw", "--m", "8"]));
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["params"]["m"], 8);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&idx, &link).unwrap();
+    ok(r1s().args(["-q", "index", "build"]).arg(&corpus).arg("--out").arg(&link).args(["--kind", "hnsw", "--m", "16"]));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link became a directory");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["params"]["m"], 16);
+    std::fs::remove_file(&link).unwrap();
+    refused_with(
+        2,
+        &["index", "build", corpus.to_str().unwrap(), "--out", idx.join("sub").to_str().unwrap()],
+        "is inside the index",
+    );
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
 
     // a rebuild over another corpus, killed while it embeds: the previous index answers as before
     std::fs::create_dir(dir.path().join("big")).unwrap();

@@ -61,7 +61,7 @@ pub struct EmbedderConfig {
     pub max_len: usize,
     /// Texts per inference batch.
     pub batch: usize,
-    /// Threads in all (0 = all cores).
+    /// Threads in all (0 = all cores; more than the cores are capped at the cores).
     pub threads: usize,
     /// Sessions running batches side by side (0 = auto: one single-threaded session per thread on
     /// CPU, where small matrices scale better across sessions than inside one; one on CUDA).
@@ -192,8 +192,13 @@ impl OnnxEmbedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
 
         let env = crate::runtime::environment()?;
-        let threads =
-            if cfg.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { cfg.threads };
+        // more threads than cores gain nothing, and each CPU session holds its own copy of the
+        // model's working memory (~90 MiB for MiniLM): a mistyped count must not exhaust the RAM
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if cfg.threads == 0 { cores } else { cfg.threads.min(cores) };
+        if cfg.threads > cores {
+            log::warn!("{} embedder threads asked for, {cores} cores: using {cores}", cfg.threads);
+        }
         let sessions = match (cfg.sessions, cfg.device) {
             (0, Device::Cpu) => threads,
             (0, _) => 1,

@@ -159,6 +159,13 @@ impl Retriever {
             .ok()
             .filter(|_| vectors.is_c_contiguous())
             .ok_or_else(|| PyTypeError::new_err("vectors must be C-contiguous (numpy.ascontiguousarray)"))?;
+        if let Some(at) = flat.iter().position(|x| !x.is_finite()) {
+            return Err(OptionsError::new_err(format!(
+                "vectors hold a non-finite value (row {}, column {})",
+                at / dim,
+                at % dim
+            )));
+        }
         let found = py.detach(|| {
             let scored = d.index().search(flat, k).map_err(RetrieveError::from)?;
             scored.iter().map(|s| r1s_retrieve::to_hits(d.corpus(), s)).collect::<Result<Vec<_>, _>>()
@@ -320,20 +327,15 @@ impl Corpus {
     }
 }
 
-/// Gold answers: one string or a list of them.
-#[derive(FromPyObject)]
-enum Golds {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Golds {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Golds::One(g) => vec![g],
-            Golds::Many(g) => g,
-        }
+/// Gold answers: one string or a sequence of strings.
+fn golds_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if let Ok(one) = obj.extract::<String>() {
+        return Ok(vec![one]);
     }
+    obj.extract::<Vec<String>>().map_err(|_| {
+        let ty = obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string());
+        PyTypeError::new_err(format!("gold answers are a string or a list of strings, not {ty}"))
+    })
 }
 
 fn reward_kind(kind: &str) -> PyResult<r1s_agent::Reward> {
@@ -346,14 +348,19 @@ fn reward_kind(kind: &str) -> PyResult<r1s_agent::Reward> {
 /// per-rollout part; its group reward needs the group (`reward_group`).
 #[pyfunction]
 #[pyo3(signature = (kind, solution, golds, prompt=""))]
-fn reward(kind: &str, solution: &str, golds: Golds, prompt: &str) -> PyResult<f64> {
-    Ok(r1s_agent::reward::reward_of(reward_kind(kind)?, prompt, solution, &golds.into_vec()))
+fn reward(kind: &str, solution: &str, golds: &Bound<'_, PyAny>, prompt: &str) -> PyResult<f64> {
+    Ok(r1s_agent::reward::reward_of(reward_kind(kind)?, prompt, solution, &golds_of(golds)?))
 }
 
 /// [`reward`] of many rollouts at once: `solutions[i]` against `golds[i]` (after `prompts[i]`).
 #[pyfunction]
 #[pyo3(signature = (kind, solutions, golds, prompts=None))]
-fn rewards(kind: &str, solutions: Vec<String>, golds: Vec<Golds>, prompts: Option<Vec<String>>) -> PyResult<Vec<f64>> {
+fn rewards(
+    kind: &str,
+    solutions: Vec<String>,
+    golds: Vec<Bound<'_, PyAny>>,
+    prompts: Option<Vec<String>>,
+) -> PyResult<Vec<f64>> {
     let kind = reward_kind(kind)?;
     if golds.len() != solutions.len() || prompts.as_ref().is_some_and(|p| p.len() != solutions.len()) {
         return Err(OptionsError::new_err(format!(
@@ -363,15 +370,15 @@ fn rewards(kind: &str, solutions: Vec<String>, golds: Vec<Golds>, prompts: Optio
             prompts.as_ref().map_or(String::new(), |p| format!(", {} prompts", p.len()))
         )));
     }
-    Ok(solutions
+    solutions
         .iter()
-        .zip(golds)
+        .zip(&golds)
         .enumerate()
         .map(|(i, (s, g))| {
             let p = prompts.as_ref().map_or("", |p| p[i].as_str());
-            r1s_agent::reward::reward_of(kind, p, s, &g.into_vec())
+            Ok(r1s_agent::reward::reward_of(kind, p, s, &golds_of(g)?))
         })
-        .collect())
+        .collect()
 }
 
 /// The rewards of one question's rollouts scored together (R1-Searcher++'s group reward: the
@@ -382,7 +389,7 @@ fn rewards(kind: &str, solutions: Vec<String>, golds: Vec<Golds>, prompts: Optio
 fn reward_group(
     kind: &str,
     solutions: Vec<String>,
-    golds: Golds,
+    golds: &Bound<'_, PyAny>,
     prompts: Option<Vec<String>>,
     eta: f64,
     ddof: u32,
@@ -406,7 +413,7 @@ fn reward_group(
         .enumerate()
         .map(|(i, s)| (prompts.as_ref().map_or("", |p| p[i].as_str()), s.as_str()))
         .collect();
-    Ok(r1s_agent::reward::score_group(kind, &group, &rollouts, &golds.into_vec()))
+    Ok(r1s_agent::reward::score_group(kind, &group, &rollouts, &golds_of(golds)?))
 }
 
 /// The names `reward` takes.
@@ -429,9 +436,9 @@ fn find_question(text: &str) -> Option<(String, usize)> {
 /// EM, cover-EM and F1 of `prediction` against the gold answers (the best over them), with
 /// R1-Searcher's normalisation: `{"em", "cover_em", "f1"}`.
 #[pyfunction]
-fn score(prediction: &str, golds: Golds) -> std::collections::HashMap<&'static str, f64> {
-    let s = r1s_agent::metrics::score(prediction, &golds.into_vec());
-    [("em", s.em), ("cover_em", s.cover_em), ("f1", s.f1)].into_iter().collect()
+fn score(prediction: &str, golds: &Bound<'_, PyAny>) -> PyResult<std::collections::HashMap<&'static str, f64>> {
+    let s = r1s_agent::metrics::score(prediction, &golds_of(golds)?);
+    Ok([("em", s.em), ("cover_em", s.cover_em), ("f1", s.f1)].into_iter().collect())
 }
 
 /// Exact match after normalisation (lower-case, no punctuation or articles, single spaces).

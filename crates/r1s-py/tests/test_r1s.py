@@ -81,6 +81,9 @@ def test_search_vectors_reads_numpy_in_place(built):
     with pytest.raises(r1s.OptionsError, match="dense index"):
         r1s.Retriever(built / "bm25").search_vectors(rows)
     assert r1s.embeddings(r1s.Retriever(built / "bm25")) is None
+    assert r1s.embeddings(str(built / "flat")).shape == (200, 384)
+    with pytest.raises(TypeError):
+        r1s.embeddings(3)
 
 
 def test_corpus_rows_slices_and_ids(built):
@@ -126,6 +129,14 @@ def test_bad_paths_and_corrupt_indexes_raise(built, tmp_path):
         r1s.Retriever(built / "flat").search([QUESTION], k=0)
     with pytest.raises(TypeError):
         r1s.Retriever(built / "flat").search(QUESTION)  # batch-first: a list of queries
+    # a k far beyond the passages returns every passage it can, never allocating k (it aborted once)
+    for kind in ("bm25", "flat"):
+        r = r1s.Retriever(built / kind)
+        for k in (2**40, 2**63):
+            assert 0 < len(r.search(["Barbara"], k=k)[0]) <= 200
+    nan = numpy.full((1, 384), numpy.nan, dtype=numpy.float32)
+    with pytest.raises(r1s.OptionsError, match="non-finite"):
+        r1s.Retriever(built / "flat").search_vectors(nan)
 
 
 def test_the_gil_is_released_while_searching(built):
@@ -220,6 +231,10 @@ def test_metrics_and_the_group_reward():
         r1s.reward("nope", "x", "y")
     with pytest.raises(r1s.OptionsError):
         r1s.rewards("stage2", ["a", "b"], [["x"]])
+    with pytest.raises(TypeError, match="a string or a list of strings, not NoneType"):
+        r1s.reward("stage2", "x", None)
+    with pytest.raises(TypeError, match="not int"):
+        r1s.rewards("stage2", ["x"], [1984])
     # R1-Searcher++: two correct rollouts with 0 and 2 searches: σ² = 1, the one without search
     # earns min(2σ², 2) = 2 on top of R_answer 1
     q = "<external> {} </external>\n\n<document>\n(1)d\n</document>\n\n"
@@ -256,6 +271,11 @@ def test_verl_hook_called_as_verl_calls_it(monkeypatch):
         # the default: verl's port, on the response alone
         got = compute_score(data_source="nq", solution_str=response, ground_truth=gt, extra_info={"index": 0})
         assert got == pytest.approx(r1s.reward("verl-searchr1-em", response, c["golden_answers"]))
+    with pytest.raises(ValueError, match="none of the keys"):
+        compute_score(data_source="nq", solution_str="x", ground_truth={})
+    with pytest.raises(ValueError, match="None"):
+        compute_score(data_source="nq", solution_str="x", ground_truth=None)
+    assert compute_score(data_source="gsm", solution_str="<answer>1984</answer>", ground_truth=1984) == 1.0
     monkeypatch.setenv("R1S_REWARD", "searchr1-format")
     c = cases[0]
     assert compute_score(data_source="nq", solution_str=c["solution_str"], ground_truth=c["golden_answers"]) == pytest.approx(c["format_em"])

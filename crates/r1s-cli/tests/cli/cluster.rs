@@ -165,6 +165,38 @@ fn answers_alone(url: &str, bodies: &[String]) -> Vec<Vec<u8>> {
     bodies.iter().map(|b| verl_post(&c, &format!("{url}/retrieve"), b).unwrap()).collect()
 }
 
+/// SIGKILLs replica 1 while `clients` send `bodies` through HAProxy, waits until HAProxy marks it
+/// DOWN, restarts it and waits until it is UP again; checks that every request was answered with
+/// the bytes of the same request answered alone (`alone`) and returns how many were.
+fn kill_and_restart_under_load(
+    cluster: &Cluster,
+    bodies: &Arc<Vec<String>>,
+    alone: &[Vec<u8>],
+    clients: usize,
+) -> usize {
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(&cluster.url(None), bodies, clients, &stop);
+    std::thread::sleep(Duration::from_millis(600));
+    let killed = cluster.pid("1");
+    kill(killed, "-KILL");
+    cluster.wait_seen(1, "DOWN");
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.cmd(&["restart", "1"]);
+    assert_ne!(cluster.pid("1"), killed);
+    cluster.wait_seen(1, "UP");
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = 0;
+    for c in running {
+        for (i, _, reply) in c.join().unwrap() {
+            let reply = reply.unwrap_or_else(|e| panic!("request {i} failed for good across the kill: {e}"));
+            assert!(reply == alone[i], "request {i}: its answer differs from the same request alone");
+            answered += 1;
+        }
+    }
+    answered
+}
+
 #[test]
 fn serve_cluster_survives_a_killed_replica_and_swaps_its_index_under_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,26 +231,7 @@ fn serve_cluster_survives_a_killed_replica_and_swaps_its_index_under_load() {
 
     // 1. a replica SIGKILLed under load, then restarted: HAProxy takes it out and back; every
     //    request is answered, byte-equal to the same request alone
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(&cluster.url(None), &bodies, 6, &stop);
-    std::thread::sleep(Duration::from_millis(800));
-    let killed = cluster.pid("1");
-    kill(killed, "-KILL");
-    cluster.wait_seen(1, "DOWN");
-    std::thread::sleep(Duration::from_millis(500));
-    cluster.cmd(&["restart", "1"]);
-    assert_ne!(cluster.pid("1"), killed);
-    cluster.wait_seen(1, "UP");
-    std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::SeqCst);
-    let mut answered = 0;
-    for c in clients {
-        for (i, _, reply) in c.join().unwrap() {
-            let reply = reply.unwrap_or_else(|e| panic!("request {i} failed for good across the kill: {e}"));
-            assert!(reply == alone[i], "request {i}: its answer differs from the same request alone");
-            answered += 1;
-        }
-    }
+    let answered = kill_and_restart_under_load(&cluster, &bodies, &alone, 6);
     assert!(answered >= 12, "only {answered} requests in the kill phase");
     eprintln!("kill phase: {answered} requests answered, {} client retries", RETRIES.swap(0, Ordering::SeqCst));
 
@@ -316,28 +329,48 @@ fn serve_cluster_survives_a_killed_replica_and_swaps_its_index_under_load() {
     cluster.cmd(&["restart", "2"]);
     cluster.wait_seen(2, "UP");
 
-    // 4. clients that hang up: their queued work is skipped and nothing stays queued
+    // 4. clients that hang up: their queued work is skipped, nothing stays queued, and rounds of
+    //    them do not grow the replica's memory
     let url = format!("{}/retrieve", cluster.url(Some(1)));
     let body = Arc::new(serde_json::json!({"queries": questions, "topk": 3}).to_string());
-    let quitters: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, body) = (url.clone(), body.clone());
-            std::thread::spawn(move || {
-                let c = reqwest::blocking::Client::new();
-                for _ in 0..5 {
-                    let _ = c.post(&url).body(body.to_string()).timeout(Duration::from_millis(30)).send();
-                }
+    let rss = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let replica = cluster.pid("1");
+    let mut resident = Vec::new();
+    for _round in 0..3 {
+        let quitters: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let c = reqwest::blocking::Client::new();
+                    for _ in 0..5 {
+                        let _ = c.post(&url).body(body.to_string()).timeout(Duration::from_millis(30)).send();
+                    }
+                })
             })
-        })
-        .collect();
-    for q in quitters {
-        q.join().unwrap();
+            .collect();
+        for q in quitters {
+            q.join().unwrap();
+        }
+        let t = Instant::now();
+        while cluster.health(1)["queued_queries"] != 0 {
+            assert!(t.elapsed() < Duration::from_secs(30), "work of gone clients stays queued");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        resident.push(rss(replica));
     }
-    let t = Instant::now();
-    while cluster.health(1)["queued_queries"] != 0 {
-        assert!(t.elapsed() < Duration::from_secs(30), "work of gone clients stays queued");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // (the first round warms up; the later ones stay within 16 MiB of it)
+    assert!(resident[2] <= resident[0] + 16 * 1024, "RSS kB per round of hang-ups: {resident:?}");
     let metrics = reqwest::blocking::get(format!("{}/metrics", cluster.url(Some(1)))).unwrap().text().unwrap();
     let abandoned: u64 = metrics
         .lines()
@@ -403,22 +436,6 @@ fn serve_cluster_replicas_over_one_milvus() {
     let cluster = Cluster::start(&idx, &dir.path().join("run"), free_ports());
     assert_eq!(cluster.health(1)["backend"]["up"], true, "{}", cluster.health(1));
     let alone = answers_alone(&cluster.url(Some(2)), &bodies);
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(&cluster.url(None), &bodies, 4, &stop);
-    std::thread::sleep(Duration::from_millis(500));
-    kill(cluster.pid("1"), "-KILL");
-    cluster.wait_seen(1, "DOWN");
-    cluster.cmd(&["restart", "1"]);
-    cluster.wait_seen(1, "UP");
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    let mut answered = 0;
-    for c in clients {
-        for (i, _, reply) in c.join().unwrap() {
-            let reply = reply.unwrap_or_else(|e| panic!("request {i} failed for good across the kill: {e}"));
-            assert!(reply == alone[i], "request {i}: its answer differs from the same request alone");
-            answered += 1;
-        }
-    }
+    let answered = kill_and_restart_under_load(&cluster, &bodies, &alone, 4);
     assert!(answered >= 8, "only {answered} requests");
 }

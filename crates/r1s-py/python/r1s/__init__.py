@@ -39,12 +39,23 @@ from r1s._r1s import (  # noqa: F401  (re-exported)
 )
 
 
-def embeddings(retriever: Retriever):
-    """The index's ``embeddings.npy`` as a read-only NumPy array mapped from the file (no copy;
-    ``numpy.load(..., mmap_mode="r")``), or ``None`` for bm25 and Milvus indexes."""
+def embeddings(index):
+    """The ``embeddings.npy`` of ``index`` (a Retriever, or an index directory) as a read-only NumPy
+    array mapped from the file (no copy; ``numpy.load(..., mmap_mode="r")``), or ``None`` for bm25
+    and Milvus indexes."""
+    import os
+
     import numpy
 
-    path: Optional[str] = retriever.embeddings_path
+    if isinstance(index, Retriever):
+        path: Optional[str] = index.embeddings_path
+    elif isinstance(index, (str, bytes, os.PathLike)):
+        candidate = os.path.join(os.fsdecode(index), "embeddings.npy")
+        if not os.path.isdir(os.fsdecode(index)):
+            raise FileNotFoundError(f"index directory {os.fsdecode(index)} does not exist")
+        path = candidate if os.path.isfile(candidate) else None
+    else:
+        raise TypeError(f"embeddings() takes a Retriever or an index directory, not {type(index).__name__}")
     return None if path is None else numpy.load(path, mmap_mode="r")
 
 

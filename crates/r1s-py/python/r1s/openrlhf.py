@@ -24,6 +24,10 @@ DEFAULT_REWARD = "stage2"
 
 
 def _golds(label) -> list:
+    if label is None:
+        raise ValueError("a label is None: no gold answer to score against (--label_key)")
+    if isinstance(label, (int, float)):
+        return [str(label)]
     if isinstance(label, str):
         text = label.strip()
         if text.startswith("["):

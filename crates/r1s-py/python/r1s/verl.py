@@ -26,13 +26,27 @@ import r1s
 DEFAULT_REWARD = "verl-searchr1-em"
 
 
+KEYS = ("target", "answer", "golden_answers")
+
+
 def golds_of(ground_truth) -> list:
-    """The gold answers of a verl ``ground_truth``: ``{"target": [...]}``, a sequence, or one string."""
+    """The gold answers of a verl ``ground_truth``: ``{"target": [...]}`` (or ``"answer"``,
+    ``"golden_answers"``), a sequence, one string or one number. Raises ValueError when there are none."""
     if isinstance(ground_truth, dict):
-        ground_truth = ground_truth.get("target", ground_truth.get("answer", ground_truth.get("golden_answers", [])))
-    if isinstance(ground_truth, (str, bytes)):
-        return [ground_truth.decode() if isinstance(ground_truth, bytes) else ground_truth]
-    return [str(g) for g in ground_truth]
+        key = next((k for k in KEYS if k in ground_truth), None)
+        if key is None:
+            raise ValueError(f"ground_truth {ground_truth!r} has none of the keys {', '.join(KEYS)}")
+        ground_truth = ground_truth[key]
+    if ground_truth is None:
+        raise ValueError("ground_truth is None: no gold answer to score against")
+    if isinstance(ground_truth, bytes):
+        return [ground_truth.decode()]
+    if isinstance(ground_truth, (str, int, float)):
+        return [str(ground_truth)]
+    golds = [g.decode() if isinstance(g, bytes) else str(g) for g in ground_truth]
+    if not golds:
+        raise ValueError("ground_truth holds no gold answer")
+    return golds
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
