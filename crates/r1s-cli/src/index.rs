@@ -338,8 +338,8 @@ fn usage(ok: bool, msg: &str) -> anyhow::Result<()> {
 }
 
 /// A corpus directory's passage count and mean bytes per passage as its docstore stores them
-/// (`docstore.bin` past its header over the passages: ids, title and text), what `index plan`
-/// sizes the passage store from.
+/// (the size of `docstore.bin`, which holds each passage's ids, title and text, over the
+/// passages), what `index plan` sizes the passage store from.
 fn corpus_passage_bytes(dir: &Path) -> anyhow::Result<(u64, u64)> {
     must_exist(dir, "corpus directory")?;
     usage(

@@ -206,11 +206,6 @@ impl FlatIndex {
     pub fn matrix(&self) -> &Matrix {
         &self.matrix
     }
-
-    /// An exact index over an already mapped matrix (sharing its mapping).
-    pub fn over(matrix: Matrix) -> FlatIndex {
-        FlatIndex { matrix }
-    }
 }
 
 impl VectorIndex for FlatIndex {

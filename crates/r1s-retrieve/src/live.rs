@@ -11,7 +11,6 @@
 //! embedder (model sha256, preset) and dimension. Otherwise the hits' rows, ids or scores would
 //! change meaning under a running trainer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use r1s_core::{BackendHealth, Hit, Retriever};
@@ -23,12 +22,11 @@ use crate::dense::DenseRetriever;
 #[derive(Debug)]
 pub struct Live<R> {
     current: RwLock<Arc<R>>,
-    generation: AtomicU64,
 }
 
 impl<R> Live<R> {
     pub fn new(r: R) -> Live<R> {
-        Live { current: RwLock::new(Arc::new(r)), generation: AtomicU64::new(0) }
+        Live { current: RwLock::new(Arc::new(r)) }
     }
 
     /// The retriever current now (calls keep the one they started with).
@@ -40,14 +38,7 @@ impl<R> Live<R> {
     /// unmapped, once the calls still running on it return).
     pub fn replace(&self, r: R) -> Arc<R> {
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut *cur, Arc::new(r));
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        old
-    }
-
-    /// How many times the retriever was replaced.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        std::mem::replace(&mut *cur, Arc::new(r))
     }
 }
 

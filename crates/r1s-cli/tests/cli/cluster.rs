@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{ok, r1s, repo, shared, some_passages};
+use super::{build_index, ok, r1s, repo, shared, some_passages};
 
 /// The cluster of one test, stopped (HAProxy and every replica, by PID) when dropped — also when
 /// the test fails.
@@ -109,6 +109,16 @@ fn free_ports() -> u16 {
 
 static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The first `n` questions of Bamboogle.
+fn bamboogle(n: usize) -> Vec<String> {
+    std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A verl-like client: POSTs `body`, retrying 500/502/503/504 and transport errors with a growing
 /// delay (0.1 s doubling to 2 s), 30 s timeout per try; the 200 reply's bytes, or why it gave up.
 /// Tries beyond the first are counted in `RETRIES`.
@@ -202,21 +212,8 @@ fn serve_cluster_survives_a_killed_replica_and_swaps_its_index_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let src = some_passages(dir.path(), 300);
     let idx = dir.path().join("idx");
-    let corpus = dir.path().join("corpus");
-    ok(r1s()
-        .args(["-q", "index", "build"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&idx)
-        .arg("--corpus-out")
-        .arg(&corpus)
-        .args(["--kind", "flat", "-j", "2"]));
-    let questions: Vec<String> = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl"))
-        .unwrap()
-        .lines()
-        .take(30)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
-        .collect();
+    build_index(&src, &idx, &["--kind", "flat", "-j", "2"]);
+    let questions = bamboogle(30);
     // requests of 3 queries each: a request answered by two indexes at once would show
     let bodies: Arc<Vec<String>> = Arc::new(
         questions
@@ -405,14 +402,10 @@ fn serve_cluster_replicas_over_one_milvus() {
     let dir = tempfile::tempdir().unwrap();
     let src = some_passages(dir.path(), 200);
     let idx = dir.path().join("milvus-idx");
-    ok(r1s()
-        .args(["-q", "index", "build"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&idx)
-        .arg("--corpus-out")
-        .arg(dir.path().join("corpus"))
-        .args([
+    build_index(
+        &src,
+        &idx,
+        &[
             "--kind",
             "milvus",
             "--milvus-uri",
@@ -424,13 +417,9 @@ fn serve_cluster_replicas_over_one_milvus() {
             "--replace",
             "-j",
             "2",
-        ]));
-    let questions: Vec<String> = std::fs::read_to_string(shared("r1searcher/eval_set/bamboogle.jsonl"))
-        .unwrap()
-        .lines()
-        .take(12)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_owned())
-        .collect();
+        ],
+    );
+    let questions = bamboogle(12);
     let bodies: Arc<Vec<String>> =
         Arc::new(questions.chunks(2).map(|q| serde_json::json!({"queries": q, "topk": 3}).to_string()).collect());
     let cluster = Cluster::start(&idx, &dir.path().join("run"), free_ports());
