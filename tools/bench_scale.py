@@ -1,4 +1,5 @@
-"""r1s hnsw f32 / sq8 vs faiss-cpu and hnswlib at 100k-1M rows of *proxy* MiniLM vectors (see tools/bench-scale)."""
+"""r1s hnsw (unquantised) / sq8 vs faiss-cpu and hnswlib at 100k-21M rows of *proxy* MiniLM vectors (see
+tools/bench-scale)."""
 import argparse
 import json
 import os
@@ -14,8 +15,10 @@ import numpy as np
 M, K, FLOOR = 32, 10, 0.95  # HNSW M for all; recall@K; the recall@10 at which queries/s are compared
 MEM_EF = 64  # the ef of the search run whose resident memory r1s reports (recall@10 >= 0.95 at 1M rows)
 EXTERNAL = ("faiss IndexHNSWFlat", "faiss IndexHNSWSQ", "hnswlib")
-R1S = ("r1s hnsw f32", "r1s hnsw sq8")
-SLUG = {"r1s hnsw f32": "r1s-f32", "r1s hnsw sq8": "r1s-sq8", "faiss IndexHNSWFlat": "faiss-flat",
+R1S = ("r1s hnsw", "r1s hnsw sq8")  # the first searches the stored vectors (f32 or f16, --dtype)
+R1S_FLAG = {"plain": R1S[0], "sq8": R1S[1]}
+EXT_FLAG = {"faiss-flat": EXTERNAL[0], "faiss-sq8": EXTERNAL[1], "hnswlib": EXTERNAL[2]}
+SLUG = {"r1s hnsw": "r1s-plain", "r1s hnsw sq8": "r1s-sq8", "faiss IndexHNSWFlat": "faiss-flat",
         "faiss IndexHNSWSQ": "faiss-sq8", "hnswlib": "hnswlib"}
 BLOCK = 65536  # rows per block when writing proxies and scanning exactly
 DROP = "os.posix_fadvise(POSIX_FADV_DONTNEED) on each index file after an fsync, just before the process opens it"
@@ -55,9 +58,9 @@ def link(src, dst):
         os.symlink(os.path.abspath(src), dst)
 
 
-def embeddings_json(n, d, corpus_id):
+def embeddings_json(n, d, corpus_id, dtype="f32"):
     return {"format": "r1s-embeddings", "format_version": 1, "r1s_version": "bench", "model": "proxy",
-            "model_sha256": "", "preset": None, "max_len": 0, "dim": d, "dtype": "f32", "rows": n,
+            "model_sha256": "", "preset": None, "max_len": 0, "dim": d, "dtype": dtype, "rows": n,
             "chunk_rows": 1024, "corpus": "", "corpus_id": corpus_id, "text": "", "device": "cpu", "seconds": 0}
 
 
@@ -84,14 +87,15 @@ def stand_ins(work, seed):
     return paths
 
 
-def write_proxy(pool, n, seed, p, path):
+def write_proxy(pool, n, seed, p, path, dtype):
     """The first n proxy rows: normalise(w a + (1 - w) b + noise) for random pairs (a, b) of real rows,
     w ~ U[w_lo, w_hi], Gaussian noise of expected norm p['noise']. Drawn in whole blocks, so that the rows of a
-    seed are one sequence and a smaller size is the first rows of a larger one."""
+    seed are one sequence and a smaller size is the first rows of a larger one. Stored as `dtype` (f32 or
+f16: each row normalised in f32, then rounded)."""
     rng = np.random.default_rng(seed)
     d = pool.shape[1]
     tmp = path + ".part"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=NP[dtype], shape=(n, d))
     for s in range(0, n, BLOCK):
         a = rng.integers(0, len(pool), BLOCK)
         b = (a + rng.integers(1, len(pool), BLOCK)) % len(pool)  # b != a
@@ -105,19 +109,60 @@ def write_proxy(pool, n, seed, p, path):
     os.replace(tmp, path)
 
 
-def proxies(pool, sizes, seed, p, work, sources):
-    """{size: .npy path} of the proxy's first `size` rows, reusing files made with the same parameters."""
-    pdir = os.path.join(work, "proxy")
-    os.makedirs(pdir, exist_ok=True)
-    paths = {}
+NP = {"f32": np.float32, "f16": np.float16}
+
+
+def proxy_path(work, n, seed, dtype):
+    return os.path.join(work, "proxy", f"proxy-{n}-seed{seed}-{dtype}.npy")
+
+
+def proxy(pool, n, seed, p, work, sources, dtype):
+    """The .npy of the proxy's first n rows, reusing a file made with the same parameters."""
+    path = proxy_path(work, n, seed, dtype)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stamp, spec = path[:-4] + ".json", dict(p, seed=seed, rows=n, pool_rows=len(pool), sources=sources, dtype=dtype)
+    if not (os.path.exists(path) and os.path.exists(stamp) and json.load(open(stamp)) == spec):
+        say(f"writing the {n:,}-row proxy ({dtype})")
+        write_proxy(pool, n, seed, p, path, dtype)
+        json.dump(spec, open(stamp, "w"))
+    return path
+
+
+def prefix(src, n, dst):
+    """dst = the first n rows of the .npy src (the same rows write_proxy would draw, copied, not redrawn)."""
+    x = np.load(src, mmap_mode="r")
+    tmp = dst + ".part"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=x.dtype, shape=(n, x.shape[1]))
+    for s in range(0, n, BLOCK * 4):
+        out[s:min(n, s + BLOCK * 4)] = x[s:min(n, s + BLOCK * 4)]
+    out.flush()
+    del out
+    os.replace(tmp, dst)
+    return dst
+
+
+def remove(*paths):
+    for p in paths:
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+
+def disk_needed(sizes, d, dtype, variants_at):
+    """Bytes the run needs at its peak: the largest proxy, plus at each size its copied prefix (below the
+    largest) and the indexes built over it (graph ~ 2M links of 4 bytes, codes 1 byte per dimension, faiss /
+    hnswlib their own copy of the vectors), kept only while that size is measured."""
+    big = max(sizes)
+    peak = 0
     for n in sizes:
-        paths[n] = os.path.join(pdir, f"proxy-{n}-seed{seed}.npy")
-        stamp, spec = paths[n][:-4] + ".json", dict(p, seed=seed, rows=n, pool_rows=len(pool), sources=sources)
-        if not (os.path.exists(paths[n]) and os.path.exists(stamp) and json.load(open(stamp)) == spec):
-            say(f"writing the {n:,}-row proxy")
-            write_proxy(pool, n, seed, p, paths[n])
-            json.dump(spec, open(stamp, "w"))
-    return paths
+        b = (n * d * np.dtype(NP[dtype]).itemsize if n < big else 0)
+        for v in variants_at(n):
+            b += n * (2 * M * 4 + 16)
+            b += {"r1s hnsw sq8": n * d, "faiss IndexHNSWFlat": n * d * 4, "faiss IndexHNSWSQ": n * d,
+                  "hnswlib": n * d * 4}.get(v, 0)
+        peak = max(peak, b)
+    return big * d * np.dtype(NP[dtype]).itemsize + peak
 
 
 def exact(path, q, sizes, k, threads):
@@ -279,8 +324,13 @@ def say(msg):
 # ------------------------------------------------------------------------------------------------ variants
 
 def measure(variant, data, meta, rundir, a, qnpy, truth_npy):
-    """Build, cold open, first query, ef sweep and memory of one variant over one .npy."""
+    """Build, cold open, first query, ef sweep and memory of one variant over one .npy (recall against
+    the exact top-k in truth_npy, which r1s reads as JSONL instead of scanning every row itself)."""
     n = np.load(data, mmap_mode="r").shape[0]
+    truth_jsonl = truth_npy[:-4] + ".jsonl"
+    if not os.path.exists(truth_jsonl):
+        with open(truth_jsonl, "w") as f:
+            f.writelines(json.dumps([int(i) for i in row]) + "\n" for row in np.load(truth_npy))
     if variant in R1S:
         idx = os.path.join(rundir, SLUG[variant])
         shutil.rmtree(idx, ignore_errors=True)
@@ -295,10 +345,12 @@ def measure(variant, data, meta, rundir, a, qnpy, truth_npy):
         res = {"build_s": grab(r"built in ([0-9.]+) s", out, "built in"),
                "peak_build_rss_mib": grab(r"peak RSS ([0-9.]+) MiB", out, "peak RSS")}
         files = [f for f in ("hnsw.r1s", "codes.sq8") if os.path.exists(os.path.join(idx, f))]
+        res["files"] = {f: os.path.getsize(os.path.join(idx, f)) for f in sorted(os.listdir(idx))
+                        if os.path.isfile(os.path.join(idx, f))}
         res["index_bytes"] = sum(os.path.getsize(os.path.join(idx, f)) for f in files)
         res["vectors_bytes"] = os.path.getsize(data)
         res["cache_dropped"] = drop_cache([os.path.join(idx, f) for f in files + ["embeddings.npy"]])
-        out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K),
+        out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K), "--truth", truth_jsonl,
                    "--ef", ",".join(map(str, a.efs))], env)
         res["efs"] = {int(m.group(2)): (float(m.group(3)), float(m.group(4)))
                       for m in re.finditer(r"^(hnsw(?:-sq8)? ef=(\d+))\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)}
@@ -311,15 +363,32 @@ def measure(variant, data, meta, rundir, a, qnpy, truth_npy):
         # memory of one search run: a cold page cache, then the 1,000 queries at MEM_EF alone (the sweep
         # above touches more rows at every larger ef, and a warm page cache maps whole large folios)
         drop_cache([os.path.join(idx, f) for f in files + ["embeddings.npy"]])
-        out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K),
+        out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K), "--truth", truth_jsonl,
                    "--ef", str(MEM_EF)], env)
         res["search_rss_mib"] = grab(r"resident after approximate searches ([0-9.]+) MiB", out, "resident")
+        # the same run again on the page cache the first left warm (a server that has run a while)
+        out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K), "--truth", truth_jsonl,
+                   "--ef", str(MEM_EF)], env)
+        res["search_rss_warm_mib"] = grab(r"resident after approximate searches ([0-9.]+) MiB", out, "resident")
+        if variant.endswith("sq8"):
+            # fewer re-ranked rows, fewer pages of the vectors: recall@10, q/s and resident memory of
+            # the search run at MEM_EF, each on a cold page cache
+            res["rerank_top"] = {}
+            for top in a.rerank_tops:
+                drop_cache([os.path.join(idx, f) for f in files + ["embeddings.npy"]])
+                out = run([a.r1s, "index", "eval", "--index", idx, "--query-vectors", qnpy, "-k", str(K), "--truth", truth_jsonl,
+                           "--ef", str(MEM_EF), "--rerank-top", str(top)], env)
+                row = re.search(rf"^hnsw-sq8 ef={MEM_EF}\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)
+                res["rerank_top"][top] = {
+                    "recall": float(row.group(1)), "qps": float(row.group(2)),
+                    "rss_mib": grab(r"resident after approximate searches ([0-9.]+) MiB", out, "resident")}
     else:
         idx = os.path.join(rundir, SLUG[variant] + ".index")
         spec = {"variant": variant, "index": idx, "threads": a.threads, "efc": a.efc}
         say(f"building {variant} on {n:,} rows")
         res = run_child(dict(spec, op="build", data=data))
         res["index_bytes"] = os.path.getsize(idx)
+        res["files"] = {os.path.basename(idx): res["index_bytes"]}
         res["vectors_bytes"] = 0  # the vectors (f32 or 8-bit codes) are inside the index file
         res["cache_dropped"] = drop_cache([idx])
         res.update(run_child(dict(spec, op="search", queries=qnpy, truth=truth_npy, efs=a.efs)))
@@ -328,6 +397,8 @@ def measure(variant, data, meta, rundir, a, qnpy, truth_npy):
     res["at_floor"] = {"qps": best[0], "ef": best[1], "recall": best[2]}
     say(f"{variant} on {n:,} rows: built in {res['build_s']:.1f} s, {res['at_floor']['qps']:.0f} q/s at "
         f"recall@10 >= {FLOOR} (ef {best[1]})")
+    if not a.keep:  # the next variant / size needs the disk
+        remove(idx)
     return res
 
 
@@ -338,6 +409,7 @@ def bench_set(label, data, meta, variants, a, q, truth_ids, exact_qps):
     truth_npy = os.path.join(rundir, "truth.npy")
     np.save(truth_npy, truth_ids)
     res = {v: measure(v, data, meta, rundir, a, a.query_vectors, truth_npy) for v in variants}
+    print(f"\n### {label}: measured\n\n{side_table({'variants': res})}\n", flush=True)
     return {"label": label, "rows": np.load(data, mmap_mode="r").shape[0], "faiss_exact_qps": exact_qps,
             "variants": res}
 
@@ -379,13 +451,14 @@ def dist_table(rows):
 
 def side_table(run_):
     h = ["variant", "build s", "peak build RSS MiB", "index MiB", "+ vectors MiB", "start-up ms (cold)",
-         "first query ms", "search RSS MiB", f"q/s at recall@10 ≥ {FLOOR} (ef)"]
+         "first query ms", "search RSS MiB cold / warm", f"q/s at recall@10 ≥ {FLOOR} (ef)"]
     rows = []
     for v, r in run_["variants"].items():
         af = r["at_floor"]
         rows.append([v, f(r["build_s"], ".1f"), f(r["peak_build_rss_mib"]), f(mib(r["index_bytes"]), ".1f"),
                      f(mib(r["vectors_bytes"])) if r["vectors_bytes"] else "in index", f(r["open_ms"], ".1f"),
-                     f(r["first_query_ms"], ".2f"), f(r["search_rss_mib"]), f"{f(af['qps'])} ({f(af['ef'], '')})"])
+                     f(r["first_query_ms"], ".2f"),
+                     f(r["search_rss_mib"]) + (f" / {f(r['search_rss_warm_mib'])}" if "search_rss_warm_mib" in r else ""), f"{f(af['qps'])} ({f(af['ef'], '')})"])
     return md(h, rows)
 
 
@@ -394,6 +467,20 @@ def sweep_table(run_, efs):
     rows = [[ef] + [("{:.4f} / {:.0f}".format(*run_["variants"][v]["efs"][ef]) if ef in run_["variants"][v]["efs"]
                      else "n/a") for v in vs] for ef in efs]
     return md(["ef"] + [f"{v} recall@10 / q/s" for v in vs], rows)
+
+
+def rerank_table(runs):
+    """sq8 at MEM_EF: every ef candidate re-ranked (the cold search run) vs only the best N."""
+    rows = []
+    for r in runs:
+        x = r["variants"].get(R1S[1])
+        if not x or not x.get("rerank_top"):
+            continue
+        full = x["efs"].get(MEM_EF, (float("nan"), float("nan")))
+        rows.append([f"{r['rows']:,}", f"all {MEM_EF}", f"{full[0]:.4f}", f(full[1]), f(x["search_rss_mib"])])
+        for top, v in sorted(x["rerank_top"].items()):
+            rows.append([f"{r['rows']:,}", top, f"{v['recall']:.4f}", f(v["qps"]), f(v["rss_mib"])])
+    return md(["rows", f"re-ranked of ef {MEM_EF}", "recall@10", "q/s", "search RSS MiB (cold)"], rows) if rows else ""
 
 
 def scale_table(runs):
@@ -414,14 +501,14 @@ def ratios(run_):
     def get(name, key):
         return v[name][key] if name in v else None
     out = {
-        "r1s f32 / faiss IndexHNSWFlat q/s at recall>=0.95 (target >= 1.2)": ratio(at(R1S[0]), at(EXTERNAL[0])),
-        "r1s f32 / hnswlib q/s at recall>=0.95 (target >= 1.0)": ratio(at(R1S[0]), at(EXTERNAL[2])),
-        "r1s f32 build / faiss IndexHNSWFlat build (target <= 0.8)": ratio(get(R1S[0], "build_s"),
+        "r1s hnsw / faiss IndexHNSWFlat q/s at recall>=0.95 (target >= 1.2)": ratio(at(R1S[0]), at(EXTERNAL[0])),
+        "r1s hnsw / hnswlib q/s at recall>=0.95 (target >= 1.0)": ratio(at(R1S[0]), at(EXTERNAL[2])),
+        "r1s hnsw build / faiss IndexHNSWFlat build (target <= 0.8)": ratio(get(R1S[0], "build_s"),
                                                                             get(EXTERNAL[0], "build_s")),
-        "r1s sq8 / f32 search-run resident (target <= 0.35)": ratio(get(R1S[1], "search_rss_mib"),
+        "r1s sq8 / unquantised search-run resident (target <= 0.35)": ratio(get(R1S[1], "search_rss_mib"),
                                                                      get(R1S[0], "search_rss_mib")),
         "r1s sq8 / faiss IndexHNSWSQ q/s at recall>=0.95 (target >= 1.0)": ratio(at(R1S[1]), at(EXTERNAL[1])),
-        "r1s f32 start-up ms, cold (target < 1000)": get(R1S[0], "open_ms"),
+        "r1s hnsw start-up ms, cold (target < 1000)": get(R1S[0], "open_ms"),
         "r1s sq8 start-up ms, cold (target < 1000)": get(R1S[1], "open_ms"),
     }
     deltas = {}
@@ -457,11 +544,32 @@ def main():
     ap.add_argument("--w-lo", type=float, default=0.55, help="proxy: least weight of a pair's first vector")
     ap.add_argument("--w-hi", type=float, default=0.85, help="proxy: greatest weight of a pair's first vector")
     ap.add_argument("--noise", type=float, default=0.35, help="proxy: expected norm of the added Gaussian noise")
+    ap.add_argument("--dtype", choices=list(NP), default="f16",
+                    help="how the proxy vectors are stored (f16: what wiki-18 with `r1s embed --dtype f16` holds)")
+    ap.add_argument("--r1s-variants", default="plain,sq8",
+                    help="r1s variants at every size: plain (the stored vectors), sq8 (codes + exact re-rank)")
+    ap.add_argument("--external", default="faiss-flat,faiss-sq8,hnswlib",
+                    help="faiss / hnswlib variants (faiss-flat, faiss-sq8, hnswlib; '' for none)")
+    ap.add_argument("--external-at", type=int, default=0,
+                    help="the size at which --external run (default: the largest; they hold the whole index in RAM)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the proxies and the indexes (default: each size's are removed once it is measured, the "
+                         "largest proxy at the end)")
+    ap.add_argument("--no-distributions", action="store_true", help="skip the proxy-vs-real neighbour-score tables")
+    ap.add_argument("--rerank-tops", default="10,16,24,32",
+                    help=f"sq8: also measure `--rerank-top N` at ef {MEM_EF} for these N (cold cache each; '' for none)")
     a = ap.parse_args()
     if not a.skip_r1s and not a.r1s:
         ap.error("--r1s is required unless --skip-r1s")
     a.sizes = sorted(int(s) for s in a.sizes.split(","))
     a.efs = [int(e) for e in a.efs.split(",")]
+    a.rerank_tops = [int(t) for t in a.rerank_tops.split(",") if t]
+    try:
+        mine = [] if a.skip_r1s else [R1S_FLAG[v] for v in a.r1s_variants.split(",") if v]
+        ext = [EXT_FLAG[v] for v in a.external.split(",") if v]
+    except KeyError as e:
+        ap.error(f"unknown variant {e}")
+    ext_at = a.external_at or max(a.sizes)
     os.makedirs(a.work, exist_ok=True)
     import faiss
     import hnswlib  # noqa: F401 (fail early)
@@ -485,49 +593,65 @@ def main():
     d = pool.shape[1]
     pp = {"w_lo": a.w_lo, "w_hi": a.w_hi, "noise": a.noise}
     sources = {k: [os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for k, p in paths.items()}
-    pfiles = proxies(pool, a.sizes, a.seed, pp, a.work, sources)
     big = max(a.sizes)
+
+    def variants_at(n):
+        return mine + (ext if n == ext_at or a.scale_all else [])
+    need = disk_needed(a.sizes, d, a.dtype, variants_at)
+    have = shutil.disk_usage(a.work).free
+    say(f"disk: about {need / 1e9:.1f} GB needed at the peak, {have / 1e9:.1f} GB free in {a.work}")
+    if need > have and not os.path.exists(proxy_path(a.work, big, a.seed, a.dtype)):
+        sys.exit(f"bench-scale: about {need / 1e9:.1f} GB of disk needed, {have / 1e9:.1f} GB free in {a.work}")
+    bigfile = proxy(pool, big, a.seed, pp, a.work, sources, a.dtype)
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "faiss-cpu": faiss.__version__,
                 "hnswlib": version("hnswlib")}
     if not a.skip_r1s:
         versions["r1s"] = run([a.r1s, "--version"], os.environ).strip()
 
-    say("neighbour-score distributions (proxy vs real at equal size)")
-    dpath = pfiles[big] if big >= len(pool) else proxies(pool, [len(pool)], a.seed, pp, a.work, sources)[len(pool)]
-    dist = distributions([(f"{kind} R1-Searcher passages + sample corpus", pool), (f"{kind} R1-Searcher passages", r1)],
-                         dpath, q, a.seed, a.threads)
-    dist.append(proxy_row_nn(pfiles[big], a.seed, a.threads))
+    dist = []
+    if not a.no_distributions:
+        say("neighbour-score distributions (proxy vs real at equal size)")
+        dpath = bigfile if big >= len(pool) else proxy(pool, len(pool), a.seed, pp, a.work, sources, a.dtype)
+        dist = distributions([(f"{kind} R1-Searcher passages + sample corpus", pool),
+                              (f"{kind} R1-Searcher passages", r1)], dpath, q, a.seed, a.threads)
+        dist.append(proxy_row_nn(bigfile, a.seed, a.threads))
 
-    say("exact top-10 (faiss IndexFlatIP) of the proxy sizes and the real set")
-    truth, exact_qps = exact(pfiles[big], q, a.sizes, K, a.threads)
+    say("exact top-10 (faiss IndexFlatIP) of the proxy sizes and the real set, one blockwise pass")
+    truth, exact_qps = exact(bigfile, q, a.sizes, K, a.threads)
     r1_path = paths["r1"]
     rtruth, rexact_qps = exact(r1_path, q, [len(r1)], K, a.threads)
 
-    mine = [] if a.skip_r1s else list(R1S)
     runs = []
     for n in a.sizes:
-        variants = mine + list(EXTERNAL) if (n == big or a.scale_all) else mine
+        variants = variants_at(n)
         if not variants:
             continue
-        meta = embeddings_json(n, d, f"proxy-{n}-seed{a.seed}")
-        runs.append(bench_set(f"proxy-{n}", pfiles[n], meta, variants, a, q, truth[n][1],
+        meta = embeddings_json(n, d, f"proxy-{n}-seed{a.seed}", a.dtype)
+        data = bigfile if n == big else prefix(bigfile, n, proxy_path(a.work, n, a.seed, a.dtype))
+        runs.append(bench_set(f"proxy-{n}", data, meta, variants, a, q, truth[n][1],
                               exact_qps if n == big else None))
+        if n != big and not a.keep:
+            remove(data)
     real = None
     if not a.no_real:
         rmeta_path = os.path.join(os.path.dirname(r1_path), "embeddings.json")
         rmeta = json.load(open(rmeta_path)) if kind == "real MiniLM" and os.path.exists(rmeta_path) \
             else embeddings_json(len(r1), d, "stand-in-r1")
-        real = bench_set(f"real-{len(r1)}", r1_path, rmeta, mine + list(EXTERNAL), a, q, rtruth[len(r1)][1],
-                         rexact_qps)
-    top = next((r for r in runs if r["rows"] == big and len(r["variants"]) > len(mine)), None)
+        real = bench_set(f"real-{len(r1)}", r1_path, rmeta, mine + ext, a, q, rtruth[len(r1)][1], rexact_qps)
+    if not a.keep:
+        remove(bigfile, bigfile[:-4] + ".json")
+        if big < len(pool):
+            dpath = proxy_path(a.work, len(pool), a.seed, a.dtype)
+            remove(dpath, dpath[:-4] + ".json")
+    top = next((r for r in runs if r["rows"] == ext_at and len(r["variants"]) > len(mine)), None)
     rat, deltas = ratios(top) if top else ({}, {})
 
     # -------------------------------------------------------------------- print
     print(f"\nbench-scale: PROXY vectors = normalise(w a + (1 - w) b + noise), (a, b) random pairs of the "
           f"{len(pool):,} {kind} vectors ({len(r1):,} R1-Searcher passages + {len(sample):,} sample corpus), "
           f"w ~ U[{a.w_lo}, {a.w_hi}], noise norm {a.noise}, seed {a.seed}; "
-          f"size n = the first n rows of the {big:,}-row proxy.")
+          f"size n = the first n rows of the {big:,}-row proxy; stored as {a.dtype}.")
     print(f"queries: {len(q):,} {kind} question vectors; k={K}; {a.threads} threads; HNSW M={M} efConstruction={a.efc} "
           f"for all (hnswlib's M too: 2M links at layer 0, as in faiss and r1s); recall@10 against faiss "
           f"IndexFlatIP; q/s over one batch of {len(q):,} queries.")
@@ -541,7 +665,7 @@ def main():
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print("\nNeighbour scores, proxy vs real at equal size (query top-1 / 10th-best inner product over the "
           "1,000 queries; row→row: nearest other row of 1,000 random rows):\n")
-    print(dist_table(dist))
+    print(dist_table(dist) if dist else "(skipped: --no-distributions)")
     for r in runs + ([real] if real else []):
         what = f"PROXY {r['rows']:,} x {d}" if r["label"].startswith("proxy") \
             else f"{kind} R1-Searcher {r['rows']:,} x {d}"
@@ -552,19 +676,23 @@ def main():
         print(sweep_table(r, a.efs))
     print(f"\n### Scaling (PROXY vectors)\n")
     print(scale_table(runs))
+    rt = rerank_table(runs + ([real] if real else []))
+    if rt:
+        print(f"\n### sq8: re-ranking fewer rows (--rerank-top), ef {MEM_EF}, cold page cache\n")
+        print(rt)
     if top:
-        print(f"\nratios at {big:,} PROXY rows (measured in this run):")
+        print(f"\nratios at {ext_at:,} PROXY rows (measured in this run):")
         for k_, x in rat.items():
             print(f"  {k_}: {f(x, '.2f')}")
         for ef, dr in deltas.items():
-            print(f"  sq8+rerank recall@10 - f32 recall@10 at ef={ef}: {dr:+.4f} (target >= -0.01)")
-    results = {"kind": kind, "proxy": dict(pp, seed=a.seed, pool_rows=len(pool), r1_rows=len(r1),
+            print(f"  sq8+rerank recall@10 - unquantised recall@10 at ef={ef}: {dr:+.4f} (target >= -0.01)")
+    results = {"kind": kind, "proxy": dict(pp, seed=a.seed, dtype=a.dtype, pool_rows=len(pool), r1_rows=len(r1),
                                           sample_rows=len(sample), sources=sources),
                "queries": len(q), "k": K, "m": M, "ef_construction": a.efc, "threads": a.threads, "efs": a.efs,
                "floor": FLOOR, "cache_drop": DROP, "versions": versions, "distributions": dist,
                "runs": runs, "real": real, "ratios": rat, "sq8_minus_f32_recall": deltas,
                "seconds": time.perf_counter() - t_all}
-    out = os.path.join(a.work, "results.json")
+    out = os.path.join(a.work, f"results-{'-'.join(map(str, a.sizes))}-{a.dtype}.json")
     json.dump(clean(results), open(out, "w"), indent=1)
     print(f"\nwritten {out}; {results['seconds']:.0f} s in all")
 

@@ -38,7 +38,7 @@ pub(crate) enum IndexCmd {
         /// 5, 10 (and --k when larger), plus queries/s. Questions: R1-Searcher {"question","answer"}
         /// or FlashRAG {"question","golden_answers"} JSONL. A hybrid index also reports its dense and
         /// bm25 parts alone and both fusions.
-        #[arg(long, conflicts_with_all = ["queries", "query_vectors", "save_queries", "ef"])]
+        #[arg(long, conflicts_with_all = ["queries", "query_vectors", "save_queries", "ef", "rerank_top", "truth"])]
         answers: Option<PathBuf>,
         /// --answers: queries per retrieval call (1: one at a time, as an agent asks).
         #[arg(long, default_value_t = 64, requires = "answers")]
@@ -63,6 +63,15 @@ pub(crate) enum IndexCmd {
         /// Save the query vectors as a [n, dim] f32 .npy (for side-by-side benchmarks).
         #[arg(long)]
         save_queries: Option<PathBuf>,
+        /// HNSW SQ8: re-rank only the N best of the ef candidates for this run (default: the
+        /// index's setting, see `index build --rerank-top`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rerank_top: Option<u64>,
+        /// The exact top-k instead of r1s's own exact scan (which reads every row for the queries:
+        /// minutes at Wikipedia scale): JSONL, one JSON array of row ids per query, best first, at
+        /// least k each (e.g. faiss IndexFlatIP's ids). The flat row then shows no queries/s.
+        #[arg(long)]
+        truth: Option<PathBuf>,
     },
 }
 
@@ -114,6 +123,12 @@ pub(crate) struct IndexBuildArgs {
     /// flat sq8: candidates re-ranked per query, as a multiple of k.
     #[arg(long, default_value_t = 4)]
     rerank_factor: usize,
+    /// hnsw sq8: re-rank only the N best of the ef candidates by code score (at least k; default:
+    /// all of them). Fewer re-ranked rows read fewer pages of embeddings.npy per query, at some
+    /// recall (docs/scale.md). A search-time setting: changing it on a finished index rewrites only
+    /// its manifest.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rerank_top: Option<u64>,
     /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
     #[arg(long, default_value_t = 1_000_000)]
     checkpoint_every: u64,
@@ -431,7 +446,7 @@ pub(crate) fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Resu
         IndexCmd::Eval { index, answers: Some(answers), k, limit, batch, threads, lexical, .. } => {
             answer_recall(&index, &answers, k, limit, batch, threads, &lexical, g)
         }
-        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries, .. } => {
+        IndexCmd::Eval { index, queries, query_vectors, k, limit, ef, save_queries, rerank_top, truth, .. } => {
             if let Some(kind @ ("bm25" | "hybrid")) = r1s_retrieve::index_kind(&index).as_deref() {
                 anyhow::bail!(
                     "{}: --queries / --query-vectors measure a dense index against exact search; this is a {kind} index: use --answers QUESTIONS.jsonl",
@@ -443,7 +458,9 @@ pub(crate) fn index(cmd: IndexCmd, g: &Globals, cancel: &Cancel) -> anyhow::Resu
                 (Some(q), None) => EvalQueries::Texts(q),
                 (None, None) => anyhow::bail!("--queries or --query-vectors is required"),
             };
-            index_eval(&index, &queries, k, limit, &ef, save_queries.as_deref())
+            let rerank_top = rerank_top.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let o = EvalOptions { efs: &ef, rerank_top, truth: truth.as_deref(), save: save_queries.as_deref() };
+            index_eval(&index, &queries, k, limit, &o)
         }
     }
 }
@@ -461,6 +478,7 @@ pub(crate) const BUILD_FLAGS: &[(&str, &[&str])] = &[
     ("quantize", &["flat", "hnsw"]),
     ("no_rerank", &["flat", "hnsw"]),
     ("rerank_factor", &["flat"]),
+    ("rerank_top", &["hnsw"]),
     ("checkpoint_every", &["hnsw"]),
     ("no_resume", &["hnsw", "milvus"]),
     ("milvus_uri", &["milvus"]),
@@ -503,7 +521,7 @@ fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
         ));
     }
     let sq8 = a.quantize != r1s_index::Quantize::None;
-    let refused = crate::given_flags(&["no_rerank", "rerank_factor"]);
+    let refused = crate::given_flags(&["no_rerank", "rerank_factor", "rerank_top"]);
     if !sq8 && !refused.is_empty() {
         return usage(format!("{} are settings of --quantize sq8", refused.join(", ")));
     }
@@ -1247,6 +1265,7 @@ fn build_dense(
             quantize: a.quantize,
             rerank: !a.no_rerank,
             rerank_factor: a.rerank_factor.max(1),
+            rerank_top: a.rerank_top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         },
         checkpoint_every: a.checkpoint_every.max(1),
         resume: !a.no_resume,
@@ -1270,17 +1289,31 @@ fn build_dense(
     };
     let pool = rayon_pool(a.threads)?;
     if let Some(prev) = at.previous
-        && let Some(m) =
+        && let Some(current) =
             pool.install(|| r1s_index::up_to_date(prev, &out.join(r1s_index::EMBEDDINGS_FILE), kind, &params))?
     {
-        if !g.quiet {
-            println!(
-                "{}: this {:?} index of {} x {} vectors is already built with these settings over these embeddings: nothing to do",
-                at.shown.display(),
-                m.kind,
-                m.rows,
-                m.dim
-            );
+        let m = current.manifest();
+        let what = format!("this {:?} index of {} x {} vectors", m.kind, m.rows, m.dim);
+        match &current {
+            r1s_index::Current::Same(_) => {
+                if !g.quiet {
+                    println!(
+                        "{}: {what} is already built with these settings over these embeddings: nothing to do",
+                        at.shown.display()
+                    );
+                }
+            }
+            r1s_index::Current::Retuned(m) => {
+                // only search-time settings differ: the previous index takes them, nothing is rebuilt
+                r1s_index::write_manifest(prev, m)?;
+                if !g.quiet {
+                    println!(
+                        "{}: {what} differs only in search-time settings ({}): its manifest now has them, nothing was rebuilt (a running r1s serve takes them on SIGHUP)",
+                        at.shown.display(),
+                        search_settings(&m.params)
+                    );
+                }
+            }
         }
         return Ok(Built::Unchanged);
     }
@@ -1316,6 +1349,48 @@ fn build_dense(
         }
     }
     Ok(Built::New)
+}
+
+/// What `index eval` measures besides the index's own setting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EvalOptions<'a> {
+    /// HNSW ef values to sweep (empty: the index's default).
+    pub efs: &'a [usize],
+    /// HNSW SQ8 re-ranked candidates (None: the index's setting).
+    pub rerank_top: Option<usize>,
+    /// The exact top-k as JSONL id arrays, instead of the exact scan.
+    pub truth: Option<&'a Path>,
+    /// Where to save the embedded query vectors.
+    pub save: Option<&'a Path>,
+}
+
+/// `index eval --truth`: the first `nq` lines of `path`, each a JSON array of at least `k` row ids
+/// below `rows`, as hits (scores 0: recall reads the ids only).
+fn read_truth(path: &Path, nq: usize, k: usize, rows: u64) -> anyhow::Result<Vec<Vec<r1s_core::Scored>>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::with_capacity(nq.min(1 << 20));
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate().take(nq) {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let ids: Vec<u64> = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not a JSON array of row ids", path.display(), i + 1))?;
+        anyhow::ensure!(ids.len() >= k, "{} line {}: {} ids, k is {k}", path.display(), i + 1, ids.len());
+        if let Some(bad) = ids.iter().find(|&&r| r >= rows) {
+            anyhow::bail!("{} line {}: row {bad} is past the index's {rows} rows", path.display(), i + 1);
+        }
+        out.push(ids.into_iter().take(k).map(|r| (r, 0.0)).collect());
+    }
+    anyhow::ensure!(out.len() == nq, "{}: {} lines for {nq} queries", path.display(), out.len());
+    Ok(out)
+}
+
+/// `key value` pairs of the search-time settings in manifest `params`.
+fn search_settings(params: &serde_json::Value) -> String {
+    r1s_index::SEARCH_TIME_PARAMS
+        .iter()
+        .filter_map(|k| params.get(*k).map(|v| format!("{k} {v}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `index eval --answers`: answer recall@k of the index's retriever (and, for a hybrid index, of
@@ -1483,12 +1558,17 @@ pub(crate) fn index_eval(
     queries: &EvalQueries,
     k: usize,
     limit: Option<usize>,
-    efs: &[usize],
-    save: Option<&Path>,
+    o: &EvalOptions<'_>,
 ) -> anyhow::Result<()> {
+    let EvalOptions { efs, rerank_top, truth, save } = *o;
     use r1s_core::{Embedder, VectorIndex};
     let t = std::time::Instant::now();
-    let idx = r1s_index::OpenIndex::open(dir)?;
+    let mut idx = r1s_index::OpenIndex::open(dir)?;
+    if rerank_top.is_some() {
+        let sq8_graph = matches!(&idx.index, r1s_index::Index::Hnsw { graph, .. } if graph.codes().is_some());
+        usage(sq8_graph, "--rerank-top is a setting of hnsw indexes built with --quantize sq8")?;
+        idx.set_rerank_top(rerank_top);
+    }
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let dim = idx.manifest.dim;
     let (qv, nq, embed_note) = match queries {
@@ -1600,7 +1680,16 @@ pub(crate) fn index_eval(
             &own
         }
     };
-    let (exact, flat_qps) = timed(&|| flat.search(&qv, k))?;
+    let (exact, flat_qps) = match truth {
+        Some(path) => (
+            read_truth(path, nq, k.min(usize::try_from(idx.manifest.rows).unwrap_or(usize::MAX)), idx.manifest.rows)?,
+            None,
+        ),
+        None => {
+            let (e, qps) = timed(&|| flat.search(&qv, k))?;
+            (e, Some(qps))
+        }
+    };
     println!("{embed_note}; {} x {} vectors; k = {k}", idx.manifest.rows, idx.manifest.dim);
     println!("open {open_ms:.1} ms");
     println!("first query {first_ms:.1} ms");
@@ -1608,7 +1697,10 @@ pub(crate) fn index_eval(
         println!("resident after approximate searches {:.0} MiB", r as f64 / 1048576.0);
     }
     println!("{:<24} {:>10} {:>12}", "index", "recall@k", "queries/s");
-    println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, flat_qps);
+    match flat_qps {
+        Some(qps) => println!("{:<24} {:>10.4} {:>12.0}", "flat (exact)", 1.0, qps),
+        None => println!("{:<24} {:>10.4} {:>12}", "flat (exact)", 1.0, "--truth"),
+    }
     for (name, approx, qps) in rows {
         let r = r1s_index::recall_at_k(&exact, &approx, k);
         println!("{name:<24} {r:>10.4} {qps:>12.0}");

@@ -907,6 +907,30 @@ fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
     let again = build(&corpus, &["--kind", "hnsw"]);
     assert!(again.contains("already built") && again.contains("nothing to do"), "{again}");
     assert_eq!((ino("embeddings.npy"), ino("hnsw.r1s")), (npy, graph), "a no-op rewrote files");
+    // a search-time setting alone: the manifest takes it, the graph stays (same inode)
+    let ef = build(&corpus, &["--kind", "hnsw", "--ef-search", "96"]);
+    assert!(ef.contains("only in search-time settings") && ef.contains("ef_search 96"), "{ef}");
+    assert_eq!((ino("embeddings.npy"), ino("hnsw.r1s")), (npy, graph), "a new ef_search rebuilt the graph");
+    let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
+    assert_eq!(info["params"]["ef_search"], 96);
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    // --rerank-top belongs to hnsw sq8: refused elsewhere, when building and when measuring
+    let (c, i) = (corpus.to_str().unwrap(), idx.to_str().unwrap());
+    refused_with(
+        2,
+        &["index", "build", c, "--out", i, "--kind", "hnsw", "--rerank-top", "20"],
+        "settings of --quantize sq8",
+    );
+    refused_with(
+        2,
+        &["index", "build", c, "--out", i, "--kind", "flat", "--quantize", "sq8", "--rerank-top", "20"],
+        "does not apply to --kind flat",
+    );
+    refused_with(
+        2,
+        &["index", "eval", "--index", i, "--queries", src.to_str().unwrap(), "--rerank-top", "20"],
+        "--rerank-top is a setting of hnsw",
+    );
     let m16 = build(&corpus, &["--kind", "hnsw", "--m", "16"]);
     assert!(m16.contains("built in"), "{m16}");
     assert_eq!(ino("embeddings.npy"), npy, "the same vectors were embedded again");

@@ -108,9 +108,54 @@ pub fn dot4(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
     r.map(|v| dot_portable(q, v))
 }
 
-/// Inner product of an f32 vector with a row stored as f16 bits, converted eight at a time.
+/// AVX2 + FMA + F16C: sixteen f16 values per iteration widened in registers (`vcvtph2ps`), two
+/// 8-lane accumulators. The per-element conversion of the portable path made an HNSW build over f16
+/// vectors 13x slower than over SQ8 codes (20k rows: 33.9 s vs 2.6 s, tools/bench-scale).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_avx2(a: &[f32], b: &[u16]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 values at offsets i..i+8 < n of both slices (loop bounds below);
+    // the 16-byte loads of f16 bits are unaligned loads.
+    unsafe {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        while i + 16 <= n {
+            let h0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast()));
+            let h1 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8).cast()));
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), h0, s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), h1, s1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast())), s0);
+            i += 8;
+        }
+        let mut acc = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            acc += *pa.add(i) * half::f16::from_bits(*pb.add(i)).to_f32();
+            i += 1;
+        }
+        acc
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    static F16C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F16C.get_or_init(|| has_avx2() && is_x86_feature_detected!("f16c"))
+}
+
+/// Inner product of an f32 vector with a row stored as f16 bits (IEEE half precision).
 #[inline]
 pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
+        return unsafe { dot_f16_avx2(a, b) };
+    }
     let mut acc = 0.0f32;
     let mut buf = [0f32; 64];
     for (x, y) in a.chunks(64).zip(b.chunks(64)) {
@@ -286,6 +331,11 @@ mod tests {
         let bits: Vec<u16> = b.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
         let rounded: f32 = a.iter().zip(&bits).map(|(x, &y)| x * half::f16::from_bits(y).to_f32()).sum();
         assert!((dot_f16(&a, &bits) - rounded).abs() < 1e-4);
+        // every length around the 8- and 16-value steps of the F16C kernel, and its tail
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31, 33, 130] {
+            let want: f32 = a[..n].iter().zip(&bits[..n]).map(|(x, &y)| x * half::f16::from_bits(y).to_f32()).sum();
+            assert!((dot_f16(&a[..n], &bits[..n]) - want).abs() < 1e-4, "length {n}");
+        }
         let codes: Vec<u8> = (0..131).map(|i| (i * 37 % 256) as u8).collect();
         let want: f32 = a.iter().zip(&codes).map(|(x, &c)| x * f32::from(c)).sum();
         assert!((dot_u8(&a, &codes) - want).abs() < 1e-2, "{} vs {want}", dot_u8(&a, &codes));

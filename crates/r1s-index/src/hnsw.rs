@@ -1114,7 +1114,9 @@ impl HnswIndex {
         }
         let found = search_layer(g, v, &pq, &[ep], ef.max(k), 0, s);
         if self.codes.is_some() && self.quant.rerank {
-            return crate::sq8::rerank(&self.matrix, q, found.iter().map(|c| u64::from(c.id)), k);
+            // `found` is best first by code score: the re-ranked rows are its head
+            let top = self.quant.rerank_top.map_or(found.len(), |n| n.max(k));
+            return crate::sq8::rerank(&self.matrix, q, found.iter().take(top).map(|c| u64::from(c.id)), k);
         }
         found.into_iter().take(k).map(|c| (u64::from(c.id), -c.d)).collect()
     }

@@ -323,6 +323,14 @@ impl OpenIndex {
         Ok(())
     }
 
+    /// Sets how many of an HNSW SQ8 search's `ef` candidates are re-ranked exactly (see
+    /// [`QuantParams::rerank_top`]; `None`: all); other kinds ignore it.
+    pub fn set_rerank_top(&mut self, n: Option<usize>) {
+        if let Index::Hnsw { graph, .. } = &mut self.index {
+            graph.quant.rerank_top = n;
+        }
+    }
+
     /// Sets the search-time `ef` of an HNSW or FAISS HNSW index, `ef` or `nprobe` of a Milvus one
     /// (other kinds ignore it).
     pub fn set_ef_search(&mut self, ef: usize) -> Result<()> {
@@ -424,15 +432,58 @@ fn planned_params(kind: Kind, p: &BuildParams) -> Option<serde_json::Value> {
     })
 }
 
-/// The manifest of `dir` when it is a finished index that [`build`] of `kind` with `p` over the
-/// matrix `embeddings` (with its `embeddings.json` beside it) would make again: same kind and
-/// parameters, the same embedder and corpus, embeddings of the same shape, dtype and
-/// [`sq8::fingerprint`], and an index that opens. `None` otherwise — always for Milvus (its state
-/// is the server's) and for indexes built before manifests recorded the fingerprint. Reads the
-/// whole `embeddings.npy` once (the fingerprint) when everything else matches.
+/// Parameters of the manifest that steer only searching (HNSW and FAISS `ef_search`, SQ8
+/// re-ranking): a finished index takes new values without a rebuild ([`Current::Retuned`]).
+pub const SEARCH_TIME_PARAMS: &[&str] = &["ef_search", "rerank", "rerank_factor", "rerank_top"];
+
+/// What [`up_to_date`] found in a finished index.
+#[derive(Debug, Clone)]
+pub enum Current {
+    /// The index is what the build would make: nothing to do.
+    Same(IndexManifest),
+    /// The index is what the build would make but for [`SEARCH_TIME_PARAMS`]: the index's manifest
+    /// with the build's values, for [`write_manifest`] (no file but the manifest changes).
+    Retuned(IndexManifest),
+}
+
+impl Current {
+    /// The manifest the index has once this is applied.
+    pub fn manifest(&self) -> &IndexManifest {
+        match self {
+            Current::Same(m) | Current::Retuned(m) => m,
+        }
+    }
+}
+
+/// `params` without its [`SEARCH_TIME_PARAMS`].
+fn built_part(params: &serde_json::Value) -> serde_json::Value {
+    let mut p = params.clone();
+    if let Some(m) = p.as_object_mut() {
+        m.retain(|k, _| !SEARCH_TIME_PARAMS.contains(&k.as_str()));
+    }
+    p
+}
+
+/// Replaces the manifest of the finished index in `dir` atomically (a reader sees the old one or
+/// the new one), e.g. with [`Current::Retuned`]'s.
+///
+/// Errors: I/O on `dir`.
+pub fn write_manifest(dir: &Path, m: &IndexManifest) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(m).map_err(|e| IndexError::io(&path, e.into()))?;
+    write_atomic(&path, &json)
+}
+
+/// What the finished index in `dir` is to a build of `kind` with `p` over the
+/// matrix `embeddings` (with its `embeddings.json` beside it): [`Current::Same`] when the build would
+/// make it again — same kind and parameters, the same embedder and corpus, embeddings of the same
+/// shape, dtype and [`sq8::fingerprint`], and an index that opens — and [`Current::Retuned`] when
+/// only [`SEARCH_TIME_PARAMS`] differ. `None` otherwise — always for Milvus (its state is the
+/// server's) and for indexes built before manifests recorded the fingerprint. Reads the whole
+/// `embeddings.npy` once (the fingerprint) when everything else matches.
 ///
 /// Errors: only when `embeddings` cannot be read.
-pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) -> Result<Option<IndexManifest>> {
+pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) -> Result<Option<Current>> {
     let Ok(old) = read_json::<IndexManifest>(&dir.join(MANIFEST_FILE)) else {
         return Ok(None);
     };
@@ -446,7 +497,11 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
     let same_source = old.embedder["model_sha256"] == meta["model_sha256"]
         && old.embedder["preset"] == meta["preset"]
         && meta["corpus_id"].as_str() == Some(old.corpus_id.as_str());
-    if old.kind != kind || old.params != params || !same_source || old.embeddings_fingerprint.is_none() {
+    if old.kind != kind
+        || built_part(&old.params) != built_part(&params)
+        || !same_source
+        || old.embeddings_fingerprint.is_none()
+    {
         return Ok(None);
     }
     let matrix = Matrix::open(embeddings)?;
@@ -455,7 +510,10 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
     {
         return Ok(None);
     }
-    Ok(OpenIndex::open(dir).is_ok().then_some(old))
+    if OpenIndex::open(dir).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(if old.params == params { Current::Same(old) } else { Current::Retuned(IndexManifest { params, ..old }) }))
 }
 
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).

@@ -72,6 +72,11 @@ pub struct QuantParams {
     /// Flat SQ8: candidates re-ranked per query, as a multiple of k.
     #[serde(default = "four")]
     pub rerank_factor: usize,
+    /// HNSW SQ8: re-rank only the best `n` of the `ef` candidates by code score (at least k);
+    /// `None` re-ranks all of them. Fewer re-ranked rows touch fewer pages of `embeddings.npy`
+    /// (the search-run memory) at some recall (docs/scale.md measures the trade-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank_top: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -90,7 +95,7 @@ impl QuantParams {
 
 impl Default for QuantParams {
     fn default() -> Self {
-        QuantParams { quantize: Quantize::None, rerank: true, rerank_factor: 4 }
+        QuantParams { quantize: Quantize::None, rerank: true, rerank_factor: 4, rerank_top: None }
     }
 }
 

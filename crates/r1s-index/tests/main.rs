@@ -62,6 +62,28 @@ proptest! {
     }
 }
 
+/// One to three queries take the dot-product path over blocks split across threads: every row of
+/// every block (and the rows past the last multiple of four) is scored, f32 and f16.
+#[test]
+fn few_queries_over_many_blocks_equal_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, dim) = (70_003, 37);
+    let data = matrix(rows, dim, 11);
+    for (dtype, name) in [(Dtype::F32, "f32.npy"), (Dtype::F16, "f16.npy")] {
+        let path = dir.path().join(name);
+        write_npy(&path, dtype, rows, dim, &data);
+        let searched: Vec<f32> = match dtype {
+            Dtype::F16 => data.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+            _ => data.clone(),
+        };
+        let idx = FlatIndex::open(&path).unwrap();
+        for nq in 1..=3 {
+            let q = matrix(nq, dim, 12 + nq as u64);
+            same(&idx.search(&q, 25).unwrap(), &naive_search(&searched, dim, &q, 25));
+        }
+    }
+}
+
 #[test]
 fn f16_storage_searches_the_rounded_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,7 +358,7 @@ proptest! {
             let kth = all[k.min(rows) - 1].1;
             depth = depth.max(all.iter().filter(|h| h.1 >= kth - 2.0 * eps).count());
         }
-        let quant = QuantParams { quantize: Quantize::Sq8, rerank: true, rerank_factor: depth.div_ceil(k) };
+        let quant = QuantParams { quantize: Quantize::Sq8, rerank: true, rerank_factor: depth.div_ceil(k), rerank_top: None };
         let idx = Sq8FlatIndex::new(codes, Matrix::open(&npy).unwrap(), quant).unwrap();
         let got = idx.search(&q, k).unwrap();
         let want: Vec<Vec<(u64, f32)>> = exact.iter().map(|h| h[..k.min(rows)].to_vec()).collect();
@@ -380,6 +402,28 @@ fn hnsw_sq8_walks_codes_and_reranks_exactly() {
             assert!((s - want).abs() < 1e-4, "row {r}: {s} vs {want}");
         }
     }
+    // --rerank-top: all ef candidates (or more) is the default; only the k best by code score
+    // re-ranked is a re-ordering of the codes' own top k, exact scores, at a recall between the two
+    idx.set_rerank_top(Some(usize::MAX));
+    assert_eq!(idx.search(&q, 10).unwrap(), got);
+    idx.set_rerank_top(Some(10));
+    let few = idx.search(&q, 10).unwrap();
+    idx.set_rerank(false);
+    let coarse = idx.search(&q, 10).unwrap();
+    for ((f, c), qv) in few.iter().zip(&coarse).zip(q.chunks_exact(dim)) {
+        let mut fr: Vec<u64> = f.iter().map(|h| h.0).collect();
+        let mut cr: Vec<u64> = c.iter().map(|h| h.0).collect();
+        fr.sort_unstable();
+        cr.sort_unstable();
+        assert_eq!(fr, cr);
+        for &(r, s) in f {
+            let want: f32 = data[r as usize * dim..][..dim].iter().zip(qv).map(|(a, b)| a * b).sum();
+            assert!((s - want).abs() < 1e-4, "row {r}: {s} vs {want}");
+        }
+    }
+    idx.set_rerank(true);
+    idx.set_rerank_top(None);
+    assert_eq!(idx.search(&q, 10).unwrap(), got);
     // without re-ranking: code scores, close to the exact ones
     idx.set_rerank(false);
     let coarse = idx.search(&q, 10).unwrap();
@@ -609,7 +653,26 @@ fn fingerprint_covers_the_whole_file_and_up_to_date_sees_every_change() {
     let built = r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
     assert_eq!(built.embeddings_fingerprint, Some(format!("{before:016x}")));
     let up = r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &p).unwrap();
-    assert_eq!(up.as_ref().map(|m| m.params.clone()), Some(built.params.clone()));
+    assert!(matches!(&up, Some(r1s_index::Current::Same(m)) if m.params == built.params), "{up:?}");
+    // a search-time setting alone: the same graph, a manifest to rewrite
+    let ef = BuildParams { hnsw: HnswParams { ef_search: 128, ..p.hnsw }, ..p.clone() };
+    match r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &ef).unwrap() {
+        Some(r1s_index::Current::Retuned(m)) => {
+            assert_eq!(m.params["ef_search"], 128);
+            assert_eq!(m.params["m"], built.params["m"]);
+            let graph = std::fs::read(dir.join(r1s_index::hnsw::GRAPH_FILE)).unwrap();
+            r1s_index::write_manifest(&dir, &m).unwrap();
+            let opened = r1s_index::OpenIndex::open(&dir).unwrap();
+            assert_eq!(opened.manifest.params["ef_search"], 128);
+            assert_eq!(std::fs::read(dir.join(r1s_index::hnsw::GRAPH_FILE)).unwrap(), graph);
+            assert!(matches!(
+                r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &ef).unwrap(),
+                Some(r1s_index::Current::Same(_))
+            ));
+            r1s_index::write_manifest(&dir, &built).unwrap();
+        }
+        other => panic!("an ef_search change should retune, not {other:?}"),
+    }
     // another kind or another parameter: not up to date
     assert!(r1s_index::up_to_date(&dir, &npy, Kind::Flat, &p).unwrap().is_none());
     let m16 = BuildParams { hnsw: HnswParams { m: 16, ..p.hnsw }, ..p.clone() };
