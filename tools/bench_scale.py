@@ -225,14 +225,19 @@ def distributions(real_sets, proxy_path, q, seed, threads):
     return rows
 
 
-def proxy_row_nn(path, seed, threads):
-    """Nearest other row of 1,000 random proxy rows over all rows: the near-copy check at full size."""
+def row_probes(path, seed):
+    """1,000 random rows of the proxy (sorted row ids and their vectors as f32) for the near-copy check."""
     x = np.load(path, mmap_mode="r")
     probe = np.sort(np.random.default_rng(seed + 3).choice(len(x), 1000, replace=False))
-    top, _ = exact(path, np.ascontiguousarray(x[probe]), [len(x)], 2, threads)
-    s, i = top[len(x)]
+    return probe, np.ascontiguousarray(x[probe], dtype=np.float32)
+
+
+def proxy_row_nn(n, probe, top):
+    """Nearest other row of the probe rows over all n rows (from the exact pass's top-k of the probes,
+    searched together with the queries: one read of the vectors): the near-copy check at full size."""
+    s, i = top
     r1 = np.where(i[:, 0] == probe, s[:, 1], s[:, 0])
-    return {"set": f"proxy, all {len(x):,} rows (1,000 probe rows)", "rows": len(x), "row_nn": pct(r1),
+    return {"set": f"proxy, all {n:,} rows (1,000 probe rows)", "rows": n, "row_nn": pct(r1),
             "near_copies": float(np.mean(r1 >= 0.95))}
 
 
@@ -615,10 +620,14 @@ def main():
         dpath = bigfile if big >= len(pool) else proxy(pool, len(pool), a.seed, pp, a.work, sources, a.dtype)
         dist = distributions([(f"{kind} R1-Searcher passages + sample corpus", pool),
                               (f"{kind} R1-Searcher passages", r1)], dpath, q, a.seed, a.threads)
-        dist.append(proxy_row_nn(bigfile, a.seed, a.threads))
 
     say("exact top-10 (faiss IndexFlatIP) of the proxy sizes and the real set, one blockwise pass")
-    truth, exact_qps = exact(bigfile, q, a.sizes, K, a.threads)
+    probe, probe_vecs = row_probes(bigfile, a.seed) if not a.no_distributions else (None, q[:0])
+    both, exact_qps = exact(bigfile, np.vstack([q, probe_vecs]), a.sizes, K, a.threads)
+    truth = {n: (s_[:len(q)], i_[:len(q)]) for n, (s_, i_) in both.items()}
+    if probe is not None:
+        s_, i_ = both[big]
+        dist.append(proxy_row_nn(big, probe, (s_[len(q):], i_[len(q):])))
     r1_path = paths["r1"]
     rtruth, rexact_qps = exact(r1_path, q, [len(r1)], K, a.threads)
 

@@ -123,10 +123,11 @@ pub(crate) struct IndexBuildArgs {
     /// flat sq8: candidates re-ranked per query, as a multiple of k.
     #[arg(long, default_value_t = 4)]
     rerank_factor: usize,
-    /// hnsw sq8: re-rank only the N best of the ef candidates by code score (at least k; default:
-    /// all of them). Fewer re-ranked rows read fewer pages of embeddings.npy per query, at some
-    /// recall (docs/scale.md). A search-time setting: changing it on a finished index rewrites only
-    /// its manifest.
+    /// hnsw sq8: re-rank only the N best of the ef candidates by code score (raised to k when
+    /// smaller; default: all of them). Fewer re-ranked rows read fewer pages of embeddings.npy per
+    /// query, at some recall (measured in the project's docs/scale.md). Search-time settings
+    /// (--ef-search, --no-rerank, --rerank-factor, --rerank-top) changed alone on a finished index
+    /// rewrite only its manifest.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rerank_top: Option<u64>,
     /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
@@ -523,7 +524,15 @@ fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
     let sq8 = a.quantize != r1s_index::Quantize::None;
     let refused = crate::given_flags(&["no_rerank", "rerank_factor", "rerank_top"]);
     if !sq8 && !refused.is_empty() {
-        return usage(format!("{} are settings of --quantize sq8", refused.join(", ")));
+        let (verb, what) = if refused.len() == 1 { ("is", "a setting") } else { ("are", "settings") };
+        return usage(format!("{} {verb} {what} of --quantize sq8", refused.join(", ")));
+    }
+    let refused = crate::given_flags(&["rerank_factor", "rerank_top"]);
+    if a.no_rerank && !refused.is_empty() {
+        return usage(format!("{} choose what is re-ranked: not with --no-rerank", refused.join(", ")));
+    }
+    if a.ef_search == 0 || a.ef_construction == 0 || a.rerank_factor == 0 {
+        return usage("--ef-search, --ef-construction and --rerank-factor must be at least 1".into());
     }
     let ingests = a.input.as_deref().is_some_and(|i| !is_corpus_dir(i));
     let refused = crate::given_flags(&["corpus_out", "format", "skip_bad", "chunking"]);
@@ -875,7 +884,8 @@ fn seed_embeddings(out: &Path, side: &Path, corpus: Option<&Path>) -> anyhow::Re
         let embedded: Option<String> = std::fs::read(&meta)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|m| m["corpus_id"].as_str().map(str::to_owned));
+            // embeddings written by another tool may not say which corpus they embed: ""
+            .map(|m| m["corpus_id"].as_str().unwrap_or_default().to_owned());
         let Some(embedded) = embedded else { continue };
         if corpus_id.as_ref().is_some_and(|id| *id != embedded) || !from.join(r1s_index::EMBEDDINGS_FILE).is_file() {
             continue;
@@ -1293,7 +1303,8 @@ fn build_dense(
             pool.install(|| r1s_index::up_to_date(prev, &out.join(r1s_index::EMBEDDINGS_FILE), kind, &params))?
     {
         let m = current.manifest();
-        let what = format!("this {:?} index of {} x {} vectors", m.kind, m.rows, m.dim);
+        let sq8 = if m.params["quantize"] == "sq8" { " sq8" } else { "" };
+        let what = format!("this {}{sq8} index of {} x {} vectors", m.kind.name(), m.rows, m.dim);
         match &current {
             r1s_index::Current::Same(_) => {
                 if !g.quiet {
@@ -1303,14 +1314,19 @@ fn build_dense(
                     );
                 }
             }
-            r1s_index::Current::Retuned(m) => {
+            r1s_index::Current::Retuned { to, .. } => {
                 // only search-time settings differ: the previous index takes them, nothing is rebuilt
-                r1s_index::write_manifest(prev, m)?;
+                r1s_index::write_manifest(prev, to)?;
                 if !g.quiet {
+                    let changes: Vec<String> = current
+                        .changes()
+                        .iter()
+                        .map(|(k, from, to)| format!("{k} {} -> {}", shown(from), shown(to)))
+                        .collect();
                     println!(
                         "{}: {what} differs only in search-time settings ({}): its manifest now has them, nothing was rebuilt (a running r1s serve takes them on SIGHUP)",
                         at.shown.display(),
-                        search_settings(&m.params)
+                        changes.join(", ")
                     );
                 }
             }
@@ -1364,33 +1380,55 @@ pub(crate) struct EvalOptions<'a> {
     pub save: Option<&'a Path>,
 }
 
-/// `index eval --truth`: the first `nq` lines of `path`, each a JSON array of at least `k` row ids
-/// below `rows`, as hits (scores 0: recall reads the ids only).
+/// `index eval --truth`: the first `nq` lines of `path` (lines past them are not read: `--limit`
+/// takes the first queries), each a JSON array of at least `k` distinct row ids below `rows`, as
+/// hits (scores 0: recall reads the ids only).
+///
+/// Errors: I/O; [`r1s_index::IndexError::BadFile`] naming the line of a malformed record.
 fn read_truth(path: &Path, nq: usize, k: usize, rows: u64) -> anyhow::Result<Vec<Vec<r1s_core::Scored>>> {
     use std::io::BufRead;
+    let bad = |line: usize, why: String| r1s_index::IndexError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("--truth line {line}: {why}"),
+    };
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::with_capacity(nq.min(1 << 20));
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate().take(nq) {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let ids: Vec<u64> = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not a JSON array of row ids", path.display(), i + 1))?;
-        anyhow::ensure!(ids.len() >= k, "{} line {}: {} ids, k is {k}", path.display(), i + 1, ids.len());
-        if let Some(bad) = ids.iter().find(|&&r| r >= rows) {
-            anyhow::bail!("{} line {}: row {bad} is past the index's {rows} rows", path.display(), i + 1);
+    let mut reader = std::io::BufReader::new(f);
+    let mut buf = Vec::new();
+    while out.len() < nq {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let line = out.len() + 1;
+        if n == 0 {
+            return Err(
+                bad(line, format!("the file ends after {} lines, {nq} queries need one each", out.len())).into()
+            );
         }
-        out.push(ids.into_iter().take(k).map(|r| (r, 0.0)).collect());
+        let text = std::str::from_utf8(&buf).map_err(|e| bad(line, format!("not UTF-8 ({e})")))?;
+        let ids: Vec<u64> = serde_json::from_str(text.trim_end())
+            .map_err(|e| bad(line, format!("not a JSON array of row ids ({e})")))?;
+        let top = &ids[..ids.len().min(k)];
+        if top.len() < k {
+            return Err(bad(line, format!("{} ids, k is {k}", ids.len())).into());
+        }
+        if let Some(r) = top.iter().find(|&&r| r >= rows) {
+            return Err(bad(line, format!("row {r} is past the index's {rows} rows")).into());
+        }
+        let distinct: std::collections::HashSet<u64> = top.iter().copied().collect();
+        if distinct.len() < top.len() {
+            return Err(bad(line, "a row id repeats in the top k".into()).into());
+        }
+        out.push(top.iter().map(|&r| (r, 0.0)).collect());
     }
-    anyhow::ensure!(out.len() == nq, "{}: {} lines for {nq} queries", path.display(), out.len());
     Ok(out)
 }
 
-/// `key value` pairs of the search-time settings in manifest `params`.
-fn search_settings(params: &serde_json::Value) -> String {
-    r1s_index::SEARCH_TIME_PARAMS
-        .iter()
-        .filter_map(|k| params.get(*k).map(|v| format!("{k} {v}")))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A manifest value as a user gave it (`null`: not set, the default).
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "default".into(),
+        other => other.to_string(),
+    }
 }
 
 /// `index eval --answers`: answer recall@k of the index's retriever (and, for a hybrid index, of
@@ -1563,10 +1601,14 @@ pub(crate) fn index_eval(
     let EvalOptions { efs, rerank_top, truth, save } = *o;
     use r1s_core::{Embedder, VectorIndex};
     let t = std::time::Instant::now();
+    usage(k >= 1, "-k must be at least 1")?;
+    usage(!efs.contains(&0), "--ef values must be at least 1")?;
     let mut idx = r1s_index::OpenIndex::open(dir)?;
     if rerank_top.is_some() {
         let sq8_graph = matches!(&idx.index, r1s_index::Index::Hnsw { graph, .. } if graph.codes().is_some());
         usage(sq8_graph, "--rerank-top is a setting of hnsw indexes built with --quantize sq8")?;
+        let reranks = matches!(&idx.index, r1s_index::Index::Hnsw { graph, .. } if graph.quant.rerank);
+        usage(reranks, "--rerank-top: this index was built with --no-rerank, it re-ranks nothing")?;
         idx.set_rerank_top(rerank_top);
     }
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -1596,6 +1638,11 @@ pub(crate) fn index_eval(
             (qv, n as usize, format!("{n} query vectors from {}", path.display()))
         }
     };
+    // a bad --truth fails before minutes of searching
+    let index_rows = idx.manifest.rows;
+    let given_truth = truth
+        .map(|path| read_truth(path, nq, k.min(usize::try_from(index_rows).unwrap_or(usize::MAX)), index_rows))
+        .transpose()?;
     // one query alone, on whatever the page cache holds now (cold after a drop)
     let t = std::time::Instant::now();
     idx.search(&qv[..dim.min(qv.len())], k)?;
@@ -1680,11 +1727,8 @@ pub(crate) fn index_eval(
             &own
         }
     };
-    let (exact, flat_qps) = match truth {
-        Some(path) => (
-            read_truth(path, nq, k.min(usize::try_from(idx.manifest.rows).unwrap_or(usize::MAX)), idx.manifest.rows)?,
-            None,
-        ),
+    let (exact, flat_qps) = match given_truth {
+        Some(t) => (t, None),
         None => {
             let (e, qps) = timed(&|| flat.search(&qv, k))?;
             (e, Some(qps))

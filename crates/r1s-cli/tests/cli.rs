@@ -882,6 +882,28 @@ fn index_build_out_refuses_what_it_would_destroy() {
     assert!(first.wait().unwrap().success());
 }
 
+/// Embeddings written by another tool need not name their corpus (no "corpus_id" in
+/// embeddings.json): such an index is rebuilt, retuned and found up to date like any other.
+#[test]
+fn embeddings_without_a_corpus_id_can_be_built_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = some_passages(dir.path(), 60);
+    let corpus = dir.path().join("corpus");
+    ok(r1s().args(["-q", "corpus", "ingest"]).arg(&src).arg("--out").arg(&corpus));
+    let idx = dir.path().join("idx");
+    ok(r1s().args(["-q", "embed", "-j", "2", "--corpus"]).arg(&corpus).arg("--out").arg(&idx));
+    let meta = idx.join("embeddings.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("corpus_id");
+    std::fs::write(&meta, serde_json::to_vec(&m).unwrap()).unwrap();
+    let build = |args: &[&str]| ok(r1s().args(["index", "build", "--kind", "hnsw", "--out"]).arg(&idx).args(args));
+    assert!(build(&[]).contains("built in"));
+    assert!(build(&[]).contains("nothing to do"));
+    assert!(build(&["--ef-search", "96"]).contains("only in search-time settings"));
+    assert!(build(&["--m", "16"]).contains("built in"));
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
 /// #36: a finished index in --out is rebuilt beside it and swapped in whole: the same build again
 /// is a no-op that says so; another parameter builds a new graph over the same vectors (not
 /// embedded again); a rebuild killed mid-way leaves the previous index answering as before, and
@@ -909,7 +931,7 @@ fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
     assert_eq!((ino("embeddings.npy"), ino("hnsw.r1s")), (npy, graph), "a no-op rewrote files");
     // a search-time setting alone: the manifest takes it, the graph stays (same inode)
     let ef = build(&corpus, &["--kind", "hnsw", "--ef-search", "96"]);
-    assert!(ef.contains("only in search-time settings") && ef.contains("ef_search 96"), "{ef}");
+    assert!(ef.contains("only in search-time settings") && ef.contains("ef_search 64 -> 96"), "{ef}");
     assert_eq!((ino("embeddings.npy"), ino("hnsw.r1s")), (npy, graph), "a new ef_search rebuilt the graph");
     let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&idx))).unwrap();
     assert_eq!(info["params"]["ef_search"], 96);
@@ -919,7 +941,7 @@ fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
     refused_with(
         2,
         &["index", "build", c, "--out", i, "--kind", "hnsw", "--rerank-top", "20"],
-        "settings of --quantize sq8",
+        "is a setting of --quantize sq8",
     );
     refused_with(
         2,
@@ -931,6 +953,32 @@ fn a_rebuild_is_swapped_in_whole_and_a_rerun_is_a_no_op() {
         &["index", "eval", "--index", i, "--queries", src.to_str().unwrap(), "--rerank-top", "20"],
         "--rerank-top is a setting of hnsw",
     );
+    let sq8 = ["index", "build", c, "--out", i, "--kind", "hnsw", "--quantize", "sq8"];
+    refused_with(2, &[&sq8[..], &["--no-rerank", "--rerank-top", "20"]].concat(), "not with --no-rerank");
+    refused_with(2, &["index", "build", c, "--out", i, "--kind", "hnsw", "--ef-search", "0"], "must be at least 1");
+    refused_with(
+        2,
+        &["index", "eval", "--index", i, "--queries", src.to_str().unwrap(), "-k", "0"],
+        "-k must be at least 1",
+    );
+    // --truth: a malformed line is named (exit 65) before any search runs
+    let qs = dir.path().join("qs.txt");
+    std::fs::write(&qs, "first question\nsecond question\n").unwrap();
+    let truth = dir.path().join("truth.jsonl");
+    let eval_truth = |body: &str, needle: &str| {
+        std::fs::write(&truth, body).unwrap();
+        let args = ["index", "eval", "--index", i, "--queries", qs.to_str().unwrap(), "-k", "2", "--truth"];
+        refused_with(65, &[&args[..], &[truth.to_str().unwrap()]].concat(), needle);
+    };
+    eval_truth("[0, 1]\n", "--truth line 2: the file ends after 1 lines");
+    eval_truth("[0, 1]\n[3]\n", "--truth line 2: 1 ids, k is 2");
+    eval_truth("[0, 1]\n[3, 3]\n", "--truth line 2: a row id repeats");
+    eval_truth("[0, 100000]\n[1, 2]\n", "--truth line 1: row 100000 is past the index's");
+    eval_truth("{\"a\": 1}\n[1, 2]\n", "--truth line 1: not a JSON array of row ids");
+    std::fs::write(&truth, "[0, 1]\n[2, 3]\n[garbage past the queries\n").unwrap();
+    let out =
+        ok(r1s().args(["index", "eval", "--index", i, "--queries"]).arg(&qs).args(["-k", "2", "--truth"]).arg(&truth));
+    assert!(out.contains("--truth"), "{out}");
     let m16 = build(&corpus, &["--kind", "hnsw", "--m", "16"]);
     assert!(m16.contains("built in"), "{m16}");
     assert_eq!(ino("embeddings.npy"), npy, "the same vectors were embedded again");
@@ -1264,7 +1312,7 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
     refused_with(
         2,
         &["index", "build", &s, "--out", &out, "--kind", "flat", "--no-rerank"],
-        "settings of --quantize sq8",
+        "is a setting of --quantize sq8",
     );
     refused_with(2, &["index", "build", &s, "--out", &out, "--kind", "bm25", "--dtype", "f16"], "nothing is embedded");
     refused_with(2, &["corpus", "ingest", &s, "--out", &out, "--words", "20"], "passages already");

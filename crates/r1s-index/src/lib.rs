@@ -441,17 +441,30 @@ pub const SEARCH_TIME_PARAMS: &[&str] = &["ef_search", "rerank", "rerank_factor"
 pub enum Current {
     /// The index is what the build would make: nothing to do.
     Same(IndexManifest),
-    /// The index is what the build would make but for [`SEARCH_TIME_PARAMS`]: the index's manifest
-    /// with the build's values, for [`write_manifest`] (no file but the manifest changes).
-    Retuned(IndexManifest),
+    /// The index is what the build would make but for [`SEARCH_TIME_PARAMS`]: `to` is the index's
+    /// manifest `from` with the build's values, for [`write_manifest`] (no file but the manifest
+    /// changes).
+    Retuned { from: Box<IndexManifest>, to: IndexManifest },
 }
 
 impl Current {
     /// The manifest the index has once this is applied.
     pub fn manifest(&self) -> &IndexManifest {
         match self {
-            Current::Same(m) | Current::Retuned(m) => m,
+            Current::Same(m) | Current::Retuned { to: m, .. } => m,
         }
+    }
+
+    /// The search-time settings that change, as `(name, from, to)`.
+    pub fn changes(&self) -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
+        let Current::Retuned { from, to } = self else { return Vec::new() };
+        SEARCH_TIME_PARAMS
+            .iter()
+            .filter_map(|k| {
+                let (a, b) = (from.params.get(*k).cloned(), to.params.get(*k).cloned());
+                (a != b).then(|| (*k, a.unwrap_or(serde_json::Value::Null), b.unwrap_or(serde_json::Value::Null)))
+            })
+            .collect()
     }
 }
 
@@ -496,7 +509,8 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
     };
     let same_source = old.embedder["model_sha256"] == meta["model_sha256"]
         && old.embedder["preset"] == meta["preset"]
-        && meta["corpus_id"].as_str() == Some(old.corpus_id.as_str());
+        // embeddings written by another tool may not name a corpus: build records ""
+        && meta["corpus_id"].as_str().unwrap_or_default() == old.corpus_id;
     if old.kind != kind
         || built_part(&old.params) != built_part(&params)
         || !same_source
@@ -513,7 +527,11 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
     if OpenIndex::open(dir).is_err() {
         return Ok(None);
     }
-    Ok(Some(if old.params == params { Current::Same(old) } else { Current::Retuned(IndexManifest { params, ..old }) }))
+    Ok(Some(if old.params == params {
+        Current::Same(old)
+    } else {
+        Current::Retuned { to: IndexManifest { params, ..old.clone() }, from: Box::new(old) }
+    }))
 }
 
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).

@@ -657,7 +657,9 @@ fn fingerprint_covers_the_whole_file_and_up_to_date_sees_every_change() {
     // a search-time setting alone: the same graph, a manifest to rewrite
     let ef = BuildParams { hnsw: HnswParams { ef_search: 128, ..p.hnsw }, ..p.clone() };
     match r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &ef).unwrap() {
-        Some(r1s_index::Current::Retuned(m)) => {
+        Some(current @ r1s_index::Current::Retuned { .. }) => {
+            assert_eq!(current.changes(), vec![("ef_search", serde_json::json!(64), serde_json::json!(128))]);
+            let m = current.manifest().clone();
             assert_eq!(m.params["ef_search"], 128);
             assert_eq!(m.params["m"], built.params["m"]);
             let graph = std::fs::read(dir.join(r1s_index::hnsw::GRAPH_FILE)).unwrap();
