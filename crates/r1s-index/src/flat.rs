@@ -198,10 +198,12 @@ pub struct FlatIndex {
 /// Rows per block: enough to amortise the matrix product, small enough for the cache.
 const BLOCK_FLOATS: usize = 1 << 21;
 
-/// Below this many queries a block is scored by dot products row by row instead of a matrix
-/// product: `sgemm` packs the whole block before it multiplies, which for one query costs more than
-/// the product (one query over 14k × 384 rows: 3.0 ms through sgemm, tools/bench-py).
-const GEMV_QUERIES: usize = 4;
+/// Below this many queries the rows are split into more, smaller blocks, so that one query keeps
+/// every thread busy (a single block of up to 65,536 rows ran on one thread). Every query's scores
+/// come from the same matrix product whatever the batch: a per-query kernel for small batches was
+/// tried and withdrawn, because a query's scores then differed in the last bits with the batch it
+/// landed in (`r1s serve` batches concurrent requests, and answers the same request identically).
+const FEW_QUERIES: usize = 4;
 
 impl FlatIndex {
     pub fn open(embeddings: &Path) -> Result<FlatIndex> {
@@ -260,8 +262,7 @@ pub(crate) fn scan<B: Blocks>(blocks: &B, queries: &[f32], k: usize) -> Result<V
     }
     // never more hits than rows (a huge k must not size the heaps)
     let k = k.min(usize::try_from(rows).unwrap_or(usize::MAX));
-    let block_rows = if nq < GEMV_QUERIES {
-        // a few queries: enough blocks for every thread, none so small that the task costs show
+    let block_rows = if nq < FEW_QUERIES {
         rows.div_ceil(4 * rayon::current_num_threads() as u64).clamp(4096, 65_536)
     } else {
         (BLOCK_FLOATS / nq.max(1)).clamp(256, 65_536) as u64
@@ -278,33 +279,27 @@ pub(crate) fn scan<B: Blocks>(blocks: &B, queries: &[f32], k: usize) -> Result<V
                 let block = blocks.block(start, end, conv);
                 scores.clear();
                 scores.resize(nq * n, 0.0);
-                if nq < GEMV_QUERIES {
-                    for (q, out) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(n)) {
-                        gemv(block, d, q, out);
-                    }
-                } else {
-                    // scores[nq, n] = queries[nq, d] · block[n, d]ᵀ
-                    // SAFETY: the pointers and strides describe the live slices above exactly:
-                    // queries is nq×d row-major, block is n×d row-major (read as d×n via strides),
-                    // scores is nq×n row-major.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            nq,
-                            d,
-                            n,
-                            1.0,
-                            queries.as_ptr(),
-                            d as isize,
-                            1,
-                            block.as_ptr(),
-                            1,
-                            d as isize,
-                            0.0,
-                            scores.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        );
-                    }
+                // scores[nq, n] = queries[nq, d] · block[n, d]ᵀ
+                // SAFETY: the pointers and strides describe the live slices above exactly:
+                // queries is nq×d row-major, block is n×d row-major (read as d×n via strides),
+                // scores is nq×n row-major.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        nq,
+                        d,
+                        n,
+                        1.0,
+                        queries.as_ptr(),
+                        d as isize,
+                        1,
+                        block.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        scores.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
                 }
                 scores
                     .chunks_exact(n)
@@ -328,23 +323,6 @@ pub(crate) fn scan<B: Blocks>(blocks: &B, queries: &[f32], k: usize) -> Result<V
         }
     }
     Ok(merged.into_iter().map(TopK::into_sorted).collect())
-}
-
-/// `out[j] = block[j] · q` for the `out.len()` rows of the row-major `block` (`dim` floats each), four
-/// rows per step.
-fn gemv(block: &[f32], dim: usize, q: &[f32], out: &mut [f32]) {
-    let fours = block.chunks_exact(4 * dim);
-    let rest = fours.remainder();
-    let mut outs = out.chunks_exact_mut(4);
-    for (o, r) in (&mut outs).zip(fours) {
-        let (a, r) = r.split_at(dim);
-        let (b, r) = r.split_at(dim);
-        let (c, e) = r.split_at(dim);
-        o.copy_from_slice(&crate::distance::dot4(q, [a, b, c, e]));
-    }
-    for (o, r) in outs.into_remainder().iter_mut().zip(rest.chunks_exact(dim)) {
-        *o = crate::distance::dot(q, r);
-    }
 }
 
 /// Brute force, one dot product at a time: the reference the optimised search is tested against.

@@ -62,8 +62,9 @@ proptest! {
     }
 }
 
-/// One to three queries take the dot-product path over blocks split across threads: every row of
-/// every block (and the rows past the last multiple of four) is scored, f32 and f16.
+/// One to three queries are scanned in blocks split across threads: every row of every block is
+/// scored, f32 and f16; and a query's hits are the same, bit for bit, alone or in any batch (a
+/// server batches concurrent requests).
 #[test]
 fn few_queries_over_many_blocks_equal_brute_force() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +81,11 @@ fn few_queries_over_many_blocks_equal_brute_force() {
         for nq in 1..=3 {
             let q = matrix(nq, dim, 12 + nq as u64);
             same(&idx.search(&q, 25).unwrap(), &naive_search(&searched, dim, &q, 25));
+        }
+        let batch = matrix(40, dim, 99);
+        let together = idx.search(&batch, 10).unwrap();
+        for (i, q) in batch.chunks_exact(dim).enumerate() {
+            assert_eq!(idx.search(q, 10).unwrap()[0], together[i], "query {i} alone vs in a batch of 40");
         }
     }
 }
