@@ -1716,20 +1716,24 @@ pub(crate) fn index_eval(
         r1s_index::Index::Flat(_) => {}
     }
     let resident = r1s_core::mem::rss_bytes();
-    // a Milvus index's reference is the embeddings.npy it was built from, when it is still there
-    let own;
-    let flat = match idx.flat() {
-        Some(f) => f,
-        None => {
-            own = r1s_index::FlatIndex::open(&idx.dir.join(r1s_index::EMBEDDINGS_FILE)).with_context(|| {
-                format!("{}: recall needs the exact reference, embeddings.npy (kept by index build)", idx.dir.display())
-            })?;
-            &own
-        }
-    };
     let (exact, flat_qps) = match given_truth {
         Some(t) => (t, None),
         None => {
+            // without --truth only: a Milvus index's reference is the embeddings.npy it was built
+            // from, when it is still there
+            let own;
+            let flat = match idx.flat() {
+                Some(f) => f,
+                None => {
+                    own = r1s_index::FlatIndex::open(&idx.dir.join(r1s_index::EMBEDDINGS_FILE)).with_context(|| {
+                        format!(
+                            "{}: recall needs the exact reference, embeddings.npy (kept by index build)",
+                            idx.dir.display()
+                        )
+                    })?;
+                    &own
+                }
+            };
             let (e, qps) = timed(&|| flat.search(&qv, k))?;
             (e, Some(qps))
         }
