@@ -158,11 +158,29 @@ def disk_needed(sizes, d, dtype, variants_at):
     for n in sizes:
         b = (n * d * np.dtype(NP[dtype]).itemsize if n < big else 0)
         for v in variants_at(n):
-            b += n * (2 * M * 4 + 16)
+            # r1s keeps its last checkpoint of the graph while writing the next one or the graph itself
+            b += n * (2 * M * 4 + 16) * (2 if v.startswith("r1s") else 1)
             b += {"r1s hnsw sq8": n * d, "faiss IndexHNSWFlat": n * d * 4, "faiss IndexHNSWSQ": n * d,
                   "hnswlib": n * d * 4}.get(v, 0)
         peak = max(peak, b)
     return big * d * np.dtype(NP[dtype]).itemsize + peak
+
+
+def exact_cached(path, q, sizes, k, threads):
+    """exact() of a proxy, kept beside it (the pass over 21M rows takes about ten minutes): reused while
+    the proxy, the queries, the sizes and k are the same, and removed with the proxy."""
+    import hashlib
+    key = hashlib.sha256(np.ascontiguousarray(q).tobytes() + json.dumps([sorted(sizes), k]).encode()).hexdigest()[:16]
+    cache = path[:-4] + f".exact-{key}.npz"
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        z = np.load(cache)
+        say(f"exact top-{k}: reusing {cache} (its scan ran at {float(z['qps']):.1f} queries/s)")
+        return {int(n): (z[f"s{n}"], z[f"i{n}"]) for n in sizes}, float(z["qps"])
+    both, qps = exact(path, q, sizes, k, threads)
+    tmp = cache + ".part.npz"
+    np.savez(tmp, qps=qps, **{f"s{n}": s_ for n, (s_, _) in both.items()}, **{f"i{n}": i_ for n, (_, i_) in both.items()})
+    os.replace(tmp, cache)
+    return both, qps
 
 
 def exact(path, q, sizes, k, threads):
@@ -623,7 +641,7 @@ def main():
 
     say("exact top-10 (faiss IndexFlatIP) of the proxy sizes and the real set, one blockwise pass")
     probe, probe_vecs = row_probes(bigfile, a.seed) if not a.no_distributions else (None, q[:0])
-    both, exact_qps = exact(bigfile, np.vstack([q, probe_vecs]), a.sizes, K, a.threads)
+    both, exact_qps = exact_cached(bigfile, np.vstack([q, probe_vecs]), a.sizes, K, a.threads)
     truth = {n: (s_[:len(q)], i_[:len(q)]) for n, (s_, i_) in both.items()}
     if probe is not None:
         s_, i_ = both[big]
@@ -649,7 +667,8 @@ def main():
             else embeddings_json(len(r1), d, "stand-in-r1")
         real = bench_set(f"real-{len(r1)}", r1_path, rmeta, mine + ext, a, q, rtruth[len(r1)][1], rexact_qps)
     if not a.keep:
-        remove(bigfile, bigfile[:-4] + ".json")
+        import glob
+        remove(bigfile, bigfile[:-4] + ".json", *glob.glob(bigfile[:-4] + ".exact-*.npz"))
         if big < len(pool):
             dpath = proxy_path(a.work, len(pool), a.seed, a.dtype)
             remove(dpath, dpath[:-4] + ".json")
