@@ -130,11 +130,13 @@ pub(crate) struct IndexBuildArgs {
     /// rewrite only its manifest.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rerank_top: Option<u64>,
-    /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt).
-    #[arg(long, default_value_t = 1_000_000)]
-    checkpoint_every: u64,
+    /// hnsw: inserts between two durable checkpoints of the graph build (hnsw.r1s.ckpt; default: one
+    /// every 10 minutes of build, as each writes the whole graph: 5.3 GiB at 21M rows, M 32); bm25:
+    /// passages between two commits (default 1,000,000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: Option<u64>,
     /// hnsw: start the graph over even when a checkpoint of an interrupted build is there; milvus:
-    /// insert every row again.
+    /// insert every row again; bm25: index every passage again.
     #[arg(long)]
     no_resume: bool,
     /// milvus: the gRPC endpoint of the Milvus server or cluster proxy.
@@ -340,9 +342,9 @@ pub(crate) struct IndexPlanArgs {
     /// Mean bytes of a passage's text and title (default 600: 100-word Wikipedia passages).
     #[arg(long)]
     passage_bytes: Option<u64>,
-    /// Threads of the build.
-    #[arg(long, short = 'j', default_value_t = 16)]
-    threads: usize,
+    /// Threads of the build (default: this machine's logical CPUs).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
     /// RAM budget (e.g. 64G, 512M): marks the configurations whose serving and build fit.
     #[arg(long, value_parser = parse_bytes)]
     ram: Option<u64>,
@@ -480,8 +482,8 @@ pub(crate) const BUILD_FLAGS: &[(&str, &[&str])] = &[
     ("no_rerank", &["flat", "hnsw"]),
     ("rerank_factor", &["flat"]),
     ("rerank_top", &["hnsw"]),
-    ("checkpoint_every", &["hnsw"]),
-    ("no_resume", &["hnsw", "milvus"]),
+    ("checkpoint_every", &["hnsw", "bm25"]),
+    ("no_resume", &["hnsw", "milvus", "bm25"]),
     ("milvus_uri", &["milvus"]),
     ("collection", &["milvus"]),
     ("milvus_index", &["milvus"]),
@@ -530,6 +532,12 @@ fn check_build_flags(a: &IndexBuildArgs) -> anyhow::Result<()> {
     let refused = crate::given_flags(&["rerank_factor", "rerank_top"]);
     if a.no_rerank && !refused.is_empty() {
         return usage(format!("{} choose what is re-ranked: not with --no-rerank", refused.join(", ")));
+    }
+    if building.contains(&r1s_index::Kind::Faiss.name()) && !a.factory.contains("HNSW") && crate::given("ef_search") {
+        return usage(format!(
+            "--ef-search sets the efSearch of a FAISS HNSW index; --factory {:?} has none: refused rather than ignored",
+            a.factory
+        ));
     }
     if a.ef_search == 0 || a.ef_construction == 0 || a.rerank_factor == 0 {
         return usage("--ef-search, --ef-construction and --rerank-factor must be at least 1".into());
@@ -835,12 +843,16 @@ fn build_into(
                 return Ok(Built::Unchanged);
             }
             if !g.quiet {
+                // parts built here live in dense/ and bm25/; given ones are named by their paths
+                let parts = if a.dense.is_some() {
+                    format!("dense index {}, bm25 index {}", m.dense, m.bm25)
+                } else {
+                    format!("{} dense part, bm25 part", a.dense_kind.name())
+                };
                 println!(
-                    "{}: hybrid index of {} passages (dense {}, bm25 {}; {} fusion of {depth} x k candidates per side)",
+                    "{}: hybrid index of {} passages ({parts}; {} fusion of {depth} x k candidates per side)",
                     at.shown.display(),
                     m.rows,
-                    m.dense,
-                    m.bm25,
                     fusion.name()
                 );
             }
@@ -1198,7 +1210,7 @@ fn build_bm25(
     let o = r1s_bm25::BuildOptions {
         params: a.lexical.bm25(r1s_bm25::Bm25Params::default()).unwrap_or_default(),
         threads: a.threads,
-        checkpoint_every: a.checkpoint_every.max(1),
+        checkpoint_every: a.checkpoint_every.unwrap_or(r1s_bm25::BuildOptions::default().checkpoint_every),
         resume: !a.no_resume,
         ..Default::default()
     };
@@ -1277,7 +1289,11 @@ fn build_dense(
             rerank_factor: a.rerank_factor.max(1),
             rerank_top: a.rerank_top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         },
-        checkpoint_every: a.checkpoint_every.max(1),
+        checkpoint_every: a.checkpoint_every.unwrap_or(u64::MAX),
+        checkpoint_interval: match a.checkpoint_every {
+            Some(_) => None,
+            None => Some(r1s_index::DEFAULT_CHECKPOINT_INTERVAL),
+        },
         resume: !a.no_resume,
         milvus: r1s_index::MilvusBuild {
             params: r1s_index::MilvusParams {
@@ -1604,6 +1620,14 @@ pub(crate) fn index_eval(
     usage(k >= 1, "-k must be at least 1")?;
     usage(!efs.contains(&0), "--ef values must be at least 1")?;
     let mut idx = r1s_index::OpenIndex::open(dir)?;
+    // --ef is efSearch (nprobe for Milvus IVF): an index without one refuses it rather than ignore it
+    let has_ef = match &idx.index {
+        r1s_index::Index::Hnsw { .. } | r1s_index::Index::HnswRs { .. } => true,
+        r1s_index::Index::Faiss { .. } => idx.manifest.params["factory"].as_str().is_some_and(|f| f.contains("HNSW")),
+        r1s_index::Index::Milvus(m) => m.params.index_type != r1s_index::MilvusIndexType::Flat,
+        r1s_index::Index::Flat(_) | r1s_index::Index::FlatSq8 { .. } => false,
+    };
+    usage(efs.is_empty() || has_ef, "--ef: this index searches exhaustively, it has no efSearch")?;
     if rerank_top.is_some() {
         let sq8_graph = matches!(&idx.index, r1s_index::Index::Hnsw { graph, .. } if graph.codes().is_some());
         usage(sq8_graph, "--rerank-top is a setting of hnsw indexes built with --quantize sq8")?;
@@ -1770,7 +1794,8 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     usage(rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1")?;
     usage((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)")?;
     usage(a.ef_construction >= 1, "--ef-construction must be at least 1")?;
-    usage(a.threads >= 1, "--threads (-j) must be at least 1")?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    usage(threads >= 1, "--threads (-j) must be at least 1")?;
     usage(
         matches!(a.kind, None | Some(r1s_index::Kind::Flat | r1s_index::Kind::Hnsw)),
         "index plan sizes the flat and hnsw kinds",
@@ -1793,7 +1818,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         m: a.m,
         ef_construction: a.ef_construction,
         passage_bytes,
-        threads: a.threads.max(1),
+        threads,
     };
     let configs = match a.kind {
         Some(kind) => {
@@ -1815,7 +1840,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         a.dim,
         a.m,
         a.ef_construction,
-        a.threads,
+        threads,
         passage_bytes,
         measured + &a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
     )?;
@@ -1858,6 +1883,10 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "serve RAM: what stays resident to search at full speed (graph + vectors or codes); passages and re-ranked rows come from the page cache per hit"
+    )?;
+    writeln!(
+        out,
+        "disk: the finished index; an hnsw build needs one graph more while it runs (its last checkpoint stays until the next one, or the graph, is complete)"
     )?;
     writeln!(
         out,

@@ -442,7 +442,7 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     let hybrid = dir.path().join("hyb");
     let summary = build_index(&src, &hybrid, &["--kind", "hybrid", "--dense-kind", "flat", "--threads", "2"]);
     assert!(summary.contains("bm25 index of 200 passages"), "{summary}");
-    assert!(summary.contains("hybrid index of 200 passages (dense dense, bm25 bm25; rrf fusion"), "{summary}");
+    assert!(summary.contains("hybrid index of 200 passages (flat dense part, bm25 part; rrf fusion"), "{summary}");
     let info: serde_json::Value = serde_json::from_str(&ok(r1s().args(["index", "info"]).arg(&hybrid))).unwrap();
     assert_eq!(info["kind"], "hybrid");
     assert_eq!(info["parts"]["bm25"]["params"]["k1"].as_f64().unwrap() as f32, 0.9);
@@ -498,6 +498,24 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     refused(&["retrieve", "--index", hybrid_s, "--k1", "-1", "x"], "invalid value '-1' for '--k1 <K1>'");
     refused(&["retrieve", "--index", bm25_s, "--fusion", "linear", "x"], "apply to hybrid indexes");
     refused(&["index", "eval", "--index", bm25_s, "--queries", src.to_str().unwrap()], "use --answers");
+    // settings an index does not have are refused rather than ignored
+    refused(&["index", "eval", "--index", &dense_s, "--queries", src.to_str().unwrap(), "--ef", "16"], "no efSearch");
+    refused(
+        &[
+            "index",
+            "build",
+            src.to_str().unwrap(),
+            "--kind",
+            "faiss",
+            "--factory",
+            "Flat",
+            "--ef-search",
+            "32",
+            "--out",
+            &elsewhere,
+        ],
+        "--factory \"Flat\" has none",
+    );
     // a corpus where an index is expected, and the reverse, are named as such
     let corpus_dir = dir.path().join("corpus");
     refused(&["retrieve", "--index", corpus_dir.to_str().unwrap(), "x"], "is a corpus directory, not an index");
@@ -1270,7 +1288,6 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
                 &["--factory", "Flat"],
                 &["--ef-search", "9"],
                 &["--nlist", "4"],
-                &["--checkpoint-every", "5"],
                 &["--model", "minilm"],
                 &["--dtype", "f16"],
                 &["--collection", "c"],

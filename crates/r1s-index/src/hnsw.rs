@@ -695,6 +695,9 @@ pub struct Checkpoints {
     pub path: Option<PathBuf>,
     /// Inserts between two checkpoints (rounded up to the build's chunk of inserts).
     pub every: u64,
+    /// Also a checkpoint once this much time has passed since the last one (or the start), at the
+    /// end of a chunk of inserts.
+    pub interval: Option<std::time::Duration>,
 }
 
 /// The checkpoint file of a graph build in progress.
@@ -981,6 +984,7 @@ impl HnswIndex {
         let chunk = (n / 200).clamp(1024, 65_536);
         progress.advance(start as u64);
         let mut saved = start;
+        let mut saved_at = std::time::Instant::now();
         let save = |inserted: usize| -> Result<()> {
             if let (Some(path), Some(r)) = (&ckpt.path, &resumable) {
                 let t = b.top.lock().unwrap_or_else(|p| p.into_inner());
@@ -999,9 +1003,12 @@ impl HnswIndex {
             (start as u32..end as u32).into_par_iter().for_each(|id| b.insert(id));
             progress.advance((end - start) as u64);
             start = end;
-            if start < n && (start - saved) as u64 >= ckpt.every.max(1) {
+            let due =
+                (start - saved) as u64 >= ckpt.every.max(1) || ckpt.interval.is_some_and(|d| saved_at.elapsed() >= d);
+            if start < n && due {
                 save(start)?;
                 saved = start;
+                saved_at = std::time::Instant::now();
             }
         }
         let top = b.top.into_inner().unwrap_or_else(|p| p.into_inner());

@@ -160,12 +160,20 @@ pub struct BuildParams {
     pub quant: QuantParams,
     /// `hnsw`: inserts between two durable checkpoints of the graph build.
     pub checkpoint_every: u64,
+    /// `hnsw`: also checkpoint once this much build time has passed since the last checkpoint.
+    /// Each checkpoint writes the whole graph (at 21M rows and M 32, 5.3 GiB), so a fixed count of
+    /// inserts costs ever more as the rows grow; a time bounds both the work a crash loses and the
+    /// share of the build spent writing.
+    pub checkpoint_interval: Option<std::time::Duration>,
     /// `hnsw`: continue from a checkpoint of an interrupted build with the same settings (else
     /// start over).
     pub resume: bool,
     /// `milvus`: the server, collection and index.
     pub milvus: MilvusBuild,
 }
+
+/// The default time between two checkpoints of an hnsw build: at most this much work is lost.
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Default for BuildParams {
     fn default() -> Self {
@@ -174,7 +182,8 @@ impl Default for BuildParams {
             faiss_factory: "HNSW32".into(),
             faiss_ef_search: 64,
             quant: QuantParams::default(),
-            checkpoint_every: 1_000_000,
+            checkpoint_every: u64::MAX,
+            checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
             resume: true,
             milvus: MilvusBuild::default(),
         }
@@ -534,6 +543,58 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
     }))
 }
 
+/// Bytes of the files a build of `kind` over `matrix` still writes into `dir` at its peak, from the
+/// file layouts of [`plan::plan`]: the SQ8 codes (none when a file of their size is there to be kept
+/// by a resumed build), and for hnsw the graph twice when the build may checkpoint (more than
+/// `checkpoint_every` rows, or any `checkpoint_interval`: the last checkpoint stays until the next
+/// one, or the graph itself, is complete) less a checkpoint already there. The other kinds: 0 (not estimated).
+pub fn disk_needed(dir: &Path, kind: Kind, matrix: &Matrix, p: &BuildParams) -> u64 {
+    let sq8 = p.quant.quantize == Quantize::Sq8;
+    if !(kind == Kind::Hnsw || kind == Kind::Flat && sq8) {
+        return 0;
+    }
+    let sized = plan::plan(&plan::PlanInput {
+        rows: matrix.rows(),
+        dim: matrix.dim(),
+        dtype: matrix.dtype(),
+        kind,
+        quantize: p.quant.quantize,
+        m: p.hnsw.m,
+        ef_construction: p.hnsw.ef_construction,
+        passage_bytes: 0,
+        threads: 1,
+    });
+    let len = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    let codes = if sq8 && !(p.resume && len(CODES_FILE) == sized.codes_bytes) { sized.codes_bytes } else { 0 };
+    let copies = if matrix.rows() > p.checkpoint_every.max(1) || p.checkpoint_interval.is_some() { 2 } else { 1 };
+    let ckpt = if p.resume { len(CHECKPOINT_FILE) } else { 0 };
+    codes + (sized.graph_bytes.saturating_mul(copies)).saturating_sub(ckpt)
+}
+
+/// An error (I/O, `StorageFull`, naming `dir`) when the file system of `dir` has fewer than `need`
+/// bytes available: a build refuses at its start what it would otherwise fail at after hours.
+fn check_disk(dir: &Path, need: u64) -> Result<()> {
+    let free = match fs4::available_space(dir) {
+        Ok(free) => free,
+        Err(_) => return Ok(()), // not knowable here: the writes report it
+    };
+    if need <= free {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(IndexError::io(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "the build writes about {:.1} GiB more here at its peak (index files; an hnsw graph twice while it is checkpointed) and {:.1} GiB are available: free disk space or build elsewhere (--out)",
+                gib(need),
+                gib(free)
+            ),
+        ),
+    ))
+}
+
 /// Builds an index of `kind` in `dir`, over the `embeddings.npy` already there (from `r1s embed`).
 pub fn build(
     dir: &Path,
@@ -581,6 +642,7 @@ pub fn build(
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
         }
     }
+    check_disk(dir, disk_needed(dir, kind, &matrix, p))?;
     // SQ8 codes: kept from an interrupted build when they were made from these embeddings
     let codes = if sq8 {
         let path = dir.join(CODES_FILE);
@@ -605,7 +667,11 @@ pub fn build(
     let params = match kind {
         Kind::Flat => planned_params(kind, p).unwrap_or_default(),
         Kind::Hnsw => {
-            let ckpt = Checkpoints { path: Some(dir.join(CHECKPOINT_FILE)), every: p.checkpoint_every };
+            let ckpt = Checkpoints {
+                path: Some(dir.join(CHECKPOINT_FILE)),
+                every: p.checkpoint_every,
+                interval: p.checkpoint_interval,
+            };
             let graph = HnswIndex::build_with(&matrix, p.hnsw, codes, p.quant, &ckpt, progress, cancel)?;
             graph.dump(dir)?;
             let path = dir.join(CHECKPOINT_FILE);

@@ -703,3 +703,62 @@ fn fingerprint_covers_the_whole_file_and_up_to_date_sees_every_change() {
     std::fs::write(&graph, &g[..g.len() - 4]).unwrap();
     assert!(r1s_index::up_to_date(&dir, &npy, Kind::Hnsw, &p).unwrap().is_none());
 }
+
+/// What a build says it needs on disk (`disk_needed`) is what it writes: the SQ8 codes and, while it
+/// checkpoints, the graph twice; and a build that cannot fit refuses at its start (StorageFull,
+/// naming the directory) instead of failing hours later.
+#[test]
+fn a_build_sizes_its_disk_and_refuses_what_cannot_fit() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_index::{BuildParams, HnswParams, Kind, Matrix, QuantParams, Quantize, disk_needed};
+    let (rows, dim) = (3000, 16);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    vectors_dir(&dir, Dtype::F32, rows, dim, &clustered(rows, dim, 5));
+    let p = BuildParams {
+        hnsw: HnswParams { m: 12, ef_construction: 40, ef_search: 32 },
+        quant: QuantParams { quantize: Quantize::Sq8, ..QuantParams::default() },
+        ..BuildParams::default()
+    };
+    let m = Matrix::open(&dir.join("embeddings.npy")).unwrap();
+    let codes = (rows * dim + 64 + 8 * dim) as u64;
+    let graph = (r1s_index::plan::graph_words(rows as u64, 12) * 4.0) as u64;
+    assert_eq!(disk_needed(&dir, Kind::Hnsw, &m, &p), codes + 2 * graph, "checkpointed by time: two graphs");
+    let never = BuildParams { checkpoint_every: u64::MAX, checkpoint_interval: None, ..p.clone() };
+    assert_eq!(disk_needed(&dir, Kind::Hnsw, &m, &never), codes + graph);
+    assert_eq!(disk_needed(&dir, Kind::Flat, &m, &never), codes);
+    assert_eq!(disk_needed(&dir, Kind::Flat, &m, &BuildParams::default()), 0);
+    r1s_index::build(&dir, Kind::Hnsw, &p, &NoProgress, &Cancel::new()).unwrap();
+    let len = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    assert_eq!(len(r1s_index::CODES_FILE), codes);
+    // the graph's upper levels are random: its size is the expectation's within a few percent
+    let got = len(r1s_index::hnsw::GRAPH_FILE) as f64;
+    assert!((got / graph as f64 - 1.0).abs() < 0.03, "graph {got} bytes, expected about {graph}");
+    // codes a resumed build keeps are not counted again
+    assert_eq!(disk_needed(&dir, Kind::Hnsw, &m, &never), graph);
+
+    // vectors whose codes alone exceed the free space (a sparse file: nothing is written): refused
+    // at once, before any encoding
+    let free = fs4::available_space(tmp.path()).unwrap();
+    let big = tmp.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let (rows, dim) = (free / 1024 + 1024, 1024u64);
+    let header = NpyHeader::new(Dtype::F16, rows, dim).to_bytes();
+    let f = std::fs::File::create(big.join("embeddings.npy")).unwrap();
+    if f.set_len(header.len() as u64 + rows * dim * 2).is_err() {
+        return; // a file system without sparse files this large: the first part above still ran
+    }
+    std::io::Write::write_all(&mut &f, &header).unwrap();
+    let meta = serde_json::json!({"rows": rows, "dim": dim, "model": "test", "corpus": "", "corpus_id": "test"});
+    std::fs::write(big.join("embeddings.json"), meta.to_string()).unwrap();
+    let err = r1s_index::build(&big, Kind::Flat, &p, &NoProgress, &Cancel::new()).unwrap_err();
+    match &err {
+        IndexError::Io { path, source } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+            assert_eq!(path, &big);
+            assert!(err.to_string().contains("GiB are available"), "{err}");
+        }
+        other => panic!("not a StorageFull error: {other}"),
+    }
+    assert!(!big.join(r1s_index::CODES_FILE).exists());
+}
