@@ -342,9 +342,9 @@ pub(crate) struct IndexPlanArgs {
     /// Mean bytes of a passage's text and title (default 600: 100-word Wikipedia passages).
     #[arg(long)]
     passage_bytes: Option<u64>,
-    /// Threads of the build (default: this machine's logical CPUs).
-    #[arg(long, short = 'j')]
-    threads: Option<usize>,
+    /// Threads of the build, as `index build` reads them (0 = all cores).
+    #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
+    threads: usize,
     /// RAM budget (e.g. 64G, 512M): marks the configurations whose serving and build fit.
     #[arg(long, value_parser = parse_bytes)]
     ram: Option<u64>,
@@ -1627,7 +1627,10 @@ pub(crate) fn index_eval(
         r1s_index::Index::Milvus(m) => m.params.index_type != r1s_index::MilvusIndexType::Flat,
         r1s_index::Index::Flat(_) | r1s_index::Index::FlatSq8 { .. } => false,
     };
-    usage(efs.is_empty() || has_ef, "--ef: this index searches exhaustively, it has no efSearch")?;
+    usage(
+        efs.is_empty() || has_ef,
+        "--ef sets an HNSW search's efSearch (a Milvus IVF's nprobe): this index has none",
+    )?;
     if rerank_top.is_some() {
         let sq8_graph = matches!(&idx.index, r1s_index::Index::Hnsw { graph, .. } if graph.codes().is_some());
         usage(sq8_graph, "--rerank-top is a setting of hnsw indexes built with --quantize sq8")?;
@@ -1794,8 +1797,10 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     usage(rows >= 1 && a.dim >= 1, "--rows and --dim must be at least 1")?;
     usage((2..=256).contains(&a.m), "--m must be in 2..=256 (as for index build)")?;
     usage(a.ef_construction >= 1, "--ef-construction must be at least 1")?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    usage(threads >= 1, "--threads (-j) must be at least 1")?;
+    let threads = match a.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     usage(
         matches!(a.kind, None | Some(r1s_index::Kind::Flat | r1s_index::Kind::Hnsw)),
         "index plan sizes the flat and hnsw kinds",
@@ -1835,12 +1840,13 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     let gb = binary_size;
     writeln!(
         out,
-        "{} passages x {} dims, M {}, efConstruction {}, {} build threads, {} bytes a passage{} (sizes in binary units: 1 GiB = 2^30 bytes, as --ram reads G)",
+        "{} passages x {} dims, M {}, efConstruction {}, {} build thread{}, {} bytes a passage{} (sizes in binary units: 1 GiB = 2^30 bytes, as --ram reads G)",
         rows,
         a.dim,
         a.m,
         a.ef_construction,
         threads,
+        if threads == 1 { "" } else { "s" },
         passage_bytes,
         measured + &a.ram.map_or_else(String::new, |r| format!(", RAM budget {}", gb(r)))
     )?;
@@ -1890,7 +1896,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "build: the graph alone (embedding not included), fitted to tools/bench-scale's 2-thread builds at M 32 (f32 100k-1M rows, f16 1M-3M, sq8 1M-21M: 52 min for 21M x 384 on 2 cores), assuming linear scaling with threads and efConstruction; --m changes the sizes, not this estimate"
+        "build: the graph alone (embedding not included), fitted to tools/bench-scale's 2-thread builds at M 32 (f32 100k-1M rows, f16 1M-3M, sq8 1M-21M: 52 min for 21M x 384 at efConstruction 100 on 2 cores), assuming linear scaling with threads and efConstruction; --m changes the sizes, not this estimate"
     )?;
     Ok(())
 }

@@ -499,7 +499,10 @@ fn bm25_and_hybrid_build_in_one_command_and_serve_retrieve_eval() {
     refused(&["retrieve", "--index", bm25_s, "--fusion", "linear", "x"], "apply to hybrid indexes");
     refused(&["index", "eval", "--index", bm25_s, "--queries", src.to_str().unwrap()], "use --answers");
     // settings an index does not have are refused rather than ignored
-    refused(&["index", "eval", "--index", &dense_s, "--queries", src.to_str().unwrap(), "--ef", "16"], "no efSearch");
+    refused(
+        &["index", "eval", "--index", &dense_s, "--queries", src.to_str().unwrap(), "--ef", "16"],
+        "this index has none",
+    );
     refused(
         &[
             "index",

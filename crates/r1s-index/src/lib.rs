@@ -547,7 +547,8 @@ pub fn up_to_date(dir: &Path, embeddings: &Path, kind: Kind, p: &BuildParams) ->
 /// file layouts of [`plan::plan`]: the SQ8 codes (none when a file of their size is there to be kept
 /// by a resumed build), and for hnsw the graph twice when the build may checkpoint (more than
 /// `checkpoint_every` rows, or any `checkpoint_interval`: the last checkpoint stays until the next
-/// one, or the graph itself, is complete) less a checkpoint already there. The other kinds: 0 (not estimated).
+/// one, or the graph itself, is complete) less a checkpoint already there. Other kinds: 0 (not
+/// estimated).
 pub fn disk_needed(dir: &Path, kind: Kind, matrix: &Matrix, p: &BuildParams) -> u64 {
     let sq8 = p.quant.quantize == Quantize::Sq8;
     if !(kind == Kind::Hnsw || kind == Kind::Flat && sq8) {
@@ -573,7 +574,7 @@ pub fn disk_needed(dir: &Path, kind: Kind, matrix: &Matrix, p: &BuildParams) -> 
 
 /// An error (I/O, `StorageFull`, naming `dir`) when the file system of `dir` has fewer than `need`
 /// bytes available: a build refuses at its start what it would otherwise fail at after hours.
-fn check_disk(dir: &Path, need: u64) -> Result<()> {
+fn check_disk(dir: &Path, need: u64, what: &str) -> Result<()> {
     let free = match fs4::available_space(dir) {
         Ok(free) => free,
         Err(_) => return Ok(()), // not knowable here: the writes report it
@@ -581,15 +582,19 @@ fn check_disk(dir: &Path, need: u64) -> Result<()> {
     if need <= free {
         return Ok(());
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let size = |b: u64| match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.0} KiB", (b as f64 / 1024.0).ceil()),
+    };
     Err(IndexError::io(
         dir,
         std::io::Error::new(
             std::io::ErrorKind::StorageFull,
             format!(
-                "the build writes about {:.1} GiB more here at its peak (index files; an hnsw graph twice while it is checkpointed) and {:.1} GiB are available: free disk space or build elsewhere (--out)",
-                gib(need),
-                gib(free)
+                "the build writes about {} more here at its peak ({what}) and {} are available: free disk space or build elsewhere (--out)",
+                size(need),
+                size(free)
             ),
         ),
     ))
@@ -642,7 +647,12 @@ pub fn build(
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
         }
     }
-    check_disk(dir, disk_needed(dir, kind, &matrix, p))?;
+    let what = if kind == Kind::Hnsw {
+        "the SQ8 codes and the graph, twice while it is checkpointed"
+    } else {
+        "the SQ8 codes"
+    };
+    check_disk(dir, disk_needed(dir, kind, &matrix, p), what)?;
     // SQ8 codes: kept from an interrupted build when they were made from these embeddings
     let codes = if sq8 {
         let path = dir.join(CODES_FILE);

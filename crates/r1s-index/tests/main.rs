@@ -756,7 +756,7 @@ fn a_build_sizes_its_disk_and_refuses_what_cannot_fit() {
         IndexError::Io { path, source } => {
             assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
             assert_eq!(path, &big);
-            assert!(err.to_string().contains("GiB are available"), "{err}");
+            assert!(err.to_string().contains("are available") && err.to_string().contains("(the SQ8 codes)"), "{err}");
         }
         other => panic!("not a StorageFull error: {other}"),
     }
