@@ -371,22 +371,6 @@ fn corpus_passage_bytes(dir: &Path) -> anyhow::Result<(u64, u64)> {
     Ok((rows, (len / rows).max(1)))
 }
 
-/// A byte count in binary units, in the largest unit that keeps it at least 1 (`60.2 GiB`,
-/// `14.3 MiB`, `512 B`): `index plan` prints every size this way, the units `--ram` reads.
-pub(crate) fn binary_size(b: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    if unit == "B" { format!("{b} B") } else { format!("{v:.1} {unit}") }
-}
-
 /// `64G`, `512M`, `1.5T`, `1000000` (bytes; K/M/G/T are powers of 1024).
 pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
@@ -1708,12 +1692,10 @@ pub(crate) fn index_eval(
         }
         r1s_index::Index::Faiss { index, .. } => {
             let factory = idx.manifest.params["factory"].as_str().unwrap_or("?").to_owned();
-            let settings: Vec<Option<usize>> = if efs.is_empty() || !factory.contains("HNSW") {
-                vec![None]
-            } else {
-                efs.iter().copied().map(Some).collect()
-            };
-            if let Some(&ef) = efs.iter().max().filter(|_| factory.contains("HNSW")) {
+            // (--ef on a factory without HNSW was refused above)
+            let settings: Vec<Option<usize>> =
+                if efs.is_empty() { vec![None] } else { efs.iter().copied().map(Some).collect() };
+            if let Some(&ef) = efs.iter().max() {
                 index.set_parameter("efSearch", ef as f64)?;
             }
             index.search(&qv, k)?;
@@ -1837,7 +1819,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
         }
         None => candidates(&base),
     };
-    let gb = binary_size;
+    let gb = r1s_core::mem::binary_size;
     writeln!(
         out,
         "{} passages x {} dims, M {}, efConstruction {}, {} build thread{}, {} bytes a passage{} (sizes in binary units: 1 GiB = 2^30 bytes, as --ram reads G)",

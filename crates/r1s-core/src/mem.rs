@@ -3,6 +3,23 @@
 
 use std::path::Path;
 
+/// A byte count in binary units, in the largest unit that keeps it at least 1 (`60.2 GiB`,
+/// `14.3 MiB`, `512 B`): how `index plan` and the index build's disk check print sizes (the units
+/// `--ram` reads).
+pub fn binary_size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if unit == "B" { format!("{b} B") } else { format!("{v:.1} {unit}") }
+}
+
 /// A `kB` field of `/proc/self/status` (`VmHWM`, `VmRSS`, …) in bytes.
 fn status_kb(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -582,11 +582,7 @@ fn check_disk(dir: &Path, need: u64, what: &str) -> Result<()> {
     if need <= free {
         return Ok(());
     }
-    let size = |b: u64| match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{:.0} KiB", (b as f64 / 1024.0).ceil()),
-    };
+    let size = r1s_core::mem::binary_size;
     Err(IndexError::io(
         dir,
         std::io::Error::new(
