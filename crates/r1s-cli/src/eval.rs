@@ -36,6 +36,8 @@ pub(crate) struct EvalArgs {
     adapter: Vec<PathBuf>,
     #[arg(long, default_value = "cpu", help = crate::loaders::DEVICE_HELP)]
     device: String,
+    #[arg(long, default_value = "f32", value_parser = crate::loaders::parse_weights, help = crate::loaders::WEIGHTS_HELP)]
+    weights: r1s_policy::WeightFormat,
     /// The `model` name sent to a completions server.
     #[arg(long, default_value = "default")]
     policy_model: String,
@@ -143,6 +145,7 @@ const RUN_FLAGS: &[&str] = &[
     "policy",
     "adapter",
     "device",
+    "weights",
     "policy_model",
     "chat_template",
     "limit",
@@ -278,7 +281,10 @@ fn check_eval_flags(a: &EvalArgs, remote_policy: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if remote_policy {
-        refuse(crate::given_flags(&["device"]), "is a setting of a local policy, not of a completions server")?;
+        refuse(
+            crate::given_flags(&["device", "weights"]),
+            "is a setting of a local policy, not of a completions server",
+        )?;
     } else {
         refuse(
             crate::given_flags(&["policy_model"]),
@@ -347,7 +353,7 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
     let local = if remote_policy {
         None
     } else {
-        let mut p = load_policy(Path::new(&a.policy), &a.adapter, &a.device, g)?;
+        let mut p = load_policy(Path::new(&a.policy), &a.adapter, &a.device, a.weights, g)?;
         p.continuous = !a.no_continuous;
         // Ctrl-C stops the generation within a decode step, not at the end of the episodes
         p.cancel = Some(cancel.clone());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::loaders::{DEVICE_HELP, load_policy, open_retriever, parse_count, parse_top_p};
+use crate::loaders::{DEVICE_HELP, WEIGHTS_HELP, load_policy, open_retriever, parse_count, parse_top_p, parse_weights};
 use crate::{Globals, train, use_threads};
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +52,8 @@ pub(crate) struct RejectArgs {
     adapter: Vec<PathBuf>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    #[arg(long, default_value = "f32", value_parser = parse_weights, help = WEIGHTS_HELP)]
+    weights: r1s_policy::WeightFormat,
     /// The protocol: r1searcher-plus (default), r1-searcher or search-r1.
     #[arg(long, default_value = "r1searcher-plus", value_parser = crate::loaders::parse_protocol)]
     protocol: r1s_agent::Protocol,
@@ -100,7 +102,7 @@ pub(crate) fn reject(a: RejectArgs, g: &Globals) -> anyhow::Result<()> {
     crate::must_exist(&a.data, "question file")?;
     let questions = r1s_agent::read_questions(&a.data, a.limit)?;
     anyhow::ensure!(!questions.is_empty(), "{}: no questions", a.data.display());
-    let policy = load_policy(&a.policy, &a.adapter, &a.device, g)?;
+    let policy = load_policy(&a.policy, &a.adapter, &a.device, a.weights, g)?;
     let template = r1s_policy::chat::Template::detect(policy.tokenizer.chat_template.as_deref());
     let prompt = r1s_agent::prompt::PromptKind::parse(&a.prompt, template)?;
     let retriever = open_retriever(a.index.as_deref(), a.retriever_url.as_deref(), a.threads)?;
@@ -177,6 +179,8 @@ pub(crate) struct GenerateArgs {
     stop: Vec<String>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    #[arg(long, default_value = "f32", value_parser = parse_weights, help = WEIGHTS_HELP)]
+    weights: r1s_policy::WeightFormat,
     /// Threads (0 = all cores).
     #[arg(long, short = 'j', default_value_t = 0, env = "R1S_THREADS")]
     threads: usize,
@@ -239,7 +243,7 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     use r1s_policy::chat::{Message, Template};
     use_threads(a.threads);
     let t = std::time::Instant::now();
-    let mut policy = load_policy(&a.model, &a.adapter, &a.device, g)?;
+    let mut policy = load_policy(&a.model, &a.adapter, &a.device, a.weights, g)?;
     policy.share_prefill = !a.no_shared_prefill;
     let loaded = t.elapsed().as_secs_f64();
     let prompt = if a.chat {
@@ -279,7 +283,7 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
     if a.stats_json {
         eprintln!(
             "{}",
-            serde_json::json!({"engine": "r1s", "device": a.device, "batch": prompts.len(), "shared_prefill": policy.share_prefill, "prompt_tokens": ids.len(), "new_tokens": n,
+            serde_json::json!({"engine": "r1s", "device": a.device, "weights": policy.weights().to_string(), "batch": prompts.len(), "shared_prefill": policy.share_prefill, "prompt_tokens": ids.len(), "new_tokens": n,
                 "seconds": secs, "tokens_per_s": n as f64 / secs.max(1e-9), "load_seconds": loaded})
         );
     } else if !g.quiet {
@@ -304,6 +308,8 @@ pub(crate) struct ServeArgs {
     adapter: Vec<PathBuf>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    #[arg(long, default_value = "f32", value_parser = parse_weights, help = WEIGHTS_HELP)]
+    weights: r1s_policy::WeightFormat,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -331,7 +337,7 @@ pub(crate) struct ServeArgs {
 pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &r1s_core::Cancel) -> anyhow::Result<()> {
     use_threads(a.threads);
     let t = std::time::Instant::now();
-    let policy = std::sync::Arc::new(load_policy(&a.model, &a.adapter, &a.device, g)?);
+    let policy = std::sync::Arc::new(load_policy(&a.model, &a.adapter, &a.device, a.weights, g)?);
     let name = a.served_model_name.clone().unwrap_or_else(|| {
         let stem = a.model.file_stem().map_or_else(|| "r1s".into(), |s| s.to_string_lossy().into_owned());
         if a.adapter.is_empty() { stem } else { format!("{stem}+adapter") }

@@ -604,7 +604,9 @@ fn progress_lines_appear_when_stderr_is_a_file() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--progress-every"));
     // sampling settings out of range are refused before the model loads
-    for (flag, value) in [("--n", "0"), ("--temperature", "nan"), ("--top-p", "1.5"), ("--top-p", "0")] {
+    for (flag, value) in
+        [("--n", "0"), ("--temperature", "nan"), ("--top-p", "1.5"), ("--top-p", "0"), ("--weights", "q4_k")]
+    {
         let bad = r1s().args(["policy", "generate", flag, value, "hi"]).output().unwrap();
         assert_eq!(bad.status.code(), Some(2), "{flag} {value}");
         assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag} {value}");
@@ -1350,11 +1352,11 @@ fn settings_that_do_not_apply_are_refused_not_ignored() {
     let released = shared("r1searcher/eval_results/bamboogle_qwen.jsonl").display().to_string();
     refused_with(2, &["eval", "--score", &released, "--max-new-tokens", "9"], "--score only scores");
     refused_with(2, &["eval", "--data", &e, "--index", &out, "--policy-model", "m"], "completions server");
-    refused_with(
-        2,
-        &["eval", "--data", &e, "--index", &out, "--policy", "http://127.0.0.1:9", "--device", "cpu"],
-        "local policy",
-    );
+    for flag in [["--device", "cpu"], ["--weights", "bf16"]] {
+        let mut args = vec!["eval", "--data", &e, "--index", &out, "--policy", "http://127.0.0.1:9"];
+        args.extend(flag);
+        refused_with(2, &args, "local policy");
+    }
     refused_with(
         2,
         &["eval", "--data", &e, "--index", &out, "--prompt", "base", "--chat-template", "chatml"],
@@ -1633,6 +1635,17 @@ fn policy_serve_answers_as_policy_generate_and_the_openai_client() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(format!("{}\n", text(&v, 0)), generated, "{v}");
     assert_eq!((v["object"].as_str(), v["usage"]["prompt_tokens"].as_u64()), (Some("text_completion"), Some(5)), "{v}");
+    // decode steps on Q8_0 copies of the weights say so, and write a continuation
+    let q8 = r1s()
+        .args(["policy", "generate", prompt, "--max-new-tokens", "12", "-j", "2", "--weights", "q8_0", "--stats-json"])
+        .output()
+        .unwrap();
+    assert!(q8.status.success(), "{q8:?}");
+    let stats: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&q8.stderr).lines().last().unwrap()).unwrap();
+    assert_eq!(stats["weights"].as_str(), Some("q8_0"), "{stats}");
+    assert!((1..=12).contains(&stats["new_tokens"].as_u64().unwrap()), "{stats}");
+    assert!(String::from_utf8_lossy(&q8.stdout).trim().len() > 10, "{q8:?}");
     let chat_said =
         ok(r1s().args(["-q", "policy", "generate", "--chat", "Name a river.", "--max-new-tokens", "16", "-j", "2"]));
     let (_, v, _) = post(

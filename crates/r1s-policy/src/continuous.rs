@@ -343,8 +343,7 @@ impl Policy {
             positions: self.ints(pos, [b, 1]),
             pad: any.then(|| (self.bools(part.mask.concat(), [b, width]), self.bools(vec![false; b], [b, 1]))),
         };
-        let hidden = self.model.hidden(&self.cfg, self.rope(), self.ints(ids, [b, 1]), &step, Some(&mut part.cache));
-        part.logits = Some(self.model.logits(hidden).reshape([b, self.cfg.vocab_size]));
+        part.logits = Some(self.decode_step(self.ints(ids, [b, 1]), &step, &mut part.cache));
         Ok(())
     }
 }

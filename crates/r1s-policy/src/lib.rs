@@ -16,6 +16,7 @@ pub mod error;
 pub mod gguf;
 pub mod load;
 pub mod model;
+pub mod packed;
 pub mod policy;
 pub mod serve;
 pub mod tokenizer;
@@ -24,6 +25,7 @@ pub use config::LlamaConfig;
 pub use continuous::{ContinuousStats, Request};
 pub use error::{PolicyError, Result};
 pub use model::{Block, KvCache, Llama, LoraBeside, Rope, Step, run_blocks, run_blocks_lora};
+pub use packed::{PackedModel, WeightFormat};
 pub use policy::{Generation, Policy, Sampling, StopReason};
 pub use tokenizer::TextTokenizer;
 

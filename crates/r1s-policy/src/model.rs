@@ -13,6 +13,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::LlamaConfig;
+use crate::packed::{PackedMatrix, PackedModel};
 
 /// One decoder block.
 #[derive(Module, Debug)]
@@ -160,6 +161,19 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// `x · Wᵀ (+ bias)` of `x` `[..., in]` by a packed `[out, in]` matrix (see [`crate::packed`]):
+/// the activations are read back to the host, multiplied there and put on `x`'s device again
+/// (decode steps: a few rows of a few thousand values).
+pub fn packed_linear<const D: usize>(w: &PackedMatrix, x: Tensor<D>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let device = x.device();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let values: Vec<f32> = x.into_data().iter::<f32>().collect();
+    let y = w.matmul(&values, rows);
+    dims[D - 1] = w.shape()[0];
+    Tensor::from_data(TensorData::new(y, dims), &device)
+}
+
 /// burn flex threads a matmul only from this many multiply-adds (its `PARALLEL_THRESHOLD`), and
 /// never a single-row one (gemm's gemv path).
 const FLEX_THREADED_FROM: usize = 192 * 192 * 192;
@@ -274,7 +288,7 @@ pub fn run_blocks(
     step: &Step,
     cache: Option<&mut KvCache>,
 ) -> Tensor<3> {
-    run(blocks, first, cfg, rope, x, step, cache, None)
+    run(blocks, first, cfg, rope, x, step, cache, None, None)
 }
 
 /// One projection's LoRA factors: `A` `[in, r]`, `B` `[r, out]`.
@@ -302,7 +316,7 @@ pub fn run_blocks_lora(
     step: &Step,
     lora: &LoraBeside,
 ) -> Tensor<3> {
-    run(blocks, first, cfg, rope, x, step, None, Some(lora))
+    run(blocks, first, cfg, rope, x, step, None, Some(lora), None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -315,6 +329,7 @@ fn run(
     step: &Step,
     mut cache: Option<&mut KvCache>,
     lora: Option<&LoraBeside>,
+    packed: Option<&PackedModel>,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let cos_sin = rope.at(&step.positions);
@@ -333,7 +348,8 @@ fn run(
     for (i, block) in blocks.iter().enumerate() {
         let slot = cache.as_deref_mut().map(|c| &mut c.layers[first + i]);
         let beside = lora.and_then(|l| l.blocks.get(i).map(|ads| (ads.as_slice(), l.scale)));
-        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot, beside);
+        let packed = packed.and_then(|p| p.blocks.get(first + i));
+        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot, beside, packed);
     }
     x
 }
@@ -350,6 +366,7 @@ pub struct Step {
 }
 
 impl Block {
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         cfg: &LlamaConfig,
@@ -358,12 +375,17 @@ impl Block {
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         lora: Option<(&[Option<Factors>], f64)>,
+        packed: Option<&[PackedMatrix; 7]>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        // projection `p` of `h`, with its adapter beside it when there is one
+        // projection `p` of `h` (by its packed copy when given), with its adapter beside it when
+        // there is one
         let proj = |p: usize, h: Tensor<3>| {
-            let y = linear(self.projection(p), h.clone());
+            let y = match packed {
+                Some(w) => packed_linear(&w[p], h.clone()),
+                None => linear(self.projection(p), h.clone()),
+            };
             match lora.and_then(|(ads, s)| ads.get(p).and_then(Option::as_ref).map(|ab| (ab, s))) {
                 Some(((a, bb), s)) => {
                     let [bsz, tt, d] = h.dims();
@@ -423,6 +445,30 @@ impl Llama {
         let x = self.embed_tokens(cfg, ids);
         let x = run_blocks(&self.blocks, 0, cfg, rope, x, step, cache);
         self.final_norm(cfg, x)
+    }
+
+    /// [`Llama::hidden`] with the projections of `packed` in place of the f32 ones (decode steps
+    /// of `--weights bf16|q8_0`; `None`: the same as [`Llama::hidden`]).
+    pub fn hidden_packed(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &Rope,
+        ids: Tensor<2, Int>,
+        step: &Step,
+        cache: Option<&mut KvCache>,
+        packed: Option<&PackedModel>,
+    ) -> Tensor<3> {
+        let x = self.embed_tokens(cfg, ids);
+        let x = run(&self.blocks, 0, cfg, rope, x, step, cache, None, packed);
+        self.final_norm(cfg, x)
+    }
+
+    /// [`Llama::logits`] by `packed`'s head when given.
+    pub fn logits_packed(&self, hidden: Tensor<3>, packed: Option<&PackedModel>) -> Tensor<3> {
+        match packed {
+            Some(p) => packed_linear(&p.head, hidden),
+            None => self.logits(hidden),
+        }
     }
 
     /// Token embeddings `[b, t, h]` of `ids` `[b, t]`.

@@ -54,6 +54,9 @@ pub struct Policy {
     /// [`Policy::generate_continuous`]: once set, they return [`PolicyError::Cancelled`] within one
     /// step (a Ctrl-C stops a long generation in about a token's time, not at its end). None: never.
     pub cancel: Option<std::sync::Arc<r1s_core::Cancel>>,
+    /// Packed copies of the weights that decode steps multiply by ([`Policy::set_weights`]); None:
+    /// the f32 weights (the default). Prefill, scoring and training always use the f32 weights.
+    packed: Option<std::sync::Arc<crate::packed::PackedModel>>,
     rope: Rope,
     device: Device,
 }
@@ -160,9 +163,73 @@ impl Policy {
         Ok(Policy::new(llama, cfg, tokenizer, device))
     }
 
-    /// Merges the PEFT LoRA adapter in `dir` into the weights (`W += s·B·A`; see [`crate::adapter`]).
+    /// Merges the PEFT LoRA adapter in `dir` into the weights (`W += s·B·A`; see [`crate::adapter`]),
+    /// and packs them again when decode steps use packed copies.
     pub fn apply_adapter(&mut self, dir: &Path) -> Result<crate::adapter::Merged> {
-        crate::adapter::apply(&mut self.model, dir)
+        let merged = crate::adapter::apply(&mut self.model, dir)?;
+        self.repack()?;
+        Ok(merged)
+    }
+
+    /// Which weights decode steps multiply by: the model's f32 weights (the default), or bf16 /
+    /// Q8_0 copies packed from them now (see [`crate::packed`]: 2 or 1.125 bytes per weight, about
+    /// 269 or 151 MB more for SmolLM2-135M). Prefill, [`Policy::logits`] and
+    /// [`Policy::token_logprobs`] keep the f32 weights.
+    ///
+    /// # Errors
+    /// [`PolicyError::Options`] for a packed format on a device other than the CPU's flex backend
+    /// (the kernels run on the host).
+    pub fn set_weights(&mut self, fmt: crate::packed::WeightFormat) -> Result<()> {
+        if fmt != crate::packed::WeightFormat::F32 && self.device != Device::flex() {
+            return Err(PolicyError::Options(format!(
+                "weights {fmt} run on the CPU device (cpu) only; this policy is on {:?}",
+                self.device
+            )));
+        }
+        self.packed = crate::packed::PackedModel::pack(&self.model, fmt)?.map(std::sync::Arc::new);
+        Ok(())
+    }
+
+    /// The weights decode steps multiply by.
+    pub fn weights(&self) -> crate::packed::WeightFormat {
+        self.packed.as_ref().map_or(crate::packed::WeightFormat::F32, |p| p.format())
+    }
+
+    /// Packs the f32 weights again in the current format (after they changed).
+    pub fn repack(&mut self) -> Result<()> {
+        match self.weights() {
+            crate::packed::WeightFormat::F32 => Ok(()),
+            fmt => self.set_weights(fmt),
+        }
+    }
+
+    /// Logits `[v]` of the last token of `ids` as generation computes them: `ids[..n-1]` prefilled,
+    /// then one decode step by the weights of [`Policy::weights`]. For checking a weight format
+    /// against f32 references ([`Policy::logits`] runs every position as a prefill, in f32).
+    ///
+    /// # Errors
+    /// [`PolicyError::Options`] for fewer than 2 tokens or more than the model's positions.
+    pub fn decode_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let n = ids.len();
+        if n < 2 || n > self.rope.max_positions() {
+            return Err(PolicyError::Options(format!(
+                "decode_logits takes 2 to {} tokens, not {n}",
+                self.rope.max_positions()
+            )));
+        }
+        let (mut cache, _, _, _) = self.prefill(&[ids[..n - 1].to_vec()])?;
+        let step = Step { positions: self.ints(vec![(n - 1) as i64], [1, 1]), pad: None };
+        let logits = self.decode_step(self.ints(vec![i64::from(ids[n - 1])], [1, 1]), &step, &mut cache);
+        to_vec(logits)
+    }
+
+    /// Hidden states and logits `[b, v]` of one decode step (`ids` `[b, 1]`), by the packed weights
+    /// when set.
+    pub(crate) fn decode_step(&self, ids: Tensor<2, Int>, step: &Step, cache: &mut KvCache) -> Tensor<2> {
+        let b = ids.dims()[0];
+        let packed = self.packed.as_deref();
+        let hidden = self.model.hidden_packed(&self.cfg, &self.rope, ids, step, Some(cache), packed);
+        self.model.logits_packed(hidden, packed).reshape([b, self.cfg.vocab_size])
     }
 
     /// Puts the parts together.
@@ -175,6 +242,7 @@ impl Policy {
             share_prefill: true,
             continuous: true,
             cancel: None,
+            packed: None,
             rope,
             device: device.clone(),
         }
@@ -353,8 +421,7 @@ impl Policy {
                 pad: any_pad.then(|| (self.bools(key_pad.concat(), [b, tt]), self.bools(vec![false; b], [b, 1]))),
             };
             let ids = self.ints(chosen.iter().map(|&x| i64::from(x)).collect(), [b, 1]);
-            let hidden = self.model.hidden(&self.cfg, &self.rope, ids, &step, Some(&mut cache));
-            last = self.model.logits(hidden).reshape([b, self.cfg.vocab_size]);
+            last = self.decode_step(ids, &step, &mut cache);
             for p in &mut next_pos {
                 *p += 1;
             }

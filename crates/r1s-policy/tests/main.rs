@@ -77,6 +77,55 @@ fn smollm2_matches_transformers() {
     assert_eq!(batched[0].text, "The capital of France is Paris.");
 }
 
+/// Each `--weights` format's decode step against transformers' f32 top-20 logits of the reference
+/// prompts (prefill all but the last token, then one decode step), and its greedy tokens.
+#[test]
+fn packed_weights_decode_within_their_tolerance() {
+    use r1s_policy::WeightFormat;
+    let mut p = Policy::load(&smollm2(), &Device::flex()).expect("SmolLM2 GGUF (run tools/setup)");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared("reference/smollm2_reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["input_ids"])).collect();
+    let s = Sampling { max_new_tokens: 24, ..Sampling::default() };
+    // limits: about twice the largest difference measured (docs/policy-speed.md)
+    for (fmt, limit) in [(WeightFormat::F32, 1e-2), (WeightFormat::Bf16, 0.12), (WeightFormat::Q8_0, 0.45)] {
+        p.set_weights(fmt).unwrap();
+        assert_eq!(p.weights(), fmt);
+        let mut worst = 0f32;
+        for (case, prompt) in cases.iter().zip(&prompts) {
+            let last = p.decode_logits(prompt).unwrap();
+            let top = &case["last_logits_top20"];
+            let top_ids = ids(&top["ids"]);
+            let want: Vec<f32> = top["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let mine: Vec<f32> = top_ids.iter().map(|&i| last[i as usize]).collect();
+            worst = worst.max(max_abs_diff(&mine, &want));
+            let argmax = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
+            assert_eq!(argmax as u32, top_ids[0], "{fmt}: the top token of {:?}", case["text"]);
+        }
+        let greedy = p.generate(&prompts, &s).unwrap();
+        let same: Vec<String> = cases
+            .iter()
+            .zip(&greedy)
+            .map(|(c, g)| {
+                let want = ids(&c["greedy_24"]);
+                let n = want.iter().zip(&g.tokens).take_while(|(a, b)| a == b).count();
+                format!("{n}/{}", want.len().max(g.tokens.len()))
+            })
+            .collect();
+        eprintln!(
+            "{fmt}: max |top-20 logit difference| of a decode step {worst:.3e}; greedy tokens equal to transformers' (first n of len): {}",
+            same.join(", ")
+        );
+        assert!(worst <= limit, "{fmt}: top-20 logits of a decode step differ by {worst} (limit {limit})");
+        if fmt == WeightFormat::F32 {
+            for (c, g) in cases.iter().zip(&greedy) {
+                assert_eq!(g.tokens, ids(&c["greedy_24"]));
+            }
+        }
+    }
+}
+
 #[test]
 fn stop_strings_cut_the_text_and_sampling_is_seeded() {
     let device = test_device();
