@@ -444,6 +444,10 @@ pub(crate) fn eval(a: EvalArgs, g: &Globals, cancel: &std::sync::Arc<Cancel>) ->
         if a.samples > 1 {
             row["sample"] = j.into();
         }
+        // which weights the decode steps used, when not the model's own f32
+        if a.weights != r1s_policy::WeightFormat::F32 {
+            row["weights"] = a.weights.to_string().into();
+        }
         lines.push((lines.len() + 1, row));
         of_question.push(i);
     }

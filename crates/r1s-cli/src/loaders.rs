@@ -12,8 +12,9 @@ pub(crate) const DEVICE_HELP: &str = "The policy's device: cpu (burn's flex back
 
 /// The help of `--weights` on the commands that generate with a local policy.
 pub(crate) const WEIGHTS_HELP: &str = "Weights the decode steps multiply by: f32 (the model's own), bf16 or q8_0 (copies \
-     packed at load: 2 or 1.125 bytes per weight, faster where decoding is bound by memory bandwidth; prefill and \
-     log-probabilities keep f32). cpu device only";
+     packed at load: 2 or 1.125 bytes per weight, faster where decoding is bound by memory bandwidth). Prefill and the \
+     scoring of given tokens keep f32; the sampled tokens' log-probabilities come from the packed decode steps. cpu \
+     device only";
 
 /// A weight format by name (`--weights`).
 pub(crate) fn parse_weights(s: &str) -> Result<r1s_policy::WeightFormat, String> {
@@ -69,7 +70,13 @@ pub(crate) fn load_policy(
     for dir in adapters {
         must_exist(dir, "adapter directory")?;
     }
-    let mut policy = r1s_policy::Policy::load(model, &r1s_policy::device(device)?)?;
+    let dev = r1s_policy::device(device)?;
+    if weights != r1s_policy::WeightFormat::F32 && !matches!(device, "cpu" | "flex") {
+        return Err(anyhow::Error::new(crate::UsageError(format!(
+            "--weights {weights} runs on --device cpu only (its kernels run on the host), not on {device}"
+        ))));
+    }
+    let mut policy = r1s_policy::Policy::load(model, &dev)?;
     for dir in adapters {
         let m = policy.apply_adapter(dir)?;
         if !g.quiet {

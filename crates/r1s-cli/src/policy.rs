@@ -288,10 +288,11 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
         );
     } else if !g.quiet {
         eprintln!(
-            "[{} prompt tokens; {n} new tokens in {} continuation(s) in {secs:.2} s ({:.1} tokens/s); stop: {:?}; model loaded in {loaded:.2} s]",
+            "[{} prompt tokens; {n} new tokens in {} continuation(s) in {secs:.2} s ({:.1} tokens/s, weights {}); stop: {:?}; model loaded in {loaded:.2} s]",
             ids.len(),
             prompts.len(),
             n as f64 / secs.max(1e-9),
+            policy.weights(),
             out[0].stop
         );
     }
@@ -350,9 +351,10 @@ pub(crate) fn serve(a: ServeArgs, g: &Globals, cancel: &r1s_core::Cancel) -> any
         ..Default::default()
     };
     let ready = t.elapsed().as_secs_f64();
+    let weights = policy.weights();
     let banner = |addr: std::net::SocketAddr| {
         format!(
-            "r1s policy serve: listening on http://{addr} (model {name}, ready in {ready:.2} s); POST /v1/completions, \
+            "r1s policy serve: listening on http://{addr} (model {name}, weights {weights}, ready in {ready:.2} s); POST /v1/completions, \
              POST /v1/chat/completions, GET /v1/models, GET /health"
         )
     };

@@ -442,9 +442,7 @@ impl Llama {
         step: &Step,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let x = self.embed_tokens(cfg, ids);
-        let x = run_blocks(&self.blocks, 0, cfg, rope, x, step, cache);
-        self.final_norm(cfg, x)
+        self.hidden_packed(cfg, rope, ids, step, cache, None)
     }
 
     /// [`Llama::hidden`] with the projections of `packed` in place of the f32 ones (decode steps

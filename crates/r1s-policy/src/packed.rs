@@ -10,10 +10,11 @@
 //! Formats (per output row, along the input dimension):
 //! - **bf16**: the upper 16 bits of the f32 value, rounded to nearest even (`half::bf16::from_f32`);
 //!   bf16 → f32 is exact.
-//! - **Q8_0**: blocks of 32 weights `x` with `d = max|x| / 127` stored at f16 precision and
-//!   `q = round(x / d)` (the unrounded `d`), so `x ≈ d·q` — ggml's `quantize_row_q8_0_ref`
-//!   (llama.cpp `ggml/src/ggml-quants.c`). Here `d` is kept as an f32 (holding an f16 value) beside
-//!   the `i8` quants: 36 bytes per 32 weights, not GGUF's 34.
+//! - **Q8_0**: blocks of 32 weights `x` with `d = max|x| / 127` and `q = round(x / d)`, so
+//!   `x ≈ d·q` — ggml's `quantize_row_q8_0_ref` (llama.cpp `ggml/src/ggml-quants.c`), except that `d`
+//!   is kept as an f32 beside the `i8` quants (36 bytes per 32 weights, not GGUF's 34): GGUF's f16
+//!   scale would lose precision for blocks whose largest weight is below ~7.8e-3 (a subnormal f16)
+//!   and overflow above ~8.3e6.
 //!
 //! Activations stay f32 (llama.cpp quantises them to 8 bits as well; these kernels do not), and every
 //! output element is one dot product over the input in a fixed order, whatever the batch, the rows
@@ -40,7 +41,7 @@ pub enum WeightFormat {
     F32,
     /// bf16 copies: 2 bytes per weight.
     Bf16,
-    /// Q8_0 copies: 1.125 bytes per weight here.
+    /// Q8_0 copies: 1.125 bytes per weight here (f32 scales).
     Q8_0,
 }
 
@@ -74,8 +75,8 @@ impl FromStr for WeightFormat {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(WeightFormat::F32),
             "bf16" => Ok(WeightFormat::Bf16),
-            "q8_0" | "q8" => Ok(WeightFormat::Q8_0),
-            _ => Err(format!("unknown weight format {s:?}: one of {}", WeightFormat::NAMES.join(", "))),
+            "q8_0" => Ok(WeightFormat::Q8_0),
+            _ => Err(format!("unknown weight format {s:?}: one of {} (any case)", WeightFormat::NAMES.join(", "))),
         }
     }
 }
@@ -141,7 +142,7 @@ impl PackedMatrix {
                         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
                         let d = amax / 127.0;
                         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                        scales[o * nb + b] = half::f16::from_f32(d).to_f32();
+                        scales[o * nb + b] = d;
                         for (q, v) in quants[o * k_pad + b * BLOCK..][..BLOCK].iter_mut().zip(x) {
                             *q = (v * id).round() as i8;
                         }
@@ -151,6 +152,30 @@ impl PackedMatrix {
             }
         };
         PackedMatrix { out, k, k_pad, data, bias }
+    }
+
+    /// The matrices' output rows one after another (same format and input size; not empty).
+    fn concat_rows(parts: Vec<PackedMatrix>) -> PackedMatrix {
+        let mut it = parts.into_iter();
+        let mut all = it.next().expect("at least one part");
+        for p in it {
+            assert_eq!((p.k, p.format()), (all.k, all.format()), "concatenating unlike matrices");
+            all.out += p.out;
+            match (&mut all.data, p.data) {
+                (Data::Bf16(a), Data::Bf16(b)) => a.extend(b),
+                (Data::Q8_0 { quants, scales }, Data::Q8_0 { quants: q, scales: d }) => {
+                    quants.extend(q);
+                    scales.extend(d);
+                }
+                _ => unreachable!("formats checked above"),
+            }
+            match (&mut all.bias, p.bias) {
+                (Some(a), Some(b)) => a.extend(b),
+                (None, None) => {}
+                _ => panic!("concatenating a matrix with a bias and one without"),
+            }
+        }
+        all
     }
 
     pub fn format(&self) -> WeightFormat {
@@ -298,30 +323,38 @@ impl PackedModel {
             Ok((crate::policy::to_vec(l.weight.val())?, dims, bias))
         };
         let pack = |(w, [k, out], bias): Read| PackedMatrix::pack(fmt, &w, out, k, true, bias);
-        // read back on this thread, one block at a time; pack the blocks in parallel
+        // read back on this thread one block at a time and pack its 7 projections in parallel, so
+        // that one block's f32 copy at most is alive beside the model
         let mut blocks = Vec::with_capacity(model.blocks.len());
         for b in &model.blocks {
-            let ws = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].map(read);
-            let mut read_all = Vec::with_capacity(7);
-            for w in ws {
-                read_all.push(w?);
+            let mut read_back = Vec::with_capacity(7);
+            for l in [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down] {
+                read_back.push(read(l)?);
             }
-            blocks.push(read_all);
+            let packed: Vec<PackedMatrix> = read_back.into_par_iter().map(pack).collect();
+            let mut it = packed.into_iter();
+            blocks.push(std::array::from_fn(|_| it.next().expect("7 projections packed")));
         }
-        let blocks: Vec<[PackedMatrix; 7]> = blocks
-            .into_par_iter()
-            .map(|ws| {
-                let mut it = ws.into_iter().map(pack);
-                std::array::from_fn(|_| it.next().expect("7 projections read"))
-            })
-            .collect();
-        let head = match &model.lm_head {
-            Some(l) => pack(read(l)?),
-            None => {
-                let [v, h] = model.embed.dims();
-                PackedMatrix::pack(fmt, &crate::policy::to_vec(model.embed.val())?, v, h, false, None)
-            }
+        // the head is the largest matrix (49,152 × 576 for SmolLM2): read back and packed in slices
+        // of output rows, so that no whole f32 copy of it is made
+        const SLICE: usize = 8192;
+        let (weight, transposed, bias) = match &model.lm_head {
+            Some(l) => (l.weight.val(), true, l.bias.as_ref().map(|b| b.val())),
+            None => (model.embed.val(), false, None),
         };
+        let [a, b] = weight.dims();
+        let (out, k) = if transposed { (b, a) } else { (a, b) };
+        let mut slices = Vec::with_capacity(out.div_ceil(SLICE));
+        for start in (0..out).step_by(SLICE) {
+            let len = SLICE.min(out - start);
+            let part = weight.clone().narrow(if transposed { 1 } else { 0 }, start, len);
+            let bias = match &bias {
+                Some(b) => Some(crate::policy::to_vec(b.clone().narrow(0, start, len).reshape([1, len]))?),
+                None => None,
+            };
+            slices.push(PackedMatrix::pack(fmt, &crate::policy::to_vec(part)?, len, k, transposed, bias));
+        }
+        let head = PackedMatrix::concat_rows(slices);
         Ok(Some(PackedModel { blocks, head }))
     }
 
@@ -690,8 +723,7 @@ mod tests {
             assert_eq!(a, b);
             for (x, y) in w.iter().zip(&a) {
                 // bf16 keeps 8 significant bits; Q8_0 errs by at most half a step of d = max|x| / 127
-                // (d itself is rounded to f16 after q is chosen: up to 127 · d · 2⁻¹¹ more)
-                let tol = if fmt == WeightFormat::Bf16 { x.abs() / 256.0 } else { 0.6 * 0.5 / 127.0 };
+                let tol = if fmt == WeightFormat::Bf16 { x.abs() / 256.0 } else { 0.5 / 127.0 * 0.5 * 1.001 };
                 assert!((x - y).abs() <= tol, "{fmt}: {x} packed to {y}");
             }
         }
@@ -699,6 +731,24 @@ mod tests {
         let z = PackedMatrix::pack(WeightFormat::Q8_0, &[0.0; 32], 1, 32, false, None);
         assert_eq!(z.dequantize(), vec![0.0; 32]);
         assert_eq!(z.bytes(), 36);
+    }
+
+    #[test]
+    fn slices_of_rows_concatenate_to_the_whole() {
+        let (out, k) = (70, 40);
+        let w = values(out * k, 9, 1.0);
+        let bias = values(out, 10, 1.0);
+        for fmt in [WeightFormat::Bf16, WeightFormat::Q8_0] {
+            let whole = PackedMatrix::pack(fmt, &w, out, k, false, Some(bias.clone()));
+            let parts = [(0, 32), (32, 32), (64, 6)].map(|(s, n)| {
+                PackedMatrix::pack(fmt, &w[s * k..(s + n) * k], n, k, false, Some(bias[s..s + n].to_vec()))
+            });
+            let joined = PackedMatrix::concat_rows(parts.into());
+            assert_eq!(joined.shape(), [out, k]);
+            assert_eq!(joined.dequantize(), whole.dequantize());
+            let x = values(3 * k, 11, 1.0);
+            assert_eq!(joined.matmul(&x, 3), whole.matmul(&x, 3));
+        }
     }
 
     #[test]

@@ -174,7 +174,8 @@ impl Policy {
     /// Which weights decode steps multiply by: the model's f32 weights (the default), or bf16 /
     /// Q8_0 copies packed from them now (see [`crate::packed`]: 2 or 1.125 bytes per weight, about
     /// 269 or 151 MB more for SmolLM2-135M). Prefill, [`Policy::logits`] and
-    /// [`Policy::token_logprobs`] keep the f32 weights.
+    /// [`Policy::token_logprobs`] keep the f32 weights; the log-probabilities of sampled tokens
+    /// ([`Generation::logprobs`]) come from the packed decode steps.
     ///
     /// # Errors
     /// [`PolicyError::Options`] for a packed format on a device other than the CPU's flex backend

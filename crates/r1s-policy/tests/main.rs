@@ -178,6 +178,35 @@ fn tiny(model_type: &str, tied: bool) -> LlamaConfig {
     .unwrap()
 }
 
+/// Packed decode steps of a model with q/k/v biases and a separate LM head (Qwen2), and of a tied
+/// Llama, against the f32 decode step; rows of 48 (not a multiple of a Q8_0 block) included.
+#[test]
+fn packed_decode_follows_f32_with_biases_and_an_untied_head() {
+    use r1s_policy::WeightFormat;
+    let device = Device::flex();
+    let tokenizer = TextTokenizer::from_gguf(&r1s_policy::gguf::Gguf::open(&smollm2()).unwrap()).unwrap();
+    for (kind, tied) in [("llama", true), ("qwen2", false)] {
+        let cfg = tiny(kind, tied);
+        let model = build_llama(&cfg, &RandomWeights { cfg: cfg.clone(), seed: 3 }, &device).unwrap();
+        let mut p = Policy::new(model, cfg.clone(), tokenizer.clone(), &device);
+        let ids = [5u32, 9, 17, 33, 2, 70];
+        let want = p.decode_logits(&ids).unwrap();
+        let scale = 1.0 + want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for fmt in [WeightFormat::Bf16, WeightFormat::Q8_0] {
+            p.set_weights(fmt).unwrap();
+            let got = p.decode_logits(&ids).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d > 0.0 && d <= 0.02 * scale,
+                "{kind} {fmt}: decode logits differ from f32's by {d} (scale {scale})"
+            );
+        }
+        // merged weights are packed again
+        p.set_weights(WeightFormat::F32).unwrap();
+        assert_eq!(p.decode_logits(&ids).unwrap(), want);
+    }
+}
+
 #[test]
 fn tiny_llama_and_qwen2_round_trip_batch_and_cache() {
     let device = test_device();
