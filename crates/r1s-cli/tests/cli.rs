@@ -1646,6 +1646,8 @@ fn policy_serve_answers_as_policy_generate_and_the_openai_client() {
     assert_eq!(stats["weights"].as_str(), Some("q8_0"), "{stats}");
     assert!((1..=12).contains(&stats["new_tokens"].as_u64().unwrap()), "{stats}");
     assert!(String::from_utf8_lossy(&q8.stdout).trim().len() > 10, "{q8:?}");
+    let health: serde_json::Value = c.get(format!("{url}/health")).send().unwrap().json().unwrap();
+    assert_eq!(health["weights"].as_str(), Some("f32"), "{health}");
     let chat_said =
         ok(r1s().args(["-q", "policy", "generate", "--chat", "Name a river.", "--max-new-tokens", "16", "-j", "2"]));
     let (_, v, _) = post(

@@ -535,14 +535,15 @@ async fn models(State(app): State<Arc<App>>) -> Response {
     json_response(
         StatusCode::OK,
         json!({"object": "list", "data": [{"id": app.cfg.model_name, "object": "model", "created": created, "owned_by": "r1s",
-            "max_model_len": app.policy.rope().max_positions()}]}),
+            "max_model_len": app.policy.rope().max_positions(), "weights": app.policy.weights().to_string()}]}),
     )
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
     json_response(
         StatusCode::OK,
-        json!({"status": "ok", "model": app.cfg.model_name, "outstanding": app.outstanding.load(Ordering::SeqCst)}),
+        json!({"status": "ok", "model": app.cfg.model_name, "weights": app.policy.weights().to_string(),
+            "outstanding": app.outstanding.load(Ordering::SeqCst)}),
     )
 }
 
