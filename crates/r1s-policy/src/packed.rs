@@ -327,10 +327,7 @@ impl PackedModel {
         // that one block's f32 copy at most is alive beside the model
         let mut blocks = Vec::with_capacity(model.blocks.len());
         for b in &model.blocks {
-            let mut read_back = Vec::with_capacity(7);
-            for l in [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down] {
-                read_back.push(read(l)?);
-            }
+            let read_back = (0..7).map(|p| read(b.projection(p))).collect::<crate::Result<Vec<Read>>>()?;
             let packed: Vec<PackedMatrix> = read_back.into_par_iter().map(pack).collect();
             let mut it = packed.into_iter();
             blocks.push(std::array::from_fn(|_| it.next().expect("7 projections packed")));
