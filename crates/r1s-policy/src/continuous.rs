@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::error::{PolicyError, Result};
 use crate::model::{KvCache, Step};
@@ -262,9 +262,9 @@ impl Policy {
         items: Vec<(usize, usize, Row)>,
         stats: &mut ContinuousStats,
     ) -> Result<Part> {
-        let idx: Vec<i64> = items.iter().map(|(i, ..)| *i as i64).collect();
+        let idx: Vec<usize> = items.iter().map(|(i, ..)| *i).collect();
         let mut cache = from.cache.clone();
-        cache.retain_rows(&Tensor::<1, Int>::from_data(TensorData::new(idx, [items.len()]), self.device()));
+        cache.retain_rows(&idx);
         let t = items.iter().map(|(_, c, row)| row.ctx.len() - c).max().unwrap_or(0);
         let width = from.width();
         let (b, mut ids, mut pos, mut keys, mut queries) =
@@ -314,8 +314,7 @@ impl Policy {
         if keep.is_empty() {
             return Part::empty();
         }
-        let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-        part.cache.retain_rows(&Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), self.device()));
+        part.cache.retain_rows(keep);
         let mut rows: Vec<Option<Row>> = part.rows.into_iter().map(Some).collect();
         let mut masks: Vec<Option<Vec<bool>>> = part.mask.into_iter().map(Some).collect();
         part.rows = keep.iter().filter_map(|&i| rows[i].take()).collect();
@@ -330,20 +329,16 @@ impl Policy {
         let mut pos = Vec::with_capacity(b);
         for row in &mut part.rows {
             let tok = *row.out.tokens.last().ok_or_else(|| PolicyError::Options("a row without a token".into()))?;
-            pos.push(row.ctx.len() as i64);
+            pos.push(row.ctx.len());
             row.ctx.push(tok);
-            ids.push(i64::from(tok));
+            ids.push(tok);
         }
         for m in &mut part.mask {
             m.push(false);
         }
-        let width = part.width();
         let any = part.mask.iter().flatten().any(|&x| x);
-        let step = Step {
-            positions: self.ints(pos, [b, 1]),
-            pad: any.then(|| (self.bools(part.mask.concat(), [b, width]), self.bools(vec![false; b], [b, 1]))),
-        };
-        part.logits = Some(self.decode_step(self.ints(ids, [b, 1]), &step, &mut part.cache));
+        let mask = any.then(|| part.mask.concat());
+        part.logits = Some(self.decode_step(&ids, &pos, mask.as_deref(), &mut part.cache)?);
         Ok(())
     }
 }
@@ -354,12 +349,12 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 /// Stacks parts into one batch, left-padding the narrower caches with masked zero columns.
 fn merge(policy: &Policy, parts: Vec<Part>) -> Part {
-    let parts: Vec<Part> = parts.into_iter().filter(|p| !p.rows.is_empty()).collect();
+    let mut parts: Vec<Part> = parts.into_iter().filter(|p| !p.rows.is_empty()).collect();
     if parts.len() <= 1 {
         return parts.into_iter().next().unwrap_or_else(Part::empty);
     }
     let width = parts.iter().map(Part::width).max().unwrap_or(0);
-    let layers = parts.iter().map(|p| p.cache.layers.len()).max().unwrap_or(0);
+    let layers = parts.iter_mut().map(|p| p.cache.tensors().len()).max().unwrap_or(0);
     let mut out = Part::empty();
     let mut keys: Vec<Vec<Tensor<4>>> = vec![Vec::new(); layers];
     let mut values: Vec<Vec<Tensor<4>>> = vec![Vec::new(); layers];
@@ -395,11 +390,7 @@ fn trim(part: &mut Part) {
     if first == 0 {
         return;
     }
-    let width = part.width();
-    for (k, v) in part.cache.layers.iter_mut().flatten() {
-        *k = k.clone().narrow(2, first, width - first);
-        *v = v.clone().narrow(2, first, width - first);
-    }
+    part.cache.drop_front(first);
     for m in &mut part.mask {
         m.drain(..first);
     }

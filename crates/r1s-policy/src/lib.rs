@@ -12,6 +12,7 @@ pub mod adapter;
 pub use r1s_core::chat;
 pub mod config;
 pub mod continuous;
+pub mod decode;
 pub mod error;
 pub mod gguf;
 pub mod load;

@@ -13,7 +13,6 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::LlamaConfig;
-use crate::packed::{PackedMatrix, PackedModel};
 
 /// One decoder block.
 #[derive(Module, Debug)]
@@ -70,16 +69,23 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
 }
 
-/// Cached keys and values per layer: `[b, nkv, T, hd]` each.
+/// Cached keys and values: per layer `[b, nkv, T, hd]` tensors on the model's device, or — after a
+/// host decode step of packed weights ([`crate::decode`]) — host buffers grown in place. Each
+/// operation that needs the tensors moves a host cache back first (one copy), so decode steps
+/// append without copying and joins, prefills and training see tensors.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pub(crate) layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pub(crate) host: Option<crate::decode::HostKv>,
 }
 
 impl KvCache {
     /// Cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        match &self.host {
+            Some(h) => h.len(),
+            None => self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2]),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,19 +94,54 @@ impl KvCache {
 
     /// Keeps the batch rows `rows`, in that order (finished sequences leave the batch; a repeated
     /// index copies a row).
-    pub fn retain_rows(&mut self, rows: &Tensor<1, Int>) {
+    ///
+    /// # Panics
+    /// When a row is out of range.
+    pub fn retain_rows(&mut self, rows: &[usize]) {
+        if let Some(h) = &mut self.host {
+            h.retain_rows(rows);
+            return;
+        }
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else {
+            return;
+        };
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.clone().select(0, rows.clone());
             *v = v.clone().select(0, rows.clone());
         }
     }
+
+    /// Drops the first `n` positions of every row.
+    pub fn drop_front(&mut self, n: usize) {
+        if let Some(h) = &mut self.host {
+            h.drop_front(n);
+            return;
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let t = k.dims()[2];
+            *k = k.clone().narrow(2, n, t - n);
+            *v = v.clone().narrow(2, n, t - n);
+        }
+    }
+
+    /// The per-layer tensors, moving a host cache back to the device first.
+    pub(crate) fn tensors(&mut self) -> &mut Vec<Option<(Tensor<4>, Tensor<4>)>> {
+        if let Some(h) = self.host.take() {
+            self.layers = h.into_tensors();
+        }
+        &mut self.layers
+    }
 }
 
-/// Rotary tables: `cos`, `sin` of `[max_pos, hd/2]`.
+/// Rotary tables: `cos`, `sin` of `[max_pos, hd/2]`, on the device and on the host (for the host
+/// decode steps of [`crate::decode`]).
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
+    host: std::sync::Arc<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Rope {
@@ -130,8 +171,17 @@ impl Rope {
                 sin.push(a.sin() as f32);
             }
         }
-        let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [max_pos, hd / 2]), device);
-        Rope { cos: t(cos), sin: t(sin) }
+        let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [max_pos, hd / 2]), device);
+        Rope { cos: t(&cos), sin: t(&sin), host: std::sync::Arc::new((cos, sin)) }
+    }
+
+    /// `(cos, sin)` at `pos`, `hd/2` values each, from the host copy.
+    ///
+    /// # Panics
+    /// When `pos >= max_positions()`.
+    pub(crate) fn host_at(&self, pos: usize) -> (&[f32], &[f32]) {
+        let half = self.cos.dims()[1];
+        (&self.host.0[pos * half..][..half], &self.host.1[pos * half..][..half])
     }
 
     /// Largest position + 1.
@@ -159,19 +209,6 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let x2 = x.clone().narrow(3, hd / 2, hd / 2);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     x * cos.clone() + rotated * sin.clone()
-}
-
-/// `x · Wᵀ (+ bias)` of `x` `[..., in]` by a packed `[out, in]` matrix (see [`crate::packed`]):
-/// the activations are read back to the host, multiplied there and put on `x`'s device again
-/// (decode steps: a few rows of a few thousand values).
-pub fn packed_linear<const D: usize>(w: &PackedMatrix, x: Tensor<D>) -> Tensor<D> {
-    let mut dims = x.dims();
-    let device = x.device();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let values: Vec<f32> = x.into_data().iter::<f32>().collect();
-    let y = w.matmul(&values, rows);
-    dims[D - 1] = w.shape()[0];
-    Tensor::from_data(TensorData::new(y, dims), &device)
 }
 
 /// burn flex threads a matmul only from this many multiply-adds (its `PARALLEL_THRESHOLD`), and
@@ -288,7 +325,7 @@ pub fn run_blocks(
     step: &Step,
     cache: Option<&mut KvCache>,
 ) -> Tensor<3> {
-    run(blocks, first, cfg, rope, x, step, cache, None, None)
+    run(blocks, first, cfg, rope, x, step, cache, None)
 }
 
 /// One projection's LoRA factors: `A` `[in, r]`, `B` `[r, out]`.
@@ -316,7 +353,7 @@ pub fn run_blocks_lora(
     step: &Step,
     lora: &LoraBeside,
 ) -> Tensor<3> {
-    run(blocks, first, cfg, rope, x, step, None, Some(lora), None)
+    run(blocks, first, cfg, rope, x, step, None, Some(lora))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,7 +366,6 @@ fn run(
     step: &Step,
     mut cache: Option<&mut KvCache>,
     lora: Option<&LoraBeside>,
-    packed: Option<&PackedModel>,
 ) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let cos_sin = rope.at(&step.positions);
@@ -341,15 +377,14 @@ fn run(
         k.bool_and(q)
     });
     if let Some(c) = cache.as_deref_mut()
-        && c.layers.len() < first + blocks.len()
+        && c.tensors().len() < first + blocks.len()
     {
         c.layers.resize(first + blocks.len(), None);
     }
     for (i, block) in blocks.iter().enumerate() {
         let slot = cache.as_deref_mut().map(|c| &mut c.layers[first + i]);
         let beside = lora.and_then(|l| l.blocks.get(i).map(|ads| (ads.as_slice(), l.scale)));
-        let packed = packed.and_then(|p| p.blocks.get(first + i));
-        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot, beside, packed);
+        x = block.forward(cfg, x, &cos_sin, mask.as_ref(), slot, beside);
     }
     x
 }
@@ -375,17 +410,12 @@ impl Block {
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         lora: Option<(&[Option<Factors>], f64)>,
-        packed: Option<&[PackedMatrix; 7]>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        // projection `p` of `h` (by its packed copy when given), with its adapter beside it when
-        // there is one
+        // projection `p` of `h`, with its adapter beside it when there is one
         let proj = |p: usize, h: Tensor<3>| {
-            let y = match packed {
-                Some(w) => packed_linear(&w[p], h.clone()),
-                None => linear(self.projection(p), h.clone()),
-            };
+            let y = linear(self.projection(p), h.clone());
             match lora.and_then(|(ads, s)| ads.get(p).and_then(Option::as_ref).map(|ab| (ab, s))) {
                 Some(((a, bb), s)) => {
                     let [bsz, tt, d] = h.dims();
@@ -442,31 +472,9 @@ impl Llama {
         step: &Step,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        self.hidden_packed(cfg, rope, ids, step, cache, None)
-    }
-
-    /// [`Llama::hidden`] with the projections of `packed` in place of the f32 ones (decode steps
-    /// of `--weights bf16|q8_0`; `None`: the same as [`Llama::hidden`]).
-    pub fn hidden_packed(
-        &self,
-        cfg: &LlamaConfig,
-        rope: &Rope,
-        ids: Tensor<2, Int>,
-        step: &Step,
-        cache: Option<&mut KvCache>,
-        packed: Option<&PackedModel>,
-    ) -> Tensor<3> {
         let x = self.embed_tokens(cfg, ids);
-        let x = run(&self.blocks, 0, cfg, rope, x, step, cache, None, packed);
+        let x = run(&self.blocks, 0, cfg, rope, x, step, cache, None);
         self.final_norm(cfg, x)
-    }
-
-    /// [`Llama::logits`] by `packed`'s head when given.
-    pub fn logits_packed(&self, hidden: Tensor<3>, packed: Option<&PackedModel>) -> Tensor<3> {
-        match packed {
-            Some(p) => packed_linear(&p.head, hidden),
-            None => self.logits(hidden),
-        }
     }
 
     /// Token embeddings `[b, t, h]` of `ids` `[b, t]`.

@@ -295,20 +295,49 @@ impl PackedMatrix {
     }
 }
 
-/// A decoder's projections and LM head packed for decode steps ([`crate::Llama`]'s layout).
+/// One decoder block packed for decode steps: its projections with the q/k/v and gate/up rows
+/// joined (one product each), and its norms' weights.
+#[derive(Debug, Clone)]
+pub struct PackedBlock {
+    /// q, k, v: `[(nh + 2·nkv)·hd, h]`.
+    pub qkv: PackedMatrix,
+    /// `[h, nh·hd]`.
+    pub o: PackedMatrix,
+    /// gate, up: `[2·i, h]`.
+    pub gate_up: PackedMatrix,
+    /// `[h, i]`.
+    pub down: PackedMatrix,
+    /// RMSNorm weights `[h]` before attention and before the MLP (f32, as in the model).
+    pub attn_norm: Vec<f32>,
+    pub mlp_norm: Vec<f32>,
+}
+
+/// A decoder's projections and LM head packed for decode steps ([`crate::Llama`]'s layout), with
+/// the f32 norm weights and shapes that [`crate::decode`] runs them with.
 #[derive(Debug, Clone)]
 pub struct PackedModel {
-    /// Per block, the projections in [`crate::adapter::PROJECTION_PATHS`] order (q, k, v, o, gate,
-    /// up, down).
-    pub blocks: Vec<[PackedMatrix; 7]>,
+    pub blocks: Vec<PackedBlock>,
     /// The LM head (or the tied embeddings): `[v, h]`.
     pub head: PackedMatrix,
+    /// The final RMSNorm's weights `[h]`.
+    pub norm: Vec<f32>,
+    /// Query heads, key/value heads, head dimension.
+    pub heads: [usize; 3],
+    /// RMSNorm's ε.
+    pub eps: f32,
 }
 
 impl PackedModel {
     /// Packs `model`'s f32 weights as `fmt`; `None` for [`WeightFormat::F32`] (nothing to pack).
     /// The model keeps its f32 weights (prefill, scoring and training use them).
-    pub fn pack(model: &crate::Llama, fmt: WeightFormat) -> crate::Result<Option<PackedModel>> {
+    ///
+    /// # Errors
+    /// Reading a weight back from its device.
+    pub fn pack(
+        model: &crate::Llama,
+        cfg: &crate::LlamaConfig,
+        fmt: WeightFormat,
+    ) -> crate::Result<Option<PackedModel>> {
         if fmt == WeightFormat::F32 {
             return Ok(None);
         }
@@ -322,6 +351,10 @@ impl PackedModel {
             };
             Ok((crate::policy::to_vec(l.weight.val())?, dims, bias))
         };
+        let vec1 = |p: &burn::module::Param<burn::tensor::Tensor<1>>| {
+            let n = p.dims()[0];
+            crate::policy::to_vec(p.val().reshape([1, n]))
+        };
         let pack = |(w, [k, out], bias): Read| PackedMatrix::pack(fmt, &w, out, k, true, bias);
         // read back on this thread one block at a time and pack its 7 projections in parallel, so
         // that one block's f32 copy at most is alive beside the model
@@ -330,7 +363,16 @@ impl PackedModel {
             let read_back = (0..7).map(|p| read(b.projection(p))).collect::<crate::Result<Vec<Read>>>()?;
             let packed: Vec<PackedMatrix> = read_back.into_par_iter().map(pack).collect();
             let mut it = packed.into_iter();
-            blocks.push(std::array::from_fn(|_| it.next().expect("7 projections packed")));
+            let mut next = || it.next().expect("7 projections packed");
+            let (q, k, v, o, gate, up, down) = (next(), next(), next(), next(), next(), next(), next());
+            blocks.push(PackedBlock {
+                qkv: PackedMatrix::concat_rows(vec![q, k, v]),
+                o,
+                gate_up: PackedMatrix::concat_rows(vec![gate, up]),
+                down,
+                attn_norm: vec1(&b.attn_norm)?,
+                mlp_norm: vec1(&b.mlp_norm)?,
+            });
         }
         // the head is the largest matrix (49,152 × 576 for SmolLM2): read back and packed in slices
         // of output rows, so that no whole f32 copy of it is made
@@ -352,16 +394,27 @@ impl PackedModel {
             slices.push(PackedMatrix::pack(fmt, &crate::policy::to_vec(part)?, len, k, transposed, bias));
         }
         let head = PackedMatrix::concat_rows(slices);
-        Ok(Some(PackedModel { blocks, head }))
+        Ok(Some(PackedModel {
+            blocks,
+            head,
+            norm: vec1(&model.norm)?,
+            heads: [cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim()],
+            eps: cfg.rms_norm_eps as f32,
+        }))
     }
 
     pub fn format(&self) -> WeightFormat {
         self.head.format()
     }
 
-    /// Bytes held by the packed copies.
+    /// Bytes held by the packed copies (weights, scales, biases; not the norms).
     pub fn bytes(&self) -> usize {
-        self.head.bytes() + self.blocks.iter().flatten().map(PackedMatrix::bytes).sum::<usize>()
+        self.head.bytes()
+            + self
+                .blocks
+                .iter()
+                .map(|b| b.qkv.bytes() + b.o.bytes() + b.gate_up.bytes() + b.down.bytes())
+                .sum::<usize>()
     }
 }
 

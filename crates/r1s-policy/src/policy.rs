@@ -187,7 +187,7 @@ impl Policy {
                 self.device
             )));
         }
-        self.packed = crate::packed::PackedModel::pack(&self.model, fmt)?.map(std::sync::Arc::new);
+        self.packed = crate::packed::PackedModel::pack(&self.model, &self.cfg, fmt)?.map(std::sync::Arc::new);
         Ok(())
     }
 
@@ -219,18 +219,47 @@ impl Policy {
             )));
         }
         let (mut cache, _, _, _) = self.prefill(&[ids[..n - 1].to_vec()])?;
-        let step = Step { positions: self.ints(vec![(n - 1) as i64], [1, 1]), pad: None };
-        let logits = self.decode_step(self.ints(vec![i64::from(ids[n - 1])], [1, 1]), &step, &mut cache);
-        to_vec(logits)
+        to_vec(self.decode_step(&ids[n - 1..], &[n - 1], None, &mut cache)?)
     }
 
-    /// Hidden states and logits `[b, v]` of one decode step (`ids` `[b, 1]`), by the packed weights
-    /// when set.
-    pub(crate) fn decode_step(&self, ids: Tensor<2, Int>, step: &Step, cache: &mut KvCache) -> Tensor<2> {
-        let b = ids.dims()[0];
-        let packed = self.packed.as_deref();
-        let hidden = self.model.hidden_packed(&self.cfg, &self.rope, ids, step, Some(cache), packed);
-        self.model.logits_packed(hidden, packed).reshape([b, self.cfg.vocab_size])
+    /// Logits `[b, v]` of one decode step: the rows' tokens `ids` at `positions`, appended to
+    /// `cache`; `key_pad` (`[b][T + 1]` for the `T` cached positions and the new one, true = not one
+    /// of the row's keys) or `None` when no key is masked. With packed weights
+    /// ([`Policy::set_weights`]) the step runs on the host ([`crate::decode`]) and the cache stays
+    /// there; otherwise through the model on its device.
+    ///
+    /// # Errors
+    /// Shapes that disagree, a position past the model's, reading tensors back.
+    pub(crate) fn decode_step(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        key_pad: Option<&[bool]>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
+        let b = ids.len();
+        let ids_t = self.ints(ids.iter().map(|&x| i64::from(x)).collect(), [b, 1]);
+        let vocab = self.cfg.vocab_size;
+        let Some(packed) = self.packed.as_deref() else {
+            let tt = cache.len() + 1;
+            let step = Step {
+                positions: self.ints(positions.iter().map(|&p| p as i64).collect(), [b, 1]),
+                pad: key_pad.map(|p| (self.bools(p.to_vec(), [b, tt]), self.bools(vec![false; b], [b, 1]))),
+            };
+            let hidden = self.model.hidden(&self.cfg, &self.rope, ids_t, &step, Some(cache));
+            return Ok(self.model.logits(hidden).reshape([b, vocab]));
+        };
+        let host = match &mut cache.host {
+            Some(h) => h,
+            None => {
+                let host = crate::decode::HostKv::from_tensors(cache.tensors(), 64)?;
+                cache.layers = Vec::new();
+                cache.host.insert(host)
+            }
+        };
+        let x = to_vec(self.model.embed.val().select(0, ids_t.reshape([b])))?;
+        let logits = crate::decode::step(packed, &self.rope, x, positions, key_pad, host)?;
+        Ok(Tensor::from_data(TensorData::new(logits, [b, vocab]), &self.device))
     }
 
     /// Puts the parts together.
@@ -369,7 +398,7 @@ impl Policy {
         let mut decoded = 0usize;
         // per live row: its sequence index, its next position, its key padding so far
         let mut live: Vec<usize> = (0..n).collect();
-        let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        let mut next_pos: Vec<usize> = prompts.iter().map(Vec::len).collect();
         let mut key_pad: Vec<Vec<bool>> = prompts.iter().map(|p| (0..t0).map(|i| i < t0 - p.len()).collect()).collect();
         let max_new = s.max_new_tokens.min(self.rope.max_positions().saturating_sub(t0));
         for step in 0..max_new {
@@ -401,9 +430,7 @@ impl Policy {
                 return Ok(out);
             }
             if keep.len() < live.len() {
-                let idx: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
-                let rows_t = Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), &self.device);
-                cache.retain_rows(&rows_t);
+                cache.retain_rows(&keep);
                 live = keep.iter().map(|&r| live[r]).collect();
                 next_pos = keep.iter().map(|&r| next_pos[r]).collect();
                 key_pad = keep.iter().map(|&r| std::mem::take(&mut key_pad[r])).collect();
@@ -411,18 +438,12 @@ impl Policy {
             if step + 1 == max_new {
                 break;
             }
-            let b = live.len();
             for kp in &mut key_pad {
                 kp.push(false);
             }
-            let tt = key_pad[0].len();
             let any_pad = key_pad.iter().flatten().any(|&x| x);
-            let step = Step {
-                positions: self.ints(next_pos.clone(), [b, 1]),
-                pad: any_pad.then(|| (self.bools(key_pad.concat(), [b, tt]), self.bools(vec![false; b], [b, 1]))),
-            };
-            let ids = self.ints(chosen.iter().map(|&x| i64::from(x)).collect(), [b, 1]);
-            last = self.decode_step(ids, &step, &mut cache);
+            let mask = any_pad.then(|| key_pad.concat());
+            last = self.decode_step(&chosen, &next_pos, mask.as_deref(), &mut cache)?;
             for p in &mut next_pos {
                 *p += 1;
             }
@@ -446,7 +467,7 @@ impl Policy {
     pub(crate) fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(KvCache, Tensor<2>, usize, usize)> {
         let n = prompts.len();
         let mut unique: Vec<Vec<u32>> = Vec::new();
-        let mut row_of: Vec<i64> = Vec::with_capacity(n);
+        let mut row_of: Vec<usize> = Vec::with_capacity(n);
         let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
         for p in prompts {
             let row = match seen.get(p.as_slice()) {
@@ -457,7 +478,7 @@ impl Policy {
                     unique.len() - 1
                 }
             };
-            row_of.push(row as i64);
+            row_of.push(row);
         }
         let (ids, step) = self.left_padded(&unique, 0)?;
         let t0 = ids.dims()[1];
@@ -466,9 +487,9 @@ impl Policy {
         let [b, t, _] = hidden.dims();
         let mut last = self.model.logits(hidden.narrow(1, t - 1, 1)).reshape([b, self.cfg.vocab_size]);
         if unique.len() < n {
-            let rows = Tensor::<1, Int>::from_data(TensorData::new(row_of, [n]), &self.device);
-            cache.retain_rows(&rows);
-            last = last.select(0, rows);
+            cache.retain_rows(&row_of);
+            let rows = row_of.iter().map(|&r| r as i64).collect();
+            last = last.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &self.device));
         }
         let run = unique.iter().map(Vec::len).sum();
         Ok((cache, last, t0, run))
