@@ -241,30 +241,27 @@ impl PackedMatrix {
             padded = p;
             &padded
         };
-        // yt is [out][m]: each task owns a contiguous run of output rows
-        let mut yt = vec![0f32; self.out * m];
-        let work = |(c, chunk): (usize, &mut [f32])| {
-            let first = c * OUT_CHUNK;
-            for (j, ys) in chunk.chunks_mut(m).enumerate() {
-                self.dot_rows(kernel, first + j, x, m, ys);
-            }
-        };
-        if self.out * self.k_pad * m.max(1) >= 1 << 16 {
-            yt.par_chunks_mut(OUT_CHUNK * m.max(1)).enumerate().for_each(work);
-        } else {
-            yt.chunks_mut(OUT_CHUNK * m.max(1)).enumerate().for_each(work);
-        }
-        let mut y = if m == 1 {
-            yt
-        } else {
-            let mut y = vec![0f32; m * self.out];
-            for (o, col) in yt.chunks(m).enumerate() {
+        // each task computes a fixed run of OUT_CHUNK output columns for all m rows and writes them
+        // into y [m][out] in place (the runs are disjoint)
+        let mut y = vec![0f32; m * self.out];
+        let out = OutPtr(y.as_mut_ptr());
+        let n = self.out;
+        let work = |c: usize| {
+            let mut col = vec![0f32; m];
+            for o in c * OUT_CHUNK..((c + 1) * OUT_CHUNK).min(n) {
+                self.dot_rows(kernel, o, x, m, &mut col);
                 for (r, v) in col.iter().enumerate() {
-                    y[r * self.out + o] = *v;
+                    // SAFETY: r < m and o < n, so r·n + o is inside y; column o is this task's alone
+                    unsafe { *out.at(r * n + o) = *v };
                 }
             }
-            y
         };
+        let chunks = n.div_ceil(OUT_CHUNK);
+        if n * self.k_pad * m.max(1) >= 1 << 16 {
+            (0..chunks).into_par_iter().for_each(work);
+        } else {
+            (0..chunks).for_each(work);
+        }
         if let Some(b) = &self.bias {
             for row in y.chunks_mut(self.out) {
                 for (v, b) in row.iter_mut().zip(b) {
@@ -310,6 +307,22 @@ pub struct PackedBlock {
     /// RMSNorm weights `[h]` before attention and before the MLP (f32, as in the model).
     pub attn_norm: Vec<f32>,
     pub mlp_norm: Vec<f32>,
+}
+
+/// `y`'s buffer, shared by the tasks of [`PackedMatrix::matmul_with`], each writing its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the tasks write disjoint elements, and the buffer outlives them (rayon joins before the
+// owner reads it)
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` (a method, so that closures capture the whole Sync wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }
 
 /// A decoder's projections and LM head packed for decode steps ([`crate::Llama`]'s layout), with
