@@ -38,7 +38,7 @@ fn step(c: &mut Criterion) {
     let eos = base.tokenizer.eos.first().copied();
     let seq = tokenize(&base.tokenizer, &prompt, sol, &spans_of_text(sol), eos, 2048).expect("tokens");
     let episodes: Vec<Episode> =
-        (0..8).map(|i| Episode { group: i / 4, reward: (i % 2) as f64, seq: seq.clone() }).collect();
+        (0..8).map(|i| Episode { group: i / 4, reward: (i % 2) as f64, seq: seq.clone(), sampled: None }).collect();
     let tokens: usize = episodes.iter().map(|e| e.seq.tokens.len()).sum();
     let s = RlSettings {
         advantage: Advantage::ReinforceBaseline,

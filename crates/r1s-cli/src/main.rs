@@ -447,6 +447,13 @@ fn run(cli: Cli, cancel: &Arc<Cancel>) -> anyhow::Result<()> {
 
 /// Sizes rayon's global pool (burn's CPU backend and the retriever run on it); 0 keeps all cores.
 fn use_threads(threads: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if threads > cores {
+        // more threads than cores only adds waiting: rayon's workers spin and yield to each other
+        log::warn!(
+            "--threads {threads} is more than the {cores} cores here: expect it to run slower than with {cores}"
+        );
+    }
     if threads > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }

@@ -269,15 +269,26 @@ pub(crate) fn generate(a: GenerateArgs, g: &Globals) -> anyhow::Result<()> {
         policy.generate(&prompts, &r1s_policy::Sampling { max_new_tokens: 2, ..sampling.clone() })?;
     }
     let stdout = std::io::stdout();
+    // a reader of standard output that goes away (`| head -c N`) stops the generation within a
+    // token, and the command quietly (main's BrokenPipe rule), instead of decoding on for nobody
+    let closed = std::sync::Arc::new(r1s_core::Cancel::new());
+    policy.cancel = Some(closed.clone());
+    let mut write_error: Option<std::io::Error> = None;
     let t = std::time::Instant::now();
     let out = policy.generate_streaming(&prompts, &sampling, &mut |seq, text| {
-        if seq == 0 {
+        if seq == 0 && write_error.is_none() {
             let mut o = stdout.lock();
-            let _ = o.write_all(text.as_bytes());
-            let _ = o.flush();
+            if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+                write_error = Some(e);
+                closed.cancel();
+            }
         }
-    })?;
-    println!();
+    });
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context("writing the generation to standard output"));
+    }
+    let out = out?;
+    writeln!(stdout.lock())?;
     let n: usize = out.iter().map(|g| g.tokens.len()).sum();
     let secs = t.elapsed().as_secs_f64();
     if a.stats_json {

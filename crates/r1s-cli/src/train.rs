@@ -7,7 +7,7 @@ use clap::Args;
 use r1s_core::Cancel;
 use r1s_train::config::LoraConfig;
 
-use crate::loaders::{DEVICE_HELP, open_retriever, parse_protocol};
+use crate::loaders::{DEVICE_HELP, open_retriever, parse_protocol, parse_weights};
 use crate::{Globals, progress, use_threads};
 
 #[derive(Debug, Args)]
@@ -52,6 +52,13 @@ pub struct TrainArgs {
     /// (--features tch). A resumed run may change it.
     #[arg(long)]
     device: Option<String>,
+    /// Override model.weights: the weights rollouts and held-out evaluations decode with, f32, bf16
+    /// or q8_0 (packed copies, 2 or 1.125 bytes per weight; cpu device only). The loss, its old and
+    /// reference log-probs and the updates keep f32; every update packs the trained blocks again.
+    /// The metrics log how far the rollouts' log-probs are from the trainer's (rollout_kl,
+    /// rollout_ratio_*).
+    #[arg(long, value_parser = parse_weights)]
+    weights: Option<r1s_policy::WeightFormat>,
     /// Rollouts in rounds of turns, every turn waiting for the slowest episode
     /// (train.continuous_batching = false). Each mode is reproducible, but they sample differently
     /// for the same seed: continuously batched episodes each draw from their own stream, a round
@@ -143,9 +150,17 @@ pub struct SftArgs {
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// metrics.jsonl of `r1s policy train` or `r1s policy sft` (several: drawn one after the other).
+    /// metrics.jsonl of `r1s policy train` or `r1s policy sft` (several: drawn one after the other,
+    /// or over each other with --overlay).
     #[arg(required = true)]
     metrics: Vec<PathBuf>,
+    /// Draw the files as runs over each other on the same steps (comparing runs), each named by
+    /// its directory or by --label.
+    #[arg(long)]
+    overlay: bool,
+    /// With --overlay: the runs' names, one per file in order.
+    #[arg(long, requires = "overlay")]
+    label: Vec<String>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "r1s training")]
@@ -196,25 +211,36 @@ fn step_line(row: &serde_json::Value) -> String {
             f("grad_norm"),
             f("step_s")
         ),
-        _ => format!(
-            "{} step {:>4}  reward {:+.3}  RC {:.2}  retrieval {:.2}  format-bad {:.2}  F1 {:.3}  KL {:.4}  entropy {:.3}  clip {:.3}  {:.1} s{}",
-            row["stage"].as_str().unwrap_or(""),
-            row["step"],
-            f("reward_mean"),
-            f("rc"),
-            f("retrieval_rate"),
-            f("format_bad"),
-            f("f1"),
-            f("kl"),
-            f("entropy"),
-            f("clip_frac"),
-            f("step_s"),
-            if row["mem_paths"].is_number() {
-                format!("  memorised {} paths, NLL {:.3}", row["mem_paths"], f("mem_nll"))
+        _ => {
+            format!(
+                "{} step {:>4}  reward {:+.3}  RC {:.2}  retrieval {:.2}  format-bad {:.2}  F1 {:.3}  KL {:.4}  entropy {:.3}  clip {:.3}  {:.1} s{}",
+                row["stage"].as_str().unwrap_or(""),
+                row["step"],
+                f("reward_mean"),
+                f("rc"),
+                f("retrieval_rate"),
+                f("format_bad"),
+                f("f1"),
+                f("kl"),
+                f("entropy"),
+                f("clip_frac"),
+                f("step_s"),
+                if row["mem_paths"].is_number() {
+                    format!("  memorised {} paths, NLL {:.3}", row["mem_paths"], f("mem_nll"))
+                } else {
+                    String::new()
+                },
+            ) + &if row["rollout_ratio_mean"].is_number() {
+                format!(
+                    "  rollout/trainer ratio {:.3} [{:.2}, {:.2}]",
+                    f("rollout_ratio_mean"),
+                    f("rollout_ratio_min"),
+                    f("rollout_ratio_max")
+                )
             } else {
                 String::new()
             }
-        ),
+        }
     }
 }
 
@@ -241,6 +267,9 @@ pub fn train(a: TrainArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
     }
     if let Some(d) = a.device {
         cfg.model.device = d;
+    }
+    if let Some(w) = a.weights {
+        cfg.model.weights = w;
     }
     // a device this build or machine lacks is refused before the index and the model load
     r1s_policy::device(&cfg.model.device)?;
@@ -313,6 +342,29 @@ pub fn sft(a: SftArgs, g: &Globals, cancel: &Cancel) -> anyhow::Result<()> {
 }
 
 pub fn plot(a: PlotArgs) -> anyhow::Result<()> {
+    if a.overlay {
+        anyhow::ensure!(
+            a.label.is_empty() || a.label.len() == a.metrics.len(),
+            "--label names each of the {} metrics files, or none ({} given)",
+            a.metrics.len(),
+            a.label.len()
+        );
+        let runs = a
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let label = a.label.get(i).cloned().unwrap_or_else(|| {
+                    let dir = m.parent().and_then(|d| d.file_name()).unwrap_or(m.as_os_str());
+                    dir.to_string_lossy().into_owned()
+                });
+                Ok((label, r1s_train::plot::read_metrics(m)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let n = r1s_train::plot::plot_runs(&runs, &a.out, &a.title)?;
+        println!("{} panels, {} runs → {}", n, runs.len(), a.out.display());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut offset = 0u64;
     for m in &a.metrics {

@@ -1765,3 +1765,77 @@ except openai.BadRequestError as e:
 }
 #[path = "cli/cluster.rs"]
 mod cluster;
+
+/// A client that goes away stops its generation: `policy serve` drops the request's rows at the
+/// next step (outstanding falls to 0 long before the 2,000 tokens it asked for) and answers the next
+/// client at once; `policy generate | head -c N` stops quietly when its reader goes.
+#[test]
+fn an_abandoned_request_stops_decoding_and_a_closed_pipe_ends_generate_quietly() {
+    use std::io::{Read, Write};
+    /// Stops the server also when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (server, url, _stderr) =
+        spawn_listening(r1s().args(["policy", "serve", "--port", "0", "-j", "2", "--max-tokens", "4000"]));
+    let server = Killed(server);
+    let c = reqwest::blocking::Client::new();
+    let outstanding = || -> u64 {
+        let h: serde_json::Value = c.get(format!("{url}/health")).send().unwrap().json().unwrap();
+        h["outstanding"].as_u64().unwrap()
+    };
+    let addr = url.trim_start_matches("http://");
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 2000, "temperature": 1.0, "seed": 3}"#;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let t = std::time::Instant::now();
+    while outstanding() == 0 {
+        assert!(t.elapsed().as_secs() < 20, "the request never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(s);
+    let gone = std::time::Instant::now();
+    while outstanding() != 0 {
+        // 2,000 tokens take over a minute here; a dropped request leaves within a step or two
+        assert!(gone.elapsed().as_secs() < 10, "an abandoned request kept decoding");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r: serde_json::Value = c
+        .post(format!("{url}/v1/completions"))
+        .json(&serde_json::json!({"prompt": "Paris is", "max_tokens": 4, "temperature": 0}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["usage"]["completion_tokens"], 4, "{r}");
+    drop(server);
+
+    let mut child = Killed(
+        r1s()
+            .args(["-q", "policy", "generate", "Once upon a time", "--max-new-tokens", "3000", "--temperature", "1"])
+            .args(["-j", "2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = [0u8; 16];
+    child.0.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.0.stdout.take());
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed().as_secs() < 20, "generate went on writing into a closed pipe");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success() && !err.contains("panicked"), "{status:?}: {err}");
+}

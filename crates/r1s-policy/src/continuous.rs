@@ -29,7 +29,7 @@ use crate::model::{KvCache, Step};
 use crate::policy::{Generation, Policy, Rng, Sampling, StopReason, log_prob, sample, to_vec};
 
 /// One piece of work for [`Policy::generate_continuous`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// The caller's name for the sequence (e.g. an episode). A request may reuse the cache of a
     /// sequence of the same key that ended at the step it was handed back.
@@ -44,6 +44,9 @@ pub struct Request {
     /// client's seed and the choice's index, so that one seeded request samples the same whatever
     /// else runs); `None`: derived from the seed, key and count ([`stream_seed`]).
     pub stream: Option<u64>,
+    /// Set by the caller when it no longer wants this sequence (a server's client went away): the
+    /// sequence is dropped at the next step, and `done` never sees it. `None`: runs to its end.
+    pub cancel: Option<std::sync::Arc<r1s_core::Cancel>>,
 }
 
 /// What a [`Policy::generate_continuous`] run did.
@@ -84,6 +87,13 @@ struct Row {
     ctx: Vec<u32>,
     /// Most tokens it may sample (its budget, within the model's positions).
     max_new: usize,
+    cancel: Option<std::sync::Arc<r1s_core::Cancel>>,
+}
+
+impl Row {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
 }
 
 /// Rows with their cache and masks (module docs) and the logits `[rows, vocab]` of their next token.
@@ -140,6 +150,7 @@ impl Policy {
         loop {
             self.check_cancel()?;
             pending.extend(poll());
+            pending.retain(|r| !r.cancel.as_ref().is_some_and(|c| c.is_cancelled()));
             // the new requests reuse the cache of the ended row of their key, or are prefilled afresh
             let t = Instant::now();
             let mut finished: Vec<(usize, Generation)> = Vec::new();
@@ -165,8 +176,9 @@ impl Policy {
             let reused = if reuse.is_empty() { None } else { Some(self.prefill_reused(&batch, reuse, &mut stats)?) };
             let fresh = if fresh.is_empty() { None } else { Some(self.prefill_fresh(fresh, &mut stats)?) };
             stats.prefill_seconds += t.elapsed().as_secs_f64();
-            // the rows that go on feed the token they sampled
-            let keep: Vec<usize> = (0..batch.rows.len()).filter(|i| !ended.contains(i)).collect();
+            // the rows that go on feed the token they sampled (the callers' cancelled rows drop out)
+            let keep: Vec<usize> =
+                (0..batch.rows.len()).filter(|&i| !ended.contains(&i) && !batch.rows[i].cancelled()).collect();
             ended.clear();
             ended_key.clear();
             batch = self.narrow(batch, &keep);
@@ -243,6 +255,7 @@ impl Policy {
             ctx: r.prompt,
             max_new,
             sampling: r.sampling,
+            cancel: r.cancel,
         })
     }
 

@@ -34,14 +34,18 @@ pub const BLOCK: usize = 32;
 const OUT_CHUNK: usize = 64;
 
 /// How the decode steps store the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// In configuration files by the names of [`WeightFormat::NAMES`] (`weights = "q8_0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum WeightFormat {
     /// The model's own f32 weights, through burn's matmul (no copy).
     #[default]
+    #[serde(rename = "f32")]
     F32,
     /// bf16 copies: 2 bytes per weight.
+    #[serde(rename = "bf16")]
     Bf16,
     /// Q8_0 copies: 1.125 bytes per weight here (f32 scales).
+    #[serde(rename = "q8_0")]
     Q8_0,
 }
 
@@ -309,6 +313,49 @@ pub struct PackedBlock {
     pub mlp_norm: Vec<f32>,
 }
 
+/// A norm's weights `[n]` read back from its device.
+fn vec1(p: &burn::module::Param<burn::tensor::Tensor<1>>) -> crate::Result<Vec<f32>> {
+    let n = p.dims()[0];
+    crate::policy::to_vec(p.val().reshape([1, n]))
+}
+
+impl PackedBlock {
+    /// Packs `b`'s 7 projections as `fmt` (not f32): the weights are read back on this thread and
+    /// packed in parallel, so that one block's f32 copy at most is alive beside the model.
+    ///
+    /// # Errors
+    /// Reading a weight back from its device.
+    pub fn pack(b: &crate::Block, fmt: WeightFormat) -> crate::Result<PackedBlock> {
+        /// A linear's weight `[in, out]` read back, its shape and its bias.
+        type Read = (Vec<f32>, [usize; 2], Option<Vec<f32>>);
+        let read = |l: &burn::nn::Linear| -> crate::Result<Read> {
+            let dims = l.weight.dims();
+            let bias = match &l.bias {
+                Some(b) => Some(crate::policy::to_vec(b.val().reshape([1, dims[1]]))?),
+                None => None,
+            };
+            Ok((crate::policy::to_vec(l.weight.val())?, dims, bias))
+        };
+        let read_back = (0..7).map(|p| read(b.projection(p))).collect::<crate::Result<Vec<_>>>()?;
+        // burn keeps a linear's weight as [in, out]
+        let packed: Vec<PackedMatrix> = read_back
+            .into_par_iter()
+            .map(|(w, [k, out], bias)| PackedMatrix::pack(fmt, &w, out, k, true, bias))
+            .collect();
+        let mut it = packed.into_iter();
+        let mut next = || it.next().expect("7 projections packed");
+        let (q, k, v, o, gate, up, down) = (next(), next(), next(), next(), next(), next(), next());
+        Ok(PackedBlock {
+            qkv: PackedMatrix::concat_rows(vec![q, k, v]),
+            o,
+            gate_up: PackedMatrix::concat_rows(vec![gate, up]),
+            down,
+            attn_norm: vec1(&b.attn_norm)?,
+            mlp_norm: vec1(&b.mlp_norm)?,
+        })
+    }
+}
+
 /// `y`'s buffer, shared by the tasks of [`PackedMatrix::matmul_with`], each writing its own columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -354,39 +401,8 @@ impl PackedModel {
         if fmt == WeightFormat::F32 {
             return Ok(None);
         }
-        /// A linear's weight `[in, out]` read back, its shape and its bias.
-        type Read = (Vec<f32>, [usize; 2], Option<Vec<f32>>);
-        let read = |l: &burn::nn::Linear| -> crate::Result<Read> {
-            let dims = l.weight.dims();
-            let bias = match &l.bias {
-                Some(b) => Some(crate::policy::to_vec(b.val().reshape([1, dims[1]]))?),
-                None => None,
-            };
-            Ok((crate::policy::to_vec(l.weight.val())?, dims, bias))
-        };
-        let vec1 = |p: &burn::module::Param<burn::tensor::Tensor<1>>| {
-            let n = p.dims()[0];
-            crate::policy::to_vec(p.val().reshape([1, n]))
-        };
-        let pack = |(w, [k, out], bias): Read| PackedMatrix::pack(fmt, &w, out, k, true, bias);
-        // read back on this thread one block at a time and pack its 7 projections in parallel, so
-        // that one block's f32 copy at most is alive beside the model
-        let mut blocks = Vec::with_capacity(model.blocks.len());
-        for b in &model.blocks {
-            let read_back = (0..7).map(|p| read(b.projection(p))).collect::<crate::Result<Vec<Read>>>()?;
-            let packed: Vec<PackedMatrix> = read_back.into_par_iter().map(pack).collect();
-            let mut it = packed.into_iter();
-            let mut next = || it.next().expect("7 projections packed");
-            let (q, k, v, o, gate, up, down) = (next(), next(), next(), next(), next(), next(), next());
-            blocks.push(PackedBlock {
-                qkv: PackedMatrix::concat_rows(vec![q, k, v]),
-                o,
-                gate_up: PackedMatrix::concat_rows(vec![gate, up]),
-                down,
-                attn_norm: vec1(&b.attn_norm)?,
-                mlp_norm: vec1(&b.mlp_norm)?,
-            });
-        }
+        // one block's f32 copy at most is alive beside the model
+        let blocks = model.blocks.iter().map(|b| PackedBlock::pack(b, fmt)).collect::<crate::Result<Vec<_>>>()?;
         // the head is the largest matrix (49,152 × 576 for SmolLM2): read back and packed in slices
         // of output rows, so that no whole f32 copy of it is made
         const SLICE: usize = 8192;
@@ -414,6 +430,29 @@ impl PackedModel {
             heads: [cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim()],
             eps: cfg.rms_norm_eps as f32,
         }))
+    }
+
+    /// Packs `model`'s blocks `from..` and final norm again, in this model's format, after their
+    /// f32 weights changed (a training update of the top blocks: the embeddings, the LM head and
+    /// the blocks before `from` are taken to be unchanged and kept as packed).
+    ///
+    /// # Errors
+    /// [`crate::PolicyError::Options`] for a model of another depth or `from` past its blocks;
+    /// reading a weight back from its device.
+    pub fn repack_blocks(&mut self, model: &crate::Llama, from: usize) -> crate::Result<()> {
+        if model.blocks.len() != self.blocks.len() || from > self.blocks.len() {
+            return Err(crate::PolicyError::Options(format!(
+                "repacking blocks {from}.. of a {}-block model into {} packed blocks",
+                model.blocks.len(),
+                self.blocks.len()
+            )));
+        }
+        let fmt = self.format();
+        for (packed, b) in self.blocks[from..].iter_mut().zip(&model.blocks[from..]) {
+            *packed = PackedBlock::pack(b, fmt)?;
+        }
+        self.norm = vec1(&model.norm)?;
+        Ok(())
     }
 
     pub fn format(&self) -> WeightFormat {

@@ -204,6 +204,19 @@ impl Policy {
         }
     }
 
+    /// Packs blocks `from..` and the final norm again after a training update changed only them
+    /// (see [`crate::packed::PackedModel::repack_blocks`]); nothing with f32 weights. Cheaper than
+    /// [`Policy::repack`] by the frozen blocks and the LM head (the largest matrix).
+    ///
+    /// # Errors
+    /// `from` past the model's blocks; reading a weight back.
+    pub fn repack_blocks(&mut self, from: usize) -> Result<()> {
+        match &mut self.packed {
+            None => Ok(()),
+            Some(p) => std::sync::Arc::make_mut(p).repack_blocks(&self.model, from),
+        }
+    }
+
     /// Logits `[v]` of the last token of `ids` as generation computes them: `ids[..n-1]` prefilled,
     /// then one decode step by the weights of [`Policy::weights`]. For checking a weight format
     /// against f32 references ([`Policy::logits`] runs every position as a prefill, in f32).
@@ -591,6 +604,7 @@ impl r1s_core::Policy for Policy {
                         prompt: self.tokenizer.encode(&j.context)?,
                         sampling: j.settings,
                         stream: None,
+                        cancel: None,
                     })
                 })
                 .collect()

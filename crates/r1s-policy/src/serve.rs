@@ -15,7 +15,7 @@
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
 //! request (named field), 413 for a body over the limit, 503 when full, 500 when generation failed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -75,6 +75,8 @@ struct Submission {
 /// A request being served: its reply channel and its choices so far.
 struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<Vec<Generation>, String>>,
+    /// Set when the client went away: its choices stop decoding ([`Book::drop_abandoned`]).
+    cancel: Arc<r1s_core::Cancel>,
     out: Vec<Option<Generation>>,
     left: usize,
 }
@@ -96,6 +98,7 @@ impl Book {
         let id = self.next_id;
         self.next_id += 1;
         let rows = s.prompts.len() * s.n;
+        let cancel = Arc::new(r1s_core::Cancel::new());
         for (p, prompt) in s.prompts.iter().enumerate() {
             for c in 0..s.n {
                 let choice = p * s.n + c;
@@ -108,10 +111,33 @@ impl Book {
                     sampling: s.sampling.clone(),
                     // one stream per choice: the same seeded request samples the same
                     stream: Some(stream_seed(s.sampling.seed, choice, 0)),
+                    cancel: Some(cancel.clone()),
                 });
             }
         }
-        self.pending.insert(id, Pending { reply: s.reply, out: vec![None; rows], left: rows });
+        self.pending.insert(id, Pending { reply: s.reply, cancel, out: vec![None; rows], left: rows });
+    }
+
+    /// Stops the requests whose client went away (its connection closed, so the handler and its
+    /// reply's receiver were dropped): their waiting choices leave the queue, their running ones
+    /// are cancelled (the batch drops them at its next step), and they leave `outstanding`.
+    fn drop_abandoned(&mut self, outstanding: &AtomicUsize) {
+        let gone: Vec<usize> = self.pending.iter().filter(|(_, p)| p.reply.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            let Some(p) = self.pending.remove(&id) else { continue };
+            p.cancel.cancel();
+            outstanding.fetch_sub(p.out.len(), Ordering::SeqCst);
+            let keys: HashSet<usize> = self.of_key.iter().filter(|(_, (i, _))| *i == id).map(|(&k, _)| k).collect();
+            let queued = self.waiting.len();
+            self.waiting.retain(|r| !keys.contains(&r.key));
+            let running = keys.len() - (queued - self.waiting.len());
+            self.live = self.live.saturating_sub(running);
+            self.of_key.retain(|k, _| !keys.contains(k));
+            log::info!(
+                "a client went away: its request stopped ({running} choice(s) decoding, {} queued)",
+                queued - self.waiting.len()
+            );
+        }
     }
 
     fn take(&mut self, max_rows: usize) -> Vec<Request> {
@@ -170,6 +196,7 @@ fn engine(
         while let Ok(s) = rx.try_recv() {
             book.borrow_mut().admit(s);
         }
+        book.borrow_mut().drop_abandoned(&outstanding);
         let first = book.borrow_mut().take(max_rows);
         let ran = policy.generate_continuous_polled(
             first,
@@ -182,6 +209,7 @@ fn engine(
                 while let Ok(s) = rx.try_recv() {
                     b.admit(s);
                 }
+                b.drop_abandoned(&outstanding);
                 b.take(max_rows)
             },
         );

@@ -476,6 +476,7 @@ fn continuous_batching_matches_generate_and_reuses_caches() {
                     prompt: p.tokenizer.encode(&prompts[k]).unwrap(),
                     sampling: s.clone(),
                     stream: None,
+                    cancel: None,
                 })
                 .collect();
             let stats = p
@@ -487,7 +488,7 @@ fn continuous_batching_matches_generate_and_reuses_caches() {
                             // the next turn extends the text; its ids need not extend the sampled ones
                             let ids = p.tokenizer.encode(&format!("{}{}. Tell me more:", prompts[k], g.text)).unwrap();
                             second.insert(k, ids.clone());
-                            next.push(Request { key: k, prompt: ids, sampling: s.clone(), stream: None });
+                            next.push(Request { key: k, prompt: ids, sampling: s.clone(), stream: None, cancel: None });
                         }
                         results.insert((k, turn), g);
                     }

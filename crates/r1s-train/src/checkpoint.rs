@@ -255,7 +255,7 @@ pub fn load_split(
         let t = Tensor::<2>::from_data(TensorData::new(v.clone(), [b, a]), device).transpose().reshape([a * b]);
         param.set(t, &ad);
     }
-    split.sync();
+    split.sync()?;
     Ok(split)
 }
 

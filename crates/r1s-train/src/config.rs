@@ -53,6 +53,11 @@ pub struct ModelConfig {
     pub init: PathBuf,
     #[serde(default = "default_device")]
     pub device: String,
+    /// The weights rollouts and evaluations decode with: `f32` (the default), `bf16` or `q8_0`
+    /// (packed copies, [`r1s_policy::Policy::set_weights`]; device `cpu` only). Scoring and
+    /// training keep the f32 weights; each update packs the trained blocks again.
+    #[serde(default)]
+    pub weights: r1s_policy::WeightFormat,
 }
 
 fn default_device() -> String {
@@ -313,6 +318,14 @@ impl TrainConfig {
         }
         if let Some(l) = &t.lora {
             l.check()?;
+        }
+        if self.model.weights != r1s_policy::WeightFormat::F32 && !matches!(self.model.device.as_str(), "cpu" | "flex")
+        {
+            return Err(format!(
+                "model.weights = {:?} runs on model.device = \"cpu\" only (its kernels run on the host), not {:?}",
+                self.model.weights.to_string(),
+                self.model.device
+            ));
         }
         if self.retriever.index.is_some() == self.retriever.url.is_some() {
             return Err("[retriever] needs exactly one of index, url".into());

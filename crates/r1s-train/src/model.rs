@@ -231,12 +231,15 @@ impl Split {
     /// Starts a new stage from the model as trained so far, which becomes the reference. With LoRA
     /// the adapters are merged into the frozen top and start again (seeded by `seed`), and `opt`
     /// forgets their moments.
-    pub fn rebase(&mut self, seed: u64, opt: &mut crate::optim::AdamW) {
+    ///
+    /// # Errors
+    /// Packing the merged blocks again for generation ([`Split::sync`]).
+    pub fn rebase(&mut self, seed: u64, opt: &mut crate::optim::AdamW) -> Result<()> {
         let Some(l) = self.lora.take() else {
             if self.reference.is_some() {
                 self.reference = Some(self.plain_top());
             }
-            return;
+            return Ok(());
         };
         let plain = l.merged(&self.top).valid();
         let mut top = plain.clone().fork(&self.ad).no_grad();
@@ -245,21 +248,28 @@ impl Split {
         if self.reference.is_some() {
             self.reference = Some(plain.clone());
         }
-        self.install(plain);
         opt.reset();
+        self.install(plain)
     }
 
-    /// Copies the trainable top (as trained) into the plain model.
-    pub fn sync(&mut self) {
-        self.install(self.trained().valid());
+    /// Copies the trainable top (as trained) into the plain model, and packs its blocks again when
+    /// the policy generates from packed weights ([`Policy::set_weights`]: rollouts then sample
+    /// from the updated model in its packed form; scoring and training keep f32).
+    ///
+    /// # Errors
+    /// Reading the new weights back to pack them.
+    pub fn sync(&mut self) -> Result<()> {
+        self.install(self.trained().valid())
     }
 
-    /// Puts `plain` in the plain model's place of the top.
-    fn install(&mut self, plain: Top) {
+    /// Puts `plain` in the plain model's place of the top (and its packed copy).
+    fn install(&mut self, plain: Top) -> Result<()> {
         for (i, b) in plain.blocks.into_iter().enumerate() {
             self.policy.model.blocks[self.first + i] = b;
         }
         self.policy.model.norm = plain.norm;
+        self.policy.repack_blocks(self.first)?;
+        Ok(())
     }
 
     /// The plain top (what the plain model holds now).

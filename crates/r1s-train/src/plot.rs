@@ -39,6 +39,14 @@ const PANELS: &[Panel] = &[
     },
     Panel { title: "KL to reference / entropy", series: &[("step", "kl", "KL"), ("step", "entropy", "entropy")] },
     Panel { title: "seconds per step", series: &[("step", "step_s", "step"), ("step", "rollout_s", "rollouts")] },
+    Panel {
+        title: "π_trainer / π_rollout per action token",
+        series: &[
+            ("step", "rollout_ratio_mean", "mean"),
+            ("step", "rollout_ratio_min", "least"),
+            ("step", "rollout_ratio_max", "greatest"),
+        ],
+    },
     Panel { title: "SFT token NLL", series: &[("sft", "token_nll", "NLL per policy token")] },
     Panel { title: "SFT grad norm", series: &[("sft", "grad_norm", "grad norm")] },
 ];
@@ -189,6 +197,36 @@ pub fn plot(rows: &[serde_json::Value], out: &Path, title: &str) -> Result<usize
     Ok(panels.len())
 }
 
+/// Draws several runs' curves over each other into a PNG at `out` (the panels of [`plot`], each
+/// line named `label: series`), for comparing runs that share their steps (e.g. rollouts with f32
+/// and q8_0 weights from the same checkpoint and seed). Returns how many panels had data.
+///
+/// Errors: as [`plot_series`].
+pub fn plot_runs(runs: &[(String, Vec<serde_json::Value>)], out: &Path, title: &str) -> Result<usize> {
+    let panels: Vec<SeriesPanel> = PANELS
+        .iter()
+        .map(|p| SeriesPanel {
+            title: p.title.into(),
+            lines: runs
+                .iter()
+                .flat_map(|(label, rows)| {
+                    p.series.iter().map(move |&(kind, key, legend)| {
+                        let points = rows
+                            .iter()
+                            .filter(|r| r["kind"].as_str() == Some(kind))
+                            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+                            .collect();
+                        (format!("{label}: {legend}"), points)
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let n = panels.iter().filter(|p| p.lines.iter().any(|(_, v)| !v.is_empty())).count();
+    plot_series(out, title, "step", &panels)?;
+    Ok(n)
+}
+
 /// One panel of [`plot_series`]: its title and lines (legend, points in x order).
 #[derive(Debug, Clone, Default)]
 pub struct SeriesPanel {
@@ -214,7 +252,19 @@ pub fn plot_series(out: &Path, title: &str, x_desc: &str, panels: &[SeriesPanel]
         let root = BitMapBackend::new(out, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 24))?;
-        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+        // matplotlib's tab10: up to 10 lines (e.g. two overlaid runs of 3 series) in distinct colours
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(214, 39, 40),
+            RGBColor(44, 160, 44),
+            RGBColor(148, 103, 189),
+            RGBColor(255, 127, 14),
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+            RGBColor(127, 127, 127),
+            RGBColor(188, 189, 34),
+            RGBColor(23, 190, 207),
+        ];
         for (panel, area) in panels.iter().zip(root.split_evenly((nrows, cols))) {
             let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
             for &(x, y) in panel.lines.iter().flat_map(|(_, v)| v) {

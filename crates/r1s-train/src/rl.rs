@@ -16,6 +16,63 @@ pub struct Episode {
     pub group: usize,
     pub reward: f64,
     pub seq: Sequence,
+    /// The sampler's log-probs of the first `len` actions of `seq` (in order), where the rollout
+    /// exposed them and its sampled tokens are those actions ([`sampled_logprobs`]); only measured
+    /// ([`StepStats::mismatch`]), the loss uses the old log-probs recomputed here.
+    pub sampled: Option<Vec<f32>>,
+}
+
+/// The sampler's log-probs aligned to `seq`'s actions: the longest common prefix of the action
+/// tokens and the `sampled` tokens (a turn's tokens one after another; a sequence cut at
+/// `max_len`, an EOS appended or a retokenized span end it early), with their `logprobs`. `None`
+/// when nothing is aligned or the sampler gave no log-probs.
+pub fn sampled_logprobs(seq: &Sequence, sampled: &[u32], logprobs: &[f32]) -> Option<Vec<f32>> {
+    if sampled.len() != logprobs.len() {
+        return None;
+    }
+    let n = seq.actions.iter().zip(sampled).take_while(|&(&p, &t)| seq.tokens.get(p) == Some(&t)).count();
+    (n > 0).then(|| logprobs[..n].to_vec())
+}
+
+/// How far the sampler's log-probs of the actions are from the trainer's (the old log-probs, f32),
+/// over the tokens [`sampled_logprobs`] aligned: the gap between a rollout engine and the trainer
+/// (packed weights, other kernels) that makes PPO's first ratio `π_θ / π_sampler` differ from 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Mismatch {
+    /// Aligned action tokens, and episodes with any.
+    pub tokens: usize,
+    pub episodes: usize,
+    /// Mean of `log π_sampler − log π_trainer`: the k1 estimate of KL(sampler ‖ trainer) (the
+    /// tokens were drawn from the sampler), in nats per token.
+    pub kl: f64,
+    /// Mean, least and greatest per-token importance ratio `π_trainer / π_sampler`.
+    pub ratio_mean: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+}
+
+impl Mismatch {
+    /// The mismatch of `old` (`[episode][action]`) against `sampled` (`[episode]`, a prefix of its
+    /// actions each); `None` when no token is aligned.
+    pub fn measure(old: &[Vec<f32>], sampled: &[Option<&[f32]>]) -> Option<Mismatch> {
+        let mut m = Mismatch { ratio_min: f64::INFINITY, ratio_max: f64::NEG_INFINITY, ..Mismatch::default() };
+        for (o, s) in old.iter().zip(sampled) {
+            let Some(s) = s else { continue };
+            let mut any = false;
+            for (&a, &b) in o.iter().zip(s.iter()) {
+                let d = f64::from(a) - f64::from(b);
+                let r = d.exp();
+                m.kl -= d;
+                m.ratio_mean += r;
+                m.ratio_min = m.ratio_min.min(r);
+                m.ratio_max = m.ratio_max.max(r);
+                m.tokens += 1;
+                any = true;
+            }
+            m.episodes += usize::from(any);
+        }
+        (m.tokens > 0).then(|| Mismatch { kl: m.kl / m.tokens as f64, ratio_mean: m.ratio_mean / m.tokens as f64, ..m })
+    }
 }
 
 /// The loss settings of a step.
@@ -54,6 +111,8 @@ pub struct StepStats {
     pub mem_paths: usize,
     pub mem_tokens: usize,
     pub mem_nll: f64,
+    /// The sampler's log-probs against the old ones, where episodes carried them.
+    pub mismatch: Option<Mismatch>,
 }
 
 /// The memorisation set of a step (R1-Searcher++): sequences whose every token after the prompt is
@@ -191,6 +250,7 @@ pub fn optimize_with_memory(
         tokens: seqs.iter().map(|q| q.tokens.len()).sum(),
         mem_paths: if use_mem { memory.seqs.len() } else { 0 },
         mem_tokens: if use_mem { memory.seqs.iter().map(|q| q.actions.len()).sum() } else { 0 },
+        mismatch: Mismatch::measure(&old, &episodes.iter().map(|e| e.sampled.as_deref()).collect::<Vec<_>>()),
         ..StepStats::default()
     };
     let mut mem_steps = 0usize;
@@ -243,7 +303,7 @@ pub fn optimize_with_memory(
             stats.optimizer_steps += 1;
         }
     }
-    split.sync();
+    split.sync()?;
     let k = stats.optimizer_steps.max(1) as f64;
     stats.loss /= k;
     stats.grad_norm /= k;

@@ -210,7 +210,7 @@ pub fn sft(
         }
         let ad = split.ad.clone();
         let info = opt.step(split.params_mut(), &ad);
-        split.sync();
+        split.sync()?;
         state.global_step += 1;
         let dt = t0.elapsed().as_secs_f64();
         let row = json!({

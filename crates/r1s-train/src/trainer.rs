@@ -56,6 +56,24 @@ pub fn rollout_stats(
     })
 }
 
+/// A retriever that adds the seconds its calls take (the rollouts' time spent waiting for
+/// documents, during which the continuous batch does not decode: what overlapping retrieval with
+/// decoding could save at most).
+struct Timed<'a, R> {
+    inner: &'a R,
+    seconds: std::sync::Mutex<f64>,
+}
+
+impl<R: Retriever> Retriever for Timed<'_, R> {
+    type Error = R::Error;
+    fn retrieve(&self, queries: &[&str], k: usize) -> std::result::Result<Vec<Vec<r1s_core::Hit>>, R::Error> {
+        let t = Instant::now();
+        let hits = self.inner.retrieve(queries, k);
+        *self.seconds.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += t.elapsed().as_secs_f64();
+        hits
+    }
+}
+
 /// Runs `policy` over `prompts`, `batch` episodes at a time (the next starting as one ends).
 pub fn rollouts<R: Retriever>(
     policy: &Policy,
@@ -173,6 +191,9 @@ impl<'a, R: Retriever> Trainer<'a, R> {
                 (split, AdamW::new(adamw(&cfg, lr0)), state)
             }
         };
+        // rollouts and evaluations decode with these weights; scoring and training keep f32, and
+        // every update packs the trained blocks again (Split::sync)
+        split.policy.set_weights(cfg.model.weights)?;
         let template = Template::detect(split.policy.tokenizer.chat_template.as_deref());
         split.policy.continuous = cfg.train.continuous_batching;
         let prompt = PromptKind::parse(&cfg.train.prompt, template)?;
@@ -251,8 +272,10 @@ impl<'a, R: Retriever> Trainer<'a, R> {
         lc.sampling.temperature = stage.temperature;
         lc.sampling.top_p = stage.top_p;
         lc.sampling.max_new_tokens = stage.max_new_tokens;
-        let trajs = rollouts(&self.split.policy, self.retriever, &prompts, &lc, self.generate_batch)?;
+        let timed = Timed { inner: self.retriever, seconds: std::sync::Mutex::new(0.0) };
+        let trajs = rollouts(&self.split.policy, &timed, &prompts, &lc, self.generate_batch)?;
         let rollout_s = t0.elapsed().as_secs_f64();
+        let retrieval_s = timed.seconds.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.cancel.is_cancelled() {
             return Err(TrainError::Cancelled);
         }
@@ -275,7 +298,8 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             let ended_eos = matches!(t.turn_finishes.last(), Some(Finish::Eos));
             let seq: Sequence =
                 tokenize(tok, &t.prompt, &t.sol, &t.spans, eos.filter(|_| ended_eos), self.cfg.train.max_len)?;
-            episodes.push(Episode { group: g, reward, seq });
+            let sampled = crate::rl::sampled_logprobs(&seq, &t.turn_tokens.concat(), &t.turn_logprobs.concat());
+            episodes.push(Episode { group: g, reward, seq, sampled });
         }
         let settings = RlSettings {
             advantage: stage.advantage.unwrap_or(self.cfg.train.advantage),
@@ -307,8 +331,16 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             "action_tokens": stats.action_tokens, "tokens": stats.tokens, "gen_tokens": gen_tokens,
             "gen_tokens_per_s": gen_tokens as f64 / rollout_s.max(1e-9),
             "tokens_per_s": stats.tokens as f64 / step_s.max(1e-9),
-            "rollout_s": rollout_s, "train_s": train_s, "step_s": step_s,
+            "rollout_s": rollout_s, "retrieval_s": retrieval_s, "train_s": train_s, "step_s": step_s,
         });
+        if let Some(m) = stats.mismatch {
+            // the rollouts' log-probs (packed weights: --weights) against the trainer's f32 ones
+            extra["rollout_kl"] = json!(m.kl);
+            extra["rollout_ratio_mean"] = json!(m.ratio_mean);
+            extra["rollout_ratio_min"] = json!(m.ratio_min);
+            extra["rollout_ratio_max"] = json!(m.ratio_max);
+            extra["rollout_aligned_tokens"] = json!(m.tokens);
+        }
         if stage.memorize.is_some() {
             extra["mem_candidates"] = json!(memory.1);
             extra["mem_paths"] = json!(stats.mem_paths);
@@ -356,7 +388,9 @@ impl<'a, R: Retriever> Trainer<'a, R> {
                         other => {
                             let path = other.map_or_else(|| self.cfg.model.init.clone(), std::path::PathBuf::from);
                             let device = r1s_policy::device(&self.cfg.model.device)?;
-                            RewriterModel::Local(Box::new(Policy::load(&path, &device)?))
+                            let mut p = Policy::load(&path, &device)?;
+                            p.set_weights(self.cfg.model.weights)?;
+                            RewriterModel::Local(Box::new(p))
                         }
                     });
                 }
@@ -406,7 +440,7 @@ impl<'a, R: Retriever> Trainer<'a, R> {
             if self.state.stage_step == 0 {
                 // each stage starts from the previous one's result, which is its reference
                 if self.state.stage > 0 {
-                    self.split.rebase(lora_seed(self.cfg.train.seed, self.state.stage), &mut self.opt);
+                    self.split.rebase(lora_seed(self.cfg.train.seed, self.state.stage), &mut self.opt)?;
                 }
                 // the previous stage's last evaluation already measured this model
                 if self.state.global_step == 0 {

@@ -171,7 +171,7 @@ fn episodes(tok: &TextTokenizer, rewards: &[f64], groups: &[usize]) -> Vec<Episo
             let sol = sols[i % sols.len()];
             let seq = tokenize(tok, "Question: who? Answer:", sol, &spans_of_text(sol), tok.eos.first().copied(), 512)
                 .unwrap();
-            Episode { group, reward, seq }
+            Episode { group, reward, seq, sampled: None }
         })
         .collect()
 }
@@ -444,7 +444,7 @@ fn lora_starts_at_the_model_trains_only_adapters_and_rebases_into_the_weights() 
         assert!(u.iter().zip(&v).all(|(a, b)| (a - b).abs() <= 1e-3 * scale), "{name}: {u:?} vs {v:?}");
     }
     // a new stage: the adapters go into the weights and start again; the model does not change
-    split.rebase(3, &mut opt);
+    split.rebase(3, &mut opt).unwrap();
     assert_eq!(opt.t, 0);
     assert_eq!(hf_tensors(&split.policy.model).unwrap(), after);
     assert!(
@@ -1030,7 +1030,7 @@ fn peft_adapters_merge_into_the_base_and_stack_across_stages() {
     assert!(d < 1e-6, "base + adapter differs from the checkpoint's weights by {d}");
 
     // stage 2: the adapters merge into the weights and start again; its adapter is over base + Δ1
-    split.rebase(6, &mut opt);
+    split.rebase(6, &mut opt).unwrap();
     optimize(&mut split, &mut opt, &episodes(&tok, &[0.0, 1.0, 1.0, 0.0], &[0, 0, 1, 1]), &s).unwrap();
     let ck2 = tmp.path().join("ck2");
     r1s_train::checkpoint::save(&ck2, &split, &opt, &state(2)).unwrap();
@@ -1263,4 +1263,94 @@ fn rejection_sampling_keeps_well_formed_correct_rollouts() {
     let ex = r1s_train::sft::read_examples(&f, &prompt, r1s_agent::Protocol::R1SearcherPlus).unwrap();
     assert!(ex[0].prompt.contains(r1s_agent::plus::SYSTEM_PROMPT) && ex[0].prompt.ends_with("<think>"));
     assert_eq!(ex[0].spans.len(), 1);
+}
+
+#[test]
+fn sampled_logprobs_align_to_the_actions_and_the_mismatch_by_hand() {
+    use r1s_train::rl::{Mismatch, sampled_logprobs};
+    // prompt 10 11, policy 20 21, a document 30, policy 22, EOS 2 (appended, not sampled)
+    let seq = Sequence { tokens: vec![10, 11, 20, 21, 30, 22, 2], actions: vec![2, 3, 5, 6] };
+    assert_eq!(sampled_logprobs(&seq, &[20, 21, 22], &[-0.1, -0.2, -0.3]), Some(vec![-0.1, -0.2, -0.3]));
+    // a retokenized span ends the alignment; nothing aligned or no log-probs: None
+    assert_eq!(sampled_logprobs(&seq, &[20, 25, 22], &[-0.1, -0.2, -0.3]), Some(vec![-0.1]));
+    assert_eq!(sampled_logprobs(&seq, &[25], &[-0.1]), None);
+    assert_eq!(sampled_logprobs(&seq, &[20, 21], &[]), None);
+    // ratios π_trainer / π_sampler: e^0.1, e^-0.2, 1 over the aligned prefixes
+    let old = [vec![-1.0f32, -2.0, -3.0], vec![-0.5, -9.0]];
+    let (s0, s1) = ([-1.1f32, -1.8], [-0.5f32]);
+    let m = Mismatch::measure(&old, &[Some(&s0[..]), Some(&s1[..])]).unwrap();
+    assert_eq!((m.tokens, m.episodes), (3, 2));
+    let r = [0.1f64, -0.2, 0.0].map(f64::exp);
+    assert!(close(m.ratio_mean, r.iter().sum::<f64>() / 3.0, 1e-6), "{m:?}");
+    assert!(close(m.ratio_min, r[1], 1e-6) && close(m.ratio_max, r[0], 1e-6), "{m:?}");
+    assert!(close(m.kl, (-0.1 + 0.2 + 0.0) / 3.0, 1e-6), "{m:?}");
+    assert_eq!(Mismatch::measure(&old, &[None, None]), None);
+}
+
+/// `model.weights = "q8_0"`: rollouts decode with packed weights that follow every update (the
+/// packed copy after training equals a fresh pack of the trained checkpoint), and each step logs
+/// the rollouts' log-probs against the trainer's; f32 rollouts log ratios of 1 (to rounding).
+/// (Weight decay moves the weights whatever the tiny model's rewards.)
+#[test]
+fn packed_rollouts_follow_each_update_and_log_the_mismatch() {
+    use r1s_core::{Cancel, NoProgress};
+    use r1s_policy::WeightFormat;
+    let tmp = tempfile::tempdir().unwrap();
+    let (retriever, model) = tiny_run(tmp.path());
+    let data = shared("r1searcher/training_set/stage_1.jsonl");
+    let mut ratios = Vec::new();
+    for weights in ["f32", "q8_0"] {
+        let out = tmp.path().join(weights);
+        let toml = format!(
+            "[model]\ninit = \"{}\"\nweights = \"{weights}\"\n[retriever]\nindex = \"unused\"\n[train]\nout = \"{}\"\n\
+             train_blocks = 1\nlr = 1e-2\nweight_decay = 0.5\nkl_beta = 0.01\nmicro_batch = 2\nsave_every = 1\nprompt = \"base\"\n\
+             [[stage]]\nname = \"stage1\"\ndata = \"{}\"\nreward = \"stage1\"\nsteps = 2\nprompts_per_step = 2\n\
+             rollouts_per_prompt = 2\nmax_new_tokens = 12\nmax_retrievals = 1\n",
+            model.display(),
+            out.display(),
+            data.display()
+        );
+        let cfg_path = tmp.path().join(format!("{weights}.toml"));
+        std::fs::write(&cfg_path, &toml).unwrap();
+        let cfg = r1s_train::TrainConfig::read(&cfg_path).unwrap();
+        let cancel = Cancel::new();
+        let mut t = r1s_train::trainer::Trainer::new(cfg, false, &retriever, &NoProgress, &cancel).unwrap();
+        t.run(&mut |_| {}).unwrap();
+        let fmt: WeightFormat = weights.parse().unwrap();
+        assert_eq!(t.split.policy.weights(), fmt);
+        for r in metrics(&out).iter().filter(|r| r["kind"] == "step") {
+            assert!(r["rollout_aligned_tokens"].as_u64().unwrap() > 0, "{r}");
+            ratios.push((weights, r["rollout_ratio_min"].as_f64().unwrap(), r["rollout_ratio_max"].as_f64().unwrap()));
+        }
+        // the packed copy decodes as a fresh pack of the trained weights
+        let mut fresh = Policy::load(&r1s_train::checkpoint::dir_for(&out, 2), &Device::flex()).unwrap();
+        fresh.set_weights(fmt).unwrap();
+        let ids = t.split.policy.tokenizer.encode("Question: who wrote Hamlet? Answer:").unwrap();
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let trained = t.split.policy.decode_logits(&ids).unwrap();
+        let off = max_diff(&trained, &fresh.decode_logits(&ids).unwrap());
+        assert!(off == 0.0, "{weights}: the rollout copy is {off} off a fresh pack of the trained weights");
+        // (and training changed them)
+        let mut init = Policy::load(&model, &Device::flex()).unwrap();
+        init.set_weights(fmt).unwrap();
+        let moved = max_diff(&init.decode_logits(&ids).unwrap(), &trained);
+        assert!(moved > 1e-3, "{weights}: the logits moved by {moved}");
+    }
+    for &(w, lo, hi) in &ratios {
+        let tol = if w == "f32" { 1e-3 } else { 0.5 };
+        assert!(lo > 1.0 - tol && hi < 1.0 + tol, "{w}: ratios [{lo}, {hi}] ({ratios:?})");
+    }
+    // the two runs drawn over each other (`policy plot --overlay`), the ratio panel included
+    let runs: Vec<(String, Vec<serde_json::Value>)> =
+        ["f32", "q8_0"].iter().map(|w| (w.to_string(), metrics(&tmp.path().join(w)))).collect();
+    let png = tmp.path().join("overlay.png");
+    let panels = r1s_train::plot::plot_runs(&runs, &png, "f32 vs q8_0 rollouts").unwrap();
+    assert!(panels >= 6, "{panels} panels");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // packed weights on a device they do not run on are refused with the configuration
+    let toml = std::fs::read_to_string(tmp.path().join("q8_0.toml")).unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, toml.replace("weights = ", "device = \"tch-cpu\"\nweights = ")).unwrap();
+    let err = r1s_train::TrainConfig::read(&p).unwrap_err().to_string();
+    assert!(err.contains("bad.toml") && err.contains("model.device"), "{err}");
 }
