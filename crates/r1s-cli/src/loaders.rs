@@ -71,7 +71,7 @@ pub(crate) fn load_policy(
         must_exist(dir, "adapter directory")?;
     }
     let dev = r1s_policy::device(device)?;
-    if weights != r1s_policy::WeightFormat::F32 && !matches!(device, "cpu" | "flex") {
+    if !weights.runs_on(device) {
         return Err(anyhow::Error::new(crate::UsageError(format!(
             "--weights {weights} runs on --device cpu only (its kernels run on the host), not on {device}"
         ))));

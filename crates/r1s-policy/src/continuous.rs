@@ -90,10 +90,9 @@ struct Row {
     cancel: Option<std::sync::Arc<r1s_core::Cancel>>,
 }
 
-impl Row {
-    fn cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
-    }
+/// Whether the caller cancelled a request or row ([`Request::cancel`]).
+fn cancelled(cancel: &Option<std::sync::Arc<r1s_core::Cancel>>) -> bool {
+    cancel.as_ref().is_some_and(|c| c.is_cancelled())
 }
 
 /// Rows with their cache and masks (module docs) and the logits `[rows, vocab]` of their next token.
@@ -150,7 +149,7 @@ impl Policy {
         loop {
             self.check_cancel()?;
             pending.extend(poll());
-            pending.retain(|r| !r.cancel.as_ref().is_some_and(|c| c.is_cancelled()));
+            pending.retain(|r| !cancelled(&r.cancel));
             // the new requests reuse the cache of the ended row of their key, or are prefilled afresh
             let t = Instant::now();
             let mut finished: Vec<(usize, Generation)> = Vec::new();
@@ -178,7 +177,7 @@ impl Policy {
             stats.prefill_seconds += t.elapsed().as_secs_f64();
             // the rows that go on feed the token they sampled (the callers' cancelled rows drop out)
             let keep: Vec<usize> =
-                (0..batch.rows.len()).filter(|&i| !ended.contains(&i) && !batch.rows[i].cancelled()).collect();
+                (0..batch.rows.len()).filter(|&i| !ended.contains(&i) && !cancelled(&batch.rows[i].cancel)).collect();
             ended.clear();
             ended_key.clear();
             batch = self.narrow(batch, &keep);

@@ -53,6 +53,13 @@ impl WeightFormat {
     /// The names `--weights` takes.
     pub const NAMES: [&'static str; 3] = ["f32", "bf16", "q8_0"];
 
+    /// Whether decode steps with these weights run on the device named `device` (a `--device`
+    /// name, as [`crate::device`] reads it): f32 anywhere, packed formats on the CPU's flex backend
+    /// only (`cpu`), where their host kernels run.
+    pub fn runs_on(self, device: &str) -> bool {
+        self == WeightFormat::F32 || matches!(device, "cpu" | "flex")
+    }
+
     /// Bytes per weight as stored by [`PackedMatrix`] (f32: the model's own).
     pub fn bytes_per_weight(self) -> f64 {
         match self {

@@ -319,8 +319,7 @@ impl TrainConfig {
         if let Some(l) = &t.lora {
             l.check()?;
         }
-        if self.model.weights != r1s_policy::WeightFormat::F32 && !matches!(self.model.device.as_str(), "cpu" | "flex")
-        {
+        if !self.model.weights.runs_on(&self.model.device) {
             return Err(format!(
                 "model.weights = {:?} runs on model.device = \"cpu\" only (its kernels run on the host), not {:?}",
                 self.model.weights.to_string(),

@@ -93,13 +93,15 @@ pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
+/// `(step, r[key])` of a metrics line `r` of `kind` (`step`, `eval`, `sft`) that has both.
+fn point(r: &serde_json::Value, kind: &str, key: &str) -> Option<(f64, f64)> {
+    (r["kind"].as_str() == Some(kind)).then_some(())?;
+    Some((r["step"].as_f64()?, r[key].as_f64()?))
+}
+
 /// Draws the curves of `rows` into a PNG at `out`; returns how many panels had data.
 pub fn plot(rows: &[serde_json::Value], out: &Path, title: &str) -> Result<usize> {
     register_font()?;
-    let point = |r: &serde_json::Value, kind: &str, key: &str| -> Option<(f64, f64)> {
-        (r["kind"].as_str() == Some(kind)).then_some(())?;
-        Some((r["step"].as_f64()?, r[key].as_f64()?))
-    };
     type Series = Vec<Vec<(f64, f64)>>;
     let panels: Vec<(&Panel, Series)> = PANELS
         .iter()
@@ -211,11 +213,7 @@ pub fn plot_runs(runs: &[(String, Vec<serde_json::Value>)], out: &Path, title: &
                 .iter()
                 .flat_map(|(label, rows)| {
                     p.series.iter().map(move |&(kind, key, legend)| {
-                        let points = rows
-                            .iter()
-                            .filter(|r| r["kind"].as_str() == Some(kind))
-                            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
-                            .collect();
+                        let points = rows.iter().filter_map(|r| point(r, kind, key)).collect();
                         (format!("{label}: {legend}"), points)
                     })
                 })
