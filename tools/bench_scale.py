@@ -149,20 +149,23 @@ def remove(*paths):
             os.remove(p)
 
 
-def disk_needed(sizes, d, dtype, variants_at):
+def disk_needed(sizes, d, dtype, variants_at, keep=False):
     """Bytes the run needs at its peak: the largest proxy, plus at each size its copied prefix (below the
     largest) and the indexes built over it (graph ~ 2M links of 4 bytes, codes 1 byte per dimension, faiss /
-    hnswlib their own copy of the vectors), kept only while that size is measured."""
+    hnswlib their own copy of the vectors): each variant's index is removed once measured, so one at a time
+    (all of them with --keep)."""
     big = max(sizes)
     peak = 0
     for n in sizes:
-        b = (n * d * np.dtype(NP[dtype]).itemsize if n < big else 0)
+        each = []
         for v in variants_at(n):
             # r1s keeps its last checkpoint of the graph while writing the next one or the graph itself
-            b += n * (2 * M * 4 + 16) * (2 if v.startswith("r1s") else 1)
+            b = n * (2 * M * 4 + 16) * (2 if v.startswith("r1s") else 1)
             b += {"r1s hnsw sq8": n * d, "faiss IndexHNSWFlat": n * d * 4, "faiss IndexHNSWSQ": n * d,
                   "hnswlib": n * d * 4}.get(v, 0)
-        peak = max(peak, b)
+            each.append(b)
+        indexes = (sum(each) if keep else max(each, default=0))
+        peak = max(peak, (n * d * np.dtype(NP[dtype]).itemsize if n < big else 0) + indexes)
     return big * d * np.dtype(NP[dtype]).itemsize + peak
 
 
@@ -431,7 +434,10 @@ def bench_set(label, data, meta, variants, a, q, truth_ids, exact_qps):
     os.makedirs(rundir)
     truth_npy = os.path.join(rundir, "truth.npy")
     np.save(truth_npy, truth_ids)
-    res = {v: measure(v, data, meta, rundir, a, a.query_vectors, truth_npy) for v in variants}
+    res = {}
+    for v in variants:  # each variant's figures as soon as measured: a later variant may fail (out of memory)
+        res[v] = measure(v, data, meta, rundir, a, a.query_vectors, truth_npy)
+        print(f"bench-scale: {label} {v}: {json.dumps(clean(res[v]))}", flush=True)
     print(f"\n### {label}: measured\n\n{side_table({'variants': res})}\n", flush=True)
     return {"label": label, "rows": np.load(data, mmap_mode="r").shape[0], "faiss_exact_qps": exact_qps,
             "variants": res}
@@ -531,6 +537,13 @@ def ratios(run_):
         "r1s sq8 / unquantised search-run resident (target <= 0.35)": ratio(get(R1S[1], "search_rss_mib"),
                                                                      get(R1S[0], "search_rss_mib")),
         "r1s sq8 / faiss IndexHNSWSQ q/s at recall>=0.95 (target >= 1.0)": ratio(at(R1S[1]), at(EXTERNAL[1])),
+        "r1s sq8 / hnswlib q/s at recall>=0.95": ratio(at(R1S[1]), at(EXTERNAL[2])),
+        "r1s sq8 / faiss IndexHNSWSQ build": ratio(get(R1S[1], "build_s"), get(EXTERNAL[1], "build_s")),
+        "r1s sq8 / hnswlib build": ratio(get(R1S[1], "build_s"), get(EXTERNAL[2], "build_s")),
+        "r1s sq8 / faiss IndexHNSWSQ peak build RSS": ratio(get(R1S[1], "peak_build_rss_mib"),
+                                                            get(EXTERNAL[1], "peak_build_rss_mib")),
+        "r1s sq8 / hnswlib peak build RSS": ratio(get(R1S[1], "peak_build_rss_mib"),
+                                                  get(EXTERNAL[2], "peak_build_rss_mib")),
         "r1s hnsw start-up ms, cold (target < 1000)": get(R1S[0], "open_ms"),
         "r1s sq8 start-up ms, cold (target < 1000)": get(R1S[1], "open_ms"),
     }
@@ -620,7 +633,7 @@ def main():
 
     def variants_at(n):
         return mine + (ext if n == ext_at or a.scale_all else [])
-    need = disk_needed(a.sizes, d, a.dtype, variants_at)
+    need = disk_needed(a.sizes, d, a.dtype, variants_at, a.keep)
     have = shutil.disk_usage(a.work).free
     say(f"disk: about {need / 1e9:.1f} GB needed at the peak, {have / 1e9:.1f} GB free in {a.work}")
     if need > have and not os.path.exists(proxy_path(a.work, big, a.seed, a.dtype)):

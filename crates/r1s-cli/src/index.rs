@@ -1878,7 +1878,7 @@ pub(crate) fn index_plan(a: &IndexPlanArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "build: the graph alone (embedding not included), fitted to tools/bench-scale's 2-thread builds at M 32 (f32 100k-1M rows, f16 1M-3M, sq8 1M-21M: 52 min for 21M x 384 at efConstruction 100 on 2 cores), assuming linear scaling with threads and efConstruction; --m changes the sizes, not this estimate"
+        "build: the graph alone (embedding not included), fitted to tools/bench-scale's 2-thread builds at M 32 (f32 100k-1M rows, f16 1M-3M, sq8 1M-21M: 21 min for 10M x 384 and 52 min for 21M at efConstruction 100 on 2 cores), assuming linear scaling with threads and efConstruction; --m changes the sizes, not this estimate"
     )?;
     Ok(())
 }
