@@ -16,9 +16,9 @@ use crate::sq8::Quantize;
 /// `rows × (a + b·log2 rows) × (dim/384) × (efC/100) / t`. Least-squares fits to `tools/bench-scale`'s
 /// 2-thread builds of its 384-dim proxy rows ([`MEASURED_BUILDS`]): f32 at 100k / 300k / 1M rows on 2
 /// cores of an AMD EPYC (2026-11-29); f16 and SQ8 at 1M / 3M (and SQ8 at 10M and at 21M, wiki-18's
-/// row count) on 2 cores of an Intel Xeon (2026-12-07/08). The 21M build wrote 20 checkpoints of its
-/// 5.3 GiB graph, which the fit includes. f32 beyond 1M rows is extrapolated, and vectors that do not fit in RAM
-/// make it optimistic.
+/// row count) on 2 cores of an Intel Xeon (2026-12-07). The 21M build wrote 20 checkpoints of its
+/// 5.3 GiB graph, which the fit includes. f32 beyond 1M rows is extrapolated, and vectors that do not
+/// fit in RAM make it optimistic.
 pub const BUILD_SECONDS: [(f64, f64); 3] = [(8.723e-5, 8.087e-6), (2.1163e-4, 4.7951e-6), (-1.3759e-4, 1.7300e-5)];
 
 /// The measured builds [`BUILD_SECONDS`] is fitted to: (vectors, quantization, rows, seconds on 2
@@ -172,8 +172,9 @@ mod tests {
     }
 
     /// Every measured build within 15%, the 10M and 21M SQ8 builds among them (1,324 s planned,
-    /// 1,272 s measured; 2,976 s planned, 3,136 s measured). The AMD machine's SQ8 builds of 2026-11-29 (7.4 s at 100k rows, 80.8 s at 1M) are
-    /// not in the fit: another CPU (the 1M one lands 29% over).
+    /// 1,272 s measured; 2,976 s planned, 3,136 s measured). The AMD machine's SQ8 builds of
+    /// 2026-11-29 (7.4 s at 100k rows, 80.8 s at 1M) are not in the fit: another CPU (the 1M one lands
+    /// 28% over).
     #[test]
     fn build_times_reproduce_the_measured_builds() {
         for (dtype, quantize, rows, measured) in MEASURED_BUILDS {
