@@ -735,7 +735,10 @@ def main():
                "seconds": time.perf_counter() - t_all}
     out = os.path.join(a.work, f"results-{'-'.join(map(str, a.sizes))}-{a.dtype}.json")
     json.dump(clean(results), open(out, "w"), indent=1)
-    print(f"\nwritten {out}; {results['seconds']:.0f} s in all")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import plot_scale
+    plot_scale.write(clean(results), out[:-5] + ".svg")  # recall@10 / q/s over ef, a panel per size
+    print(f"\nwritten {out} and its sweeps as {out[:-5]}.svg; {results['seconds']:.0f} s in all")
 
 
 if __name__ == "__main__":
